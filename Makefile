@@ -1,0 +1,46 @@
+# statekit: `make review` and `make test` are all a newcomer needs (Python 3.11 on PATH).
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+PROFILE   ?= data/profiles/support_agent.yaml
+REDIS_URL ?= fakeredis://
+OUT       ?= reports
+PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
+
+.PHONY: help review test lab lint clean
+
+help:
+	@echo "make review   create .venv, install statekit, write the design review of $(PROFILE) to $(OUT)/"
+	@echo "make test     run the whole test suite (real-Redis tests need redis-server on PATH)"
+	@echo "make lab      open JupyterLab on notebooks/"
+	@echo "make lint     ruff"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	@touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[dev]'
+	@touch $@ $(VENV)/.core
+
+$(VENV)/.lab: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[lab]'
+	@touch $@ $(VENV)/.core
+
+review: $(VENV)/.core
+	$(BIN)/statekit review $(PROFILE) --out $(OUT) --redis-url '$(REDIS_URL)'
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest tests notebooks --nbval-lax $(PYTEST_ARGS)
+
+lab: $(VENV)/.lab
+	$(BIN)/jupyter lab notebooks/
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -1,0 +1,48 @@
+"""statekit: decide and run the state of AI agents on Redis.
+
+Decide: `assess(profile)` says whether a workload needs state at all, and where it should live.
+Run: `connect(url)` gives a Redis client (embedded fakeredis by default) with explicit
+timeouts and retries. `review.run_review(...)` renders a design review for a profile.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .assess import Assessment, CostModel, RubricAnswer, assess  # noqa: E402
+from .backends import check_reachable, connect, redact_url  # noqa: E402
+from .errors import (  # noqa: E402
+    ConflictError,
+    ConnectionURLError,
+    CorruptStateError,
+    NeedsRealRedis,
+    ProfileError,
+    StatekitError,
+    StateTooLarge,
+    StoreUnavailable,
+    UnknownVersionError,
+)
+from .profile import StateClass, WorkloadProfile  # noqa: E402
+
+
+__all__ = [
+    "__version__",
+    "assess",
+    "Assessment",
+    "CostModel",
+    "RubricAnswer",
+    "connect",
+    "check_reachable",
+    "redact_url",
+    "WorkloadProfile",
+    "StateClass",
+    "StatekitError",
+    "ProfileError",
+    "ConnectionURLError",
+    "StoreUnavailable",
+    "StateTooLarge",
+    "CorruptStateError",
+    "UnknownVersionError",
+    "ConflictError",
+    "NeedsRealRedis",
+]

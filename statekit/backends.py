@@ -1,0 +1,235 @@
+"""connect(url): one place that turns a URL into a Redis client with explicit timeouts and retries.
+
+redis-py 8 retries every command 10 times with backoff by default, so a dead server costs
+seconds per call and a retried LPUSH can be applied twice. Every client made here has its
+retries, socket timeout and connect timeout set on purpose; statekit's own write paths are
+idempotent (turn ids) so that a caller may retry them safely, but nothing retries behind
+the caller's back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .errors import ConnectionURLError, StoreUnavailable
+
+__all__ = ["connect", "resolve_url", "redact_url", "backend_kind", "check_reachable", "BackendInfo", "URL_FORMS"]
+
+URL_FORMS = (
+    "fakeredis://[name]  (embedded, in-process; the same name shares one server)",
+    "redis://[user[:password]@]host[:port][/db]",
+    "rediss://[user[:password]@]host[:port][/db]  (TLS)",
+    "unix://[user[:password]@]/path/to/redis.sock[?db=N]",
+    "redis+cluster://[user[:password]@]host:port[,host:port...]",
+)
+
+DEFAULT_SOCKET_TIMEOUT_S = 1.0
+DEFAULT_CONNECT_TIMEOUT_S = 1.0
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@")
+_SECRET_PARAM = re.compile(r"(?i)([?&](?:password|pass|pwd|token)=)[^&]*")
+
+_fake_servers: dict[str, Any] = {}
+_fake_lock = threading.Lock()
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any password replaced by `***`, safe to print or log.
+
+    Works on malformed URLs too (it never parses, only rewrites), so an error message that
+    quotes a bad URL cannot leak its secret.
+    """
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(url))
+    text = _SECRET_PARAM.sub(r"\1***", text)
+    # "redis://secret@host" is redis-py's password-only form: the userinfo is the password.
+    return re.sub(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<pw>[^:@/]+)@", r"\g<scheme>***@", text)
+
+
+def _bad(url: str, why: str) -> ConnectionURLError:
+    forms = "\n  ".join(URL_FORMS)
+    return ConnectionURLError(f"bad Redis URL {redact_url(url)!r}: {why}. Expected one of:\n  {forms}")
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    host: str
+    port: int
+
+
+def _parse_port(url: str, text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise _bad(url, f"port {text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise _bad(url, f"port {port} is outside 1..65535")
+    return port
+
+
+def _cluster_nodes(url: str, netloc: str) -> list[_Endpoint]:
+    hosts = netloc.rsplit("@", 1)[-1]
+    nodes = []
+    for part in filter(None, hosts.split(",")):
+        host, sep, port = part.rpartition(":")
+        if not sep or not host:
+            raise _bad(url, f"cluster node {part!r} needs host:port")
+        nodes.append(_Endpoint(host.strip("[]"), _parse_port(url, port)))
+    if not nodes:
+        raise _bad(url, "a cluster URL needs at least one host:port")
+    return nodes
+
+
+def resolve_url(url: str) -> str:
+    """Return `url`, or for `env:NAME` the URL held in environment variable NAME.
+
+    `env:NAME` keeps a password out of notebooks, reports and shell history: the report
+    notebook is given `env:STATEKIT_REDIS_URL` whenever the real URL carries a secret.
+    """
+    if isinstance(url, str) and url.startswith("env:"):
+        name = url[4:]
+        value = os.environ.get(name)
+        if not name or not value:
+            raise ConnectionURLError(f"{url!r} names environment variable {name!r}, which is not set")
+        return value
+    return url
+
+
+def connect(
+    url: str = "fakeredis://",
+    *,
+    socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_S,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+    retries: int = 0,
+    decode_responses: bool = False,
+) -> Any:
+    """Return a Redis client for `url` with explicit timeouts and `retries` retries (default none).
+
+    `fakeredis://` gives a private embedded server; `fakeredis://name` the one shared server
+    of that name in this process. A malformed URL raises `ConnectionURLError` saying which
+    forms are accepted (with any password redacted). Connecting is lazy: use
+    `check_reachable(client)` to fail fast on an unreachable server. `env:NAME` reads the
+    URL from an environment variable (see `resolve_url`).
+    """
+    url = resolve_url(url)
+    if not isinstance(url, str) or "://" not in url:
+        raise _bad(str(url), "no scheme")
+    if socket_timeout <= 0 or connect_timeout <= 0:
+        raise ValueError("socket_timeout and connect_timeout must be positive seconds")
+    if retries < 0:
+        raise ValueError("retries must be >= 0")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise _bad(url, str(exc)) from None
+    scheme = parts.scheme.lower()
+    retry = Retry(NoBackoff(), retries)
+
+    if scheme == "fakeredis":
+        import fakeredis
+
+        name = (parts.netloc + parts.path).strip("/")
+        if name:
+            with _fake_lock:
+                server = _fake_servers.setdefault(name, fakeredis.FakeServer())
+        else:
+            server = fakeredis.FakeServer()
+        return fakeredis.FakeRedis(server=server, decode_responses=decode_responses)
+
+    common = dict(
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=retry,
+        decode_responses=decode_responses,
+    )
+    if scheme in ("redis", "rediss"):
+        if not parts.hostname:
+            raise _bad(url, "no host")
+        try:
+            parts.port  # noqa: B018 - urllib validates the port only when it is read
+        except ValueError:
+            raise _bad(url, "the port is not a number in 1..65535") from None
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise _bad(url, f"database {db!r} is not a number")
+        return redis.Redis.from_url(url, **common)
+    if scheme == "unix":
+        if not parts.path:
+            raise _bad(url, "no socket path")
+        db = parse_qs(parts.query).get("db", ["0"])[0]
+        if not db.isdigit():
+            raise _bad(url, f"database {db!r} is not a number")
+        return redis.Redis.from_url(url, **common)
+    if scheme == "redis+cluster":
+        from redis.cluster import ClusterNode, RedisCluster
+
+        nodes = _cluster_nodes(url, parts.netloc)
+        try:
+            # RedisCluster reads the slot map at construction, so an unreachable cluster fails here.
+            return RedisCluster(
+                startup_nodes=[ClusterNode(n.host, n.port) for n in nodes],
+                username=parts.username or None,
+                password=parts.password or None,
+                **common,
+            )
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            raise StoreUnavailable(
+                f"cannot reach Redis Cluster at {redact_url(url)}: {redact_url(str(exc))}"
+            ) from None
+    raise _bad(url, f"unknown scheme {parts.scheme!r}")
+
+
+def backend_kind(client: Any) -> str:
+    """Name the kind of backend behind `client`: "fakeredis", "cluster" or "redis"."""
+    module = type(client).__module__
+    if module.startswith("fakeredis"):
+        return "fakeredis"
+    if type(client).__name__ == "RedisCluster":
+        return "cluster"
+    return "redis"
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What a review says about the Redis it ran against."""
+
+    url: str
+    kind: str
+    server_version: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "kind": self.kind, "server_version": self.server_version}
+
+
+def check_reachable(client: Any, url: str = "") -> BackendInfo:
+    """PING the server; raise `StoreUnavailable` (URL redacted) when it cannot be reached.
+
+    Reports the server version from INFO on a real server; fakeredis has no real INFO, so
+    its version is reported as None rather than invented.
+    """
+    kind = backend_kind(client)
+    shown = redact_url(resolve_url(url)) if url else kind
+    try:
+        client.ping()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(
+            f"cannot reach Redis at {shown}: {redact_url(str(exc)).rstrip('.')}. "
+            "Check that the server runs and the URL is right, or use fakeredis:// for an embedded one."
+        ) from None
+    except redis.exceptions.RedisError as exc:  # e.g. AUTH failures
+        raise StoreUnavailable(f"Redis at {shown} refused the connection: {redact_url(str(exc))}") from None
+    version = None
+    if kind != "fakeredis":
+        info = client.info("server")
+        if kind == "cluster":  # a dict per node
+            info = next(iter(info.values())) if info and isinstance(next(iter(info.values())), dict) else info
+        version = str(info.get("redis_version")) if isinstance(info, dict) else None
+    return BackendInfo(url=shown, kind=kind, server_version=version)

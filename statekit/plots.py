@@ -1,0 +1,62 @@
+"""Plots the notebooks show. Each takes statekit results and returns a matplotlib Axes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .assess import Assessment
+
+__all__ = ["payload_growth", "verdict_overview"]
+
+
+def payload_growth(assessment: Assessment | dict[str, Any], ax: Any = None) -> Any:
+    """Plot request bytes and prompt tokens per turn, full replay against server state.
+
+    Takes an `Assessment` or its `as_dict()` form (the `assessment` section of a review).
+    """
+    import matplotlib.pyplot as plt
+
+    a = assessment.as_dict() if isinstance(assessment, Assessment) else assessment
+    c = a["cost"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(c["turns"], c["replay_request_bytes"], marker="o", label="request bytes, full replay")
+    ax.plot(c["turns"], c["server_request_bytes"], marker="o", label="request bytes, server state")
+    ax.set_xlabel("turn")
+    ax.set_ylabel("bytes per request")
+    ax.set_title(f"{a['service']}: what each request carries")
+    if any(c["replay_prompt_tokens"]):
+        tok = ax.twinx()
+        tok.plot(c["turns"], c["replay_prompt_tokens"], ls="--", color="tab:red", label="prompt tokens, full replay")
+        tok.plot(
+            c["turns"], c["server_prompt_tokens"], ls="--", color="tab:green", label="prompt tokens, server state"
+        )
+        tok.set_ylabel("prompt tokens")
+        lines = ax.get_lines() + tok.get_lines()
+        ax.legend(lines, [ln.get_label() for ln in lines], loc="upper left", fontsize="small")
+    else:
+        ax.legend(loc="upper left", fontsize="small")
+    return ax
+
+
+def verdict_overview(assessments: list[Assessment], ax: Any = None) -> Any:
+    """Bar chart of each profile's largest full-replay request, coloured by verdict."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    colours = {
+        "stateless": "tab:gray",
+        "client-side state": "tab:blue",
+        "server-side session state": "tab:orange",
+        "durable workflow state": "tab:red",
+    }
+    names = [a.service for a in assessments]
+    sizes = [a.cost.largest_replay_request_bytes for a in assessments]
+    ax.barh(names, sizes, color=[colours[a.verdict] for a in assessments])
+    ax.set_xscale("log")
+    ax.set_xlabel("largest request with full replay (bytes, log scale)")
+    for verdict, colour in colours.items():
+        ax.barh([], [], color=colour, label=verdict)
+    ax.legend(fontsize="small", loc="lower right")
+    return ax

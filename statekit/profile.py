@@ -1,0 +1,145 @@
+"""WorkloadProfile: the validated description of a service that every review starts from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ProfileError
+
+__all__ = ["WorkloadProfile", "StateClass", "Purpose", "AUTHORITATIVE_PURPOSES"]
+
+Purpose = Literal[
+    "conversation",
+    "workflow",
+    "quota",
+    "approval",
+    "financial",
+    "personalization",
+    "recommendation",
+    "cache",
+    "analytics",
+]
+
+#: Purposes whose state must be authoritative on the server: a client cannot be trusted
+#: to hold its own quota, approval or balance.
+AUTHORITATIVE_PURPOSES: frozenset[str] = frozenset({"quota", "approval", "financial"})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Traffic(_Model):
+    new_sessions_per_day: int = Field(gt=0, description="sessions (conversations, tasks, documents) started per day")
+    requests_per_session: int = Field(ge=1, description="requests that touch one session over its life")
+    peak_concurrent_sessions: int = Field(gt=0, description="sessions active at once at the daily peak")
+    session_minutes: float = Field(gt=0, description="time from a session's first request to its last")
+
+
+class Turns(_Model):
+    per_session: int = Field(ge=1, description="turns (messages, steps, events) in a typical session")
+    bytes_per_turn: int = Field(gt=0, description="bytes of one turn's text as the service stores it")
+    tokens_per_turn: int = Field(ge=0, description="model tokens of one turn (0 when no model reads it)")
+
+
+class Client(_Model):
+    can_send_full_context: bool = Field(description="can the caller resend the whole history with each request")
+    max_request_bytes: int = Field(gt=0, description="largest request body the caller or channel accepts")
+    trusted: bool = Field(False, description="may the caller hold authoritative state (quotas, approvals)")
+
+
+class StateUse(_Model):
+    reused_across_requests: bool = Field(description="does a later request read what an earlier one wrote")
+    units_independent: bool = Field(description="is each unit of work complete on its own")
+    shared_across_clients: bool = Field(False, description="do several callers or devices share one session")
+    long_running_steps: bool = Field(False, description="must progress survive restarts over hours or days")
+    context_window_turns: int | None = Field(None, ge=1, description="recent turns the model needs verbatim")
+    summary_tokens: int = Field(400, ge=0, description="tokens of the summary that stands for older turns")
+
+
+class StateClass(_Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    purpose: Purpose
+    staleness_tolerance_s: float = Field(ge=0, description="how old a read may be before it is wrong")
+    description: str = ""
+
+
+class Compliance(_Model):
+    allowed_regions: list[str] = Field(min_length=1)
+    retention_days: int = Field(gt=0)
+
+
+class Costs(_Model):
+    token_price_per_million: float = Field(3.0, ge=0, description="USD per million input tokens")
+    redis_price_per_gb_hour: float = Field(0.017, ge=0, description="USD per GB-hour of Redis memory")
+
+
+class WorkloadProfile(_Model):
+    """A service's workload: traffic, turns, what its callers can do, its kinds of state,
+    compliance and latency budget. Load one with `WorkloadProfile.from_yaml(path)`."""
+
+    service: str = Field(min_length=1)
+    description: str = ""
+    traffic: Traffic
+    turns: Turns
+    client: Client
+    state: StateUse
+    state_classes: list[StateClass] = Field(min_length=1)
+    compliance: Compliance
+    latency_budget_ms: float = Field(gt=0, description="p99 time a request may spend on state operations")
+    costs: Costs = Costs()
+
+    @field_validator("state_classes")
+    @classmethod
+    def _unique_names(cls, classes: list[StateClass]) -> list[StateClass]:
+        seen: set[str] = set()
+        for c in classes:
+            if c.name in seen:
+                raise ValueError(f"state class {c.name!r} is listed twice")
+            seen.add(c.name)
+        return classes
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WorkloadProfile:
+        window = self.state.context_window_turns
+        if window is not None and window > self.turns.per_session:
+            raise ValueError(
+                f"state.context_window_turns ({window}) exceeds turns.per_session ({self.turns.per_session})"
+            )
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.service
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<dict>") -> WorkloadProfile:
+        """Validate `data`; on failure raise `ProfileError` naming `source` and every bad field."""
+        if not isinstance(data, dict):
+            raise ProfileError(f"{source}: a profile is a mapping of fields, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            lines = []
+            for err in exc.errors():
+                field = ".".join(str(p) for p in err["loc"]) or "(profile)"
+                lines.append(f"  {field}: {err['msg']}")
+            raise ProfileError(f"{source}: invalid workload profile\n" + "\n".join(lines)) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> WorkloadProfile:
+        """Read and validate a YAML profile; `ProfileError` names the file and the field."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ProfileError(f"{path}: cannot read profile: {exc.strerror or exc}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ProfileError(f"{path}: not valid YAML: {exc}") from None
+        return cls.from_dict(data, source=str(path))

@@ -1,0 +1,213 @@
+"""A design review: one plain dict per profile, and the report notebook that renders it.
+
+`build_review` decides (pure computation plus a reachability check of the Redis it will
+run against); `run_review` executes `notebooks/design_review.ipynb` with papermill for
+each profile and writes `<name>.ipynb`, `<name>.html` (no code cells) and `<name>.json`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import __version__
+from .assess import assess
+from .backends import check_reachable, connect, redact_url
+from .errors import ProfileError, StatekitError
+from .profile import WorkloadProfile
+
+__all__ = ["build_review", "run_review", "write_json", "ReportFiles", "NOTEBOOK", "render_summary_markdown"]
+
+#: The environment variable through which run_review hands a secret-bearing URL to the kernel.
+URL_ENV = "STATEKIT_REDIS_URL"
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "design_review.ipynb"
+
+
+def _as_profile(profile: WorkloadProfile | str | Path) -> WorkloadProfile:
+    if isinstance(profile, WorkloadProfile):
+        return profile
+    return WorkloadProfile.from_yaml(profile)
+
+
+def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakeredis://") -> dict[str, Any]:
+    """Build the review of `profile` as a JSON-serialisable dict.
+
+    Sections: `meta` (statekit version, time, the backend with its URL redacted),
+    `profile` (the validated input) and `assessment` (verdict, reasons, rubric, costs).
+    Raises `ProfileError` for a bad profile and `StoreUnavailable` when `redis_url` cannot
+    be reached, before any work is done.
+    """
+    prof = _as_profile(profile)
+    client = connect(redis_url)
+    try:
+        backend = check_reachable(client, redis_url)
+    finally:
+        client.close()
+    return {
+        "meta": {
+            "statekit_version": __version__,
+            "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "backend": backend.as_dict(),
+        },
+        "profile": prof.model_dump(mode="json"),
+        "assessment": assess(prof).as_dict(),
+    }
+
+
+def write_json(review: dict[str, Any], path: str | Path) -> Path:
+    """Write `review` as indented JSON to `path` and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(review, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return path
+
+
+def render_summary_markdown(review: dict[str, Any]) -> str:
+    """The review's headline as Markdown: service, verdict and its reasons."""
+    a = review["assessment"]
+    p = review["profile"]
+    lines = [
+        f"## {p['service']}: **{a['verdict']}**",
+        "",
+        p.get("description", "").strip(),
+        "",
+        "### Why",
+        *[f"- {r}" for r in a["reasons"]],
+        "",
+        f"_statekit {review['meta']['statekit_version']}, backend {review['meta']['backend']['kind']} "
+        f"({review['meta']['backend']['url']}), {review['meta']['generated_at']}_",
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """The files one profile's report was written to."""
+
+    name: str
+    notebook: Path
+    html: Path
+    json: Path
+    verdict: str
+
+
+def _export_html(nb_path: Path, html_path: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
+    html_path.write_text(body, encoding="utf-8")
+
+
+def _write_index(reports: list[ReportFiles], out_dir: Path) -> Path:
+    rows = "\n".join(
+        f'<tr><td><a href="{html.escape(r.html.name)}">{html.escape(r.name)}</a></td>'
+        f"<td>{html.escape(r.verdict)}</td>"
+        f'<td><a href="{html.escape(r.json.name)}">JSON</a></td></tr>'
+        for r in reports
+    )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>statekit design reviews</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.3em 1em;text-align:left}</style>"
+        f"</head><body><h1>statekit design reviews</h1><table><tr><th>profile</th><th>verdict</th>"
+        f"<th>data</th></tr>{rows}</table></body></html>\n"
+    )
+    path = out_dir / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def run_review(
+    profiles: Iterable[str | Path],
+    out_dir: str | Path = "reports",
+    redis_url: str = "fakeredis://",
+    *,
+    progress: bool = True,
+    kernel_name: str = "python3",
+    timeout_s: int = 300,
+) -> list[ReportFiles]:
+    """Execute the design-review notebook for each profile and write its report files.
+
+    Every profile is validated and the backend checked before any notebook runs, so a bad
+    profile or an unreachable Redis fails fast and writes nothing. With several profiles an
+    `index.html` links the reports.
+    """
+    paths = [Path(p).resolve() for p in profiles]
+    if not paths:
+        raise ProfileError("no profile given: pass at least one YAML file")
+    verdicts = {p: assess(WorkloadProfile.from_yaml(p)).verdict for p in paths}
+    names = [p.stem for p in paths]
+    if len(set(names)) != len(names):
+        raise ProfileError(f"two profiles share a file name, their reports would collide: {names}")
+    client = connect(redis_url)
+    try:
+        check_reachable(client, redis_url)
+    finally:
+        client.close()
+
+    # A URL with a secret goes to the kernel through the environment, never into the
+    # executed notebook's parameters cell, which is written to disk.
+    secret = redact_url(redis_url) != redis_url
+    nb_url = f"env:{URL_ENV}" if secret else redis_url
+    saved_env = os.environ.get(URL_ENV)
+    if secret:
+        os.environ[URL_ENV] = redis_url
+    try:
+        return _run_notebooks(paths, verdicts, Path(out_dir), nb_url, progress, kernel_name, timeout_s)
+    finally:
+        if secret:
+            if saved_env is None:
+                os.environ.pop(URL_ENV, None)
+            else:
+                os.environ[URL_ENV] = saved_env
+
+
+def _run_notebooks(
+    paths: list[Path],
+    verdicts: dict[Path, str],
+    out: Path,
+    redis_url: str,
+    progress: bool,
+    kernel_name: str,
+    timeout_s: int,
+) -> list[ReportFiles]:
+    import papermill as pm
+    from tqdm.auto import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in tqdm(paths, desc="design reviews", unit="profile", disable=not progress):
+        nb_out = out / f"{path.stem}.ipynb"
+        json_out = out / f"{path.stem}.json"
+        try:
+            pm.execute_notebook(
+                str(NOTEBOOK),
+                str(nb_out),
+                parameters={
+                    "profile_path": str(path),
+                    "redis_url": redis_url,
+                    "review_json_path": str(json_out.resolve()),
+                },
+                kernel_name=kernel_name,
+                cwd=str(NOTEBOOK.parent),
+                progress_bar=False,
+                execution_timeout=timeout_s,
+            )
+        except pm.PapermillExecutionError as exc:
+            raise StatekitError(
+                f"the design-review notebook failed for {path.name} in cell {exc.exec_count}: "
+                f"{exc.ename}: {redact_url(exc.evalue)}; the partial notebook is at {nb_out}"
+            ) from None
+        html_out = out / f"{path.stem}.html"
+        _export_html(nb_out, html_out)
+        written.append(ReportFiles(path.stem, nb_out, html_out, json_out, verdicts[path]))
+    if len(written) > 1:
+        _write_index(written, out)
+    return written

@@ -1,0 +1,191 @@
+"""Helpers for testing code that uses statekit, yours and ours.
+
+`RedisServer` runs a real redis-server on a free loopback port and can pause (SIGSTOP),
+resume, kill and restart it, always by its own process id. With pytest installed, the
+fixtures `redis_server` (one per test session) and `fresh_redis_server` (one per test)
+are available after `pytest_plugins = ["statekit.testing"]` in a conftest.py.
+
+pytest-redis starts servers too, but its fixtures are tied to its own configuration
+options and give no pause/kill/restart on the process, which the resilience tests need;
+this helper is small and does only that.
+
+When redis-server is not installed the fixtures skip, unless the environment variable
+STATEKIT_REQUIRE_REDIS=1 is set (CI sets it): then they fail, so a CI run can never pass
+with the real-Redis tests silently skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+__all__ = ["RedisServer", "find_redis_server", "require_real_redis", "REQUIRE_ENV"]
+
+REQUIRE_ENV = "STATEKIT_REQUIRE_REDIS"
+
+
+def find_redis_server() -> str | None:
+    """Path of the redis-server binary (env STATEKIT_REDIS_SERVER, else PATH), or None."""
+    explicit = os.environ.get("STATEKIT_REDIS_SERVER")
+    if explicit:
+        return explicit if Path(explicit).is_file() else None
+    return shutil.which("redis-server")
+
+
+def require_real_redis() -> bool:
+    """True when a missing redis-server must fail the run instead of skipping."""
+    return os.environ.get(REQUIRE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server process on 127.0.0.1, started and stopped by its own pid.
+
+    Persistence is off (no RDB, no AOF) unless `args` turn it on; its working directory
+    is a fresh temporary directory removed on `stop()`.
+    """
+
+    def __init__(self, args: Sequence[str] = (), *, port: int | None = None, executable: str | None = None):
+        exe = executable or find_redis_server()
+        if not exe:
+            raise FileNotFoundError("redis-server not found: install it (Debian: apt-get install redis-server)")
+        self.executable = exe
+        self.extra_args = list(args)
+        self.port = port or _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._dir = tempfile.mkdtemp(prefix="statekit-redis-")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self, timeout_s: float = 10.0) -> RedisServer:
+        """Start the server and wait until it answers PING; raise with its log if it does not."""
+        log = Path(self._dir) / "redis.log"
+        cmd = [
+            self.executable,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir,
+            "--daemonize", "no",
+            "--logfile", str(log),
+            *self.extra_args,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {err}{tail}")
+            if self._answers_ping():
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout_s} s")
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                reply = s.recv(64)
+                # A server with requirepass answers "-NOAUTH ...": it is up all the same.
+                return reply.startswith(b"+PONG") or reply.startswith(b"-NOAUTH")
+        except OSError:
+            return False
+
+    def client(self, **kwargs: Any) -> Any:
+        """A statekit client for this server (explicit timeouts, no retries)."""
+        from .backends import connect
+
+        return connect(self.url, **kwargs)
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): connections stay open, nothing is answered."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw a paused process (SIGCONT)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """Kill the process (SIGKILL): connections are refused until `restart()`."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> RedisServer:
+        """Start again on the same port, empty (persistence is off)."""
+        self.kill()
+        return self.start()
+
+    def stop(self) -> None:
+        """Stop the process by its pid (SIGTERM, then SIGKILL) and remove its directory."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - the fixtures need pytest; RedisServer does not
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+
+    def _start_or_skip(args: Sequence[str] = ()) -> RedisServer:
+        if not find_redis_server():
+            message = "redis-server is not installed"
+            if require_real_redis():
+                pytest.fail(f"{message}, and {REQUIRE_ENV}=1 forbids skipping real-Redis tests", pytrace=False)
+            pytest.skip(f"{message} (set {REQUIRE_ENV}=1 to make this a failure)")
+        return RedisServer(args).start()
+
+    @pytest.fixture(scope="session")
+    def redis_server() -> Iterator[RedisServer]:
+        """One real redis-server for the whole test session (flush between tests yourself)."""
+        server = _start_or_skip()
+        yield server
+        server.stop()
+
+    @pytest.fixture
+    def fresh_redis_server() -> Iterator[RedisServer]:
+        """A real redis-server of its own for one test, free to pause, kill and restart."""
+        server = _start_or_skip()
+        yield server
+        server.stop()
