@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .assess import Assessment, CostModel, RubricAnswer, assess  # noqa: E402
+from .assess import Assessment, CostModel, RubricAnswer, assess, what_if  # noqa: E402
 from .backends import check_reachable, connect, redact_url  # noqa: E402
 from .errors import (  # noqa: E402
     ConflictError,
@@ -28,6 +28,7 @@ from .profile import StateClass, WorkloadProfile  # noqa: E402
 __all__ = [
     "__version__",
     "assess",
+    "what_if",
     "Assessment",
     "CostModel",
     "RubricAnswer",

@@ -1,0 +1,50 @@
+"""pyproject.toml and environment.yml list the same dependencies with the same floors."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import yaml
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parent.parent
+# PyPI name -> conda-forge name(s); an extra becomes the package that provides it.
+CONDA_NAMES = {"redis": ["redis-py"], "fakeredis[lua]": ["fakeredis", "lupa"]}
+
+
+def _pyproject_requirements() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        reqs += extra
+    wanted: dict[str, str] = {}
+    for text in reqs:
+        req = Requirement(text)
+        key = req.name.lower() + (f"[{','.join(sorted(req.extras))}]" if req.extras else "")
+        for conda_name in CONDA_NAMES.get(key, [req.name.lower()]):
+            wanted[conda_name] = str(req.specifier) if conda_name != "lupa" else ""
+    return wanted
+
+
+def _conda_requirements() -> dict[str, str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    have: dict[str, str] = {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            assert dep["pip"] == ["-e ."], "the pip section installs statekit itself and nothing else"
+            continue
+        if dep.split("=")[0] in ("python", "pip"):
+            continue
+        req = Requirement(dep)
+        have[req.name.lower()] = str(req.specifier)
+    return have
+
+
+def test_environment_matches_pyproject():
+    assert _conda_requirements() == _pyproject_requirements()
+
+
+def test_environment_pins_python_311():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert "python=3.11" in env["dependencies"]

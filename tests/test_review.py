@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from statekit import ProfileError, StoreUnavailable
+from statekit.review import build_review, run_review
+
+
+def test_build_review_has_profile_and_assessment(profiles_dir):
+    review = build_review(profiles_dir / "support_agent.yaml", "fakeredis://")
+    assert set(review) >= {"meta", "profile", "assessment"}
+    assert review["assessment"]["verdict"] == "server-side session state"
+    assert review["profile"]["service"] == "support_agent"
+    assert review["meta"]["backend"] == {"url": "fakeredis://", "kind": "fakeredis", "server_version": None}
+    json.dumps(review)
+
+
+def test_build_review_fails_fast_on_unreachable_redis(profiles_dir):
+    with pytest.raises(StoreUnavailable) as err:
+        build_review(profiles_dir / "support_agent.yaml", "redis://:hidden-pw@127.0.0.1:1/0")
+    assert "hidden-pw" not in str(err.value)
+
+
+@pytest.mark.notebook
+def test_run_review_writes_html_without_code_and_json(tmp_path, profiles_dir):
+    (report,) = run_review([profiles_dir / "support_agent.yaml"], tmp_path, progress=False)
+    assert report.verdict == "server-side session state"
+    page = report.html.read_text()
+    assert "server-side session state" in page
+    assert "<img" in page, "the payload plot is in the report"
+    code_cells = [c for c in nbformat.read(report.notebook, as_version=4).cells if c.cell_type == "code"]
+    for cell in code_cells:
+        first_line = cell.source.strip().splitlines()[0]
+        assert first_line not in page, f"code leaked into the HTML: {first_line!r}"
+    data = json.loads(report.json.read_text())
+    assert data["assessment"]["verdict"] == report.verdict
+    assert data["profile"]["service"] == "support_agent"
+
+
+@pytest.mark.notebook
+def test_several_profiles_give_an_index(tmp_path, profiles_dir):
+    names = ["batch_document_processing", "faq_widget"]
+    reports = run_review([profiles_dir / f"{n}.yaml" for n in names], tmp_path, progress=False)
+    index = (tmp_path / "index.html").read_text()
+    for r in reports:
+        assert f'href="{r.html.name}"' in index
+        assert r.verdict in index
+
+
+def test_bad_profile_writes_nothing(tmp_path, profiles_dir):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("service: x\n")
+    out = tmp_path / "out"
+    with pytest.raises(ProfileError, match="bad.yaml"):
+        run_review([profiles_dir / "support_agent.yaml", bad], out, progress=False)
+    assert not out.exists()
+
+
+def test_unreachable_redis_writes_nothing(tmp_path, profiles_dir):
+    out = tmp_path / "out"
+    with pytest.raises(StoreUnavailable):
+        run_review([profiles_dir / "support_agent.yaml"], out, "redis://127.0.0.1:1/0", progress=False)
+    assert not out.exists()
+
+
+def test_no_profiles(tmp_path):
+    with pytest.raises(ProfileError, match="no profile"):
+        run_review([], tmp_path)
+
+
+@pytest.mark.realredis
+@pytest.mark.notebook
+def test_review_against_password_protected_redis_leaks_no_secret(tmp_path, profiles_dir):
+    from statekit.testing import RedisServer
+
+    with RedisServer(["--requirepass", "n0t-in-reports"]) as server:
+        url = f"redis://:n0t-in-reports@127.0.0.1:{server.port}/0"
+        (report,) = run_review([profiles_dir / "faq_widget.yaml"], tmp_path, url, progress=False)
+    for path in (report.notebook, report.html, report.json):
+        assert "n0t-in-reports" not in path.read_text(), path
+    data = json.loads(report.json.read_text())
+    assert data["meta"]["backend"]["url"] == f"redis://:***@127.0.0.1:{server.port}/0"
+    assert data["meta"]["backend"]["kind"] == "redis"
