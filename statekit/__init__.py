@@ -24,7 +24,6 @@ from .errors import (  # noqa: E402
 )
 from .profile import StateClass, WorkloadProfile  # noqa: E402
 
-
 __all__ = [
     "__version__",
     "assess",

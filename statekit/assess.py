@@ -144,8 +144,8 @@ def cost_model(profile: WorkloadProfile) -> CostModel:
         store_bytes.append(kept * b + (s_bytes if summarised else 0))
         server_tok.append((kept + 1) * tok + (s_tok if summarised else 0))
 
-    wire_even = next((k for k, r, s in zip(turns, replay_bytes, server_bytes) if s < r), None)
-    token_even = next((k for k, r, s in zip(turns, replay_tok, server_tok) if s < r), None)
+    wire_even = next((k for k, r, s in zip(turns, replay_bytes, server_bytes, strict=True) if s < r), None)
+    token_even = next((k for k, r, s in zip(turns, replay_tok, server_tok, strict=True) if s < r), None)
 
     price = profile.costs.token_price_per_million / 1e6
     replay_cost = 1000 * sum(replay_tok) * price
@@ -193,14 +193,11 @@ def _rubric(profile: WorkloadProfile, cost: CostModel) -> tuple[RubricAnswer, ..
 
     reused = s.reused_across_requests and profile.traffic.requests_per_session > 1
     n_req = profile.traffic.requests_per_session
-    reuse_ev = (
-        f"{n_req} request{'s' if n_req != 1 else ''} per session"
-        + (", and later ones read what earlier ones wrote" if s.reused_across_requests else ", none reads another's")
+    reuse_ev = f"{n_req} request{'s' if n_req != 1 else ''} per session" + (
+        ", and later ones read what earlier ones wrote" if s.reused_across_requests else ", none reads another's"
     )
 
-    authoritative = sorted(
-        sc.name for sc in profile.state_classes if sc.purpose in AUTHORITATIVE_PURPOSES
-    )
+    authoritative = sorted(sc.name for sc in profile.state_classes if sc.purpose in AUTHORITATIVE_PURPOSES)
     blockers = []
     if not can_send:
         blockers.append("the caller cannot carry the full context")
@@ -213,9 +210,7 @@ def _rubric(profile: WorkloadProfile, cost: CostModel) -> tuple[RubricAnswer, ..
     client_side = not blockers
     client_ev = "nothing stops it" if client_side else "; ".join(blockers)
 
-    indep_ev = (
-        "each unit is complete on its own" if s.units_independent else "a unit depends on earlier ones"
-    )
+    indep_ev = "each unit is complete on its own" if s.units_independent else "a unit depends on earlier ones"
     return (
         RubricAnswer("Can the client send the full context?", can_send, send_ev),
         RubricAnswer("Is state reused across requests?", reused, reuse_ev),

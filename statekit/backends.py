@@ -181,9 +181,7 @@ def connect(
                 **common,
             )
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
-            raise StoreUnavailable(
-                f"cannot reach Redis Cluster at {redact_url(url)}: {redact_url(str(exc))}"
-            ) from None
+            raise StoreUnavailable(f"cannot reach Redis Cluster at {redact_url(url)}: {redact_url(str(exc))}") from None
     raise _bad(url, f"unknown scheme {parts.scheme!r}")
 
 

@@ -28,9 +28,7 @@ def payload_growth(assessment: Assessment | dict[str, Any], ax: Any = None) -> A
     if any(c["replay_prompt_tokens"]):
         tok = ax.twinx()
         tok.plot(c["turns"], c["replay_prompt_tokens"], ls="--", color="tab:red", label="prompt tokens, full replay")
-        tok.plot(
-            c["turns"], c["server_prompt_tokens"], ls="--", color="tab:green", label="prompt tokens, server state"
-        )
+        tok.plot(c["turns"], c["server_prompt_tokens"], ls="--", color="tab:green", label="prompt tokens, server state")
         tok.set_ylabel("prompt tokens")
         lines = ax.get_lines() + tok.get_lines()
         ax.legend(lines, [ln.get_label() for ln in lines], loc="upper left", fontsize="small")

@@ -11,9 +11,10 @@ import datetime as _dt
 import html
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from . import __version__
 from .assess import assess
@@ -52,7 +53,7 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
     return {
         "meta": {
             "statekit_version": __version__,
-            "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "generated_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "backend": backend.as_dict(),
         },
         "profile": prof.model_dump(mode="json"),

@@ -23,8 +23,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 __all__ = ["RedisServer", "find_redis_server", "require_real_redis", "REQUIRE_ENV"]
 

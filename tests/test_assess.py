@@ -178,4 +178,4 @@ def test_verdict_rules_hold_for_any_profile(data):
     assert max(c.server_prompt_tokens) <= (window + 1) * profile.turns.tokens_per_turn + profile.state.summary_tokens
     if c.token_break_even_turn is not None:
         k = c.token_break_even_turn - 1
-        assert all(s <= r for s, r in zip(c.server_prompt_tokens[k:], c.replay_prompt_tokens[k:]))
+        assert all(s <= r for s, r in zip(c.server_prompt_tokens[k:], c.replay_prompt_tokens[k:], strict=True))

@@ -45,7 +45,9 @@ def test_bad_profile_exits_2_with_the_field(capsys, tmp_path):
 
 
 def test_review_with_bad_url_exits_2(capsys, tmp_path, profiles_dir):
-    code = main(["review", str(profiles_dir / "support_agent.yaml"), "--out", str(tmp_path), "--redis-url", "redis://:pw123@"])
+    code = main(
+        ["review", str(profiles_dir / "support_agent.yaml"), "--out", str(tmp_path), "--redis-url", "redis://:pw123@"]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "bad Redis URL" in err and "pw123" not in err

@@ -13,7 +13,9 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 
 def _run(nb: Path, out: Path, **parameters) -> nbformat.NotebookNode:
-    pm.execute_notebook(str(nb), str(out), parameters=parameters, cwd=str(nb.parent), progress_bar=False, kernel_name="python3")
+    pm.execute_notebook(
+        str(nb), str(out), parameters=parameters, cwd=str(nb.parent), progress_bar=False, kernel_name="python3"
+    )
     return nbformat.read(out, as_version=4)
 
 
