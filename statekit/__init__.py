@@ -2,7 +2,7 @@
 
 Decide: `assess(profile)` says whether a workload needs state at all, and where it should live.
 Run: `connect(url)` gives a Redis client (embedded fakeredis by default) with explicit
-timeouts and retries. `review.run_review(...)` renders a design review for a profile.
+timeouts and retries; `SessionStore` keeps bounded session state on it. `review.run_review(...)` renders a design review for a profile.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from .errors import (  # noqa: E402
     ConflictError,
     ConnectionURLError,
     CorruptStateError,
+    InvalidInput,
     NeedsRealRedis,
     ProfileError,
     StatekitError,
@@ -22,7 +23,9 @@ from .errors import (  # noqa: E402
     StoreUnavailable,
     UnknownVersionError,
 )
+from .lifecycle import ExtractiveSummarizer, LifecyclePolicy  # noqa: E402
 from .profile import StateClass, WorkloadProfile  # noqa: E402
+from .store import Context, SessionStore, StoreListener  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -35,6 +38,12 @@ __all__ = [
     "check_reachable",
     "redact_url",
     "WorkloadProfile",
+    "LifecyclePolicy",
+    "ExtractiveSummarizer",
+    "SessionStore",
+    "Context",
+    "StoreListener",
+    "InvalidInput",
     "StateClass",
     "StatekitError",
     "ProfileError",

@@ -14,6 +14,10 @@ class ProfileError(StatekitError, ValueError):
     """
 
 
+class InvalidInput(StatekitError, ValueError):
+    """A session id, turn id or value that statekit refuses before touching Redis."""
+
+
 class ConnectionURLError(StatekitError, ValueError):
     """A Redis URL is malformed or uses a scheme statekit does not know."""
 

@@ -16,18 +16,30 @@ with the real-Redis tests silently skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RedisServer", "find_redis_server", "require_real_redis", "REQUIRE_ENV"]
+__all__ = [
+    "RedisServer",
+    "RedisClusterServers",
+    "RoundTrips",
+    "count_round_trips",
+    "find_redis_server",
+    "require_real_redis",
+    "REQUIRE_ENV",
+]
 
 REQUIRE_ENV = "STATEKIT_REQUIRE_REDIS"
 
@@ -45,10 +57,31 @@ def require_real_redis() -> bool:
     return os.environ.get(REQUIRE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-def _free_port() -> int:
+def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port(cluster: bool = False) -> int:
+    """A free loopback port; for a cluster node, one whose bus port (+10000) is free too.
+
+    Cluster ports must stay at or below 55535, below the kernel's ephemeral range, so they
+    are drawn at random from 20000..45000 instead of asking the kernel for one.
+    """
+    if not cluster:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 45000)
+        if _port_free(port) and _port_free(port + 10000):
+            return port
+    raise RuntimeError("no free loopback port pair for a cluster node")
 
 
 class RedisServer:
@@ -58,13 +91,20 @@ class RedisServer:
     is a fresh temporary directory removed on `stop()`.
     """
 
-    def __init__(self, args: Sequence[str] = (), *, port: int | None = None, executable: str | None = None):
+    def __init__(
+        self,
+        args: Sequence[str] = (),
+        *,
+        port: int | None = None,
+        executable: str | None = None,
+        cluster_port: bool = False,
+    ):
         exe = executable or find_redis_server()
         if not exe:
             raise FileNotFoundError("redis-server not found: install it (Debian: apt-get install redis-server)")
         self.executable = exe
         self.extra_args = list(args)
-        self.port = port or _free_port()
+        self.port = port or _free_port(cluster_port)
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.mkdtemp(prefix="statekit-redis-")
 
@@ -162,6 +202,91 @@ class RedisServer:
         self.stop()
 
 
+class RedisClusterServers:
+    """A Redis Cluster of `primaries` redis-server processes on loopback, no replicas.
+
+    Slots are split evenly with CLUSTER ADDSLOTSRANGE and the nodes joined with CLUSTER
+    MEET; `start()` returns once every node reports cluster_state:ok.
+    """
+
+    def __init__(self, primaries: int = 3, args: Sequence[str] = ()):
+        self.nodes = [
+            RedisServer(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000", *args], cluster_port=True)
+            for _ in range(primaries)
+        ]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self, timeout_s: float = 20.0) -> RedisClusterServers:
+        import redis
+
+        for node in self.nodes:
+            node.start()
+        clients = [redis.Redis(host="127.0.0.1", port=n.port, socket_timeout=5) for n in self.nodes]
+        count = len(self.nodes)
+        for i, client in enumerate(clients):
+            first, last = i * 16384 // count, (i + 1) * 16384 // count - 1
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+        for node in self.nodes[1:]:
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
+            text = [i.decode() if isinstance(i, bytes) else str(i) for i in infos]
+            if all("cluster_state:ok" in t and f"cluster_known_nodes:{count}" in t for t in text):
+                for c in clients:
+                    c.close()
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the cluster did not reach cluster_state:ok within {timeout_s} s")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisClusterServers:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class RoundTrips:
+    """How many times the client wrote to a server: one write per command or per pipeline."""
+
+    count: int = 0
+
+
+@contextlib.contextmanager
+def count_round_trips() -> Iterator[RoundTrips]:
+    """Count round trips made by any redis-py (or fakeredis) client inside the block.
+
+    redis-py sends a command, or a whole pipeline, with one `send_packed_command` and
+    then reads the reply, so each call of it is one round trip. Counting requests this way
+    is exact and does not depend on timing.
+    """
+    import redis.connection
+
+    counter = RoundTrips()
+    original = redis.connection.AbstractConnection.send_packed_command
+    lock = threading.Lock()
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> Any:
+        with lock:
+            counter.count += 1
+        return original(self, command, check_health)
+
+    redis.connection.AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
+    try:
+        yield counter
+    finally:
+        redis.connection.AbstractConnection.send_packed_command = original  # type: ignore[method-assign]
+
+
 try:
     import pytest
 except ImportError:  # pragma: no cover - the fixtures need pytest; RedisServer does not
@@ -183,6 +308,14 @@ if pytest is not None:
         server = _start_or_skip()
         yield server
         server.stop()
+
+    @pytest.fixture(scope="session")
+    def redis_cluster() -> Iterator[RedisClusterServers]:
+        """A three-primary Redis Cluster on loopback ports for the whole test session."""
+        _start_or_skip().stop()  # the same skip-or-fail rule as a single server
+        cluster = RedisClusterServers(3).start()
+        yield cluster
+        cluster.stop()
 
     @pytest.fixture
     def fresh_redis_server() -> Iterator[RedisServer]:

@@ -22,3 +22,28 @@ def redis_url(redis_server) -> str:  # noqa: ANN001 - statekit.testing.RedisServ
     client.flushall()
     client.close()
     return redis_server.url
+
+
+@pytest.fixture(
+    params=[
+        "fakeredis",
+        pytest.param("redis", marks=pytest.mark.realredis),
+        pytest.param("cluster", marks=pytest.mark.realredis),
+    ]
+)
+def any_client(request):
+    """A statekit client on each backend: embedded fakeredis, a real server, a real cluster."""
+    from statekit import connect
+
+    if request.param == "fakeredis":
+        client = connect("fakeredis://")
+    elif request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        client = connect(server.url)
+        client.flushall()
+    else:
+        cluster = request.getfixturevalue("redis_cluster")
+        client = connect(cluster.url)
+        client.flushall(target_nodes="primaries")
+    yield client
+    client.close()

@@ -1,0 +1,421 @@
+"""SessionStore: bounded session state on Redis, one round trip per operation.
+
+Keys of one session share a hash tag, `{ns}:{<session>}:<part>`, so each Lua script and
+multi-key command stays on one Redis Cluster slot:
+
+- `meta`    hash: `v` session version, `b` stored bytes, `sv` state version, `fv` fold
+            version, `c` created (ms), and one `#<turn id>` field per turn not yet folded
+            (the idempotency set, so a replayed append is stored once).
+- `log`     list of turn records, oldest first: the last `window_turns` form the window;
+            any before them are parked, waiting to be folded into the summary.
+- `summary` string: the running summary of folded turns (absent while empty).
+- `state`   string: structured session state (absent until `update_state`).
+
+Every write refreshes the TTL of all four keys (sliding expiry) and checks the byte cap
+inside its script, so an oversized update is rejected before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from . import codec
+from .errors import ConflictError, CorruptStateError, InvalidInput, StateTooLarge, StoreUnavailable
+from .lifecycle import LifecyclePolicy, truncate_utf8
+
+__all__ = ["SessionStore", "Context", "StoreListener", "session_keys"]
+
+log = logging.getLogger(__name__)
+
+SEP = b"\x1f"  # between a record's turn id and its encoded turn; ids may not contain it
+_SESSION_ID = re.compile(r"^[^{}\x00-\x1f\x7f]{1,256}$")
+_TURN_ID = re.compile(r"^[^\x00-\x20\x7f]{1,128}$")
+PARTS = ("meta", "log", "summary", "state")
+
+# Append one turn. KEYS: meta log summary state. ARGV: record, turn id, window, cap,
+# ttl ms, fold batch, now ms, mode ('park' | 'drop').
+# Returns {status, bytes, version, created, evicted, [fold version, summary, parked...]}:
+# status 1 stored, 0 duplicate (stored before), -1 over the cap (nothing written).
+APPEND_LUA = """
+local meta, log = KEYS[1], KEYS[2]
+local rec, idf = ARGV[1], '#' .. ARGV[2]
+local window, cap, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local m = redis.call('HMGET', meta, 'b', 'v', idf, 'fv')
+local bytes, v = tonumber(m[1]) or 0, tonumber(m[2]) or 0
+if m[3] then
+  for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
+  return {0, bytes, v, 0, 0}
+end
+local size = bytes + #rec
+if size > cap then return {-1, size, cap, 0, 0} end
+local n = redis.call('RPUSH', log, rec)
+local created = 0
+if v == 0 then
+  created = 1
+  redis.call('HSET', meta, 'v', 1, 'b', size, idf, 1, 'c', ARGV[7])
+else
+  redis.call('HSET', meta, 'v', v + 1, 'b', size, idf, 1)
+end
+v = v + 1
+local evicted = 0
+if n > window then evicted = 1 end
+if ARGV[8] == 'drop' and n > window then
+  local old = redis.call('LPOP', log, n - window)
+  local ids = {}
+  for i, r in ipairs(old) do
+    size = size - #r
+    ids[i] = '#' .. string.sub(r, 1, string.find(r, '\\31', 1, true) - 1)
+  end
+  redis.call('HDEL', meta, unpack(ids))
+  redis.call('HSET', meta, 'b', size)
+  evicted = #old
+end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
+local parked = n - window
+if ARGV[8] == 'park' and parked >= tonumber(ARGV[6]) then
+  local out = {1, size, v, created, parked, m[4] or '0', redis.call('GET', KEYS[3]) or ''}
+  for i, r in ipairs(redis.call('LRANGE', log, 0, parked - 1)) do out[7 + i] = r end
+  return out
+end
+return {1, size, v, created, evicted}
+"""
+
+# Fold parked turns into the summary. KEYS: meta log summary state. ARGV: fold version
+# read, turns to fold, first folded turn id, new summary, ttl ms.
+# Returns {1, bytes} or {0} when another process folded first (nothing changed).
+FOLD_LUA = """
+local meta, log = KEYS[1], KEYS[2]
+local m = redis.call('HMGET', meta, 'fv', 'b', 'v')
+if (m[1] or '0') ~= ARGV[1] then return {0} end
+local n = tonumber(ARGV[2])
+local recs = redis.call('LRANGE', log, 0, n - 1)
+local head = ARGV[3] .. '\\31'
+if #recs < n or string.sub(recs[1], 1, #head) ~= head then return {0} end
+local freed, ids = 0, {}
+for i, r in ipairs(recs) do
+  freed = freed + #r
+  ids[i] = '#' .. string.sub(r, 1, string.find(r, '\\31', 1, true) - 1)
+end
+redis.call('LTRIM', log, n, -1)
+redis.call('HDEL', meta, unpack(ids))
+local old = redis.call('STRLEN', KEYS[3])
+if #ARGV[4] > 0 then redis.call('SET', KEYS[3], ARGV[4]) else redis.call('DEL', KEYS[3]) end
+local size = (tonumber(m[2]) or 0) - freed - old + #ARGV[4]
+redis.call('HSET', meta, 'b', size, 'fv', tonumber(m[1] or '0') + 1, 'v', (tonumber(m[3]) or 0) + 1)
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[5])) end
+return {1, size}
+"""
+
+# Read a session's context. KEYS: meta log summary. Returns {v, b, log records, summary}.
+LOAD_LUA = """
+local m = redis.call('HMGET', KEYS[1], 'v', 'b')
+return {m[1] or '0', m[2] or '0', redis.call('LRANGE', KEYS[2], 0, -1), redis.call('GET', KEYS[3]) or ''}
+"""
+
+# Read structured state. KEYS: meta state. Returns {state version, blob or false}.
+GET_STATE_LUA = """
+return {redis.call('HGET', KEYS[1], 'sv') or '0', redis.call('GET', KEYS[2])}
+"""
+
+# Compare-and-set structured state. KEYS: meta log summary state. ARGV: expected state
+# version, blob, cap, ttl ms, now ms. Returns {1, new sv, bytes}, {0, current sv} on a
+# conflict, {-1, size, cap} over the cap (nothing written).
+CAS_STATE_LUA = """
+local meta, state = KEYS[1], KEYS[4]
+local m = redis.call('HMGET', meta, 'sv', 'b', 'v')
+local sv = tonumber(m[1]) or 0
+if sv ~= tonumber(ARGV[1]) then return {0, sv} end
+local size = (tonumber(m[2]) or 0) - redis.call('STRLEN', state) + #ARGV[2]
+if size > tonumber(ARGV[3]) then return {-1, size, tonumber(ARGV[3])} end
+redis.call('SET', state, ARGV[2])
+if not m[3] then redis.call('HSET', meta, 'c', ARGV[5]) end
+redis.call('HSET', meta, 'sv', sv + 1, 'b', size, 'v', (tonumber(m[3]) or 0) + 1)
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[4])) end
+return {1, sv + 1, size}
+"""
+
+_CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+def validate_session_id(session_id: str) -> str:
+    """Refuse ids that are empty, too long, or hold braces or control characters (which
+    would break the hash tag or the key layout)."""
+    if not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
+        raise InvalidInput(
+            f"bad session id {session_id!r}: 1 to 256 characters, no braces, newlines or other control characters"
+        )
+    return session_id
+
+
+def session_keys(namespace: str, session_id: str) -> list[str]:
+    """The four keys of a session, in the order the scripts expect."""
+    tag = f"{namespace}:{{{validate_session_id(session_id)}}}"
+    return [f"{tag}:{part}" for part in PARTS]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a request needs from its session: summary, recent turns, and bookkeeping.
+
+    `turns` is the window (oldest first); `pending` holds turns that left the window and
+    are not yet in the summary. `degraded` and `source` say where the context came from
+    (`store` here; a resilient wrapper may answer from `cache` or `default`).
+    """
+
+    session_id: str
+    summary: str = ""
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    turn_ids: list[str] = field(default_factory=list)
+    version: int = 0
+    bytes: int = 0
+    degraded: bool = False
+    source: str = "store"
+
+    @property
+    def exists(self) -> bool:
+        return self.version > 0
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Chat messages for a model: the summary as a system message, then pending and recent turns."""
+        head = [{"role": "system", "content": f"Summary of the earlier conversation:\n{self.summary}"}]
+        return (head if self.summary else []) + self.pending + self.turns
+
+
+class StoreListener:
+    """Observer of a SessionStore; override what you need. Calls happen after each operation.
+
+    `on_operation(op, session_id, seconds, error)` for every public operation;
+    `on_event(kind, session_id, info)` for lifecycle events: created, appended, duplicate,
+    evicted, summarised, fold_failed, rejected, conflict, state_updated, deleted.
+    """
+
+    def on_operation(self, op: str, session_id: str, seconds: float, error: BaseException | None) -> None:
+        """Called once per public operation."""
+
+    def on_event(self, kind: str, session_id: str, info: Mapping[str, Any]) -> None:
+        """Called for each lifecycle event."""
+
+
+class SessionStore:
+    """Bounded session state in Redis, by `policy`, under `namespace`.
+
+    Appends and loads are one round trip each (one Lua script); folding evicted turns into
+    the summary adds one round trip every `policy.fold_batch` evictions. Connection errors
+    and timeouts surface as `StoreUnavailable`; wrap the store in `ResilientStore` to
+    degrade instead.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        policy: LifecyclePolicy | None = None,
+        namespace: str = "sk",
+        metrics: StoreListener | None = None,
+        listeners: Iterable[StoreListener] = (),
+        max_update_retries: int = 16,
+    ) -> None:
+        if not namespace or any(c in namespace for c in "{}:\n\r\x00"):
+            raise InvalidInput(f"bad namespace {namespace!r}: non-empty, no braces, colons or newlines")
+        self.client = client
+        self.policy = policy or LifecyclePolicy()
+        self.namespace = namespace
+        self.max_update_retries = max_update_retries
+        self.listeners: list[StoreListener] = [*listeners, *([metrics] if metrics is not None else [])]
+        self._append = client.register_script(APPEND_LUA)
+        self._fold = client.register_script(FOLD_LUA)
+        self._load = client.register_script(LOAD_LUA)
+        self._get_state = client.register_script(GET_STATE_LUA)
+        self._cas_state = client.register_script(CAS_STATE_LUA)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def keys(self, session_id: str) -> list[str]:
+        """The keys of `session_id` (meta, log, summary, state)."""
+        return session_keys(self.namespace, session_id)
+
+    def _event(self, kind: str, session_id: str, **info: Any) -> None:
+        for listener in self.listeners:
+            listener.on_event(kind, session_id, info)
+
+    def _run(self, op: str, session_id: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter() if self.listeners else 0.0
+        error: BaseException | None = None
+        try:
+            return fn()
+        except _CONNECTION_ERRORS as exc:
+            error = StoreUnavailable(f"{op} of session {session_id!r} failed: {exc}")
+            raise error from exc
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if self.listeners:
+                elapsed = time.perf_counter() - start
+                for listener in self.listeners:
+                    listener.on_operation(op, session_id, elapsed, error)
+
+    @staticmethod
+    def _split(record: bytes, key: str) -> tuple[str, dict[str, Any]]:
+        tid, sep, body = record.partition(SEP)
+        if not sep:
+            raise CorruptStateError(f"{key}: a turn record without its turn id; the session was left as is")
+        return tid.decode("utf-8", errors="replace"), codec.decode(body, key)
+
+    # -- conversation ---------------------------------------------------------------------
+
+    def append_turn(self, session_id: str, turn: Mapping[str, Any], turn_id: str | None = None) -> int:
+        """Append `turn` to the session in one round trip; return the session's stored bytes.
+
+        The same `turn_id` twice is stored once (a replay after a timeout is harmless);
+        without one, a fresh id is made. Raises `StateTooLarge` (nothing written) when the
+        turn would take the session past `policy.max_bytes`, `InvalidInput` for bad ids or
+        a turn that cannot be serialised.
+        """
+        keys = self.keys(session_id)
+        if not isinstance(turn, Mapping):
+            raise InvalidInput(
+                f"a turn is a mapping such as {{'role': ..., 'content': ...}}, got {type(turn).__name__}"
+            )
+        if turn_id is None:
+            turn_id = uuid.uuid4().hex[:20]
+        elif not isinstance(turn_id, str) or not _TURN_ID.match(turn_id):
+            raise InvalidInput(f"bad turn id {turn_id!r}: 1 to 128 printable characters without spaces")
+        record = turn_id.encode() + SEP + codec.encode(dict(turn), what="the turn")
+        p = self.policy
+        args = [record, turn_id, p.window_turns, p.max_bytes, p.ttl_ms, p.fold_batch, int(time.time() * 1000), p.mode]
+
+        def run() -> int:
+            reply = self._append(keys=keys, args=args)
+            status = reply[0]
+            if status == -1:
+                self._event("rejected", session_id, size=reply[1], cap=reply[2])
+                raise StateTooLarge(session_id, reply[1], reply[2])
+            if status == 0:
+                self._event("duplicate", session_id, turn_id=turn_id)
+                return reply[1]
+            if reply[3]:
+                self._event("created", session_id)
+            self._event("appended", session_id, bytes=len(record), total=reply[1])
+            if len(reply) > 5:
+                return self._fold_parked(session_id, keys, reply)
+            if reply[4]:
+                self._event("evicted", session_id, turns=reply[4], summarised=False)
+            return reply[1]
+
+        return self._run("append_turn", session_id, run)
+
+    def _fold_parked(self, session_id: str, keys: list[str], reply: list[Any]) -> int:
+        _status, size, _v, _created, n_parked, fold_version, summary_raw, *parked = reply
+        pairs = [self._split(r, keys[1]) for r in parked]
+        summary = summary_raw.decode("utf-8", errors="replace")
+        budget = self.policy.summary_max_bytes
+        try:
+            new_summary = truncate_utf8(self.policy.summarizer(summary, [t for _, t in pairs], budget), budget)
+        except Exception as exc:  # noqa: BLE001 - a failing summarizer must not fail an append that landed
+            # The turns stay parked in Redis; the next append that finds them hands them over again.
+            log.warning("summarizer failed for session %r, %d turns stay parked: %r", session_id, len(pairs), exc)
+            self._event("fold_failed", session_id, turns=len(pairs), error=repr(exc))
+            return size
+        result = self._fold(
+            keys=keys, args=[fold_version, len(parked), pairs[0][0], new_summary.encode(), self.policy.ttl_ms]
+        )
+        if result[0] == 1:
+            self._event("evicted", session_id, turns=len(parked), summarised=True)
+            self._event("summarised", session_id, turns=len(parked), summary_bytes=len(new_summary.encode()))
+            return result[1]
+        return size  # another process folded these turns first
+
+    def load_context(self, session_id: str) -> Context:
+        """The session's summary, window, pending turns, version and size, in one round trip.
+
+        A missing (or expired) session is an empty context, not an error. A corrupt record
+        raises `CorruptStateError` naming the key; nothing is modified.
+        """
+        keys = self.keys(session_id)
+
+        def run() -> Context:
+            version, size, records, summary = self._load(keys=keys[:3])
+            pairs = [self._split(r, keys[1]) for r in records]
+            cut = max(0, len(pairs) - self.policy.window_turns)
+            return Context(
+                session_id=session_id,
+                summary=summary.decode("utf-8", errors="replace"),
+                turns=[t for _, t in pairs[cut:]],
+                pending=[t for _, t in pairs[:cut]],
+                turn_ids=[i for i, _ in pairs],
+                version=int(version),
+                bytes=int(size),
+            )
+
+        return self._run("load_context", session_id, run)
+
+    # -- structured state -----------------------------------------------------------------
+
+    def get_state(self, session_id: str) -> tuple[dict[str, Any], int]:
+        """The session's structured state and its version (an empty dict and 0 when unset)."""
+        keys = self.keys(session_id)
+
+        def run() -> tuple[dict[str, Any], int]:
+            version, blob = self._get_state(keys=[keys[0], keys[3]])
+            return (codec.decode(blob, keys[3]) if blob else {}), int(version)
+
+        return self._run("get_state", session_id, run)
+
+    def update_state(self, session_id: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+        """Apply `fn` to the structured state with optimistic concurrency; return the new state.
+
+        Reads the state and its version, computes `fn(state)`, and writes only if nobody
+        wrote in between (compare-and-set in one script); otherwise re-reads and retries, up
+        to `max_update_retries` times with jittered backoff, then raises `ConflictError`.
+        `fn` may run more than once, so it must not have side effects.
+        """
+        keys = self.keys(session_id)
+
+        def run() -> dict[str, Any]:
+            for attempt in range(self.max_update_retries + 1):
+                version, blob = self._get_state(keys=[keys[0], keys[3]])
+                current = codec.decode(blob, keys[3]) if blob else {}
+                new = fn(current)
+                if not isinstance(new, dict):
+                    raise InvalidInput(f"update_state's function must return a dict, got {type(new).__name__}")
+                encoded = codec.encode(new, what="the session state")
+                reply = self._cas_state(
+                    keys=keys,
+                    args=[int(version), encoded, self.policy.max_bytes, self.policy.ttl_ms, int(time.time() * 1000)],
+                )
+                if reply[0] == 1:
+                    self._event("state_updated", session_id, version=reply[1], attempts=attempt + 1)
+                    return new
+                if reply[0] == -1:
+                    self._event("rejected", session_id, size=reply[1], cap=reply[2])
+                    raise StateTooLarge(session_id, reply[1], reply[2])
+                self._event("conflict", session_id, attempt=attempt + 1)
+                time.sleep(random.uniform(0, 0.0005 * (attempt + 1)))
+            raise ConflictError(
+                f"session {session_id!r}: state changed under every one of {self.max_update_retries + 1} attempts; "
+                "too many concurrent writers to one session (route a session's requests to one instance)"
+            )
+
+        return self._run("update_state", session_id, run)
+
+    def delete(self, session_id: str) -> bool:
+        """Remove every key of the session; True when it existed."""
+        keys = self.keys(session_id)
+
+        def run() -> bool:
+            existed = bool(self.client.delete(*keys))
+            if existed:
+                self._event("deleted", session_id)
+            return existed
+
+        return self._run("delete", session_id, run)
