@@ -2,7 +2,8 @@
 
 Decide: `assess(profile)` says whether a workload needs state at all, and where it should live.
 Run: `connect(url)` gives a Redis client (embedded fakeredis by default) with explicit
-timeouts and retries; `SessionStore` keeps bounded session state on it. `review.run_review(...)` renders a design review for a profile.
+timeouts and retries; `SessionStore` keeps bounded session state on it.
+`review.run_review(...)` renders a design review for a profile.
 """
 
 from __future__ import annotations
