@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import sizing  # noqa: E402
 from .assess import Assessment, CostModel, RubricAnswer, assess, what_if  # noqa: E402
 from .backends import check_reachable, connect, redact_url  # noqa: E402
 from .errors import (  # noqa: E402
@@ -24,7 +25,7 @@ from .errors import (  # noqa: E402
     StoreUnavailable,
     UnknownVersionError,
 )
-from .lifecycle import ExtractiveSummarizer, LifecyclePolicy  # noqa: E402
+from .lifecycle import ExtractiveSummarizer, LifecyclePolicy, recommend  # noqa: E402
 from .profile import StateClass, WorkloadProfile  # noqa: E402
 from .store import Context, SessionStore, StoreListener  # noqa: E402
 
@@ -40,6 +41,8 @@ __all__ = [
     "redact_url",
     "WorkloadProfile",
     "LifecyclePolicy",
+    "recommend",
+    "sizing",
     "ExtractiveSummarizer",
     "SessionStore",
     "Context",

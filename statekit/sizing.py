@@ -1,0 +1,526 @@
+"""How much Redis a workload needs, from numbers: a memory model of what SessionStore writes.
+
+`estimate_memory` builds the model from Redis 7.0's own data structures rather than from a
+fudge factor: every allocation is rounded up to its jemalloc size class, each key costs a
+dict entry, its name and an object header, each TTL an entry in the expires dict, both
+dicts a power-of-two bucket array, hashes are listpacks and lists are quicklists of
+listpack nodes of at most 8 KB, filled and trimmed in the order the store's scripts push
+and trim them. `measure` writes the same sessions through SessionStore into a real Redis
+and reads `INFO memory`, so the model is checked against the server, not against itself.
+(redis-py and Redis offer nothing that predicts memory before the data exists; MEMORY
+USAGE only measures keys that are already written, hence this module.)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import codec
+from .backends import backend_kind
+from .errors import NeedsRealRedis
+from .lifecycle import ExtractiveSummarizer, LifecyclePolicy, truncate_utf8
+
+__all__ = [
+    "estimate_memory",
+    "session_bytes_unbounded",
+    "MemoryEstimate",
+    "Measurement",
+    "measure",
+    "active_sessions",
+    "nodes_needed",
+    "growth_over_turns",
+    "growth_over_days",
+    "synthetic_turn",
+    "jemalloc_size",
+    "BASELINE_USED_MEMORY",
+    "CLIENT_BYTES",
+]
+
+#: used_memory of an empty Redis 7.0 (default settings) after SessionStore's scripts have
+#: run once, with one client connected: 964,160 bytes at start, plus 233,720 that the
+#: first script calls leave behind (the Lua client and its buffers), measured on this
+#: project's CI machine. It does not grow with the number of sessions.
+BASELINE_USED_MEMORY = 1_198_000
+#: What each further client connection adds once it has sent and read a few KB.
+CLIENT_BYTES = 22_272
+
+_ROBJ = 16  # redisObject
+_DICT_ENTRY = 24  # key, value, next; +16 bytes of slot metadata in cluster mode (Redis 7.0)
+_QUICKLIST = 40
+_QUICKLIST_NODE = 40
+_LISTPACK_NODE_LIMIT = 8192  # list-max-listpack-size -2
+_QUICKLIST_INSERT_SLACK = 8  # SIZE_ESTIMATE_OVERHEAD in quicklist.c
+_LP_HEADER, _LP_END = 6, 1
+_EMBSTR_MAX = 44
+_TURN_ID_BYTES = 20  # SessionStore's generated ids
+
+
+def jemalloc_size(n: int) -> int:
+    """The jemalloc size class that an allocation of `n` bytes really takes (x86-64, 16-byte quantum)."""
+    if n <= 8:
+        return 8
+    if n <= 128:
+        return -(-n // 16) * 16
+    k = (n - 1).bit_length() - 1  # 2**k < n <= 2**(k+1): four classes per doubling
+    step = 1 << (k - 2)
+    return -(-n // step) * step
+
+
+def _sds_alloc(length: int) -> int:
+    header = 3 if length < 256 else 5 if length < 65536 else 9
+    return jemalloc_size(header + length + 1)
+
+
+def _string_value(length: int) -> int:
+    if length <= _EMBSTR_MAX:
+        return jemalloc_size(_ROBJ + 3 + length + 1)
+    return _ROBJ + _sds_alloc(length)
+
+
+def _backlen(encoded: int) -> int:
+    return 1 if encoded < 128 else 2 if encoded < 16384 else 3 if encoded < 2097152 else 4
+
+
+def _lp_string(length: int) -> int:
+    encoded = length + (1 if length < 64 else 2 if length < 4096 else 5)
+    return encoded + _backlen(encoded)
+
+
+def _lp_int(value: int) -> int:
+    for limit, size in ((127, 1), (4095, 2), (32767, 3), (8388607, 4), (2147483647, 5)):
+        if -limit - 1 <= value <= limit and (size > 1 or value >= 0):
+            return size + 1
+    return 10
+
+
+def _lp_value(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is not None and str(number) == value and len(value) <= 20:
+        return _lp_int(number)
+    return _lp_string(len(value.encode()))
+
+
+def _hash_listpack(fields: dict[str, str]) -> int:
+    size = _LP_HEADER + _LP_END + sum(_lp_value(k) + _lp_value(v) for k, v in fields.items())
+    return _ROBJ + jemalloc_size(size)
+
+
+class _Quicklist:
+    """A quicklist of listpack nodes, grown and trimmed as Redis 7.0 does."""
+
+    def __init__(self) -> None:
+        self.nodes: list[list[int]] = []  # [listpack bytes, entry sizes...]
+
+    def push(self, length: int) -> None:
+        entry = _lp_string(length)
+        tail = self.nodes[-1] if self.nodes else None
+        if tail is not None and tail[0] + length + _QUICKLIST_INSERT_SLACK <= _LISTPACK_NODE_LIMIT:
+            tail[0] += entry
+            tail.append(entry)
+        else:
+            self.nodes.append([_LP_HEADER + _LP_END + entry, entry])
+
+    def trim_head(self, count: int) -> None:
+        while count and self.nodes:
+            head = self.nodes[0]
+            take = min(count, len(head) - 1)
+            head[0] -= sum(head[1 : 1 + take])
+            del head[1 : 1 + take]
+            count -= take
+            if len(head) == 1:
+                self.nodes.pop(0)
+
+    def __len__(self) -> int:
+        return sum(len(n) - 1 for n in self.nodes)
+
+    def bytes(self) -> int:
+        if not self.nodes:
+            return 0
+        return (
+            _ROBJ
+            + jemalloc_size(_QUICKLIST)
+            + sum(jemalloc_size(_QUICKLIST_NODE) + jemalloc_size(n[0]) for n in self.nodes)
+        )
+
+
+def synthetic_turn(i: int, turn_bytes: int) -> dict[str, str]:
+    """Turn `i` of a synthetic session: alternating roles, `turn_bytes` of text."""
+    return {"role": "user" if i % 2 == 0 else "assistant", "content": "x" * turn_bytes}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Modelled Redis memory for `sessions` sessions of `turns_per_session` turns each.
+
+    `per_session` is the memory one session's keys take (values, key names, expiry
+    entries); `dict_tables` the two global hash tables' buckets; `total` adds the server's
+    own baseline: it is what `INFO memory` reports as used_memory. `stored_bytes` is what
+    SessionStore counts against `max_bytes` for one session.
+    """
+
+    sessions: int
+    turns_per_session: int
+    turn_bytes: int
+    keys_per_session: int
+    log_turns: int
+    summary_bytes: int
+    stored_bytes: int
+    per_session: int
+    breakdown: dict[str, int]
+    dict_tables: int
+    baseline: int
+    total: int
+    unbounded_per_session: int
+    unbounded_total: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _key_overhead(name_len: int, cluster: bool, with_ttl: bool) -> int:
+    entry = jemalloc_size(_DICT_ENTRY + (16 if cluster else 0))
+    return entry + _sds_alloc(name_len) + (jemalloc_size(_DICT_ENTRY) if with_ttl else 0)
+
+
+def _table(keys: int) -> int:
+    return 8 * max(4, 1 << max(0, (keys - 1).bit_length())) if keys else 0
+
+
+def _summary_length(policy: LifecyclePolicy, folded: list[dict[str, str]], summary_bytes: int | None) -> int:
+    if not folded or policy.summarizer is None:
+        return 0
+    if summary_bytes is not None:
+        return min(summary_bytes, policy.summary_max_bytes)
+    if isinstance(policy.summarizer, ExtractiveSummarizer):
+        # Deterministic and cheap: run it on the same turns, batch by batch, as the store would.
+        summary = ""
+        for start in range(0, len(folded), policy.fold_batch):
+            batch = folded[start : start + policy.fold_batch]
+            summary = truncate_utf8(
+                policy.summarizer(summary, batch, policy.summary_max_bytes), policy.summary_max_bytes
+            )
+        return len(summary.encode())
+    return policy.summary_max_bytes  # an unknown summarizer: assume it uses its whole budget
+
+
+def session_bytes_unbounded(turns: int, turn_bytes: int, namespace: str = "sk", session_id_bytes: int = 10) -> int:
+    """Memory of one session kept the naive way: every turn RPUSHed to one list, no window,
+    no summary, no TTL."""
+    ql = _Quicklist()
+    for i in range(turns):
+        ql.push(len(codec.encode(synthetic_turn(i, turn_bytes))))
+    name = len(namespace) + session_id_bytes + len(":{}:log")
+    return _key_overhead(name, False, with_ttl=False) + ql.bytes()
+
+
+def estimate_memory(
+    policy: LifecyclePolicy,
+    sessions: int,
+    turns_per_session: int,
+    turn_bytes: int,
+    *,
+    state_bytes: int = 0,
+    summary_bytes: int | None = None,
+    namespace: str = "sk",
+    session_id_bytes: int = 10,
+    cluster: bool = False,
+    clients: int = 1,
+    baseline: int = BASELINE_USED_MEMORY,
+) -> MemoryEstimate:
+    """Model the used_memory of `sessions` sessions written through SessionStore with `policy`.
+
+    `turn_bytes` is the size of one turn's text; records add the turn id, the codec's
+    envelope and the JSON around the text. `state_bytes` is the encoded structured state
+    per session (0: none). `summary_bytes` overrides the summary size (by default the
+    ExtractiveSummarizer is run on synthetic turns; another summarizer is assumed to fill
+    its budget). `session_id_bytes` is the length of a session id (10 for `s-00000001`, 36
+    for a UUID). `cluster=True` models Redis Cluster's larger dict entries (per node).
+    `clients` is the number of connections to the server (each holds its own buffers).
+    """
+    if sessions < 0 or turns_per_session < 0 or turn_bytes < 0 or state_bytes < 0:
+        raise ValueError("sessions, turns_per_session, turn_bytes and state_bytes must be >= 0")
+    turns = [synthetic_turn(i, turn_bytes) for i in range(turns_per_session)]
+    records = [_TURN_ID_BYTES + 1 + len(codec.encode(t)) for t in turns]
+
+    # Replay the store's scripts: push, then fold (park mode) or pop (drop mode).
+    ql, folded, in_log = _Quicklist(), [], []
+    folds = 0
+    for i, length in enumerate(records):
+        ql.push(length)
+        in_log.append(i)
+        parked = len(in_log) - policy.window_turns
+        if policy.mode == "drop" and parked > 0:
+            ql.trim_head(parked)
+            del in_log[:parked]
+        elif policy.mode == "park" and parked >= policy.fold_batch:
+            ql.trim_head(parked)
+            folded += [turns[j] for j in in_log[:parked]]
+            del in_log[:parked]
+            folds += 1
+    summary_len = _summary_length(policy, folded, summary_bytes)
+
+    stored = sum(records[j] for j in in_log) + summary_len + state_bytes
+    meta_fields = {"v": str(turns_per_session + folds + (1 if state_bytes else 0)), "b": str(stored)}
+    # one field per turn in the log: '#' and a turn id (never an integer to listpack)
+    meta_fields.update({f"#{j:0{_TURN_ID_BYTES}d}": "1" for j in range(len(in_log))})
+    meta_fields["c"] = str(int(time.time() * 1000))
+    if folds:
+        meta_fields["fv"] = str(folds)
+    if state_bytes:
+        meta_fields["sv"] = "1"
+
+    prefix = len(namespace) + session_id_bytes + len(":{}:")
+    keys = {"meta": len("meta"), "log": len("log")}
+    if summary_len:
+        keys["summary"] = len("summary")
+    if state_bytes:
+        keys["state"] = len("state")
+    has_session = turns_per_session > 0 or state_bytes > 0
+    if turns_per_session == 0:
+        keys.pop("log")
+    breakdown = {
+        "key names, dict and expiry entries": sum(_key_overhead(prefix + n, cluster, True) for n in keys.values()),
+        "meta hash": _hash_listpack(meta_fields) if has_session else 0,
+        "log list": ql.bytes(),
+        "summary": _string_value(summary_len) if summary_len else 0,
+        "state": _string_value(state_bytes) if state_bytes else 0,
+    }
+    if not has_session:
+        breakdown = dict.fromkeys(breakdown, 0)
+        keys = {}
+    per_session = sum(breakdown.values())
+    n_keys = sessions * len(keys)
+    tables = 2 * _table(n_keys)
+    unbounded = session_bytes_unbounded(turns_per_session, turn_bytes, namespace, session_id_bytes)
+    return MemoryEstimate(
+        sessions=sessions,
+        turns_per_session=turns_per_session,
+        turn_bytes=turn_bytes,
+        keys_per_session=len(keys),
+        log_turns=len(in_log),
+        summary_bytes=summary_len,
+        stored_bytes=stored if has_session else 0,
+        per_session=per_session,
+        breakdown=breakdown,
+        dict_tables=tables,
+        baseline=baseline + (clients - 1) * CLIENT_BYTES,
+        total=baseline + (clients - 1) * CLIENT_BYTES + sessions * per_session + tables,
+        unbounded_per_session=unbounded,
+        unbounded_total=baseline + sessions * unbounded + _table(sessions if turns_per_session else 0),
+    )
+
+
+def active_sessions(new_sessions_per_day: float, session_seconds: float, ttl_seconds: float) -> int:
+    """Sessions held in Redis at once, by Little's law: arrival rate x (session length + TTL).
+
+    A session's keys live from its first write until `ttl_seconds` after its last one.
+    """
+    return math.ceil(new_sessions_per_day / 86_400 * (session_seconds + ttl_seconds))
+
+
+def nodes_needed(total_bytes: int, maxmemory_bytes: int, usable_fraction: float = 0.75) -> int:
+    """Redis nodes (shards) for `total_bytes`, filling each to `usable_fraction` of maxmemory.
+
+    The rest is headroom for fragmentation, replication and client buffers, and the
+    copy-on-write of a fork during persistence.
+    """
+    if maxmemory_bytes <= 0 or not 0 < usable_fraction <= 1:
+        raise ValueError("maxmemory_bytes must be positive and usable_fraction in (0, 1]")
+    return max(1, math.ceil(total_bytes / (maxmemory_bytes * usable_fraction)))
+
+
+def growth_over_turns(policy: LifecyclePolicy, turns: int, turn_bytes: int, **kwargs: Any) -> dict[str, list[int]]:
+    """Memory of one session after 1..`turns` turns, with the policy and without (naive list)."""
+    bounded, unbounded = [], []
+    for t in range(1, turns + 1):
+        e = estimate_memory(policy, 1, t, turn_bytes, **kwargs)
+        bounded.append(e.per_session)
+        unbounded.append(e.unbounded_per_session)
+    return {"turns": list(range(1, turns + 1)), "with_policy": bounded, "without_policy": unbounded}
+
+
+def growth_over_days(
+    policy: LifecyclePolicy,
+    new_sessions_per_day: float,
+    session_seconds: float,
+    turns_per_session: int,
+    turn_bytes: int,
+    days: int = 14,
+    **kwargs: Any,
+) -> dict[str, list[float]]:
+    """Total memory at the end of each day, with the policy (a TTL holds the active set
+    steady) and without (no TTL: every session ever started stays)."""
+    e = estimate_memory(policy, 1, turns_per_session, turn_bytes, **kwargs)
+    steady = active_sessions(new_sessions_per_day, session_seconds, policy.ttl_seconds)
+    with_policy, without = [], []
+    for day in range(1, days + 1):
+        alive = min(steady, math.ceil(new_sessions_per_day * day))
+        with_policy.append(e.baseline + alive * e.per_session + 2 * _table(alive * e.keys_per_session))
+        kept = math.ceil(new_sessions_per_day * day)
+        without.append(e.baseline + kept * e.unbounded_per_session + _table(kept))
+    return {"days": list(range(1, days + 1)), "with_policy": with_policy, "without_policy": without}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """used_memory of a real Redis before and after writing sessions, next to the model."""
+
+    sessions: int
+    used_memory_before: int
+    used_memory_after: int
+    estimate: MemoryEstimate
+    seconds: float
+
+    @property
+    def error(self) -> float:
+        """Relative error of the model's total against the measured used_memory."""
+        return (self.estimate.total - self.used_memory_after) / self.used_memory_after
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sessions": self.sessions,
+            "used_memory_before": self.used_memory_before,
+            "used_memory_after": self.used_memory_after,
+            "estimated_total": self.estimate.total,
+            "error": self.error,
+            "seconds": self.seconds,
+        }
+
+
+def _used_memory(client: Any) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def measure(
+    client: Any,
+    policy: LifecyclePolicy,
+    sessions: int,
+    turns_per_session: int,
+    turn_bytes: int,
+    *,
+    state_bytes: int = 0,
+    namespace: str = "sk",
+    threads: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> Measurement:
+    """Write `sessions` synthetic sessions through SessionStore into an empty real Redis and
+    compare `INFO memory` used_memory with `estimate_memory` for the same sessions.
+
+    The database must be empty (the model's baseline is an empty server). Raises
+    `NeedsRealRedis` on fakeredis, which has no INFO memory to measure.
+    """
+    from .store import SessionStore
+
+    if backend_kind(client) == "cluster":
+        raise ValueError(
+            "measure() runs against one redis-server: a cluster's used_memory adds per-node baselines and "
+            "cluster bookkeeping that the single-server model does not cover"
+        )
+    if backend_kind(client) == "fakeredis":
+        raise NeedsRealRedis(
+            "sizing.measure needs a real Redis: fakeredis keeps data in Python objects and has no INFO memory. "
+            "Use sizing.estimate_memory for an estimate, or pass a client for redis://..."
+        )
+    if client.dbsize():
+        raise ValueError("measure() needs an empty database: the model's baseline is an empty server")
+    store = SessionStore(client, policy, namespace=namespace)
+    before = _used_memory(client)
+    threads = max(1, min(threads, sessions))
+    turns = [synthetic_turn(i, turn_bytes) for i in range(turns_per_session)]
+    state = {"blob": "s" * max(0, state_bytes - len(codec.encode({"blob": ""})))} if state_bytes else None
+    width = 10
+    start = time.perf_counter()
+
+    def write(index: int) -> None:
+        sid = f"s-{index:0{width - 2}d}"
+        for t in turns:
+            store.append_turn(sid, t)
+        if state is not None:
+            store.update_state(sid, lambda _s: state)
+        if progress is not None:
+            progress(1)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(write, range(sessions)))
+    elapsed = time.perf_counter() - start
+    time.sleep(0.3)  # let incremental rehashing of the key dicts finish
+    after = _used_memory(client)
+    real_state = len(codec.encode(state)) if state is not None else 0
+    estimate = estimate_memory(
+        policy,
+        sessions,
+        turns_per_session,
+        turn_bytes,
+        state_bytes=real_state,
+        namespace=namespace,
+        session_id_bytes=width,
+        clients=threads,
+    )
+    return Measurement(sessions, before, after, estimate, elapsed)
+
+
+#: Default maxmemory per node for capacity plans: 13 GiB, the memory of a common 16 GB
+#: cache node after the operating system and Redis's own reservations.
+DEFAULT_NODE_MAXMEMORY = 13 * 1024**3
+
+
+def plan_capacity(
+    profile: Any,
+    policy: LifecyclePolicy,
+    *,
+    node_maxmemory_bytes: int = DEFAULT_NODE_MAXMEMORY,
+    usable_fraction: float = 0.75,
+    days: int = 14,
+) -> dict[str, Any]:
+    """Memory per session and in total, with and without the policy, and nodes needed.
+
+    Sessions held at once come from Little's law over the profile's traffic (and never
+    fewer than its peak concurrency). Without the policy nothing expires, so the total is
+    what a week of sessions would hold.
+    """
+    t = profile.turns
+    session_s = profile.traffic.session_minutes * 60
+    active = max(
+        active_sessions(profile.traffic.new_sessions_per_day, session_s, policy.ttl_seconds),
+        profile.traffic.peak_concurrent_sessions,
+    )
+    e = estimate_memory(policy, active, t.per_session, t.bytes_per_turn, session_id_bytes=36)
+    week = math.ceil(profile.traffic.new_sessions_per_day * 7)
+    unbounded_week = e.baseline + week * e.unbounded_per_session + _table(week)
+    days_growth = growth_over_days(
+        policy,
+        profile.traffic.new_sessions_per_day,
+        session_s,
+        t.per_session,
+        t.bytes_per_turn,
+        days,
+        session_id_bytes=36,
+    )
+    long_session = growth_over_turns(policy, max(4 * t.per_session, 50), t.bytes_per_turn, session_id_bytes=36)
+    return {
+        "active_sessions": active,
+        "little_law": {
+            "arrivals_per_second": profile.traffic.new_sessions_per_day / 86_400,
+            "seconds_held": session_s + policy.ttl_seconds,
+        },
+        "per_session_bytes": e.per_session,
+        "per_session_breakdown": e.breakdown,
+        "stored_bytes_per_session": e.stored_bytes,
+        "unbounded_per_session_bytes": e.unbounded_per_session,
+        "total_bytes": e.total,
+        "unbounded_week_bytes": unbounded_week,
+        "node_maxmemory_bytes": node_maxmemory_bytes,
+        "usable_fraction": usable_fraction,
+        "nodes": nodes_needed(e.total, node_maxmemory_bytes, usable_fraction),
+        "nodes_without_policy_after_a_week": nodes_needed(unbounded_week, node_maxmemory_bytes, usable_fraction),
+        "growth_over_days": days_growth,
+        "growth_over_turns": long_session,
+    }
