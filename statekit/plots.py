@@ -6,7 +6,7 @@ from typing import Any
 
 from .assess import Assessment
 
-__all__ = ["payload_growth", "verdict_overview"]
+__all__ = ["payload_growth", "verdict_overview", "memory_over_turns", "memory_over_days", "live_memory"]
 
 
 def payload_growth(assessment: Assessment | dict[str, Any], ax: Any = None) -> Any:
@@ -57,4 +57,56 @@ def verdict_overview(assessments: list[Assessment], ax: Any = None) -> Any:
     for verdict, colour in colours.items():
         ax.barh([], [], color=colour, label=verdict)
     ax.legend(fontsize="small", loc="lower right")
+    return ax
+
+
+def _mb(values: list[float]) -> list[float]:
+    return [v / 1e6 for v in values]
+
+
+def memory_over_turns(growth: dict[str, Any], ax: Any = None) -> Any:
+    """One session's memory as turns accumulate: with the lifecycle policy and without."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(growth["turns"], [v / 1e3 for v in growth["without_policy"]], label="without policy (plain list)")
+    ax.plot(growth["turns"], [v / 1e3 for v in growth["with_policy"]], label="with policy (window + summary)")
+    ax.set_xlabel("turns in the session")
+    ax.set_ylabel("KB per session (modelled)")
+    ax.set_title("one session's memory")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def memory_over_days(growth: dict[str, Any], node_maxmemory_bytes: int | None = None, ax: Any = None) -> Any:
+    """Total Redis memory at the end of each day: TTL and window against neither."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(growth["days"], _mb(growth["without_policy"]), marker="o", label="without policy (nothing expires)")
+    ax.plot(growth["days"], _mb(growth["with_policy"]), marker="o", label="with policy (TTL, window, summary)")
+    if node_maxmemory_bytes:
+        ax.axhline(node_maxmemory_bytes / 1e6, ls=":", color="gray", label="one node's maxmemory")
+    ax.set_xlabel("day")
+    ax.set_ylabel("MB (modelled)")
+    ax.set_yscale("log")
+    ax.set_title("total Redis memory")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def live_memory(growth: dict[str, Any], ax: Any = None) -> Any:
+    """Memory of N sessions turn by turn, unbounded against bounded, labelled measured or estimated."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(growth["turns"], _mb(growth["unbounded_bytes"]), marker="o", label="unbounded (RPUSH, no TTL)")
+    ax.plot(growth["turns"], _mb(growth["bounded_bytes"]), marker="o", label="SessionStore (bounded)")
+    ax.set_xlabel("turns per session")
+    ax.set_ylabel("MB")
+    ax.set_title(f"{growth['sessions']} sessions of {growth['turn_bytes']}-byte turns ({growth['source']})")
+    ax.legend(fontsize="small")
     return ax

@@ -20,7 +20,9 @@ from . import __version__
 from .assess import assess
 from .backends import check_reachable, connect, redact_url
 from .errors import ProfileError, StatekitError
+from .lifecycle import recommend
 from .profile import WorkloadProfile
+from .sizing import plan_capacity
 
 __all__ = ["build_review", "run_review", "write_json", "ReportFiles", "NOTEBOOK", "render_summary_markdown"]
 
@@ -40,7 +42,9 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
     """Build the review of `profile` as a JSON-serialisable dict.
 
     Sections: `meta` (statekit version, time, the backend with its URL redacted),
-    `profile` (the validated input) and `assessment` (verdict, reasons, rubric, costs).
+    `profile` (the validated input), `assessment` (verdict, reasons, rubric, costs) and
+    `lifecycle` (the recommended policy with its reasons, memory per session and in total
+    with and without it, nodes needed, growth over turns and days; all modelled).
     Raises `ProfileError` for a bad profile and `StoreUnavailable` when `redis_url` cannot
     be reached, before any work is done.
     """
@@ -50,6 +54,8 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
         backend = check_reachable(client, redis_url)
     finally:
         client.close()
+    assessment = assess(prof)
+    rec = recommend(prof)
     return {
         "meta": {
             "statekit_version": __version__,
@@ -57,7 +63,12 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
             "backend": backend.as_dict(),
         },
         "profile": prof.model_dump(mode="json"),
-        "assessment": assess(prof).as_dict(),
+        "assessment": assessment.as_dict(),
+        "lifecycle": {
+            "applies": assessment.verdict in ("server-side session state", "durable workflow state"),
+            "policy": rec.as_dict(),
+            "capacity": plan_capacity(prof, rec.policy),
+        },
     }
 
 

@@ -39,6 +39,9 @@ __all__ = [
     "jemalloc_size",
     "BASELINE_USED_MEMORY",
     "CLIENT_BYTES",
+    "used_memory",
+    "live_growth",
+    "plan_capacity",
 ]
 
 #: used_memory of an empty Redis 7.0 (default settings) after SessionStore's scripts have
@@ -523,4 +526,91 @@ def plan_capacity(
         "nodes_without_policy_after_a_week": nodes_needed(unbounded_week, node_maxmemory_bytes, usable_fraction),
         "growth_over_days": days_growth,
         "growth_over_turns": long_session,
+    }
+
+
+def used_memory(client: Any) -> int:
+    """INFO memory used_memory of a real server; `NeedsRealRedis` on fakeredis."""
+    if backend_kind(client) == "fakeredis":
+        raise NeedsRealRedis("fakeredis has no INFO memory: point redis_url at a real Redis to measure")
+    if backend_kind(client) == "cluster":
+        return sum(int(node["used_memory"]) for node in client.info("memory").values())
+    return _used_memory(client)
+
+
+def live_growth(
+    client: Any,
+    policy: LifecyclePolicy,
+    sessions: int = 200,
+    turns: int = 60,
+    turn_bytes: int = 700,
+    *,
+    every: int = 5,
+    namespace: str = "growth",
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Write the same conversation into `sessions` unbounded sessions (plain RPUSH, no TTL,
+    as a naive service would) and into as many SessionStore sessions, and report memory
+    every `every` turns.
+
+    On a real Redis the memory is measured (used_memory before and after each step of
+    each phase; the two phases run one after the other and clean up after themselves).
+    On fakeredis the data is written all the same, but memory comes from `estimate_memory`
+    and `source` says so.
+    """
+    from .store import SessionStore
+
+    real = backend_kind(client) != "fakeredis"
+    store = SessionStore(client, policy, namespace=namespace)
+    ids = [f"s-{i:08d}" for i in range(sessions)]
+    checkpoints = [t for t in range(1, turns + 1) if t % every == 0 or t == 1]
+    series: dict[str, list[int]] = {"unbounded": [], "bounded": []}
+    stored: list[int] = []
+    naive_keys = [f"{namespace}-naive:{{{sid}}}:log" for sid in ids]
+
+    for phase in ("unbounded", "bounded"):
+        start = used_memory(client) if real else 0
+        for t in range(1, turns + 1):
+            turn = synthetic_turn(t - 1, turn_bytes)
+            if phase == "unbounded":
+                raw = codec.encode(turn)
+                pipe = client.pipeline(transaction=False)
+                for key in naive_keys:
+                    pipe.rpush(key, raw)
+                pipe.execute()
+            else:
+                for sid in ids:
+                    store.append_turn(sid, turn)
+            if progress is not None:
+                progress(1)
+            if t not in checkpoints:
+                continue
+            if real:
+                time.sleep(0.05)
+                series[phase].append(used_memory(client) - start)
+            else:
+                e = estimate_memory(policy, sessions, t, turn_bytes, namespace=namespace, session_id_bytes=10)
+                grown = (
+                    e.total - e.baseline
+                    if phase == "bounded"
+                    else sessions * e.unbounded_per_session + _table(sessions)
+                )
+                series[phase].append(grown)
+            if phase == "bounded":
+                stored.append(store.load_context(ids[0]).bytes)
+        # clean up this phase before measuring the next one
+        if phase == "unbounded":
+            for key in naive_keys:  # one key per call: keys of different sessions may sit on different nodes
+                client.delete(key)
+        else:
+            for sid in ids:
+                store.delete(sid)
+    return {
+        "turns": checkpoints,
+        "unbounded_bytes": series["unbounded"],
+        "bounded_bytes": series["bounded"],
+        "stored_bytes_per_session": stored,
+        "sessions": sessions,
+        "turn_bytes": turn_bytes,
+        "source": "measured: INFO memory used_memory" if real else "estimated: fakeredis has no INFO memory",
     }

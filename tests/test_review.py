@@ -11,7 +11,12 @@ from statekit.review import build_review, run_review
 
 def test_build_review_has_profile_and_assessment(profiles_dir):
     review = build_review(profiles_dir / "support_agent.yaml", "fakeredis://")
-    assert set(review) >= {"meta", "profile", "assessment"}
+    assert set(review) >= {"meta", "profile", "assessment", "lifecycle"}
+    life = review["lifecycle"]
+    assert life["applies"] is True
+    assert life["policy"]["window_turns"] == 10 and "ttl_seconds" in life["policy"]["reasons"]
+    assert life["capacity"]["nodes"] >= 1
+    assert life["capacity"]["total_bytes"] < life["capacity"]["unbounded_week_bytes"]
     assert review["assessment"]["verdict"] == "server-side session state"
     assert review["profile"]["service"] == "support_agent"
     assert review["meta"]["backend"] == {"url": "fakeredis://", "kind": "fakeredis", "server_version": None}
