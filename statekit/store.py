@@ -17,18 +17,22 @@ inside its script, so an oversized update is rejected before anything is written
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import random
 import re
+import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import redis
 
 from . import codec
+from .backends import backend_kind
 from .errors import ConflictError, CorruptStateError, InvalidInput, StateTooLarge, StoreUnavailable
 from .lifecycle import LifecyclePolicy, truncate_utf8
 
@@ -49,10 +53,13 @@ APPEND_LUA = """
 local meta, log = KEYS[1], KEYS[2]
 local rec, idf = ARGV[1], '#' .. ARGV[2]
 local window, cap, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local m = redis.call('HMGET', meta, 'b', 'v', idf, 'fv')
+local m = redis.call('HMGET', meta, 'b', 'v', idf, 'fv', 'sv')
 local bytes, v = tonumber(m[1]) or 0, tonumber(m[2]) or 0
 if m[3] then
-  for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
+  redis.call('PEXPIRE', meta, ttl)
+  redis.call('PEXPIRE', log, ttl)
+  if m[4] then redis.call('PEXPIRE', KEYS[3], ttl) end
+  if m[5] then redis.call('PEXPIRE', KEYS[4], ttl) end
   return {0, bytes, v, 0, 0}
 end
 local size = bytes + #rec
@@ -79,7 +86,11 @@ if ARGV[8] == 'drop' and n > window then
   redis.call('HSET', meta, 'b', size)
   evicted = #old
 end
-for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
+-- slide the TTL of every key that can exist: a summary after a fold, state after a CAS
+redis.call('PEXPIRE', meta, ttl)
+redis.call('PEXPIRE', log, ttl)
+if m[4] then redis.call('PEXPIRE', KEYS[3], ttl) end
+if m[5] then redis.call('PEXPIRE', KEYS[4], ttl) end
 local parked = n - window
 if ARGV[8] == 'park' and parked >= tonumber(ARGV[6]) then
   local out = {1, size, v, created, parked, m[4] or '0', redis.call('GET', KEYS[3]) or ''}
@@ -115,10 +126,11 @@ for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[5])) end
 return {1, size}
 """
 
-# Read a session's context. KEYS: meta log summary. Returns {v, b, log records, summary}.
+# Read a session's context. KEYS: meta log summary. Returns {{v, b}, log records, summary}.
+# Used on Redis Cluster when a slot moves; otherwise load_context sends the same reads as
+# one MULTI/EXEC transaction, which skips the Lua round trip of a large LRANGE reply.
 LOAD_LUA = """
-local m = redis.call('HMGET', KEYS[1], 'v', 'b')
-return {m[1] or '0', m[2] or '0', redis.call('LRANGE', KEYS[2], 0, -1), redis.call('GET', KEYS[3]) or ''}
+return {redis.call('HMGET', KEYS[1], 'v', 'b'), redis.call('LRANGE', KEYS[2], 0, -1), redis.call('GET', KEYS[3])}
 """
 
 # Read structured state. KEYS: meta state. Returns {state version, blob or false}.
@@ -143,7 +155,106 @@ for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[4])) end
 return {1, sv + 1, size}
 """
 
+_MULTI, _EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+def _pack_py(*args: Any) -> bytes:
+    """One command in RESP, as redis-py's packer would write it (str as UTF-8, numbers as text)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if not isinstance(arg, bytes):
+            arg = str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
+try:  # hiredis packs in C, about twice as fast; the extra `statekit[hiredis]` installs it
+    from hiredis import pack_command as _hiredis_pack
+
+    def _pack(*args: Any) -> bytes:
+        return _hiredis_pack(args)
+
+except ImportError:  # pragma: no cover - exercised where hiredis is absent
+    _pack = _pack_py
+
+
+class _TurnIds:
+    """Fresh 20-character turn ids: a random 48-bit prefix and a counter (cheaper than uuid4).
+
+    The prefix is drawn again when the counter wraps, so ids never repeat within a process,
+    and two processes share a prefix with probability 2**-48.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._renew()
+
+    def _renew(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        n = next(self._counter)
+        if n >= 1 << 32:
+            with self._lock:
+                self._renew()
+                n = next(self._counter)
+        return f"{self._prefix}{n:08x}"
+
+
+_new_turn_id = _TurnIds()
+
+
+class _Wire:
+    """Send packed commands on a pooled connection and read their replies: one round trip.
+
+    Written by hand because redis-py's per-command path (retry wrapper, response callbacks)
+    and its Pipeline cost 10 to 20 us of Python per call on a 2-core machine, more than the
+    store's whole overhead budget over a bare command. Everything else stays redis-py's:
+    its connections (timeouts, retries as `connect` set them), its RESP parser (which
+    raises error replies as exceptions), and, on Redis Cluster, its slot map. A NOSCRIPT
+    reply loads the script and tries once more; a MOVED or ASK reply hands the call to
+    redis-py's own routing through `fallback`.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.cluster = backend_kind(client) == "cluster"
+
+    def _pool(self, key: str) -> Any:
+        if not self.cluster:
+            return self.client.connection_pool
+        node = self.client.get_node_from_key(key)
+        return self.client.get_redis_connection(node).connection_pool
+
+    def send(self, key: str, packed: bytes, replies: int) -> Any:
+        pool = self._pool(key)
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([packed])
+            for _ in range(replies - 1):
+                conn.read_response()
+            return conn.read_response()
+        except redis.exceptions.ResponseError:
+            raise  # a complete error reply: the connection is in step and can be reused
+        except BaseException:
+            conn.disconnect()  # replies may still be in flight: never hand this connection back as is
+            raise
+        finally:
+            pool.release(conn)
+
+    def evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        packed = _pack("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return self.send(keys[0], packed, 1)
+        except redis.exceptions.NoScriptError:
+            self.client.script_load(script.script)
+            return self.send(keys[0], packed, 1)
+        except redis.exceptions.ResponseError as exc:
+            if self.cluster and str(exc).startswith(("MOVED", "ASK")):
+                return script(keys=keys, args=args)
+            raise
 
 
 def validate_session_id(session_id: str) -> str:
@@ -162,7 +273,7 @@ def session_keys(namespace: str, session_id: str) -> list[str]:
     return [f"{tag}:{part}" for part in PARTS]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Context:
     """What a request needs from its session: summary, recent turns, and bookkeeping.
 
@@ -231,6 +342,10 @@ class SessionStore:
         self.namespace = namespace
         self.max_update_retries = max_update_retries
         self.listeners: list[StoreListener] = [*listeners, *([metrics] if metrics is not None else [])]
+        encoder = client.get_encoder() if hasattr(client, "get_encoder") else None
+        if encoder is not None and getattr(encoder, "decode_responses", False):
+            raise InvalidInput("SessionStore needs a client with decode_responses=False: turns are stored as bytes")
+        self._wire = _Wire(client)
         self._append = client.register_script(APPEND_LUA)
         self._fold = client.register_script(FOLD_LUA)
         self._load = client.register_script(LOAD_LUA)
@@ -265,11 +380,56 @@ class SessionStore:
                     listener.on_operation(op, session_id, elapsed, error)
 
     @staticmethod
+    def _decode_records(records: list[bytes], key: str) -> tuple[list[str], list[dict[str, Any]]]:
+        """Turn ids and turns of log records; the slow path names what is wrong."""
+        ids, turns = [], []
+        try:
+            for record in records:
+                cut = record.index(SEP)
+                if record[cut + 1 : cut + 2] != codec.FORMAT_ORJSON:
+                    raise ValueError
+                ids.append(record[:cut].decode())
+                turns.append(orjson.loads(record[cut + 2 :]))
+        except (ValueError, orjson.JSONDecodeError):
+            pairs = [SessionStore._split(r, key) for r in records]  # raises CorruptStateError with the detail
+            return [i for i, _ in pairs], [t for _, t in pairs]
+        return ids, turns
+
+    @staticmethod
     def _split(record: bytes, key: str) -> tuple[str, dict[str, Any]]:
         tid, sep, body = record.partition(SEP)
         if not sep:
             raise CorruptStateError(f"{key}: a turn record without its turn id; the session was left as is")
         return tid.decode("utf-8", errors="replace"), codec.decode(body, key)
+
+    def _read_context(self, keys: list[str]) -> list[Any]:
+        """HMGET meta, LRANGE log, GET summary, atomically, in one round trip.
+
+        A MULTI/EXEC transaction rather than a script: a script would copy the window of
+        turns into Lua and back, which costs more than the read itself. On a cluster whose
+        slot just moved, the Lua script (which redis-py redirects) answers instead.
+        """
+        packed = b"".join(
+            (
+                _MULTI,
+                _pack("HMGET", keys[0], "v", "b"),
+                _pack("LRANGE", keys[1], 0, -1),
+                _pack("GET", keys[2]),
+                _EXEC,
+            )
+        )
+        try:
+            reply = self._wire.send(keys[0], packed, 5)
+        except redis.exceptions.ResponseError as exc:
+            if not (self._wire.cluster and str(exc).startswith(("MOVED", "ASK"))):
+                raise
+            reply = self._load(keys=keys[:3])
+        if reply is None:
+            raise redis.exceptions.ResponseError("EXEC aborted")
+        for part, key in zip(reply, keys, strict=False):
+            if isinstance(part, Exception):
+                raise CorruptStateError(f"{key}: {part}; the session was left as is")
+        return reply
 
     # -- conversation ---------------------------------------------------------------------
 
@@ -287,7 +447,7 @@ class SessionStore:
                 f"a turn is a mapping such as {{'role': ..., 'content': ...}}, got {type(turn).__name__}"
             )
         if turn_id is None:
-            turn_id = uuid.uuid4().hex[:20]
+            turn_id = _new_turn_id()
         elif not isinstance(turn_id, str) or not _TURN_ID.match(turn_id):
             raise InvalidInput(f"bad turn id {turn_id!r}: 1 to 128 printable characters without spaces")
         record = turn_id.encode() + SEP + codec.encode(dict(turn), what="the turn")
@@ -295,7 +455,7 @@ class SessionStore:
         args = [record, turn_id, p.window_turns, p.max_bytes, p.ttl_ms, p.fold_batch, int(time.time() * 1000), p.mode]
 
         def run() -> int:
-            reply = self._append(keys=keys, args=args)
+            reply = self._wire.evalsha(self._append, keys, args)
             status = reply[0]
             if status == -1:
                 self._event("rejected", session_id, size=reply[1], cap=reply[2])
@@ -326,8 +486,8 @@ class SessionStore:
             log.warning("summarizer failed for session %r, %d turns stay parked: %r", session_id, len(pairs), exc)
             self._event("fold_failed", session_id, turns=len(pairs), error=repr(exc))
             return size
-        result = self._fold(
-            keys=keys, args=[fold_version, len(parked), pairs[0][0], new_summary.encode(), self.policy.ttl_ms]
+        result = self._wire.evalsha(
+            self._fold, keys, [fold_version, len(parked), pairs[0][0], new_summary.encode(), self.policy.ttl_ms]
         )
         if result[0] == 1:
             self._event("evicted", session_id, turns=len(parked), summarised=True)
@@ -344,17 +504,17 @@ class SessionStore:
         keys = self.keys(session_id)
 
         def run() -> Context:
-            version, size, records, summary = self._load(keys=keys[:3])
-            pairs = [self._split(r, keys[1]) for r in records]
-            cut = max(0, len(pairs) - self.policy.window_turns)
+            (version, size), records, summary = self._read_context(keys)
+            ids, turns = self._decode_records(records, keys[1])
+            cut = max(0, len(turns) - self.policy.window_turns)
             return Context(
                 session_id=session_id,
-                summary=summary.decode("utf-8", errors="replace"),
-                turns=[t for _, t in pairs[cut:]],
-                pending=[t for _, t in pairs[:cut]],
-                turn_ids=[i for i, _ in pairs],
-                version=int(version),
-                bytes=int(size),
+                summary=summary.decode("utf-8", errors="replace") if summary else "",
+                turns=turns[cut:],
+                pending=turns[:cut],
+                turn_ids=ids,
+                version=int(version or 0),
+                bytes=int(size or 0),
             )
 
         return self._run("load_context", session_id, run)
@@ -366,7 +526,7 @@ class SessionStore:
         keys = self.keys(session_id)
 
         def run() -> tuple[dict[str, Any], int]:
-            version, blob = self._get_state(keys=[keys[0], keys[3]])
+            version, blob = self._wire.evalsha(self._get_state, [keys[0], keys[3]], [])
             return (codec.decode(blob, keys[3]) if blob else {}), int(version)
 
         return self._run("get_state", session_id, run)
@@ -383,15 +543,16 @@ class SessionStore:
 
         def run() -> dict[str, Any]:
             for attempt in range(self.max_update_retries + 1):
-                version, blob = self._get_state(keys=[keys[0], keys[3]])
+                version, blob = self._wire.evalsha(self._get_state, [keys[0], keys[3]], [])
                 current = codec.decode(blob, keys[3]) if blob else {}
                 new = fn(current)
                 if not isinstance(new, dict):
                     raise InvalidInput(f"update_state's function must return a dict, got {type(new).__name__}")
                 encoded = codec.encode(new, what="the session state")
-                reply = self._cas_state(
-                    keys=keys,
-                    args=[int(version), encoded, self.policy.max_bytes, self.policy.ttl_ms, int(time.time() * 1000)],
+                reply = self._wire.evalsha(
+                    self._cas_state,
+                    keys,
+                    [int(version), encoded, self.policy.max_bytes, self.policy.ttl_ms, int(time.time() * 1000)],
                 )
                 if reply[0] == 1:
                     self._event("state_updated", session_id, version=reply[1], attempts=attempt + 1)
