@@ -156,6 +156,7 @@ return {1, sv + 1, size}
 """
 
 _MULTI, _EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
+_REDIRECTS = (redis.exceptions.MovedError, redis.exceptions.AskError)
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
@@ -229,31 +230,59 @@ class _Wire:
         return self.client.get_redis_connection(node).connection_pool
 
     def send(self, key: str, packed: bytes, replies: int) -> Any:
+        """Send `packed` and read `replies` replies; return the last, or raise the first error.
+
+        Every reply is read even after an error reply (a MOVED for a queued command, say),
+        so the connection goes back to the pool in step; any other failure drops it.
+        """
         pool = self._pool(key)
         conn = pool.get_connection()
+        first_error: redis.exceptions.ResponseError | None = None
+        reply = None
         try:
             conn.send_packed_command([packed])
-            for _ in range(replies - 1):
-                conn.read_response()
-            return conn.read_response()
-        except redis.exceptions.ResponseError:
-            raise  # a complete error reply: the connection is in step and can be reused
+            for _ in range(replies):
+                try:
+                    reply = conn.read_response()
+                except redis.exceptions.ResponseError as exc:
+                    first_error = first_error or exc
         except BaseException:
             conn.disconnect()  # replies may still be in flight: never hand this connection back as is
             raise
         finally:
             pool.release(conn)
+        if first_error is not None:
+            raise first_error
+        return reply
+
+    def load_script(self, script: Any) -> None:
+        """SCRIPT LOAD on the server, or on each primary of a cluster through that node's own
+        client (redis-py's cluster routing of a keyless SCRIPT LOAD fails right after a
+        MOVED reply, so it is not asked to route one)."""
+        if self.cluster:
+            for node in self.client.get_primaries():
+                self.client.get_redis_connection(node).script_load(script.script)
+        else:
+            self.client.script_load(script.script)
+
+    def routed(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run `script` through redis-py's own routing, which follows MOVED and ASK."""
+        try:
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self.load_script(script)
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
 
     def evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         packed = _pack("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
             return self.send(keys[0], packed, 1)
         except redis.exceptions.NoScriptError:
-            self.client.script_load(script.script)
+            self.load_script(script)
             return self.send(keys[0], packed, 1)
-        except redis.exceptions.ResponseError as exc:
-            if self.cluster and str(exc).startswith(("MOVED", "ASK")):
-                return script(keys=keys, args=args)
+        except _REDIRECTS:
+            if self.cluster:
+                return self.routed(script, keys, args)
             raise
 
 
@@ -420,10 +449,10 @@ class SessionStore:
         )
         try:
             reply = self._wire.send(keys[0], packed, 5)
-        except redis.exceptions.ResponseError as exc:
-            if not (self._wire.cluster and str(exc).startswith(("MOVED", "ASK"))):
+        except _REDIRECTS:
+            if not self._wire.cluster:
                 raise
-            reply = self._load(keys=keys[:3])
+            reply = self._wire.routed(self._load, keys[:3], [])
         if reply is None:
             raise redis.exceptions.ResponseError("EXEC aborted")
         for part, key in zip(reply, keys, strict=False):

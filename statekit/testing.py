@@ -69,8 +69,9 @@ def _port_free(port: int) -> bool:
 def _free_port(cluster: bool = False) -> int:
     """A free loopback port; for a cluster node, one whose bus port (+10000) is free too.
 
-    Cluster ports must stay at or below 55535, below the kernel's ephemeral range, so they
-    are drawn at random from 20000..45000 instead of asking the kernel for one.
+    Cluster ports must stay at or below 55535 (the bus port is +10000), so they are drawn
+    at random from 20000..22767, below the kernel's ephemeral range (32768 and up) for both
+    the port and its bus port, instead of asking the kernel for one.
     """
     if not cluster:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -78,10 +79,14 @@ def _free_port(cluster: bool = False) -> int:
             return s.getsockname()[1]
     rng = random.Random()
     for _ in range(200):
-        port = rng.randrange(20000, 45000)
+        port = rng.randrange(20000, 22768)
         if _port_free(port) and _port_free(port + 10000):
             return port
     raise RuntimeError("no free loopback port pair for a cluster node")
+
+
+class _PortTaken(Exception):
+    pass
 
 
 class RedisServer:
@@ -104,6 +109,8 @@ class RedisServer:
             raise FileNotFoundError("redis-server not found: install it (Debian: apt-get install redis-server)")
         self.executable = exe
         self.extra_args = list(args)
+        self._auto_port = port is None
+        self._cluster_port = cluster_port
         self.port = port or _free_port(cluster_port)
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.mkdtemp(prefix="statekit-redis-")
@@ -117,7 +124,21 @@ class RedisServer:
         return self.proc.pid if self.proc else None
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
-        """Start the server and wait until it answers PING; raise with its log if it does not."""
+        """Start the server and wait until it answers PING; raise with its log if it does not.
+
+        A port chosen here that another process takes before redis-server binds it is
+        replaced by a fresh one, up to five times.
+        """
+        for attempt in range(5):
+            try:
+                return self._start_once(timeout_s)
+            except _PortTaken:
+                if not self._auto_port or attempt == 4:
+                    raise RuntimeError(f"port {self.port} is in use") from None
+                self.port = _free_port(self._cluster_port)
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout_s: float) -> RedisServer:
         log = Path(self._dir) / "redis.log"
         cmd = [
             self.executable,
@@ -136,6 +157,8 @@ class RedisServer:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                if "Address already in use" in tail:
+                    raise _PortTaken()
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {err}{tail}")
             if self._answers_ping():
                 return self

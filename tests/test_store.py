@@ -465,3 +465,83 @@ def test_extractive_summary_is_deterministic_and_within_budget(summary, turns, b
     out = s(summary, turns, budget)
     assert len(out.encode("utf-8")) <= budget
     assert out == s(summary, turns, budget)
+
+
+# -- the hand-packed wire ---------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=50), st.text(max_size=30), st.integers(-(2**62), 2**62)), max_size=12))
+def test_pack_matches_redis_py_packer(rest):
+    from redis.connection import PythonRespSerializer
+
+    from statekit.store import _pack, _pack_py
+
+    args = ["EVALSHA", *rest]  # redis-py splits its first argument, the command name, on spaces
+    expected = b"".join(
+        PythonRespSerializer(6000, lambda x: x if isinstance(x, bytes) else str(x).encode()).pack(*args)
+    )
+    assert _pack_py(*args) == expected
+    assert _pack(*args) == expected
+
+
+def test_scripts_are_reloaded_after_script_flush(any_client):
+    store = SessionStore(any_client, LifecyclePolicy(window_turns=2, fold_batch=1))
+    store.append_turn("s", turn(0))
+    any_client.script_flush()  # on a cluster redis-py sends it to every primary
+    assert not any(any_client.script_exists(store._append.sha))
+    for i in range(1, 4):  # append, fold, load, state: every script is missing now
+        store.append_turn("s", turn(i))
+    store.update_state("s", lambda s: {"ok": True})
+    assert store.load_context("s").turns == [turn(2), turn(3)]
+    assert store.get_state("s")[0] == {"ok": True}
+
+
+@pytest.mark.realredis
+def test_cluster_falls_back_to_redis_py_routing_when_a_slot_moves(redis_cluster, monkeypatch):
+    client = connect(redis_cluster.url)
+    client.flushall(target_nodes="primaries")
+    store = SessionStore(client, LifecyclePolicy(window_turns=2, fold_batch=1))
+    store.append_turn("s", turn(0))
+    right = client.get_node_from_key(store.keys("s")[0])
+    wrong = next(n for n in client.get_primaries() if n.name != right.name)
+    wrong_pool = client.get_redis_connection(wrong).connection_pool
+    # a stale slot map: the hand-packed calls go to the wrong node and get MOVED
+    monkeypatch.setattr(store._wire, "_pool", lambda key: wrong_pool)
+    client.script_flush()  # and the scripts must be loaded again on the way
+    for i in range(1, 4):
+        store.append_turn("s", turn(i))
+    ctx = store.load_context("s")
+    assert ctx.turns == [turn(2), turn(3)] and len(ctx.summary.splitlines()) == 2
+    assert store.update_state("s", lambda s: {"n": 1}) == {"n": 1}
+
+
+def test_client_that_decodes_responses_is_refused():
+    import fakeredis
+
+    with pytest.raises(InvalidInput, match="decode_responses=False"):
+        SessionStore(fakeredis.FakeRedis(decode_responses=True))
+
+
+def test_a_timeout_mid_reply_does_not_poison_the_pool(fresh_redis_server_or_skip=None):
+    """After a failed call the connection is dropped, so the next call reads its own reply."""
+    client = connect("fakeredis://wire-test")
+    store = SessionStore(client)
+    store.append_turn("s", turn(0))
+    server = client.connection_pool.connection_kwargs["server"]
+    server.connected = False
+    with pytest.raises(StoreUnavailable):
+        store.load_context("s")
+    server.connected = True
+    assert store.load_context("s").turns == [turn(0)]
+    assert store.append_turn("s", turn(1)) > 0
+
+
+def test_a_key_of_the_wrong_type_is_corrupt_state_and_the_connection_stays_usable(any_client):
+    store = SessionStore(any_client)
+    store.append_turn("ok", turn(0))
+    any_client.set(store.keys("bad")[0], "not a hash")
+    for _ in range(3):  # the same pooled connection is reused each time
+        with pytest.raises(CorruptStateError, match=r"sk:\{bad\}:meta"):
+            store.load_context("bad")
+        assert store.load_context("ok").turns == [turn(0)]
