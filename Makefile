@@ -7,13 +7,14 @@ REDIS_URL ?= fakeredis://
 OUT       ?= reports
 PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 
-.PHONY: help review test lab lint clean
+.PHONY: help review test lab lint bench clean
 
 help:
 	@echo "make review   create .venv, install statekit, write the design review of $(PROFILE) to $(OUT)/"
 	@echo "make test     run the whole test suite (real-Redis tests need redis-server on PATH)"
 	@echo "make lab      open JupyterLab on notebooks/"
 	@echo "make lint     ruff"
+	@echo "make bench    benchmarks against raw redis-py and langchain-community (starts its own redis-server)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,14 @@ review: $(VENV)/.core
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest tests notebooks --nbval-lax $(PYTEST_ARGS)
+
+$(VENV)/.bench: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[bench]'
+	@touch $@ $(VENV)/.core
+
+bench: $(VENV)/.bench
+	$(BIN)/python benchmarks/bench_store.py --iterations 5000
+	$(BIN)/python benchmarks/bench_memory.py --sessions 1000 10000 100000
 
 lab: $(VENV)/.lab
 	$(BIN)/jupyter lab notebooks/
