@@ -22,7 +22,16 @@ from redis.retry import Retry
 
 from .errors import ConnectionURLError, StoreUnavailable
 
-__all__ = ["connect", "resolve_url", "redact_url", "backend_kind", "check_reachable", "BackendInfo", "URL_FORMS"]
+__all__ = [
+    "connect",
+    "with_timeouts",
+    "resolve_url",
+    "redact_url",
+    "backend_kind",
+    "check_reachable",
+    "BackendInfo",
+    "URL_FORMS",
+]
 
 URL_FORMS = (
     "fakeredis://[name]  (embedded, in-process; the same name shares one server)",
@@ -183,6 +192,35 @@ def connect(
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
             raise StoreUnavailable(f"cannot reach Redis Cluster at {redact_url(url)}: {redact_url(str(exc))}") from None
     raise _bad(url, f"unknown scheme {parts.scheme!r}")
+
+
+def with_timeouts(client: Any, socket_timeout: float, connect_timeout: float | None = None) -> Any:
+    """A client for the same server as `client` with its own pool, these timeouts and no retries.
+
+    ResilientStore uses it so that its deadline is enforced by the socket, not by a timer
+    around a call that may still be running.
+    """
+    connect_timeout = socket_timeout if connect_timeout is None else connect_timeout
+    if socket_timeout <= 0 or connect_timeout <= 0:
+        raise ValueError("timeouts must be positive seconds")
+    retry = Retry(NoBackoff(), 0)
+    if backend_kind(client) == "cluster":
+        from redis.cluster import ClusterNode, RedisCluster
+
+        kwargs = client.nodes_manager.connection_kwargs
+        return RedisCluster(
+            startup_nodes=[ClusterNode(n.host, n.port) for n in client.get_primaries()],
+            username=kwargs.get("username"),
+            password=kwargs.get("password"),
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=retry,
+        )
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs.update(retry=retry, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout)
+    new_pool = type(pool)(connection_class=pool.connection_class, **kwargs)
+    return type(client)(connection_pool=new_pool)
 
 
 def backend_kind(client: Any) -> str:

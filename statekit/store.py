@@ -381,6 +381,16 @@ class SessionStore:
         self._get_state = client.register_script(GET_STATE_LUA)
         self._cas_state = client.register_script(CAS_STATE_LUA)
 
+    def with_client(self, client: Any) -> SessionStore:
+        """The same store (policy, namespace, listeners) over another client."""
+        return SessionStore(
+            client,
+            self.policy,
+            self.namespace,
+            listeners=self.listeners,
+            max_update_retries=self.max_update_retries,
+        )
+
     # -- plumbing -------------------------------------------------------------------------
 
     def keys(self, session_id: str) -> list[str]:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FaultInjector",
     "RedisServer",
     "RedisClusterServers",
     "RoundTrips",
@@ -278,6 +279,136 @@ class RedisClusterServers:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class FaultInjector:
+    """An embedded (fakeredis) server whose clients fail, hang or slow down on demand.
+
+    - `fail()`: connections are refused, as with a dead server.
+    - `hang()`: each call waits out the client's socket timeout, then raises TimeoutError;
+      with `deliver_late=True` the command is applied when `heal()` is called, as a frozen
+      server applies what was in its socket buffer once it is thawed (the case where a
+      retried write lands twice unless it is idempotent).
+    - `slow(ms)`: each call takes `ms` longer; past the socket timeout the command is
+      applied and the client still gets TimeoutError.
+    - `heal()`: back to normal. `outage()` is a context manager around `fail()`/`heal()`.
+    """
+
+    def __init__(self) -> None:
+        import fakeredis
+
+        self.server = fakeredis.FakeServer()
+        self.mode = "ok"
+        self.delay_s = 0.0
+        self.deliver_late = False
+        self._late: list[bytes] = []
+        self._lock = threading.Lock()
+
+    def client(self, socket_timeout: float = 1.0) -> Any:
+        """A client of this server whose calls obey the injected faults."""
+        import fakeredis
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        pool = redis.ConnectionPool(
+            connection_class=_FaultyConnection,
+            server=self.server,
+            injector=self,
+            socket_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        return fakeredis.FakeRedis(connection_pool=pool)
+
+    def fail(self) -> None:
+        self.mode = "fail"
+        self.server.connected = False
+
+    def hang(self, deliver_late: bool = False) -> None:
+        self.heal()
+        self.mode = "hang"
+        self.deliver_late = deliver_late
+
+    def slow(self, ms: float) -> None:
+        self.heal()
+        self.mode = "slow"
+        self.delay_s = ms / 1000
+
+    def heal(self) -> None:
+        self.mode = "ok"
+        self.server.connected = True
+        with self._lock:
+            late, self._late = self._late, []
+        if late:
+            conn = _FaultyConnection(server=self.server, injector=None)
+            for packed in late:
+                conn.send_packed_command(packed)
+                try:
+                    conn.read_response()
+                except Exception:  # noqa: BLE001 - a late command's error reply goes nowhere, as on a real server
+                    pass
+            conn.disconnect()
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[FaultInjector]:
+        self.fail()
+        try:
+            yield self
+        finally:
+            self.heal()
+
+
+def _faulty_connection_class() -> type:
+    from fakeredis._clients._sync import FakeRedisConnection
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    class FaultyConnection(FakeRedisConnection):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, injector: FaultInjector | None = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.injector = injector
+            self._handshake = False
+
+        def on_connect_check_health(self, *args: Any, **kwargs: Any) -> Any:
+            self._handshake = True  # HELLO, CLIENT SETINFO...: the connection's own setup, not a call
+            try:
+                return super().on_connect_check_health(*args, **kwargs)
+            finally:
+                self._handshake = False
+
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            inj = None if self._handshake else self.injector
+            if inj is not None and inj.mode == "hang":
+                time.sleep(self.socket_timeout or 0)
+                if inj.deliver_late:
+                    with inj._lock:
+                        inj._late.append(command)
+                self.disconnect()
+                raise RedisTimeout("Timeout reading from socket (injected hang)")
+            if inj is not None and inj.mode == "slow":
+                limit = self.socket_timeout or float("inf")
+                time.sleep(min(inj.delay_s, limit))
+                if inj.delay_s > limit:
+                    super().send_packed_command(command, check_health)  # applied, but the reply is late
+                    self.disconnect()
+                    raise RedisTimeout("Timeout reading from socket (injected slowness)")
+            super().send_packed_command(command, check_health)
+
+    return FaultyConnection
+
+
+class _LazyFaulty:
+    """Resolves the fakeredis-based class on first use, so importing statekit.testing
+    does not import fakeredis internals."""
+
+    cls: type | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _LazyFaulty.cls is None:
+            _LazyFaulty.cls = _faulty_connection_class()
+        return _LazyFaulty.cls(*args, **kwargs)
+
+
+_FaultyConnection = _LazyFaulty()
 
 
 @dataclass

@@ -1,0 +1,411 @@
+"""ResilientStore: a state-store failure degrades the service instead of failing it.
+
+Every call to Redis has a deadline enforced by the socket (no retries hidden behind it); a
+circuit breaker (pybreaker) stops calling a store that keeps failing and probes it again
+after `reset_timeout_s`; reads fall back to the last context this process saw, then to a
+default; writes follow `write_policy`: "buffer" keeps them in order in a bounded queue and
+replays them on recovery (idempotently, by turn id), "drop" counts and drops them, "raise"
+raises `StoreUnavailable`. Whatever happens, `mode` says "normal" or "degraded", and each
+context says where it came from.
+
+pybreaker's own `call()` holds its lock for the whole guarded call, which would serialise
+every thread of a process behind one slow Redis call. So the Redis call runs outside the
+breaker, and its outcome is then reported to the breaker through `call()`, which does the
+counting, the state transitions and the listener notifications. Only one half-open probe
+goes out at a time; other calls fail fast meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import pybreaker
+
+from .backends import with_timeouts
+from .errors import StatekitError, StoreUnavailable
+from .store import Context, SessionStore, StoreListener, _new_turn_id
+
+__all__ = ["ResilientStore", "ResilienceStats", "WritePolicy"]
+
+WritePolicy = Literal["buffer", "drop", "raise"]
+
+
+@dataclass
+class ResilienceStats:
+    """Counters of what the resilient store did instead of failing."""
+
+    store_calls: int = 0
+    store_failures: int = 0
+    fast_fails: int = 0
+    reads_from_store: int = 0
+    reads_from_cache: int = 0
+    reads_from_default: int = 0
+    writes_buffered: int = 0
+    writes_replayed: int = 0
+    writes_dropped: int = 0
+    buffer_overflow: int = 0
+    degraded_episodes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Pending:
+    kind: Literal["append", "state", "delete"]
+    session_id: str
+    turn: Mapping[str, Any] | None = None
+    turn_id: str | None = None
+    fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class _Unavailable(Exception):
+    """Internal: the store could not be used for this call (failure or open breaker)."""
+
+
+class _BreakerBridge(pybreaker.CircuitBreakerListener):
+    def __init__(self, owner: ResilientStore) -> None:
+        self.owner = owner
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        old = old_state.name if old_state is not None else None
+        self.owner._emit("breaker", "", {"from": old, "to": new_state.name})
+
+
+class ResilientStore:
+    """Wraps a SessionStore so that store failures degrade instead of raise.
+
+    `timeout_ms` is each Redis call's deadline (socket timeout, no retries); `fail_max`
+    consecutive store failures open the breaker; after `reset_timeout_s` one probe call
+    is let through. `fallback(session_id)` supplies a default context (a Context, a dict of
+    its fields, or None) when no cached one exists. `buffer_max_turns` bounds the write
+    buffer; `cache_max_sessions` the in-process cache of last-known contexts.
+    """
+
+    def __init__(
+        self,
+        store: SessionStore,
+        timeout_ms: float = 100,
+        fail_max: int = 5,
+        reset_timeout_s: float = 30,
+        fallback: Callable[[str], Context | Mapping[str, Any] | None] | None = None,
+        write_policy: WritePolicy = "buffer",
+        buffer_max_turns: int = 1000,
+        cache_max_sessions: int = 10_000,
+        listeners: Iterable[StoreListener] = (),
+    ) -> None:
+        if timeout_ms <= 0:
+            raise ValueError(f"timeout_ms must be positive, got {timeout_ms!r}")
+        if not isinstance(fail_max, int) or fail_max < 1:
+            raise ValueError(f"fail_max must be a whole number >= 1, got {fail_max!r}")
+        if reset_timeout_s <= 0:
+            raise ValueError(f"reset_timeout_s must be positive, got {reset_timeout_s!r}")
+        if write_policy not in ("buffer", "drop", "raise"):
+            raise ValueError(f"write_policy must be 'buffer', 'drop' or 'raise', got {write_policy!r}")
+        if buffer_max_turns < 0 or cache_max_sessions < 0:
+            raise ValueError("buffer_max_turns and cache_max_sessions must be >= 0")
+        if fallback is not None and not callable(fallback):
+            raise ValueError("fallback must be a callable session_id -> Context | dict | None")
+        self.timeout_ms = timeout_ms
+        self.store = store.with_client(with_timeouts(store.client, timeout_ms / 1000))
+        self.fallback = fallback
+        self.write_policy = write_policy
+        self.buffer_max_turns = buffer_max_turns
+        self.cache_max_sessions = cache_max_sessions
+        self.listeners: list[StoreListener] = list(listeners)
+        self.stats = ResilienceStats()
+        self._storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+        self.breaker = pybreaker.CircuitBreaker(
+            fail_max=fail_max,
+            reset_timeout=reset_timeout_s,
+            # only the store being unreachable counts; a caller's error (StateTooLarge...) does not
+            exclude=[lambda exc: not isinstance(exc, StoreUnavailable)],
+            listeners=[_BreakerBridge(self)],
+            state_storage=self._storage,
+            name="statekit",
+        )
+        self._probe = threading.Lock()
+        self._lock = threading.RLock()
+        self._buffer: deque[_Pending] = deque()
+        self._cache: OrderedDict[str, Context] = OrderedDict()
+        self._states: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
+        self._degraded = False
+
+    # -- mode and events ------------------------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        """'normal', or 'degraded' from a store failure until a store call succeeds with
+        the write buffer empty."""
+        return "degraded" if self._degraded else "normal"
+
+    @property
+    def breaker_state(self) -> str:
+        return self.breaker.current_state
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def _emit(self, kind: str, session_id: str, info: Mapping[str, Any]) -> None:
+        for listener in self.listeners:
+            listener.on_event(kind, session_id, info)
+
+    def _set_degraded(self, degraded: bool, reason: str = "") -> None:
+        with self._lock:
+            if degraded == self._degraded:
+                return
+            self._degraded = degraded
+            if degraded:
+                self.stats.degraded_episodes += 1
+        self._emit("degraded" if degraded else "recovered", "", {"reason": reason})
+
+    # -- the guarded call -----------------------------------------------------------------
+
+    def _gate(self) -> bool:
+        """May a call go to the store now? Returns True when it is the half-open probe."""
+        if self._storage.state == pybreaker.STATE_CLOSED:
+            return False
+        opened = self._storage.opened_at
+        if opened is not None and time.time() < opened.timestamp() + self.breaker.reset_timeout:
+            raise _Unavailable("the circuit breaker is open")
+        if not self._probe.acquire(blocking=False):
+            raise _Unavailable("another call is probing the store")
+        return True
+
+    def _call(self, op: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run fn against the store under the breaker; raise _Unavailable instead of failing."""
+        try:
+            probing = self._gate()
+        except _Unavailable:
+            self.stats.fast_fails += 1
+            self._set_degraded(True, "circuit breaker open")
+            raise
+        try:
+            self.stats.store_calls += 1
+            try:
+                result = fn(*args)
+            except StoreUnavailable as exc:
+                self.stats.store_failures += 1
+                self._set_degraded(True, f"{op}: {exc}")
+                self._report(exc)
+                raise _Unavailable(str(exc)) from exc
+            except StatekitError as exc:  # a caller's error: the store answered
+                self._report(exc)
+                raise
+            self._report(None)
+            return result
+        finally:
+            if probing:
+                self._probe.release()
+
+    def _report(self, exc: BaseException | None) -> None:
+        def outcome() -> None:
+            if exc is not None:
+                raise exc
+
+        try:
+            self.breaker.call(outcome)
+        except (pybreaker.CircuitBreakerError, StatekitError):
+            pass  # the failure was counted; the caller sees the original outcome
+
+    def _after_success(self) -> None:
+        if self._degraded and not self._buffer:
+            self._set_degraded(False, "store answered")
+
+    # -- the write buffer -----------------------------------------------------------------
+
+    def _enqueue(self, item: _Pending) -> bool:
+        with self._lock:
+            if len(self._buffer) >= self.buffer_max_turns:
+                self.stats.buffer_overflow += 1
+                self._emit("overflow", item.session_id, {"kind": item.kind, "buffered": len(self._buffer)})
+                return False
+            self._buffer.append(item)
+            self.stats.writes_buffered += 1
+        self._emit("buffered", item.session_id, {"kind": item.kind, "buffered": len(self._buffer)})
+        return True
+
+    def flush(self) -> int:
+        """Replay buffered writes in order; return how many were replayed.
+
+        Stops at the first store failure, leaving the rest buffered in order. Appends are
+        replayed with their turn ids, so a write whose first attempt did land (a timeout
+        after the server applied it) is stored once.
+        """
+        replayed = 0
+        while True:
+            with self._lock:
+                if not self._buffer:
+                    break
+                item = self._buffer[0]
+            try:
+                if item.kind == "append":
+                    self._call("replay", self.store.append_turn, item.session_id, item.turn, item.turn_id)
+                elif item.kind == "state":
+                    self._call("replay", self.store.update_state, item.session_id, item.fn)
+                else:
+                    self._call("replay", self.store.delete, item.session_id)
+            except _Unavailable:
+                return replayed
+            except StatekitError as exc:  # e.g. over the cap by now: it cannot be stored, report it
+                self._emit("replay_rejected", item.session_id, {"kind": item.kind, "error": str(exc)})
+            with self._lock:
+                if self._buffer and self._buffer[0] is item:
+                    self._buffer.popleft()
+            replayed += 1
+            self.stats.writes_replayed += 1
+        if replayed:
+            self._emit("replayed", "", {"writes": replayed})
+        self._after_success()
+        return replayed
+
+    def _flush_first(self) -> bool:
+        """Before a call, replay what is buffered; True when the buffer is now empty."""
+        if not self._buffer:
+            return True
+        self.flush()
+        return not self._buffer
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def _remember(self, ctx: Context) -> None:
+        if self.cache_max_sessions == 0:
+            return
+        with self._lock:
+            self._cache[ctx.session_id] = ctx
+            self._cache.move_to_end(ctx.session_id)
+            while len(self._cache) > self.cache_max_sessions:
+                self._cache.popitem(last=False)
+
+    def _pending_turns(self, session_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(p.turn) for p in self._buffer if p.kind == "append" and p.session_id == session_id]
+
+    def _fallback_context(self, session_id: str) -> Context:
+        with self._lock:
+            cached = self._cache.get(session_id)
+        pending = self._pending_turns(session_id)
+        if cached is not None:
+            self.stats.reads_from_cache += 1
+            turns = (cached.turns + pending)[-self.store.policy.window_turns :] if pending else cached.turns
+            ctx = replace(cached, turns=turns, degraded=True, source="cache")
+        else:
+            self.stats.reads_from_default += 1
+            default = self.fallback(session_id) if self.fallback is not None else None
+            if isinstance(default, Context):
+                ctx = replace(default, degraded=True, source="default")
+            else:
+                fields = dict(default or {})
+                fields.update(session_id=session_id, degraded=True, source="default")
+                ctx = Context(**fields)
+            if pending:
+                ctx = replace(ctx, turns=(ctx.turns + pending)[-self.store.policy.window_turns :])
+        self._emit("fallback", session_id, {"source": ctx.source})
+        return ctx
+
+    def load_context(self, session_id: str) -> Context:
+        """The session's context; never raises on a store failure.
+
+        From the store when it answers (`source='store'`), else the last context this
+        process saw plus any buffered turns (`'cache'`), else the fallback's default
+        (`'default'`). `degraded` is True for the last two.
+        """
+        self.store.keys(session_id)  # a bad session id is the caller's error, degraded or not
+        try:
+            if not self._flush_first():
+                raise _Unavailable("buffered writes are still waiting")
+            ctx = self._call("load_context", self.store.load_context, session_id)
+        except _Unavailable:
+            return self._fallback_context(session_id)
+        self.stats.reads_from_store += 1
+        self._remember(ctx)
+        self._after_success()
+        return ctx
+
+    def get_state(self, session_id: str) -> tuple[dict[str, Any], int]:
+        """Structured state and version; the last seen (or ({}, 0)) when the store is unavailable."""
+        self.store.keys(session_id)
+        try:
+            if not self._flush_first():
+                raise _Unavailable("buffered writes are still waiting")
+            result = self._call("get_state", self.store.get_state, session_id)
+        except _Unavailable:
+            with self._lock:
+                return self._states.get(session_id, ({}, 0))
+        with self._lock:
+            self._states[session_id] = result
+            while len(self._states) > self.cache_max_sessions:
+                self._states.popitem(last=False)
+        self._after_success()
+        return result
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def _unavailable_write(self, item: _Pending, reason: str) -> None:
+        if self.write_policy == "raise":
+            raise StoreUnavailable(f"{item.kind} of session {item.session_id!r} not stored: {reason}")
+        if self.write_policy == "drop":
+            self.stats.writes_dropped += 1
+            self._emit("dropped", item.session_id, {"kind": item.kind})
+            return
+        self._enqueue(item)
+
+    def append_turn(self, session_id: str, turn: Mapping[str, Any], turn_id: str | None = None) -> int | None:
+        """Append a turn; the stored bytes, or None when the store is unavailable and the
+        turn was buffered or dropped (by `write_policy`). The turn id is fixed here, so a
+        replay can never store it twice."""
+        self.store.keys(session_id)
+        turn_id = turn_id or _new_turn_id()
+        item = _Pending("append", session_id, turn=dict(turn), turn_id=turn_id)
+        try:
+            if not self._flush_first():
+                raise _Unavailable("earlier writes are still buffered; this one keeps its place after them")
+            result = self._call("append_turn", self.store.append_turn, session_id, turn, turn_id)
+        except _Unavailable as exc:
+            self._unavailable_write(item, str(exc))
+            return None
+        with self._lock:  # keep a cached context current, so a later fallback is not stale
+            cached = self._cache.get(session_id)
+            if cached is not None:
+                turns = (cached.turns + [item.turn])[-self.store.policy.window_turns :]
+                self._cache[session_id] = replace(cached, turns=turns, version=cached.version + 1, bytes=result)
+        self._after_success()
+        return result
+
+    def update_state(self, session_id: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any] | None:
+        """Compare-and-set update; None when the store is unavailable and `fn` was buffered
+        (it then runs on replay, against the state of that moment) or dropped."""
+        self.store.keys(session_id)
+        item = _Pending("state", session_id, fn=fn)
+        try:
+            if not self._flush_first():
+                raise _Unavailable("earlier writes are still buffered")
+            result = self._call("update_state", self.store.update_state, session_id, fn)
+        except _Unavailable as exc:
+            self._unavailable_write(item, str(exc))
+            return None
+        self._after_success()
+        return result
+
+    def delete(self, session_id: str) -> bool | None:
+        """Delete the session; None when the store is unavailable and the delete was buffered or dropped."""
+        self.store.keys(session_id)
+        with self._lock:
+            self._cache.pop(session_id, None)
+            self._states.pop(session_id, None)
+        try:
+            if not self._flush_first():
+                raise _Unavailable("earlier writes are still buffered")
+            result = self._call("delete", self.store.delete, session_id)
+        except _Unavailable as exc:
+            self._unavailable_write(_Pending("delete", session_id), str(exc))
+            return None
+        self._after_success()
+        return result
