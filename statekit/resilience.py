@@ -17,6 +17,7 @@ goes out at a time; other calls fail fast meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict, deque
@@ -210,10 +211,9 @@ class ResilientStore:
             if exc is not None:
                 raise exc
 
-        try:
+        # the failure is counted; the caller sees the original outcome, not the breaker's error
+        with contextlib.suppress(pybreaker.CircuitBreakerError, StatekitError):
             self.breaker.call(outcome)
-        except (pybreaker.CircuitBreakerError, StatekitError):
-            pass  # the failure was counted; the caller sees the original outcome
 
     def _after_success(self) -> None:
         if self._degraded and not self._buffer:

@@ -93,7 +93,7 @@ def test_open_breaker_makes_no_round_trips_and_recovers_after_the_reset_timeout(
     rs.append_turn("s", turn(0))
     rs.load_context("s")
     inj.fail()
-    for i in range(3):
+    for _ in range(3):
         rs.load_context("s")
     assert rs.breaker_state == "open"
     with count_round_trips() as rt:
