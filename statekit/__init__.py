@@ -27,6 +27,7 @@ from .errors import (  # noqa: E402
 )
 from .lifecycle import ExtractiveSummarizer, LifecyclePolicy, recommend  # noqa: E402
 from .profile import StateClass, WorkloadProfile  # noqa: E402
+from .resilience import ResilientStore  # noqa: E402
 from .store import Context, SessionStore, StoreListener  # noqa: E402
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "sizing",
     "ExtractiveSummarizer",
     "SessionStore",
+    "ResilientStore",
     "Context",
     "StoreListener",
     "InvalidInput",

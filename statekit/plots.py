@@ -6,7 +6,14 @@ from typing import Any
 
 from .assess import Assessment
 
-__all__ = ["payload_growth", "verdict_overview", "memory_over_turns", "memory_over_days", "live_memory"]
+__all__ = [
+    "payload_growth",
+    "verdict_overview",
+    "memory_over_turns",
+    "memory_over_days",
+    "live_memory",
+    "outage_timeline",
+]
 
 
 def payload_growth(assessment: Assessment | dict[str, Any], ax: Any = None) -> Any:
@@ -110,3 +117,44 @@ def live_memory(growth: dict[str, Any], ax: Any = None) -> Any:
     ax.set_title(f"{growth['sessions']} sessions of {growth['turn_bytes']}-byte turns ({growth['source']})")
     ax.legend(fontsize="small")
     return ax
+
+
+def outage_timeline(records: list[dict[str, Any]], axes: Any = None) -> Any:
+    """Each call's latency over time through an outage, statekit against a plain client,
+    and below it what statekit answered from (store, cache, default)."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top, bottom = axes
+    for series, colour in (("plain redis-py", "tab:red"), ("statekit ResilientStore", "tab:blue")):
+        rows = [r for r in records if r["series"] == series]
+        top.scatter(
+            [r["t_s"] for r in rows],
+            [max(r["latency_ms"], 0.01) for r in rows],
+            s=10,
+            color=colour,
+            label=series,
+            alpha=0.7,
+        )
+    if records:
+        start, end = records[0]["outage_start_s"], records[0]["outage_end_s"]
+        for ax in axes:
+            ax.axvspan(start, end, color="gray", alpha=0.15)
+        top.text(start, top.get_ylim()[1] if top.get_ylim()[1] > 0 else 1, " outage", va="top", fontsize="small")
+    top.set_yscale("log")
+    top.set_ylabel("latency per call (ms, log)")
+    top.legend(fontsize="small", loc="upper right")
+    top.set_title("the same outage, two clients")
+    sources = {"store": 0, "cache": 1, "default": 2}
+    loads = [r for r in records if r["series"].startswith("statekit") and r.get("source")]
+    bottom.scatter(
+        [r["t_s"] for r in loads],
+        [sources[r["source"]] for r in loads],
+        s=8,
+        c=["tab:green" if r["mode"] == "normal" else "tab:orange" for r in loads],
+    )
+    bottom.set_yticks(list(sources.values()), list(sources.keys()))
+    bottom.set_ylabel("answered from")
+    bottom.set_xlabel("seconds")
+    return axes

@@ -31,7 +31,7 @@ from .backends import with_timeouts
 from .errors import StatekitError, StoreUnavailable
 from .store import Context, SessionStore, StoreListener, _new_turn_id
 
-__all__ = ["ResilientStore", "ResilienceStats", "WritePolicy"]
+__all__ = ["ResilientStore", "ResilienceStats", "WritePolicy", "recommend", "outage_timeline", "summarize_timeline"]
 
 WritePolicy = Literal["buffer", "drop", "raise"]
 
@@ -409,3 +409,232 @@ class ResilientStore:
             return None
         self._after_success()
         return result
+
+
+# -- decide: settings from a profile ------------------------------------------------------
+
+#: Store calls a request makes: one load and one append, plus a fold every fourth append.
+STORE_CALLS_PER_REQUEST = 2.25
+#: How long the breaker should tolerate consecutive failures at peak before it opens.
+TRIP_WITHIN_S = 0.5
+#: The outage the write buffer is sized to ride out.
+OUTAGE_TO_SURVIVE_S = 30
+
+
+def recommend(profile: Any, outage_s: float = OUTAGE_TO_SURVIVE_S) -> dict[str, Any]:
+    """ResilientStore settings for a WorkloadProfile, each with its number and reason.
+
+    Timeout: half the state latency budget, since a request makes two store calls that can
+    each hit it. Breaker: open after about half a second of consecutive failures at peak
+    (never fewer than 3, never more than 20), probe every 10 s. Buffer: the peak write rate
+    times the outage to ride out, plus half again. Write policy per kind of state:
+    authoritative state (quota, approval, financial) fails closed ("raise") instead of
+    being buffered, because acting on an unconfirmed approval or balance is worse than
+    refusing; everything else is buffered.
+    """
+    import math
+
+    from .profile import AUTHORITATIVE_PURPOSES
+
+    t = profile.traffic
+    budget = profile.latency_budget_ms
+    timeout_ms = max(1, math.floor(budget / 2))
+    requests_per_s = t.peak_concurrent_sessions * t.requests_per_session / (t.session_minutes * 60)
+    calls_per_s = requests_per_s * STORE_CALLS_PER_REQUEST
+    fail_max = int(min(20, max(3, math.ceil(calls_per_s * TRIP_WITHIN_S))))
+    writes_per_s = requests_per_s  # one append per request
+    buffer = math.ceil(writes_per_s * outage_s * 1.5)
+    policies = {c.name: ("raise" if c.purpose in AUTHORITATIVE_PURPOSES else "buffer") for c in profile.state_classes}
+    worst_wait_ms = 2 * timeout_ms
+    return {
+        "timeout_ms": timeout_ms,
+        "fail_max": fail_max,
+        "reset_timeout_s": 10,
+        "buffer_max_turns": buffer,
+        "write_policy_by_state_class": policies,
+        "peak_requests_per_second": round(requests_per_s, 2),
+        "peak_store_calls_per_second": round(calls_per_s, 2),
+        "outage_to_survive_s": outage_s,
+        "reasons": {
+            "timeout_ms": (
+                f"half the {budget:g} ms state budget: a request makes two store calls (load, append), "
+                f"so a hung store costs it at most {worst_wait_ms} ms before the breaker opens, then nothing"
+            ),
+            "fail_max": (
+                f"at peak the fleet makes {calls_per_s:,.1f} store calls a second; {fail_max} consecutive "
+                f"failures is about {TRIP_WITHIN_S:g} s of them (bounded to 3..20), so one slow call does not "
+                "trip it and a real outage trips it fast"
+            ),
+            "reset_timeout_s": "probe a failed store every 10 s with one call; the rest fail fast meanwhile",
+            "buffer_max_turns": (
+                f"{writes_per_s:,.1f} appends a second at peak x {outage_s:g} s of outage x 1.5 = {buffer:,} "
+                "turns for the fleet; divide by the number of app instances for each process's buffer"
+            ),
+            "write_policy_by_state_class": (
+                "authoritative state fails closed (raise): an approval, quota or balance must not be "
+                "acted on unconfirmed; conversation and caches are buffered and replayed in order"
+            ),
+        },
+        "degraded_experience": [
+            "replies keep coming: the model gets the last context this instance saw, plus turns "
+            "written since, or a default context for a session it has never seen",
+            'a reply built on a default context should say so ("I may have lost the start of our '
+            "conversation\"): Context.source is 'default'",
+            "actions on authoritative state are refused with a retry-later message",
+            "no 500s: ResilientStore never raises StoreUnavailable except for write_policy='raise'",
+        ],
+    }
+
+
+# -- run: a live outage, timed ------------------------------------------------------------
+
+
+def outage_timeline(
+    redis_url: str = "fakeredis://",
+    *,
+    before_s: float = 1.0,
+    outage_s: float = 3.0,
+    after_s: float = 3.0,
+    interval_ms: float = 50,
+    timeout_ms: float = 100,
+    fail_max: int = 3,
+    reset_timeout_s: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Drive a ResilientStore and a plain redis-py client through the same outage; time every call.
+
+    On fakeredis the outage is a FaultInjector hang (calls never answer until it ends); on
+    a real server it is `CLIENT PAUSE ALL`, which freezes every client but the admin one.
+    The plain client uses redis-py's defaults (no socket timeout, its own retries), as a
+    first version of a service would. Returns one record per call: series, time since
+    start, latency, whether it raised, and for statekit the mode and the context's source.
+    """
+    import redis as redis_lib
+
+    from .backends import backend_kind, connect
+    from .testing import FaultInjector
+
+    real = not redis_url.startswith("fakeredis")
+    if real:
+        admin = connect(redis_url, socket_timeout=5)
+        plain = redis_lib.Redis.from_url(redis_url)  # redis-py's defaults, on purpose
+        store_client = connect(redis_url)
+        if backend_kind(admin) == "cluster":
+            raise ValueError("outage_timeline pauses one server; give it a single redis:// URL")
+    else:
+        injector = FaultInjector()
+        plain = injector.client(socket_timeout=None)  # type: ignore[arg-type]
+        store_client = injector.client()
+    store = SessionStore(store_client, namespace="outage-demo")
+    rs = ResilientStore(store, timeout_ms=timeout_ms, fail_max=fail_max, reset_timeout_s=reset_timeout_s)
+    records: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    start = time.monotonic()
+    end = start + before_s + outage_s + after_s
+
+    def record(**fields: Any) -> None:
+        with lock:
+            records.append(fields)
+
+    def drive_statekit() -> None:
+        i = 0
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            ctx = rs.load_context("demo")
+            t1 = time.monotonic()
+            record(
+                series="statekit ResilientStore",
+                op="load_context",
+                t_s=t0 - start,
+                latency_ms=(t1 - t0) * 1000,
+                raised=False,
+                mode=rs.mode,
+                source=ctx.source,
+            )
+            rs.append_turn("demo", {"role": "user", "content": f"turn {i}"})
+            record(
+                series="statekit ResilientStore",
+                op="append_turn",
+                t_s=t1 - start,
+                latency_ms=(time.monotonic() - t1) * 1000,
+                raised=False,
+                mode=rs.mode,
+                source=None,
+            )
+            i += 1
+            time.sleep(max(0.0, interval_ms / 1000 - (time.monotonic() - t0)))
+
+    def drive_plain() -> None:
+        i = 0
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            for op, call in (
+                ("load_context", lambda: plain.lrange("plain-demo", -10, -1)),
+                ("append_turn", lambda: plain.rpush("plain-demo", f"turn {i}")),
+            ):
+                t1 = time.monotonic()
+                raised = False
+                try:
+                    call()
+                except redis_lib.exceptions.RedisError:
+                    raised = True
+                record(
+                    series="plain redis-py",
+                    op=op,
+                    t_s=t1 - start,
+                    latency_ms=(time.monotonic() - t1) * 1000,
+                    raised=raised,
+                    mode=None,
+                    source=None,
+                )
+            i += 1
+            time.sleep(max(0.0, interval_ms / 1000 - (time.monotonic() - t0)))
+
+    threads = [threading.Thread(target=drive_statekit), threading.Thread(target=drive_plain)]
+    for th in threads:
+        th.start()
+    time.sleep(before_s)
+    if real:
+        admin.execute_command("CLIENT", "PAUSE", int(outage_s * 1000), "ALL")
+        time.sleep(outage_s)
+    else:
+        injector.hang()
+        time.sleep(outage_s)
+        injector.heal()
+    for th in threads:
+        th.join()
+    rs.flush()
+    for rec in records:
+        rec["outage"] = before_s <= rec["t_s"] < before_s + outage_s
+        rec["outage_start_s"], rec["outage_end_s"] = before_s, before_s + outage_s
+    return sorted(records, key=lambda r: (r["series"], r["t_s"]))
+
+
+def summarize_timeline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per series and phase (before, during, after the outage): calls, p50/max latency, raised."""
+    import numpy as np
+
+    out = []
+    for series in sorted({r["series"] for r in records}):
+        for phase in ("before", "during", "after"):
+            rows = [r for r in records if r["series"] == series and _phase(r) == phase]
+            if not rows:
+                continue
+            lat = np.array([r["latency_ms"] for r in rows])
+            out.append(
+                {
+                    "series": series,
+                    "phase": phase,
+                    "calls": len(rows),
+                    "p50_ms": round(float(np.percentile(lat, 50)), 3),
+                    "p99_ms": round(float(np.percentile(lat, 99)), 3),
+                    "max_ms": round(float(lat.max()), 1),
+                    "raised": sum(r["raised"] for r in rows),
+                }
+            )
+    return out
+
+
+def _phase(record: dict[str, Any]) -> str:
+    if record["t_s"] < record["outage_start_s"]:
+        return "before"
+    return "during" if record["t_s"] < record["outage_end_s"] else "after"

@@ -22,6 +22,7 @@ from .backends import check_reachable, connect, redact_url
 from .errors import ProfileError, StatekitError
 from .lifecycle import recommend
 from .profile import WorkloadProfile
+from .resilience import recommend as recommend_resilience
 from .sizing import plan_capacity
 
 __all__ = ["build_review", "run_review", "write_json", "ReportFiles", "NOTEBOOK", "render_summary_markdown"]
@@ -44,7 +45,9 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
     Sections: `meta` (statekit version, time, the backend with its URL redacted),
     `profile` (the validated input), `assessment` (verdict, reasons, rubric, costs) and
     `lifecycle` (the recommended policy with its reasons, memory per session and in total
-    with and without it, nodes needed, growth over turns and days; all modelled).
+    with and without it, nodes needed, growth over turns and days; all modelled) and
+    `resilience` (timeout, breaker, buffer and write policy per state class, with reasons,
+    and what users see in degraded mode).
     Raises `ProfileError` for a bad profile and `StoreUnavailable` when `redis_url` cannot
     be reached, before any work is done.
     """
@@ -68,6 +71,10 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
             "applies": assessment.verdict in ("server-side session state", "durable workflow state"),
             "policy": rec.as_dict(),
             "capacity": plan_capacity(prof, rec.policy),
+        },
+        "resilience": {
+            "applies": assessment.verdict in ("server-side session state", "durable workflow state"),
+            **recommend_resilience(prof),
         },
     }
 

@@ -303,6 +303,8 @@ class FaultInjector:
         self.deliver_late = False
         self._late: list[bytes] = []
         self._lock = threading.Lock()
+        self._healed = threading.Event()
+        self._healed.set()
 
     def client(self, socket_timeout: float = 1.0) -> Any:
         """A client of this server whose calls obey the injected faults."""
@@ -326,6 +328,7 @@ class FaultInjector:
 
     def hang(self, deliver_late: bool = False) -> None:
         self.heal()
+        self._healed.clear()
         self.mode = "hang"
         self.deliver_late = deliver_late
 
@@ -337,6 +340,7 @@ class FaultInjector:
     def heal(self) -> None:
         self.mode = "ok"
         self.server.connected = True
+        self._healed.set()
         with self._lock:
             late, self._late = self._late, []
         if late:
@@ -377,7 +381,10 @@ def _faulty_connection_class() -> type:
         def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             inj = None if self._handshake else self.injector
             if inj is not None and inj.mode == "hang":
-                time.sleep(self.socket_timeout or 0)
+                if self.socket_timeout is None:  # no deadline: wait for the server, like a real client
+                    inj._healed.wait()
+                    return super().send_packed_command(command, check_health)
+                time.sleep(self.socket_timeout)
                 if inj.deliver_late:
                     with inj._lock:
                         inj._late.append(command)

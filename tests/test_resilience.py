@@ -312,3 +312,61 @@ def test_client_pause_write_degrades_writes_not_reads(fresh_redis_server):
         admin.execute_command("CLIENT", "UNPAUSE")
     ctx = rs.load_context("s")  # flushes first, then reads
     assert ctx.source == "store" and ctx.turns == [turn(0), turn(1)]
+
+
+# -- decide, and the outage timeline ------------------------------------------------------
+
+
+def test_recommended_settings_for_the_support_agent(profiles_dir):
+    from statekit import WorkloadProfile
+    from statekit.resilience import recommend
+
+    r = recommend(WorkloadProfile.from_yaml(profiles_dir / "support_agent.yaml"))
+    assert r["timeout_ms"] == 25  # half the 50 ms budget
+    # 1,800 sessions x 14 requests / 1,500 s = 16.8 requests/s, x 2.25 store calls = 37.8 calls/s
+    assert r["peak_store_calls_per_second"] == 37.8 and r["fail_max"] == 19
+    assert r["buffer_max_turns"] == 756  # 16.8/s x 30 s x 1.5
+    assert r["write_policy_by_state_class"] == {
+        "conversation": "buffer",
+        "ticket_context": "buffer",
+        "refund_approval": "raise",
+        "csat_events": "buffer",
+    }
+    assert set(r["reasons"]) >= {"timeout_ms", "fail_max", "buffer_max_turns"}
+
+
+def test_fail_max_is_bounded(profiles_dir):
+    from statekit import WorkloadProfile
+    from statekit.resilience import recommend
+
+    assert recommend(WorkloadProfile.from_yaml(profiles_dir / "quota_enforcement.yaml"))["fail_max"] == 20
+    assert recommend(WorkloadProfile.from_yaml(profiles_dir / "agentic_workflow.yaml"))["fail_max"] == 3
+
+
+def _timeline_checks(records):
+    from statekit.resilience import summarize_timeline
+
+    rows = {(r["series"], r["phase"]): r for r in summarize_timeline(records)}
+    statekit = [r for r in records if r["series"].startswith("statekit")]
+    assert not any(r["raised"] for r in statekit), "statekit never raises"
+    during_sk = rows[("statekit ResilientStore", "during")]["calls"]
+    during_plain = rows.get(("plain redis-py", "during"), {"calls": 0})["calls"]
+    # the plain client is stuck on its first call for the whole outage; statekit keeps answering
+    assert during_plain <= 4 and during_sk >= 10
+    assert {r["source"] for r in statekit if r["source"]} >= {"store", "cache"}
+    assert statekit[-1]["mode"] == "normal", "recovered after the outage"
+
+
+def test_outage_timeline_on_fakeredis():
+    from statekit.resilience import outage_timeline
+
+    _timeline_checks(outage_timeline(before_s=0.3, outage_s=1.0, after_s=1.5, reset_timeout_s=0.5))
+
+
+@pytest.mark.realredis
+def test_outage_timeline_with_client_pause(fresh_redis_server):
+    from statekit.resilience import outage_timeline
+
+    _timeline_checks(
+        outage_timeline(fresh_redis_server.url, before_s=0.3, outage_s=1.0, after_s=1.5, reset_timeout_s=0.5)
+    )

@@ -17,6 +17,9 @@ def test_build_review_has_profile_and_assessment(profiles_dir):
     assert life["policy"]["window_turns"] == 10 and "ttl_seconds" in life["policy"]["reasons"]
     assert life["capacity"]["nodes"] >= 1
     assert life["capacity"]["total_bytes"] < life["capacity"]["unbounded_week_bytes"]
+    res = review["resilience"]
+    assert res["applies"] is True and res["timeout_ms"] == 25
+    assert res["write_policy_by_state_class"]["refund_approval"] == "raise"
     assert review["assessment"]["verdict"] == "server-side session state"
     assert review["profile"]["service"] == "support_agent"
     assert review["meta"]["backend"] == {"url": "fakeredis://", "kind": "fakeredis", "server_version": None}
