@@ -569,7 +569,7 @@ def outage_timeline(
             t0 = time.monotonic()
             for op, call in (
                 ("load_context", lambda: plain.lrange("plain-demo", -10, -1)),
-                ("append_turn", lambda: plain.rpush("plain-demo", f"turn {i}")),
+                ("append_turn", lambda n=i: plain.rpush("plain-demo", f"turn {n}")),
             ):
                 t1 = time.monotonic()
                 raised = False
