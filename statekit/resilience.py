@@ -134,7 +134,8 @@ class ResilientStore:
         self._probe = threading.Lock()
         self._lock = threading.RLock()
         self._buffer: deque[_Pending] = deque()
-        self._cache: OrderedDict[str, Context] = OrderedDict()
+        # last context read per session, and the turns appended through this store since
+        self._cache: OrderedDict[str, tuple[Context, list[dict[str, Any]]]] = OrderedDict()
         self._states: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
         self._degraded = False
 
@@ -207,6 +208,9 @@ class ResilientStore:
                 self._probe.release()
 
     def _report(self, exc: BaseException | None) -> None:
+        if exc is None and self._storage.state == pybreaker.STATE_CLOSED and self._storage.counter == 0:
+            return  # a success that changes nothing in the breaker: skip its lock on the hot path
+
         def outcome() -> None:
             if exc is not None:
                 raise exc
@@ -279,7 +283,7 @@ class ResilientStore:
         if self.cache_max_sessions == 0:
             return
         with self._lock:
-            self._cache[ctx.session_id] = ctx
+            self._cache[ctx.session_id] = (ctx, [])
             self._cache.move_to_end(ctx.session_id)
             while len(self._cache) > self.cache_max_sessions:
                 self._cache.popitem(last=False)
@@ -289,12 +293,14 @@ class ResilientStore:
             return [dict(p.turn) for p in self._buffer if p.kind == "append" and p.session_id == session_id]
 
     def _fallback_context(self, session_id: str) -> Context:
+        self.store.keys(session_id)  # a bad session id is the caller's error, degraded or not
         with self._lock:
-            cached = self._cache.get(session_id)
+            entry = self._cache.get(session_id)
         pending = self._pending_turns(session_id)
-        if cached is not None:
+        if entry is not None:
+            cached, since = entry
             self.stats.reads_from_cache += 1
-            turns = (cached.turns + pending)[-self.store.policy.window_turns :] if pending else cached.turns
+            turns = (cached.turns + since + pending)[-self.store.policy.window_turns :]
             ctx = replace(cached, turns=turns, degraded=True, source="cache")
         else:
             self.stats.reads_from_default += 1
@@ -317,7 +323,6 @@ class ResilientStore:
         process saw plus any buffered turns (`'cache'`), else the fallback's default
         (`'default'`). `degraded` is True for the last two.
         """
-        self.store.keys(session_id)  # a bad session id is the caller's error, degraded or not
         try:
             if not self._flush_first():
                 raise _Unavailable("buffered writes are still waiting")
@@ -331,12 +336,12 @@ class ResilientStore:
 
     def get_state(self, session_id: str) -> tuple[dict[str, Any], int]:
         """Structured state and version; the last seen (or ({}, 0)) when the store is unavailable."""
-        self.store.keys(session_id)
         try:
             if not self._flush_first():
                 raise _Unavailable("buffered writes are still waiting")
             result = self._call("get_state", self.store.get_state, session_id)
         except _Unavailable:
+            self.store.keys(session_id)
             with self._lock:
                 return self._states.get(session_id, ({}, 0))
         with self._lock:
@@ -349,6 +354,7 @@ class ResilientStore:
     # -- writes ---------------------------------------------------------------------------
 
     def _unavailable_write(self, item: _Pending, reason: str) -> None:
+        self.store.keys(item.session_id)  # a bad session id is the caller's error, degraded or not
         if self.write_policy == "raise":
             raise StoreUnavailable(f"{item.kind} of session {item.session_id!r} not stored: {reason}")
         if self.write_policy == "drop":
@@ -361,42 +367,39 @@ class ResilientStore:
         """Append a turn; the stored bytes, or None when the store is unavailable and the
         turn was buffered or dropped (by `write_policy`). The turn id is fixed here, so a
         replay can never store it twice."""
-        self.store.keys(session_id)
         turn_id = turn_id or _new_turn_id()
-        item = _Pending("append", session_id, turn=dict(turn), turn_id=turn_id)
         try:
             if not self._flush_first():
                 raise _Unavailable("earlier writes are still buffered; this one keeps its place after them")
             result = self._call("append_turn", self.store.append_turn, session_id, turn, turn_id)
         except _Unavailable as exc:
-            self._unavailable_write(item, str(exc))
+            self._unavailable_write(_Pending("append", session_id, turn=dict(turn), turn_id=turn_id), str(exc))
             return None
-        with self._lock:  # keep a cached context current, so a later fallback is not stale
-            cached = self._cache.get(session_id)
-            if cached is not None:
-                turns = (cached.turns + [item.turn])[-self.store.policy.window_turns :]
-                self._cache[session_id] = replace(cached, turns=turns, version=cached.version + 1, bytes=result)
+        entry = self._cache.get(session_id)
+        if entry is not None:  # keep the cached context current, so a later fallback is not stale
+            since = entry[1]
+            since.append(dict(turn))
+            if len(since) > self.store.policy.window_turns:
+                del since[0]
         self._after_success()
         return result
 
     def update_state(self, session_id: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any] | None:
         """Compare-and-set update; None when the store is unavailable and `fn` was buffered
         (it then runs on replay, against the state of that moment) or dropped."""
-        self.store.keys(session_id)
-        item = _Pending("state", session_id, fn=fn)
         try:
             if not self._flush_first():
                 raise _Unavailable("earlier writes are still buffered")
             result = self._call("update_state", self.store.update_state, session_id, fn)
         except _Unavailable as exc:
-            self._unavailable_write(item, str(exc))
+            self._unavailable_write(_Pending("state", session_id, fn=fn), str(exc))
             return None
         self._after_success()
         return result
 
     def delete(self, session_id: str) -> bool | None:
         """Delete the session; None when the store is unavailable and the delete was buffered or dropped."""
-        self.store.keys(session_id)
+        self.store.keys(session_id)  # before touching the caches
         with self._lock:
             self._cache.pop(session_id, None)
             self._states.pop(session_id, None)
@@ -510,13 +513,24 @@ def outage_timeline(
     """
     import redis as redis_lib
 
-    from .backends import backend_kind, connect
+    from .backends import backend_kind, connect, resolve_url
     from .testing import FaultInjector
 
     real = not redis_url.startswith("fakeredis")
     if real:
+        from urllib.parse import urlsplit
+
         admin = connect(redis_url, socket_timeout=5)
-        plain = redis_lib.Redis.from_url(redis_url)  # redis-py's defaults, on purpose
+        parts = urlsplit(resolve_url(redis_url))
+        # redis-py's defaults, on purpose: the constructor carries redis-py 8's retry policy
+        # (Redis.from_url builds its connections without it)
+        plain = redis_lib.Redis(
+            host=parts.hostname or "localhost",
+            port=parts.port or 6379,
+            db=int(parts.path.strip("/") or 0),
+            username=parts.username,
+            password=parts.password,
+        )
         store_client = connect(redis_url)
         if backend_kind(admin) == "cluster":
             raise ValueError("outage_timeline pauses one server; give it a single redis:// URL")
