@@ -1,0 +1,598 @@
+"""Consistency chosen per kind of state, with the probability of a stale read quantified.
+
+- `select(state_classes)`: a level for each class in the five-level vocabulary Azure Cosmos
+  DB made familiar (strong, bounded staleness, session, consistent prefix, eventual), the
+  Redis recipe that delivers it, the routing, the reasons and the honest limits.
+- `t_visibility(...)`: the probability that a read started t ms after a write commits sees
+  it, by Monte Carlo over the WARS model of Bailis et al., "Probabilistically Bounded
+  Staleness for Practical Partial Quorums" (VLDB 2012); `k_staleness(...)` in closed form;
+  `replica_stale_probability(...)` for a Redis replica from measured lag.
+- `measure_replica_lag(...)` on a real primary and replica.
+- `Router`: sticky routing by rendezvous hashing; `simulate_routing(...)` shows stale
+  reads under round-robin and none under sticky routing.
+- `concurrent_increments(...)`: optimistic concurrency against a naive get-then-set.
+
+No library models PBS staleness or routes by rendezvous hashing in a few lines, so both
+are written here; numpy does the sampling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+
+__all__ = [
+    "Distribution",
+    "pareto",
+    "exponential",
+    "mixture",
+    "empirical",
+    "PBS_FITS",
+    "t_visibility",
+    "visibility_time",
+    "k_staleness",
+    "replica_stale_probability",
+    "Level",
+    "Choice",
+    "select",
+    "measure_replica_lag",
+    "Router",
+    "remap_fraction",
+    "simulate_routing",
+    "concurrent_increments",
+]
+
+
+# -- latency distributions ----------------------------------------------------------------
+
+
+class Distribution:
+    """A latency distribution in milliseconds that numpy can sample in bulk."""
+
+    def sample(self, rng: np.random.Generator, size: Any) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class _Pareto(Distribution):
+    xm: float
+    alpha: float
+
+    def sample(self, rng: np.random.Generator, size: Any) -> np.ndarray:
+        return self.xm * (1.0 + rng.pareto(self.alpha, size))  # numpy's pareto is Lomax: shift it
+
+
+@dataclass(frozen=True)
+class _Exponential(Distribution):
+    rate: float
+
+    def sample(self, rng: np.random.Generator, size: Any) -> np.ndarray:
+        return rng.exponential(1.0 / self.rate, size)
+
+
+@dataclass(frozen=True)
+class _Mixture(Distribution):
+    parts: tuple[tuple[float, Distribution], ...]
+
+    def sample(self, rng: np.random.Generator, size: Any) -> np.ndarray:
+        weights = np.array([w for w, _ in self.parts], dtype=float)
+        choice = rng.choice(len(self.parts), size=size, p=weights / weights.sum())
+        out = np.empty(choice.shape)
+        for i, (_, dist) in enumerate(self.parts):
+            mask = choice == i
+            out[mask] = dist.sample(rng, int(mask.sum()))
+        return out
+
+
+@dataclass(frozen=True)
+class _Empirical(Distribution):
+    samples: tuple[float, ...]
+
+    def sample(self, rng: np.random.Generator, size: Any) -> np.ndarray:
+        return rng.choice(np.asarray(self.samples), size=size, replace=True)
+
+
+def pareto(xm: float, alpha: float) -> Distribution:
+    """Pareto with scale `xm` ms and shape `alpha`."""
+    if xm <= 0 or alpha <= 0:
+        raise ValueError("pareto needs xm > 0 and alpha > 0")
+    return _Pareto(xm, alpha)
+
+
+def exponential(rate: float) -> Distribution:
+    """Exponential with `rate` per ms (mean 1/rate ms)."""
+    if rate <= 0:
+        raise ValueError("exponential needs rate > 0")
+    return _Exponential(rate)
+
+
+def mixture(parts: Iterable[tuple[float, Distribution]]) -> Distribution:
+    """A mixture: each part drawn with its weight (weights are normalised)."""
+    parts = tuple(parts)
+    if not parts or any(w < 0 for w, _ in parts) or sum(w for w, _ in parts) <= 0:
+        raise ValueError("mixture needs parts with non-negative weights that sum above 0")
+    return _Mixture(parts)
+
+
+def empirical(samples_ms: Sequence[float]) -> Distribution:
+    """Resampling of measured latencies (ms), e.g. from `measure_replica_lag`."""
+    values = tuple(float(s) for s in samples_ms)
+    if not values:
+        raise ValueError("empirical needs at least one sample")
+    return _Empirical(values)
+
+
+def _fit(w: Distribution, ars: Distribution) -> dict[str, Distribution]:
+    return {"write": w, "ack": ars, "read": ars, "response": ars}
+
+
+#: The production latency fits of the PBS paper (Table 3): LinkedIn's Voldemort on SSDs and on
+#: disks, and Yammer's Riak. W is the write message delay; A, R and S (ack, read, response)
+#: share one fit.
+PBS_FITS: dict[str, dict[str, Distribution]] = {
+    "LNKD-SSD": _fit(
+        mixture([(0.9122, pareto(0.235, 10)), (0.0878, exponential(1.66))]),
+        mixture([(0.9122, pareto(0.235, 10)), (0.0878, exponential(1.66))]),
+    ),
+    "LNKD-DISK": _fit(
+        mixture([(0.38, pareto(1.05, 1.51)), (0.62, exponential(0.183))]),
+        mixture([(0.9122, pareto(0.235, 10)), (0.0878, exponential(1.66))]),
+    ),
+    "YMMR": _fit(
+        mixture([(0.939, pareto(3, 3.35)), (0.061, exponential(0.0028))]),
+        mixture([(0.982, pareto(1.5, 3.8)), (0.018, exponential(0.0217))]),
+    ),
+}
+
+
+# -- PBS: t-visibility and k-staleness ---------------------------------------------------
+
+
+def _wars_margins(
+    n: int, r: int, w: int, write: Distribution, ack: Distribution, read: Distribution, response: Distribution,
+    trials: int, rng: np.random.Generator,
+) -> np.ndarray:
+    """Per trial, the smallest t (ms after commit) at which the read sees the write."""
+    wd = write.sample(rng, (trials, n))
+    ad = ack.sample(rng, (trials, n))
+    rd = read.sample(rng, (trials, n))
+    sd = response.sample(rng, (trials, n))
+    commit = np.partition(wd + ad, w - 1, axis=1)[:, w - 1]  # the W-th acknowledgement
+    # the read waits for the first R responses; replica i answers with the write when the
+    # write reached it before the read request did: W_i <= commit + t + R_i
+    first = np.argsort(rd + sd, axis=1)[:, :r]
+    need = np.take_along_axis(wd - rd, first, axis=1).min(axis=1) - commit
+    return need
+
+
+def t_visibility(
+    n: int,
+    r: int,
+    w: int,
+    write: Distribution,
+    ack: Distribution,
+    read: Distribution,
+    response: Distribution,
+    t_ms: float | Sequence[float],
+    trials: int = 100_000,
+    seed: int | None = 0,
+) -> np.ndarray:
+    """P(a read started t ms after a write commits returns that write), for each t.
+
+    WARS model: the write goes to all N replicas (delay W), commits at the W-th ack (A);
+    the read goes to all N (R) and returns with the first R responses (S); it is
+    consistent if one of them had the write when the read arrived. Monte Carlo over
+    `trials`, vectorised: one sample set serves every t. R + W > N always gives 1.
+    """
+    if not (1 <= r <= n and 1 <= w <= n):
+        raise ValueError("need 1 <= r <= n and 1 <= w <= n")
+    t = np.atleast_1d(np.asarray(t_ms, dtype=float))
+    if r + w > n:
+        return np.ones_like(t)
+    rng = np.random.default_rng(seed)
+    need = np.sort(_wars_margins(n, r, w, write, ack, read, response, trials, rng))
+    return np.searchsorted(need, t, side="right") / trials
+
+
+def visibility_time(
+    probability: float,
+    n: int,
+    r: int,
+    w: int,
+    write: Distribution,
+    ack: Distribution,
+    read: Distribution,
+    response: Distribution,
+    trials: int = 100_000,
+    seed: int | None = 0,
+) -> float:
+    """The wait after commit (ms) for which reads are consistent with `probability`."""
+    if r + w > n:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    need = _wars_margins(n, r, w, write, ack, read, response, trials, rng)
+    return max(0.0, float(np.quantile(need, probability)))
+
+
+def k_staleness(n: int, r: int, w: int, k: int = 1) -> float:
+    """P(a read returns one of the last k versions), closed form (PBS, section 3).
+
+    With read and write quorums chosen uniformly at random, a read misses one write with
+    probability C(N-W, R) / C(N, R), and k independent writes with that to the k-th power.
+    """
+    if not (1 <= r <= n and 1 <= w <= n) or k < 1:
+        raise ValueError("need 1 <= r <= n, 1 <= w <= n and k >= 1")
+    miss = math.comb(n - w, r) / math.comb(n, r)
+    return 1.0 - miss**k
+
+
+def replica_stale_probability(lag_samples_ms: Sequence[float], gap_ms: float | Sequence[float]) -> np.ndarray:
+    """P(a replica read `gap_ms` after the primary acknowledged a write misses it).
+
+    Redis replication is asynchronous and in order: a read on the replica misses the write
+    exactly when the replica's lag at that moment exceeds the gap.
+    """
+    lag = np.sort(np.asarray(lag_samples_ms, dtype=float))
+    if lag.size == 0:
+        raise ValueError("need at least one lag sample")
+    gap = np.atleast_1d(np.asarray(gap_ms, dtype=float))
+    return 1.0 - np.searchsorted(lag, gap, side="right") / lag.size
+
+
+# -- select: a level per state class -------------------------------------------------------
+
+Level = Literal["strong", "bounded staleness", "session", "consistent prefix", "eventual"]
+
+#: Replica lag assumed until it is measured: an exponential with a 1 ms mean, what a replica
+#: in the same zone shows under moderate load (measure_replica_lag gives the real one).
+DEFAULT_LAG = exponential(1.0)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The consistency decision for one state class."""
+
+    state_class: str
+    purpose: str
+    level: Level
+    staleness_bound_s: float | None
+    recipe: list[str]
+    routing: str
+    reads_from: Literal["primary", "replica"]
+    stale_read_probability: float
+    reasons: list[str]
+    limits: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+_ASYNC = (
+    "Redis replication is asynchronous: a write acknowledged by the primary can be lost in a "
+    "failover before any replica has it."
+)
+_WAIT = (
+    "WAIT n timeout makes the client wait until n replicas have the write, which narrows that "
+    "window; it does not make Redis strongly consistent (a failover can still promote a replica "
+    "that lacks it, and a timed-out WAIT does not undo the write)."
+)
+
+
+def select(
+    state_classes: Iterable[Any],
+    *,
+    lag: Distribution = DEFAULT_LAG,
+    read_gap_ms: float = 1000.0,
+    trials: int = 100_000,
+) -> list[Choice]:
+    """A consistency level, Redis recipe and routing for each state class.
+
+    `state_classes` are a profile's StateClass objects (purpose, staleness tolerance).
+    `read_gap_ms` is the typical time between a write and the next read of the same state;
+    with `lag` (a replica-lag distribution; measured lag via `empirical`) it gives the
+    probability that a replica read is stale.
+    """
+    lag_samples = lag.sample(np.random.default_rng(0), trials)
+    choices = []
+    for sc in state_classes:
+        tolerance = float(sc.staleness_tolerance_s)
+        purpose = sc.purpose
+        p_replica = float(replica_stale_probability(lag_samples, read_gap_ms)[0])
+        if purpose == "financial":
+            choices.append(Choice(
+                sc.name, purpose, "strong", 0.0,
+                [
+                    "keep the ledger in a transactional database (serializable transactions); Redis "
+                    "holds at most a cache of it, invalidated on commit",
+                    "if Redis must hold it: primary reads and writes, MULTI/EXEC or a Lua script per "
+                    "change, WAIT 1 100 after each write, min-replicas-to-write 1, "
+                    "appendonly yes with appendfsync always",
+                ],
+                "any instance; every read and write goes to the primary",
+                "primary", 0.0,
+                ["money must never be read stale or lost once acknowledged"],
+                [_ASYNC, _WAIT, "state that moves money belongs in a transactional database, not in Redis"],
+            ))
+        elif purpose in ("approval", "quota"):
+            choices.append(Choice(
+                sc.name, purpose, "strong", 0.0,
+                [
+                    "primary reads and writes only",
+                    "change it in one Lua script or with version compare-and-set (SessionStore.update_state)",
+                    "WAIT 1 100 after writes that must survive a failover; min-replicas-to-write 1 with "
+                    "min-replicas-max-lag 10 so the primary refuses writes it cannot replicate",
+                ],
+                "any instance; every read goes to the primary",
+                "primary", 0.0,
+                [f"a stale {purpose} is acted on: a revoked approval honoured, a quota overspent"],
+                [_ASYNC, _WAIT],
+            ))
+        elif purpose in ("conversation", "workflow"):
+            level: Level = "session" if tolerance == 0 else "consistent prefix"
+            choices.append(Choice(
+                sc.name, purpose, level, None,
+                [
+                    "primary reads and writes for the session's own requests (read-your-writes)",
+                    "route a session's requests to one instance (rendezvous hashing on the session id) "
+                    "so its in-process cache is never behind",
+                ] + (
+                    ["other readers (dashboards, audits) may read replicas: replication is in order, so "
+                     "they see a prefix of the conversation, never a gap"] if level == "consistent prefix" else []
+                ),
+                "sticky by session id (rendezvous hashing)",
+                "primary", 0.0,
+                ["each request must see the turns its session wrote before it, in order"],
+                [_ASYNC, "sticky routing keeps read-your-writes only while the instance lives; on "
+                 "failover the session moves and reads from the primary"],
+            ))
+        elif purpose in ("personalization", "recommendation", "cache") and tolerance > 0:
+            bound_ms = tolerance * 1000
+            p_bound = float(replica_stale_probability(lag_samples, bound_ms)[0])
+            choices.append(Choice(
+                sc.name, purpose, "bounded staleness", tolerance,
+                [
+                    f"read from replicas while the measured replica lag stays under {tolerance:g} s "
+                    "(INFO replication: master_last_io_seconds_ago, offsets); fall back to the primary "
+                    "beyond it",
+                    "writes to the primary; no WAIT needed",
+                ],
+                "any instance",
+                "replica", p_replica,
+                [f"{tolerance:g} s of staleness is harmless for {purpose}; replica reads spread the load",
+                 f"with the assumed lag, a replica is behind by more than the bound with probability "
+                 f"{p_bound:.2e}"],
+                [_ASYNC],
+            ))
+        else:  # analytics, and anything tolerant that is not covered above
+            choices.append(Choice(
+                sc.name, purpose, "eventual", None,
+                ["write to the primary (batched or pipelined); read from any replica",
+                 "aggregate into counters or streams; no WAIT"],
+                "any instance",
+                "replica", p_replica,
+                [f"{purpose} tolerates {tolerance:g} s: a count that is briefly behind misleads no one"],
+                [_ASYNC],
+            ))
+    return choices
+
+
+# -- measured replica lag --------------------------------------------------------------------
+
+
+def measure_replica_lag(
+    primary_url: str,
+    replica_url: str,
+    writes: int = 1000,
+    *,
+    wait: bool = False,
+    load_writers: int = 0,
+    value_bytes: int = 512,
+) -> dict[str, Any]:
+    """Measure replication lag on a real primary and replica.
+
+    For each write: SET on the primary (then `WAIT 1 1000` when `wait`), one immediate read
+    on the replica (stale or not), then poll the replica until the write shows; the lag is
+    the time from the primary's acknowledgement to first visibility. `load_writers` threads
+    write 4 KB values to the primary meanwhile. Returns the samples (ms) for `empirical()`
+    and the fraction of immediate replica reads that were stale.
+    """
+    from .backends import backend_kind, connect
+    from .errors import NeedsRealRedis
+
+    primary, replica = connect(primary_url, socket_timeout=5), connect(replica_url, socket_timeout=5)
+    if "fakeredis" in (backend_kind(primary), backend_kind(replica)):
+        raise NeedsRealRedis("replica lag needs a real primary and replica: fakeredis has no replication")
+    role = replica.info("replication").get("role")
+    if role != "slave":
+        raise ValueError(f"{replica_url} is not a replica (role {role!r})")
+    stop = threading.Event()
+
+    def load() -> None:
+        c = connect(primary_url, socket_timeout=5)
+        blob = b"x" * 4096
+        i = 0
+        while not stop.is_set():
+            c.set(f"lag-load:{i % 1000}", blob)
+            i += 1
+
+    loaders = [threading.Thread(target=load, daemon=True) for _ in range(load_writers)]
+    for th in loaders:
+        th.start()
+    value = "v" * value_bytes
+    lags, stale = [], 0
+    try:
+        for i in range(writes):
+            key = f"lag-probe:{i}"
+            primary.set(key, f"{i}:{value}")
+            if wait:
+                primary.execute_command("WAIT", 1, 1000)
+            acked = time.perf_counter()
+            if replica.get(key) is None:
+                stale += 1
+                while replica.get(key) is None:
+                    pass
+            lags.append((time.perf_counter() - acked) * 1000)
+    finally:
+        stop.set()
+        for th in loaders:
+            th.join()
+        primary.delete(*[f"lag-probe:{i}" for i in range(writes)])
+    arr = np.asarray(lags)
+    return {
+        "samples_ms": lags,
+        "stale_fraction": stale / writes,
+        "writes": writes,
+        "wait": wait,
+        "load_writers": load_writers,
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "max_ms": float(arr.max()),
+    }
+
+
+# -- sticky routing ------------------------------------------------------------------------
+
+
+class Router:
+    """Rendezvous (highest random weight) hashing of session ids onto instances.
+
+    Every instance scores every session; the highest score wins. When an instance leaves,
+    only its own sessions move (about 1/N of them), and they spread evenly over the rest.
+    """
+
+    def __init__(self, instances: Iterable[str]) -> None:
+        self.instances = list(dict.fromkeys(instances))
+        if not self.instances:
+            raise ValueError("a router needs at least one instance")
+
+    @staticmethod
+    def _score(instance: str, session_id: str) -> int:
+        digest = hashlib.blake2b(f"{instance}\x00{session_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big")
+
+    def route(self, session_id: str) -> str:
+        return max(self.instances, key=lambda inst: self._score(inst, session_id))
+
+    def without(self, instance: str) -> Router:
+        return Router(i for i in self.instances if i != instance)
+
+
+def remap_fraction(instances: int, sessions: int = 10_000) -> float:
+    """Fraction of sessions that change instance when one of `instances` leaves."""
+    names = [f"app-{i}" for i in range(instances)]
+    before, after = Router(names), Router(names[1:])
+    ids = [f"s-{i}" for i in range(sessions)]
+    return sum(before.route(s) != after.route(s) for s in ids) / sessions
+
+
+def simulate_routing(
+    client: Any,
+    routing: Literal["round_robin", "sticky"],
+    *,
+    instances: int = 2,
+    sessions: int = 50,
+    requests: int = 10,
+    namespace: str = "routing-demo",
+) -> dict[str, Any]:
+    """Two (or more) app instances with in-process caches in front of one SessionStore.
+
+    Each request reads the session's context (from the instance's cache when it has one,
+    as a cache-aside instance does) and appends a turn (to Redis and to that instance's
+    cache). A read is stale when it misses turns the session already wrote. Round-robin
+    spreads a session over instances, whose caches fall behind; sticky routing does not.
+    """
+    from .store import SessionStore
+
+    store = SessionStore(client, namespace=namespace)
+    names = [f"app-{i}" for i in range(instances)]
+    router = Router(names)
+    caches: dict[str, dict[str, int]] = {n: {} for n in names}  # instance -> session -> turns seen
+    stale = reads = 0
+    counter = 0
+    for r in range(requests):
+        for s in range(sessions):
+            sid = f"{namespace}-{s}"
+            inst = router.route(sid) if routing == "sticky" else names[counter % instances]
+            counter += 1
+            written = r  # turns this session has written before this request
+            seen = caches[inst].get(sid)
+            if seen is None:
+                seen = len(store.load_context(sid).turns)
+            reads += 1
+            stale += seen < written
+            store.append_turn(sid, {"role": "user", "content": f"turn {r}"})
+            caches[inst][sid] = seen + 1 if seen == written else seen + 1
+    for s in range(sessions):
+        store.delete(f"{namespace}-{s}")
+    return {"routing": routing, "instances": instances, "reads": reads, "stale_reads": stale,
+            "stale_fraction": stale / reads}
+
+
+# -- optimistic concurrency against a naive get-then-set -------------------------------------
+
+
+def concurrent_increments(
+    redis_url: str,
+    *,
+    instances: int = 2,
+    threads: int = 4,
+    increments: int = 50,
+    naive: bool = False,
+    session_id: str = "occ-demo",
+) -> dict[str, Any]:
+    """`instances` app instances (own clients), `threads` each, all incrementing one counter.
+
+    With `naive=True` each update is GET, +1, SET: concurrent writers overwrite each other.
+    Otherwise SessionStore.update_state (version compare-and-set, retried). Returns the
+    expected and final counts, lost updates and the conflicts counted.
+    """
+    from .backends import connect
+    from .codec import decode, encode
+    from .store import SessionStore, StoreListener
+
+    class Conflicts(StoreListener):
+        def __init__(self) -> None:
+            self.count = 0
+            self.lock = threading.Lock()
+
+        def on_event(self, kind: str, session_id: str, info: Any) -> None:
+            if kind == "conflict":
+                with self.lock:
+                    self.count += 1
+
+    conflicts = Conflicts()
+    stores = [SessionStore(connect(redis_url), listeners=[conflicts], max_update_retries=1000) for _ in range(instances)]
+    stores[0].delete(session_id)
+    naive_key = f"occ-naive:{{{session_id}}}"
+    stores[0].client.delete(naive_key)
+
+    def work(store: SessionStore) -> None:
+        for _ in range(increments):
+            if naive:
+                raw = store.client.get(naive_key)
+                value = decode(raw, naive_key)["n"] if raw else 0
+                store.client.set(naive_key, encode({"n": value + 1}))
+            else:
+                store.update_state(session_id, lambda s: {"n": s.get("n", 0) + 1})
+
+    workers = [threading.Thread(target=work, args=(st,)) for st in stores for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if naive:
+        raw = stores[0].client.get(naive_key)
+        final = decode(raw, naive_key)["n"] if raw else 0
+        stores[0].client.delete(naive_key)
+    else:
+        final = stores[0].get_state(session_id)[0].get("n", 0)
+        stores[0].delete(session_id)
+    expected = instances * threads * increments
+    return {"method": "naive get-then-set" if naive else "version compare-and-set", "expected": expected,
+            "final": final, "lost_updates": expected - final, "conflicts": conflicts.count}
