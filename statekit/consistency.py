@@ -22,8 +22,9 @@ import hashlib
 import math
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -155,8 +156,15 @@ PBS_FITS: dict[str, dict[str, Distribution]] = {
 
 
 def _wars_margins(
-    n: int, r: int, w: int, write: Distribution, ack: Distribution, read: Distribution, response: Distribution,
-    trials: int, rng: np.random.Generator,
+    n: int,
+    r: int,
+    w: int,
+    write: Distribution,
+    ack: Distribution,
+    read: Distribution,
+    response: Distribution,
+    trials: int,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Per trial, the smallest t (ms after commit) at which the read sees the write."""
     wd = write.sample(rng, (trials, n))
@@ -305,80 +313,122 @@ def select(
         purpose = sc.purpose
         p_replica = float(replica_stale_probability(lag_samples, read_gap_ms)[0])
         if purpose == "financial":
-            choices.append(Choice(
-                sc.name, purpose, "strong", 0.0,
-                [
-                    "keep the ledger in a transactional database (serializable transactions); Redis "
-                    "holds at most a cache of it, invalidated on commit",
-                    "if Redis must hold it: primary reads and writes, MULTI/EXEC or a Lua script per "
-                    "change, WAIT 1 100 after each write, min-replicas-to-write 1, "
-                    "appendonly yes with appendfsync always",
-                ],
-                "any instance; every read and write goes to the primary",
-                "primary", 0.0,
-                ["money must never be read stale or lost once acknowledged"],
-                [_ASYNC, _WAIT, "state that moves money belongs in a transactional database, not in Redis"],
-            ))
+            choices.append(
+                Choice(
+                    sc.name,
+                    purpose,
+                    "strong",
+                    0.0,
+                    [
+                        "keep the ledger in a transactional database (serializable transactions); Redis "
+                        "holds at most a cache of it, invalidated on commit",
+                        "if Redis must hold it: primary reads and writes, MULTI/EXEC or a Lua script per "
+                        "change, WAIT 1 100 after each write, min-replicas-to-write 1, "
+                        "appendonly yes with appendfsync always",
+                    ],
+                    "any instance; every read and write goes to the primary",
+                    "primary",
+                    0.0,
+                    ["money must never be read stale or lost once acknowledged"],
+                    [_ASYNC, _WAIT, "state that moves money belongs in a transactional database, not in Redis"],
+                )
+            )
         elif purpose in ("approval", "quota"):
-            choices.append(Choice(
-                sc.name, purpose, "strong", 0.0,
-                [
-                    "primary reads and writes only",
-                    "change it in one Lua script or with version compare-and-set (SessionStore.update_state)",
-                    "WAIT 1 100 after writes that must survive a failover; min-replicas-to-write 1 with "
-                    "min-replicas-max-lag 10 so the primary refuses writes it cannot replicate",
-                ],
-                "any instance; every read goes to the primary",
-                "primary", 0.0,
-                [f"a stale {purpose} is acted on: a revoked approval honoured, a quota overspent"],
-                [_ASYNC, _WAIT],
-            ))
+            choices.append(
+                Choice(
+                    sc.name,
+                    purpose,
+                    "strong",
+                    0.0,
+                    [
+                        "primary reads and writes only",
+                        "change it in one Lua script or with version compare-and-set (SessionStore.update_state)",
+                        "WAIT 1 100 after writes that must survive a failover; min-replicas-to-write 1 with "
+                        "min-replicas-max-lag 10 so the primary refuses writes it cannot replicate",
+                    ],
+                    "any instance; every read goes to the primary",
+                    "primary",
+                    0.0,
+                    [f"a stale {purpose} is acted on: a revoked approval honoured, a quota overspent"],
+                    [_ASYNC, _WAIT],
+                )
+            )
         elif purpose in ("conversation", "workflow"):
             level: Level = "session" if tolerance == 0 else "consistent prefix"
-            choices.append(Choice(
-                sc.name, purpose, level, None,
-                [
-                    "primary reads and writes for the session's own requests (read-your-writes)",
-                    "route a session's requests to one instance (rendezvous hashing on the session id) "
-                    "so its in-process cache is never behind",
-                ] + (
-                    ["other readers (dashboards, audits) may read replicas: replication is in order, so "
-                     "they see a prefix of the conversation, never a gap"] if level == "consistent prefix" else []
-                ),
-                "sticky by session id (rendezvous hashing)",
-                "primary", 0.0,
-                ["each request must see the turns its session wrote before it, in order"],
-                [_ASYNC, "sticky routing keeps read-your-writes only while the instance lives; on "
-                 "failover the session moves and reads from the primary"],
-            ))
+            choices.append(
+                Choice(
+                    sc.name,
+                    purpose,
+                    level,
+                    None,
+                    [
+                        "primary reads and writes for the session's own requests (read-your-writes)",
+                        "route a session's requests to one instance (rendezvous hashing on the session id) "
+                        "so its in-process cache is never behind",
+                    ]
+                    + (
+                        [
+                            "other readers (dashboards, audits) may read replicas: replication is in order, so "
+                            "they see a prefix of the conversation, never a gap"
+                        ]
+                        if level == "consistent prefix"
+                        else []
+                    ),
+                    "sticky by session id (rendezvous hashing)",
+                    "primary",
+                    0.0,
+                    ["each request must see the turns its session wrote before it, in order"],
+                    [
+                        _ASYNC,
+                        "sticky routing keeps read-your-writes only while the instance lives; on "
+                        "failover the session moves and reads from the primary",
+                    ],
+                )
+            )
         elif purpose in ("personalization", "recommendation", "cache") and tolerance > 0:
             bound_ms = tolerance * 1000
             p_bound = float(replica_stale_probability(lag_samples, bound_ms)[0])
-            choices.append(Choice(
-                sc.name, purpose, "bounded staleness", tolerance,
-                [
-                    f"read from replicas while the measured replica lag stays under {tolerance:g} s "
-                    "(INFO replication: master_last_io_seconds_ago, offsets); fall back to the primary "
-                    "beyond it",
-                    "writes to the primary; no WAIT needed",
-                ],
-                "any instance",
-                "replica", p_replica,
-                [f"{tolerance:g} s of staleness is harmless for {purpose}; replica reads spread the load",
-                 f"with the assumed lag, a replica is behind by more than the bound with probability "
-                 f"{p_bound:.2e}"],
-                [_ASYNC],
-            ))
+            choices.append(
+                Choice(
+                    sc.name,
+                    purpose,
+                    "bounded staleness",
+                    tolerance,
+                    [
+                        f"read from replicas while the measured replica lag stays under {tolerance:g} s "
+                        "(INFO replication: master_last_io_seconds_ago, offsets); fall back to the primary "
+                        "beyond it",
+                        "writes to the primary; no WAIT needed",
+                    ],
+                    "any instance",
+                    "replica",
+                    p_replica,
+                    [
+                        f"{tolerance:g} s of staleness is harmless for {purpose}; replica reads spread the load",
+                        f"with the assumed lag, a replica is behind by more than the bound with probability "
+                        f"{p_bound:.2e}",
+                    ],
+                    [_ASYNC],
+                )
+            )
         else:  # analytics, and anything tolerant that is not covered above
-            choices.append(Choice(
-                sc.name, purpose, "eventual", None,
-                ["write to the primary (batched or pipelined); read from any replica",
-                 "aggregate into counters or streams; no WAIT"],
-                "any instance",
-                "replica", p_replica,
-                [f"{purpose} tolerates {tolerance:g} s: a count that is briefly behind misleads no one"],
-                [_ASYNC],
-            ))
+            choices.append(
+                Choice(
+                    sc.name,
+                    purpose,
+                    "eventual",
+                    None,
+                    [
+                        "write to the primary (batched or pipelined); read from any replica",
+                        "aggregate into counters or streams; no WAIT",
+                    ],
+                    "any instance",
+                    "replica",
+                    p_replica,
+                    [f"{purpose} tolerates {tolerance:g} s: a count that is briefly behind misleads no one"],
+                    [_ASYNC],
+                )
+            )
     return choices
 
 
@@ -514,12 +564,11 @@ def simulate_routing(
     router = Router(names)
     caches: dict[str, dict[str, int]] = {n: {} for n in names}  # instance -> session -> turns seen
     stale = reads = 0
-    counter = 0
     for r in range(requests):
         for s in range(sessions):
             sid = f"{namespace}-{s}"
-            inst = router.route(sid) if routing == "sticky" else names[counter % instances]
-            counter += 1
+            # round-robin: a session's consecutive requests land on consecutive instances
+            inst = router.route(sid) if routing == "sticky" else names[(r + s) % instances]
             written = r  # turns this session has written before this request
             seen = caches[inst].get(sid)
             if seen is None:
@@ -527,11 +576,16 @@ def simulate_routing(
             reads += 1
             stale += seen < written
             store.append_turn(sid, {"role": "user", "content": f"turn {r}"})
-            caches[inst][sid] = seen + 1 if seen == written else seen + 1
+            caches[inst][sid] = seen + 1  # what this instance now believes the session holds
     for s in range(sessions):
         store.delete(f"{namespace}-{s}")
-    return {"routing": routing, "instances": instances, "reads": reads, "stale_reads": stale,
-            "stale_fraction": stale / reads}
+    return {
+        "routing": routing,
+        "instances": instances,
+        "reads": reads,
+        "stale_reads": stale,
+        "stale_fraction": stale / reads,
+    }
 
 
 # -- optimistic concurrency against a naive get-then-set -------------------------------------
@@ -567,7 +621,9 @@ def concurrent_increments(
                     self.count += 1
 
     conflicts = Conflicts()
-    stores = [SessionStore(connect(redis_url), listeners=[conflicts], max_update_retries=1000) for _ in range(instances)]
+    stores = [
+        SessionStore(connect(redis_url), listeners=[conflicts], max_update_retries=1000) for _ in range(instances)
+    ]
     stores[0].delete(session_id)
     naive_key = f"occ-naive:{{{session_id}}}"
     stores[0].client.delete(naive_key)
@@ -594,5 +650,10 @@ def concurrent_increments(
         final = stores[0].get_state(session_id)[0].get("n", 0)
         stores[0].delete(session_id)
     expected = instances * threads * increments
-    return {"method": "naive get-then-set" if naive else "version compare-and-set", "expected": expected,
-            "final": final, "lost_updates": expected - final, "conflicts": conflicts.count}
+    return {
+        "method": "naive get-then-set" if naive else "version compare-and-set",
+        "expected": expected,
+        "final": final,
+        "lost_updates": expected - final,
+        "conflicts": conflicts.count,
+    }

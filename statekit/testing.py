@@ -34,6 +34,7 @@ from typing import Any
 __all__ = [
     "FaultInjector",
     "RedisServer",
+    "RedisReplicaPair",
     "RedisClusterServers",
     "RoundTrips",
     "count_round_trips",
@@ -281,6 +282,63 @@ class RedisClusterServers:
         self.stop()
 
 
+class RedisReplicaPair:
+    """A primary and a replica on loopback, with diskless sync and no delay, so the link is
+    up in well under a second. `start()` returns once the replica reports the link up."""
+
+    def __init__(self, args: Sequence[str] = ()):
+        fast = ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0", *args]
+        self.primary = RedisServer(fast)
+        self.replica: RedisServer | None = None
+        self._fast = fast
+
+    @property
+    def primary_url(self) -> str:
+        return self.primary.url
+
+    @property
+    def replica_url(self) -> str:
+        assert self.replica is not None
+        return self.replica.url
+
+    def start(self, timeout_s: float = 20.0) -> RedisReplicaPair:
+        import redis
+
+        self.primary.start()
+        self.replica = RedisServer([*self._fast, "--replicaof", "127.0.0.1", str(self.primary.port)]).start()
+        client = redis.Redis(host="127.0.0.1", port=self.replica.port, socket_timeout=5)
+        deadline = time.monotonic() + timeout_s
+        primary = redis.Redis(host="127.0.0.1", port=self.primary.port, socket_timeout=5)
+        try:
+            while time.monotonic() < deadline:
+                if client.info("replication").get("master_link_status") == "up":
+                    break
+                time.sleep(0.02)
+            # "up" is reported before the first sync is fully applied: wait for a write to arrive
+            primary.set("statekit:replica-ready", "1")
+            while time.monotonic() < deadline:
+                if client.get("statekit:replica-ready") == b"1":
+                    primary.delete("statekit:replica-ready")
+                    return self
+                time.sleep(0.01)
+        finally:
+            client.close()
+            primary.close()
+        self.stop()
+        raise RuntimeError(f"the replica did not connect to its primary within {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.replica is not None:
+            self.replica.stop()
+        self.primary.stop()
+
+    def __enter__(self) -> RedisReplicaPair:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 class FaultInjector:
     """An embedded (fakeredis) server whose clients fail, hang or slow down on demand.
 
@@ -479,6 +537,14 @@ if pytest is not None:
         cluster = RedisClusterServers(3).start()
         yield cluster
         cluster.stop()
+
+    @pytest.fixture(scope="session")
+    def redis_replica_pair() -> Iterator[RedisReplicaPair]:
+        """A primary and a replica on loopback ports for the whole test session."""
+        _start_or_skip().stop()  # the same skip-or-fail rule as a single server
+        pair = RedisReplicaPair().start()
+        yield pair
+        pair.stop()
 
     @pytest.fixture
     def fresh_redis_server() -> Iterator[RedisServer]:
