@@ -19,6 +19,7 @@ from typing import Any
 from . import __version__
 from .assess import assess
 from .backends import check_reachable, connect, redact_url
+from .consistency import select as select_consistency
 from .errors import ProfileError, StatekitError
 from .lifecycle import recommend
 from .profile import WorkloadProfile
@@ -47,7 +48,8 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
     `lifecycle` (the recommended policy with its reasons, memory per session and in total
     with and without it, nodes needed, growth over turns and days; all modelled) and
     `resilience` (timeout, breaker, buffer and write policy per state class, with reasons,
-    and what users see in degraded mode).
+    and what users see in degraded mode) and `consistency` (a level, Redis recipe, routing
+    and stale-read probability per state class).
     Raises `ProfileError` for a bad profile and `StoreUnavailable` when `redis_url` cannot
     be reached, before any work is done.
     """
@@ -76,6 +78,17 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
             "applies": assessment.verdict in ("server-side session state", "durable workflow state"),
             **recommend_resilience(prof),
         },
+        "consistency": _consistency_section(prof),
+    }
+
+
+def _consistency_section(prof: WorkloadProfile) -> dict[str, Any]:
+    gap_ms = prof.traffic.session_minutes * 60_000 / prof.traffic.requests_per_session
+    choices = select_consistency(prof.state_classes, read_gap_ms=gap_ms)
+    return {
+        "read_gap_ms": gap_ms,
+        "assumed_replica_lag": "exponential, mean 1 ms (replace with consistency.measure_replica_lag on your servers)",
+        "classes": [ch.as_dict() for ch in choices],
     }
 
 

@@ -62,3 +62,15 @@ def test_design_review_for_every_profile_shape(tmp_path):
     out = _run(nb, tmp_path / "dr.ipynb", profile_path=str(profile), review_json_path=str(tmp_path / "r.json"))
     assert "durable workflow state" in _text(out)
     assert json.loads((tmp_path / "r.json").read_text())["assessment"]["verdict"] == "durable workflow state"
+
+
+@pytest.mark.notebook
+@pytest.mark.realredis
+def test_consistency_notebook_measures_a_real_replica(tmp_path, redis_replica_pair):
+    nb = next(p for p in NOTEBOOKS if p.stem == "03_consistency")
+    out = _run(
+        nb, tmp_path / nb.name, redis_url=redis_replica_pair.primary_url, replica_url=redis_replica_pair.replica_url
+    )
+    text = _text(out)
+    assert "stale_fraction" in text and "WAIT 1, 2 load writers" in text
+    assert "No replica_url given" not in text

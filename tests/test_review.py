@@ -20,6 +20,13 @@ def test_build_review_has_profile_and_assessment(profiles_dir):
     res = review["resilience"]
     assert res["applies"] is True and res["timeout_ms"] == 25
     assert res["write_policy_by_state_class"]["refund_approval"] == "raise"
+    levels = {ch["state_class"]: ch["level"] for ch in review["consistency"]["classes"]}
+    assert levels == {
+        "conversation": "session",
+        "ticket_context": "bounded staleness",
+        "refund_approval": "strong",
+        "csat_events": "eventual",
+    }
     assert review["assessment"]["verdict"] == "server-side session state"
     assert review["profile"]["service"] == "support_agent"
     assert review["meta"]["backend"] == {"url": "fakeredis://", "kind": "fakeredis", "server_version": None}
