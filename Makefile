@@ -44,6 +44,7 @@ $(VENV)/.bench: pyproject.toml | $(BIN)/python
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/bench_store.py --iterations 5000
 	$(BIN)/python benchmarks/bench_resilience.py --iterations 5000
+	$(BIN)/python benchmarks/bench_consistency.py
 	$(BIN)/python benchmarks/bench_memory.py --sessions 1000 10000 100000
 
 lab: $(VENV)/.lab
