@@ -50,9 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = c.measure_replica_lag(pair.primary_url, pair.replica_url, writes=1000, wait=wait, load_writers=load)
                 label = f"{'WAIT 1' if wait else 'no WAIT'}, {load} load writers"
                 result["replica_lag"][label] = {k: r[k] for k in ("stale_fraction", "p50_ms", "p99_ms", "max_ms")}
-                print(
-                    f"{label:<28} {r['stale_fraction']:>7.1%} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['max_ms']:>8.2f}"
-                )
+                cells = f"{r['stale_fraction']:>7.1%} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['max_ms']:>8.2f}"
+                print(f"{label:<28} {cells}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
