@@ -35,6 +35,42 @@ def _cmd_assess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .backends import check_reachable, connect
+    from .migrate import load_migrations, migrate_namespace
+
+    migrations = load_migrations(args.migrations)
+    client = connect(args.redis_url, socket_timeout=30)
+    check_reachable(client, args.redis_url)
+    keys = client.dbsize()
+    with tqdm(total=keys or None, desc="scanned keys", unit="key", disable=args.quiet) as bar:
+        report = migrate_namespace(
+            client,
+            args.namespace,
+            migrations,
+            batch=args.batch,
+            dry_run=args.dry_run,
+            checkpoint=args.checkpoint,
+            progress=bar.update,
+        )
+    verb = "would migrate" if args.dry_run else "migrated"
+    print(
+        f"{report.scanned:,} sessions with state in {args.namespace!r}: {verb} {report.migrated:,}, "
+        f"already current {report.current:,}, newer than this code {report.skipped_newer:,}, "
+        f"failed {report.failed:,}, changed meanwhile {report.conflicts:,}"
+    )
+    print("by stored version: " + ", ".join(f"v{v}: {n:,}" for v, n in sorted(report.by_source_version.items())))
+    if report.seconds:
+        print(f"{report.rate:,.0f} sessions per second")
+    for error in report.errors:
+        print(f"  {error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="statekit",
@@ -58,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     ass.add_argument("profiles", nargs="+", metavar="PROFILE", help="workload profile YAML files")
     ass.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ass.set_defaults(func=_cmd_assess)
+
+    mig = sub.add_parser("migrate", help="migrate every session's structured state to the current schema version")
+    mig.add_argument("redis_url", metavar="URL", help="the Redis holding the sessions")
+    mig.add_argument("--namespace", required=True, help="the SessionStore namespace")
+    mig.add_argument("--migrations", required=True, metavar="MODULE:ATTR", help="your Migrations object")
+    mig.add_argument("--batch", type=int, default=500, help="keys per SCAN and pipeline (default 500)")
+    mig.add_argument("--dry-run", action="store_true", help="report what would change, write nothing")
+    mig.add_argument("--checkpoint", metavar="FILE", help="save the SCAN cursor here; rerun to resume")
+    mig.add_argument("--json", action="store_true", help="print the report as JSON too")
+    mig.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    mig.set_defaults(func=_cmd_migrate)
     return parser
 
 
@@ -66,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except StatekitError as exc:
+    except (StatekitError, ValueError) as exc:
         print(f"statekit: error: {redact_url(str(exc))}", file=sys.stderr)
         return 2
 

@@ -78,6 +78,36 @@ class Costs(_Model):
     redis_price_per_gb_hour: float = Field(0.017, ge=0, description="USD per GB-hour of Redis memory")
 
 
+class StateSchema(_Model):
+    """The structured state's schema today and, optionally, the version proposed next.
+
+    Each is a pydantic model given as `module:Attribute`, or a JSON Schema written inline.
+    """
+
+    current: str | dict[str, Any]
+    next: str | dict[str, Any] | None = None
+
+    @field_validator("current", "next")
+    @classmethod
+    def _reference(cls, value: Any) -> Any:
+        if isinstance(value, str) and ":" not in value:
+            raise ValueError("a schema is 'module:Model' (a pydantic model) or an inline JSON Schema")
+        return value
+
+    def resolve(self, which: str = "current") -> Any:
+        """The pydantic model or JSON Schema dict named by `current` or `next`."""
+        value = getattr(self, which)
+        if not isinstance(value, str):
+            return value
+        import importlib
+
+        module, _, attr = value.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ProfileError(f"state_schema.{which}: cannot import {value!r}: {exc}") from None
+
+
 class WorkloadProfile(_Model):
     """A service's workload: traffic, turns, what its callers can do, its kinds of state,
     compliance and latency budget. Load one with `WorkloadProfile.from_yaml(path)`."""
@@ -92,6 +122,7 @@ class WorkloadProfile(_Model):
     compliance: Compliance
     latency_budget_ms: float = Field(gt=0, description="p99 time a request may spend on state operations")
     costs: Costs = Costs()
+    state_schema: StateSchema | None = None
 
     @field_validator("state_classes")
     @classmethod

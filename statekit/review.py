@@ -22,6 +22,7 @@ from .backends import check_reachable, connect, redact_url
 from .consistency import select as select_consistency
 from .errors import ProfileError, StatekitError
 from .lifecycle import recommend
+from .migrate import check_compatibility
 from .profile import WorkloadProfile
 from .resilience import recommend as recommend_resilience
 from .sizing import plan_capacity
@@ -49,7 +50,8 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
     with and without it, nodes needed, growth over turns and days; all modelled) and
     `resilience` (timeout, breaker, buffer and write policy per state class, with reasons,
     and what users see in degraded mode) and `consistency` (a level, Redis recipe, routing
-    and stale-read probability per state class).
+    and stale-read probability per state class) and `migrations` (the state schema, its
+    compatibility with the proposed next version, and the rollout plan).
     Raises `ProfileError` for a bad profile and `StoreUnavailable` when `redis_url` cannot
     be reached, before any work is done.
     """
@@ -79,7 +81,20 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
             **recommend_resilience(prof),
         },
         "consistency": _consistency_section(prof),
+        "migrations": _migrations_section(prof),
     }
+
+
+def _migrations_section(prof: WorkloadProfile) -> dict[str, Any]:
+    if prof.state_schema is None:
+        return {"applies": False, "note": "the profile declares no state_schema"}
+    current = prof.state_schema.resolve("current")
+    schema = current if isinstance(current, dict) else current.model_json_schema()
+    out: dict[str, Any] = {"applies": True, "current": prof.state_schema.current, "current_schema": schema}
+    if prof.state_schema.next is not None:
+        out["next"] = prof.state_schema.next if isinstance(prof.state_schema.next, str) else "inline JSON Schema"
+        out["compatibility"] = check_compatibility(current, prof.state_schema.resolve("next")).as_dict()
+    return out
 
 
 def _consistency_section(prof: WorkloadProfile) -> dict[str, Any]:

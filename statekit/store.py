@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis
@@ -35,6 +35,9 @@ from . import codec
 from .backends import backend_kind
 from .errors import ConflictError, CorruptStateError, InvalidInput, StateTooLarge, StoreUnavailable
 from .lifecycle import LifecyclePolicy, truncate_utf8
+
+if TYPE_CHECKING:
+    from .migrate import Migrations
 
 __all__ = ["SessionStore", "Context", "StoreListener", "session_keys"]
 
@@ -156,6 +159,18 @@ return {1, sv + 1, size}
 """
 
 _MULTI, _EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
+# Write migrated state back, keeping the key's TTL, only if nobody wrote it since it was
+# read. KEYS: meta state. ARGV: state version read, blob. Returns 1 written, 0 changed since.
+KEEPTTL_CAS_LUA = """
+local sv = tonumber(redis.call('HGET', KEYS[1], 'sv') or '0')
+if sv ~= tonumber(ARGV[1]) then return 0 end
+local old = redis.call('STRLEN', KEYS[2])
+if old == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'KEEPTTL')
+redis.call('HINCRBY', KEYS[1], 'b', #ARGV[2] - old)
+return 1
+"""
+
 _REDIRECTS = (redis.exceptions.MovedError, redis.exceptions.AskError)
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -336,7 +351,7 @@ class StoreListener:
 
     `on_operation(op, session_id, seconds, error)` for every public operation;
     `on_event(kind, session_id, info)` for lifecycle events: created, appended, duplicate,
-    evicted, summarised, fold_failed, rejected, conflict, state_updated, deleted.
+    evicted, summarised, fold_failed, rejected, conflict, state_updated, migrated, deleted.
     """
 
     def on_operation(self, op: str, session_id: str, seconds: float, error: BaseException | None) -> None:
@@ -363,6 +378,7 @@ class SessionStore:
         metrics: StoreListener | None = None,
         listeners: Iterable[StoreListener] = (),
         max_update_retries: int = 16,
+        migrations: Migrations | None = None,
     ) -> None:
         if not namespace or any(c in namespace for c in "{}:\n\r\x00"):
             raise InvalidInput(f"bad namespace {namespace!r}: non-empty, no braces, colons or newlines")
@@ -370,6 +386,7 @@ class SessionStore:
         self.policy = policy or LifecyclePolicy()
         self.namespace = namespace
         self.max_update_retries = max_update_retries
+        self.migrations = migrations
         self.listeners: list[StoreListener] = [*listeners, *([metrics] if metrics is not None else [])]
         encoder = client.get_encoder() if hasattr(client, "get_encoder") else None
         if encoder is not None and getattr(encoder, "decode_responses", False):
@@ -380,6 +397,7 @@ class SessionStore:
         self._load = client.register_script(LOAD_LUA)
         self._get_state = client.register_script(GET_STATE_LUA)
         self._cas_state = client.register_script(CAS_STATE_LUA)
+        self._keepttl_cas = client.register_script(KEEPTTL_CAS_LUA)
 
     def with_client(self, client: Any) -> SessionStore:
         """The same store (policy, namespace, listeners) over another client."""
@@ -389,6 +407,7 @@ class SessionStore:
             self.namespace,
             listeners=self.listeners,
             max_update_retries=self.max_update_retries,
+            migrations=self.migrations,
         )
 
     # -- plumbing -------------------------------------------------------------------------
@@ -566,7 +585,7 @@ class SessionStore:
 
         def run() -> tuple[dict[str, Any], int]:
             version, blob = self._wire.evalsha(self._get_state, [keys[0], keys[3]], [])
-            return (codec.decode(blob, keys[3]) if blob else {}), int(version)
+            return self._decode_state(session_id, keys, blob, int(version)), int(version)
 
         return self._run("get_state", session_id, run)
 
@@ -583,11 +602,14 @@ class SessionStore:
         def run() -> dict[str, Any]:
             for attempt in range(self.max_update_retries + 1):
                 version, blob = self._wire.evalsha(self._get_state, [keys[0], keys[3]], [])
-                current = codec.decode(blob, keys[3]) if blob else {}
+                current = self._decode_state(session_id, keys, blob, int(version), write_back=False)
                 new = fn(current)
                 if not isinstance(new, dict):
                     raise InvalidInput(f"update_state's function must return a dict, got {type(new).__name__}")
-                encoded = codec.encode(new, what="the session state")
+                if self.migrations is not None:
+                    encoded = self.migrations.dump(new)
+                else:
+                    encoded = codec.encode(new, what="the session state")
                 reply = self._wire.evalsha(
                     self._cas_state,
                     keys,
@@ -607,6 +629,33 @@ class SessionStore:
             )
 
         return self._run("update_state", session_id, run)
+
+    def _decode_state(
+        self, session_id: str, keys: list[str], blob: bytes | None, version: int, write_back: bool = True
+    ) -> dict[str, Any]:
+        """Decode stored state; with migrations, upgrade it and (lazily) write it back.
+
+        The write-back keeps the key's remaining TTL and happens only if nobody wrote the
+        state since it was read; a blob from newer code raises UnknownVersionError and is
+        left untouched.
+        """
+        if not blob:
+            return {}
+        if self.migrations is None:
+            return codec.decode(blob, keys[3])
+        loaded = self.migrations.load(blob, keys[3])
+        if loaded.migrated and write_back:
+            written = self._wire.evalsha(
+                self._keepttl_cas, [keys[0], keys[3]], [version, self.migrations.dump(loaded.data)]
+            )
+            self._event(
+                "migrated",
+                session_id,
+                from_version=loaded.from_version,
+                to_version=loaded.version,
+                written=bool(written),
+            )
+        return loaded.data
 
     def delete(self, session_id: str) -> bool:
         """Remove every key of the session; True when it existed."""

@@ -1,0 +1,511 @@
+"""State outlives code: versioned state, migrate-on-read chains, compatibility checks,
+rollout plans and a resumable batch migration.
+
+A `Migrations` registry knows the current schema version and one upcaster per step
+(`@m.step(1, 2)`). Stored state is an envelope `{"_v": version, "data": ...}` inside the
+codec's own envelope; `load` walks the chain from the stored version to the current one.
+A blob from newer code raises `UnknownVersionError` and is never overwritten; a gap in the
+chain or a failing step raises `MigrationError` naming the versions.
+
+`check_compatibility(old, new)` compares two pydantic models (or JSON Schemas) field by
+field with the rules of Avro schema resolution and Protocol Buffers, gives the Schema
+Registry modes (backward, forward, full) and a verdict, and writes an expand/contract
+rollout plan. No library does this for pydantic models, hence this module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import codec
+from .errors import CorruptStateError, StatekitError, UnknownVersionError
+
+__all__ = [
+    "Migrations",
+    "MigrationError",
+    "Loaded",
+    "check_compatibility",
+    "Compatibility",
+    "Change",
+    "load_migrations",
+    "migrate_namespace",
+    "MigrationReport",
+]
+
+
+class MigrationError(StatekitError):
+    """A migration chain has a gap, or one of its steps failed."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """State read through a Migrations registry: the data at the current version, and the
+    version it was stored at."""
+
+    data: Any
+    from_version: int
+    version: int
+
+    @property
+    def migrated(self) -> bool:
+        return self.from_version != self.version
+
+
+class Migrations:
+    """Schema versions of one kind of state, and the steps between them.
+
+    `unversioned_as` is the version given to state stored before versioning was adopted
+    (plain data without an envelope), so an existing store can adopt migrations.
+    """
+
+    def __init__(self, current: int, unversioned_as: int = 1) -> None:
+        if not isinstance(current, int) or current < 1:
+            raise ValueError(f"current must be a version number >= 1, got {current!r}")
+        self.current = current
+        self.unversioned_as = unversioned_as
+        self._steps: dict[int, tuple[int, Callable[[Any], Any]]] = {}
+
+    def step(self, from_version: int, to_version: int) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+        """Register an upcaster from `from_version` to `to_version` (to = from + 1)."""
+        if to_version != from_version + 1:
+            raise ValueError(f"a step goes from one version to the next, not {from_version} -> {to_version}")
+        if to_version > self.current:
+            raise ValueError(f"step {from_version} -> {to_version} goes past the current version {self.current}")
+
+        def register(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+            if from_version in self._steps:
+                raise ValueError(f"a step from version {from_version} is already registered")
+            self._steps[from_version] = (to_version, fn)
+            return fn
+
+        return register
+
+    def check_chain(self, from_version: int = 1) -> None:
+        """Raise MigrationError when some version from `from_version` up has no step onwards."""
+        missing = [v for v in range(from_version, self.current) if v not in self._steps]
+        if missing:
+            raise MigrationError(
+                "no migration step from version "
+                + ", ".join(f"{v} to {v + 1}" for v in missing)
+                + f" (current version {self.current}); register them with @migrations.step(from, to)"
+            )
+
+    def dump(self, data: Any, version: int | None = None) -> bytes:
+        """Encode `data` in a versioned envelope (the current version unless given)."""
+        version = self.current if version is None else version
+        if version > self.current:
+            raise ValueError(f"cannot write version {version}: this code knows up to {self.current}")
+        return codec.encode({"_v": version, "data": data}, what="the versioned state")
+
+    def version_of(self, raw: bytes, key: str = "state") -> int:
+        """The schema version of a stored blob (without migrating it)."""
+        value = codec.decode(raw, key)
+        return self._split(value, key)[0]
+
+    def _split(self, value: Any, key: str) -> tuple[int, Any]:
+        if isinstance(value, dict) and set(value) == {"_v", "data"}:
+            version = value["_v"]
+            if not isinstance(version, int) or version < 1:
+                raise CorruptStateError(f"{key}: schema version {version!r} is not a version number")
+            return version, value["data"]
+        return self.unversioned_as, value
+
+    def upgrade(self, data: Any, from_version: int, key: str = "state") -> Any:
+        """Run the steps from `from_version` to the current version."""
+        if from_version > self.current:
+            raise UnknownVersionError(
+                f"{key}: written at schema version {from_version}, newer than this code's {self.current}; "
+                "it was left untouched. Deploy the newer code, or roll forward before rolling back."
+            )
+        self.check_chain(from_version)
+        version = from_version
+        while version < self.current:
+            to_version, fn = self._steps[version]
+            try:
+                data = fn(data)
+            except Exception as exc:
+                raise MigrationError(
+                    f"{key}: migration step {version} -> {to_version} failed: {type(exc).__name__}: {exc}; "
+                    "the stored value was left as it was"
+                ) from exc
+            version = to_version
+        return data
+
+    def load(self, raw: bytes, key: str = "state") -> Loaded:
+        """Decode a blob and migrate it to the current version."""
+        version, data = self._split(codec.decode(raw, key), key)
+        return Loaded(self.upgrade(data, version, key), version, self.current)
+
+
+# -- compatibility -------------------------------------------------------------------------
+
+Verdict = Literal["safe", "multi-phase", "breaking"]
+
+#: Type changes that old data survives (Avro promotions: int to long/float/double, float to double).
+PROMOTIONS = {("integer", "number")}
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str
+    field: str
+    detail: str
+    backward: bool  # new code can read data written by old code
+    forward: bool  # old code can read data written by new code
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.backward and self.forward:
+            return "safe"
+        if self.backward or self.forward:
+            return "multi-phase"
+        return "breaking"
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    """The result of comparing two schemas."""
+
+    changes: list[Change]
+    backward: bool
+    forward: bool
+    verdict: Verdict
+    plan: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def mode(self) -> str:
+        """The Schema Registry mode this change satisfies: FULL, BACKWARD, FORWARD or NONE."""
+        return {(True, True): "FULL", (True, False): "BACKWARD", (False, True): "FORWARD"}.get(
+            (self.backward, self.forward), "NONE"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "mode": self.mode,
+            "backward": self.backward,
+            "forward": self.forward,
+            "changes": [dict(c.__dict__, verdict=c.verdict) for c in self.changes],
+            "plan": self.plan,
+        }
+
+
+def _schema(model: Any) -> dict[str, Any]:
+    if isinstance(model, dict):
+        return model
+    if hasattr(model, "model_json_schema"):
+        return model.model_json_schema(by_alias=False)
+    raise TypeError("check_compatibility takes pydantic models or JSON Schema dicts")
+
+
+def _aliases(model: Any) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for name, info in getattr(model, "model_fields", {}).items():
+        names = set()
+        for alias in (info.alias, info.validation_alias):
+            if isinstance(alias, str):
+                names.add(alias)
+            elif alias is not None and hasattr(alias, "choices"):
+                names.update(c for c in alias.choices if isinstance(c, str))
+        out[name] = names
+    return out
+
+
+def _type(prop: dict[str, Any]) -> str:
+    if "type" in prop:
+        return str(prop["type"])
+    if "anyOf" in prop:
+        return "|".join(sorted(_type(p) for p in prop["anyOf"]))
+    if "$ref" in prop:
+        return prop["$ref"].rsplit("/", 1)[-1]
+    return "any"
+
+
+def _optional(prop: dict[str, Any], required: set[str], name: str) -> bool:
+    return name not in required or "default" in prop
+
+
+def check_compatibility(old: Any, new: Any) -> Compatibility:
+    """Classify every change between two schemas and plan the rollout.
+
+    Rules (Avro schema resolution, Protocol Buffers): adding an optional field or one with a
+    default is safe; adding a required field breaks reading old data (backward); removing a
+    required field breaks old code reading new data (forward), both multi-phase; a type
+    change is breaking unless it is a known promotion (int to float: backward only); a
+    rename is a removal plus an addition unless the new field aliases the old name.
+    """
+    so, sn = _schema(old), _schema(new)
+    po, pn = so.get("properties", {}), sn.get("properties", {})
+    ro, rn = set(so.get("required", [])), set(sn.get("required", []))
+    aliases = _aliases(new) if not isinstance(new, dict) else {}
+    changes: list[Change] = []
+    renamed_from = {a: n for n, names in aliases.items() for a in names if a in po and a not in pn}
+    for name in sorted(set(po) | set(pn)):
+        if name in renamed_from:
+            continue  # handled as the rename of the field that aliases it
+        if name in pn and name not in po:
+            source = next((a for a in aliases.get(name, ()) if a in po and a not in pn), None)
+            if source is not None:
+                changes.append(
+                    Change(
+                        "rename",
+                        name,
+                        f"renamed from {source!r}, which it accepts as an alias",
+                        backward=True,
+                        forward=False,
+                    )
+                )
+            elif _optional(pn[name], rn, name):
+                changes.append(Change("add optional", name, "added with a default or as optional", True, True))
+            else:
+                changes.append(
+                    Change(
+                        "add required",
+                        name,
+                        "added as required without a default: data written by old code lacks it",
+                        backward=False,
+                        forward=True,
+                    )
+                )
+        elif name in po and name not in pn:
+            if name in ro:
+                changes.append(Change("remove required", name, "removed, but old code requires it", True, False))
+            else:
+                changes.append(Change("remove optional", name, "removed; it was optional", True, True))
+        else:
+            to, tn = _type(po[name]), _type(pn[name])
+            if to != tn:
+                if (to, tn) in PROMOTIONS:
+                    changes.append(
+                        Change(
+                            "promote type",
+                            name,
+                            f"{to} -> {tn}: new code reads old values, old code cannot read new ones",
+                            backward=True,
+                            forward=False,
+                        )
+                    )
+                else:
+                    changes.append(
+                        Change(
+                            "change type",
+                            name,
+                            f"{to} -> {tn}: neither side reads the other's values",
+                            backward=False,
+                            forward=False,
+                        )
+                    )
+            was_optional, now_optional = _optional(po[name], ro, name), _optional(pn[name], rn, name)
+            if was_optional and not now_optional:
+                changes.append(Change("make required", name, "optional -> required", False, True))
+            elif now_optional and not was_optional:
+                changes.append(Change("make optional", name, "required -> optional", True, False))
+    backward = all(c.backward for c in changes)
+    forward = all(c.forward for c in changes)
+    order = {"safe": 0, "multi-phase": 1, "breaking": 2}
+    verdict: Verdict = max((c.verdict for c in changes), key=order.__getitem__, default="safe")
+    return Compatibility(changes, backward, forward, verdict, _plan(changes, verdict))
+
+
+def _plan(changes: list[Change], verdict: Verdict) -> list[dict[str, Any]]:
+    """Expand/contract phases; each must be fully deployed (every instance) before the next."""
+    if verdict == "safe":
+        return [
+            {
+                "phase": 1,
+                "name": "deploy",
+                "steps": ["roll out the new code; old and new instances can share sessions in either order"],
+                "wait_for": "nothing",
+            }
+        ]
+    expand, migrate, contract = [], [], []
+    for c in changes:
+        if c.verdict == "safe":
+            expand.append(f"{c.field}: {c.detail} (no care needed)")
+        elif c.kind in ("add required", "make required"):
+            expand.append(f"{c.field}: ship it as optional with a default, written by the new code")
+            migrate.append(f"{c.field}: register a Migrations step that fills it for old sessions")
+            contract.append(f"{c.field}: make it required")
+        elif c.kind in ("remove required", "make optional"):
+            expand.append(f"{c.field}: deploy code that no longer requires it but still writes it")
+            contract.append(f"{c.field}: stop writing it, then drop it from the schema")
+        elif c.kind in ("promote type", "rename"):
+            expand.append(
+                f"{c.field}: deploy readers that accept both forms ({c.detail}) before any writer writes the new form"
+            )
+            contract.append(f"{c.field}: switch writers to the new form")
+        else:  # change type: breaking
+            expand.append(f"{c.field}: add a new field with the new type beside the old one; write both")
+            migrate.append(f"{c.field}: a Migrations step converts old values; batch-migrate or wait one TTL")
+            contract.append(f"{c.field}: read only the new field, stop writing the old one, then remove it")
+    phases = [{"phase": 1, "name": "expand", "steps": expand, "wait_for": "every instance runs the expand release"}]
+    if migrate:
+        phases.append(
+            {
+                "phase": 2,
+                "name": "migrate",
+                "steps": migrate
+                + ["run `statekit migrate` (or let sessions migrate on read and wait one session TTL)"],
+                "wait_for": "`statekit migrate --dry-run` reports no session below the current version",
+            }
+        )
+    phases.append(
+        {
+            "phase": len(phases) + 1,
+            "name": "contract",
+            "steps": contract,
+            "wait_for": "deploy only after the previous phase finished everywhere",
+        }
+    )
+    return phases
+
+
+# -- batch migration -----------------------------------------------------------------------
+
+
+def load_migrations(spec: str) -> Migrations:
+    """Import `module:attribute` and return the Migrations object it names."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--migrations takes module:attribute, got {spec!r}")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load {spec!r}: {exc}") from None
+    if not isinstance(obj, Migrations):
+        raise ValueError(f"{spec!r} is a {type(obj).__name__}, not a statekit Migrations object")
+    return obj
+
+
+@dataclass
+class MigrationReport:
+    """What a batch migration found and did."""
+
+    scanned: int = 0
+    migrated: int = 0
+    current: int = 0
+    skipped_newer: int = 0
+    failed: int = 0
+    conflicts: int = 0
+    by_source_version: dict[str, int] = field(default_factory=dict)
+    cursor: int = 0
+    finished: bool = False
+    dry_run: bool = False
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @property
+    def rate(self) -> float:
+        return self.scanned / self.seconds if self.seconds else 0.0
+
+
+def migrate_namespace(
+    client: Any,
+    namespace: str,
+    migrations: Migrations,
+    *,
+    batch: int = 500,
+    dry_run: bool = False,
+    checkpoint: str | Path | None = None,
+    progress: Callable[[int], None] | None = None,
+    stop_after: int | None = None,
+) -> MigrationReport:
+    """Walk every session's state with SCAN and migrate what is older than the current version.
+
+    Each batch is read with one pipeline (GET state, HGET meta sv) and written with one
+    pipeline of compare-and-set scripts that keep each key's remaining TTL, so a session a
+    live request changed in between is left to that request (counted as a conflict, and
+    already at the current version if that request ran new code). The SCAN cursor and the
+    counts are saved to `checkpoint` after every batch; a run given the same checkpoint
+    resumes there. Re-visiting a migrated session finds it current and skips it, so a
+    resumed or repeated run never migrates a session twice. `stop_after` stops after that
+    many sessions (for tests of resumption).
+    """
+    from .store import KEEPTTL_CAS_LUA
+
+    report = MigrationReport(dry_run=dry_run)
+    path = Path(checkpoint) if checkpoint else None
+    if path is not None and path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("namespace") != namespace:
+            raise ValueError(f"checkpoint {path} belongs to namespace {saved.get('namespace')!r}, not {namespace!r}")
+        for k in ("scanned", "migrated", "current", "skipped_newer", "failed", "conflicts", "cursor"):
+            setattr(report, k, saved[k])
+        report.by_source_version = saved["by_source_version"]
+        if saved.get("finished"):
+            report.finished = True
+            return report
+    cas = client.register_script(KEEPTTL_CAS_LUA)
+    cursor = report.cursor
+    start = time.perf_counter()
+    pattern = f"{namespace}:{{*}}:state"
+    while True:
+        cursor, keys = client.scan(cursor=cursor, match=pattern, count=batch)
+        keys = [k.decode() if isinstance(k, bytes) else k for k in keys]
+        if keys:
+            _migrate_batch(client, cas, keys, migrations, report, dry_run)
+            if progress is not None:
+                progress(len(keys))
+        report.cursor = cursor
+        report.finished = cursor == 0
+        report.seconds += time.perf_counter() - start
+        start = time.perf_counter()
+        if path is not None:
+            path.write_text(json.dumps(dict(report.as_dict(), namespace=namespace), indent=1))
+        if cursor == 0 or (stop_after is not None and report.scanned >= stop_after):
+            return report
+
+
+def _migrate_batch(
+    client: Any, cas: Any, keys: list[str], migrations: Migrations, report: MigrationReport, dry_run: bool
+) -> None:
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
+        pipe.hget(key[: -len("state")] + "meta", "sv")
+    replies = pipe.execute()
+    writes = []
+    for i, key in enumerate(keys):
+        raw, sv = replies[2 * i], replies[2 * i + 1]
+        if raw is None:
+            continue  # expired or deleted since SCAN saw it
+        report.scanned += 1
+        try:
+            version, data = migrations._split(codec.decode(raw, key), key)
+            report.by_source_version[str(version)] = report.by_source_version.get(str(version), 0) + 1
+            if version == migrations.current:
+                report.current += 1
+                continue
+            if version > migrations.current:
+                report.skipped_newer += 1
+                continue
+            upgraded = migrations.upgrade(data, version, key)
+        except StatekitError as exc:
+            report.failed += 1
+            if len(report.errors) < 20:
+                report.errors.append(str(exc))
+            continue
+        writes.append((key, int(sv or 0), migrations.dump(upgraded)))
+    if dry_run:
+        report.migrated += len(writes)  # in a dry run: sessions that would be migrated
+        return
+    if not writes:
+        return
+    pipe = client.pipeline(transaction=False)
+    for key, sv, blob in writes:
+        meta = key[: -len("state")] + "meta"
+        cas(keys=[meta, key], args=[sv, blob], client=pipe)
+    for ok in pipe.execute():
+        if ok == 1:
+            report.migrated += 1
+        else:
+            report.conflicts += 1

@@ -1,0 +1,337 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import AliasChoices, BaseModel, Field
+
+from statekit import CorruptStateError, SessionStore, UnknownVersionError, connect
+from statekit.examples import MIGRATIONS, MODELS, SupportAgentStateV3, support_agent_migrations
+from statekit.migrate import MigrationError, Migrations, check_compatibility, load_migrations, migrate_namespace
+
+CORPUS = Path(__file__).resolve().parent.parent / "data" / "sessions"
+
+
+def chain() -> Migrations:
+    m = Migrations(current=3)
+
+    @m.step(1, 2)
+    def one(d):
+        return {**d, "b": 2}
+
+    @m.step(2, 3)
+    def two(d):
+        return {**d, "c": d["a"] + d["b"]}
+
+    return m
+
+
+# -- the registry -----------------------------------------------------------------------
+
+
+def test_load_walks_the_chain_and_reports_the_source_version():
+    m = chain()
+    loaded = m.load(Migrations(current=1).dump({"a": 1}))
+    assert (loaded.data, loaded.from_version, loaded.version, loaded.migrated) == ({"a": 1, "b": 2, "c": 3}, 1, 3, True)
+    again = m.load(m.dump(loaded.data))
+    assert again.from_version == 3 and not again.migrated
+
+
+def test_a_newer_blob_is_refused_by_older_code():
+    with pytest.raises(UnknownVersionError, match="schema version 3, newer than this code's 1"):
+        Migrations(current=1).load(chain().dump({"a": 1}), "sk:{s}:state")
+
+
+def test_a_gap_in_the_chain_names_the_versions():
+    m = Migrations(current=3)
+    m.step(1, 2)(lambda d: d)
+    with pytest.raises(MigrationError, match="no migration step from version 2 to 3"):
+        m.load(Migrations(current=1).dump({}))
+
+
+def test_a_failing_step_names_the_versions():
+    m = Migrations(current=2)
+    m.step(1, 2)(lambda d: d["missing"])
+    with pytest.raises(MigrationError, match=r"step 1 -> 2 failed: KeyError"):
+        m.load(Migrations(current=1).dump({}))
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x01{broken", b"\x07\x00", b'\x01{"_v": "x", "data": 1}'])
+def test_corrupt_bytes(raw):
+    with pytest.raises(CorruptStateError):
+        chain().load(raw)
+
+
+def test_bad_registrations():
+    m = Migrations(current=3)
+    with pytest.raises(ValueError):
+        m.step(1, 3)
+    with pytest.raises(ValueError):
+        m.step(3, 4)
+    m.step(1, 2)(lambda d: d)
+    with pytest.raises(ValueError):
+        m.step(1, 2)(lambda d: d)
+    with pytest.raises(ValueError):
+        Migrations(current=0)
+    with pytest.raises(ValueError):
+        m.dump({}, version=4)
+
+
+def test_unversioned_state_is_read_as_version_one():
+    from statekit import codec
+
+    assert chain().load(codec.encode({"a": 5})).data == {"a": 5, "b": 2, "c": 7}
+
+
+# -- in the store ---------------------------------------------------------------------------
+
+
+def test_v1_sessions_are_read_by_v3_code_and_written_back_keeping_the_ttl(any_client):
+    v1 = SessionStore(any_client, migrations=Migrations(current=1))
+    v1.update_state("s", lambda s: {"ticket_id": "T-1", "customer": "C-42"})
+    state_key = v1.keys("s")[3]
+    any_client.pexpire(state_key, 50_000)
+    v3 = SessionStore(any_client, migrations=support_agent_migrations)
+    state, _ = v3.get_state("s")
+    assert SupportAgentStateV3.model_validate(state).customer_id == 42
+    assert support_agent_migrations.version_of(any_client.get(state_key)) == 3, "written back at v3"
+    assert 45_000 < any_client.pttl(state_key) <= 50_000, "the remaining TTL is kept"
+    # old code meets the migrated blob: refused, and left as it is
+    before = any_client.get(state_key)
+    with pytest.raises(UnknownVersionError):
+        v1.get_state("s")
+    assert any_client.get(state_key) == before
+
+
+def test_write_back_never_overwrites_a_concurrent_writer():
+    client = connect("fakeredis://")
+    v1 = SessionStore(client, migrations=Migrations(current=1))
+    v1.update_state("s", lambda s: {"ticket_id": "T-1", "customer": "7"})
+    keys = v1.keys("s")
+    old_blob, old_sv = client.get(keys[3]), int(client.hget(keys[0], "sv"))
+    v3 = SessionStore(client, migrations=support_agent_migrations)
+    v3.update_state("s", lambda s: {**s, "escalated": True})  # a live request, new code
+    after_writer = client.get(keys[3])
+    v3._decode_state("s", keys, old_blob, old_sv)  # the slow reader's late write-back
+    assert client.get(keys[3]) == after_writer
+
+
+def test_update_state_sees_migrated_data_and_stores_the_current_version():
+    client = connect("fakeredis://")
+    SessionStore(client, migrations=Migrations(current=1)).update_state(
+        "s", lambda s: {"ticket_id": "T", "customer": "3"}
+    )
+    v3 = SessionStore(client, migrations=support_agent_migrations)
+    seen = []
+    v3.update_state("s", lambda s: seen.append(dict(s)) or {**s, "channel": "email"})
+    assert seen[0]["customer_id"] == 3
+    assert json.loads(client.get(v3.keys("s")[3])[1:])["_v"] == 3
+
+
+def test_the_same_sessions_without_migrations_fail_validation():
+    """What Wednesday's deploy does to Monday's sessions when nobody wrote a migration."""
+    client = connect("fakeredis://")
+    SessionStore(client).update_state("s", lambda s: {"ticket_id": "T", "customer": "3"})
+    raw, _ = SessionStore(client).get_state("s")
+    with pytest.raises(ValueError):
+        SupportAgentStateV3.model_validate(raw)
+
+
+# -- the replay corpus ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blob", sorted(CORPUS.rglob("*.bin")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_old_session_is_read_by_todays_code(blob):
+    service = blob.parent.name
+    loaded = MIGRATIONS[service].load(blob.read_bytes(), str(blob))
+    current_model = MODELS[service][MIGRATIONS[service].current]
+    current_model.model_validate(loaded.data)
+
+
+def test_the_corpus_covers_every_earlier_version():
+    for service, migrations in MIGRATIONS.items():
+        versions = {migrations.version_of(p.read_bytes()) for p in (CORPUS / service).glob("*.bin")}
+        assert versions == set(range(1, migrations.current + 1)), service
+
+
+# -- compatibility ----------------------------------------------------------------------------
+
+
+class Base(BaseModel):
+    ticket_id: str
+    customer: str
+    note: str = ""
+
+
+class AddOptional(Base):
+    language: str = "en"
+
+
+class AddRequired(Base):
+    priority: int
+
+
+class RemoveRequired(BaseModel):
+    ticket_id: str
+    note: str = ""
+
+
+class RemoveOptional(BaseModel):
+    ticket_id: str
+    customer: str
+
+
+class Retype(BaseModel):
+    ticket_id: str
+    customer: int
+    note: str = ""
+
+
+class Rename(BaseModel):
+    ticket_id: str
+    customer_ref: str
+    note: str = ""
+
+
+class RenameWithAlias(BaseModel):
+    ticket_id: str
+    customer_ref: str = Field(validation_alias=AliasChoices("customer_ref", "customer"))
+    note: str = ""
+
+
+class Counts(BaseModel):
+    n: int
+
+
+class CountsAsFloat(BaseModel):
+    n: float
+
+
+@pytest.mark.parametrize(
+    "new, verdict, mode, kinds",
+    [
+        (AddOptional, "safe", "FULL", ["add optional"]),
+        (AddRequired, "multi-phase", "FORWARD", ["add required"]),
+        (RemoveRequired, "multi-phase", "BACKWARD", ["remove required"]),
+        (RemoveOptional, "safe", "FULL", ["remove optional"]),
+        (Retype, "breaking", "NONE", ["change type"]),
+        (Rename, "multi-phase", "NONE", ["add required", "remove required"]),
+        (RenameWithAlias, "multi-phase", "BACKWARD", ["rename"]),
+    ],
+    ids=["add-optional", "add-required", "remove-required", "remove-optional", "retype", "rename", "aliased-rename"],
+)
+def test_classic_cases(new, verdict, mode, kinds):
+    result = check_compatibility(Base, new)
+    assert result.verdict == verdict and result.mode == mode
+    assert sorted(c.kind for c in result.changes) == sorted(kinds)
+
+
+def test_int_to_float_is_a_promotion():
+    result = check_compatibility(Counts, CountsAsFloat)
+    assert [c.kind for c in result.changes] == ["promote type"] and result.mode == "BACKWARD"
+
+
+def test_rollout_plans():
+    assert [p["name"] for p in check_compatibility(Base, AddOptional).plan] == ["deploy"]
+    plan = check_compatibility(Base, AddRequired).plan
+    assert [p["name"] for p in plan] == ["expand", "migrate", "contract"]
+    assert "optional with a default" in plan[0]["steps"][0] and "required" in plan[2]["steps"][0]
+    assert [p["name"] for p in check_compatibility(Base, RemoveRequired).plan] == ["expand", "contract"]
+    breaking = check_compatibility(Base, Retype).plan
+    assert [p["name"] for p in breaking] == ["expand", "migrate", "contract"]
+    assert all(p["wait_for"] for p in breaking)
+
+
+def test_json_schema_input():
+    old = {"type": "object", "required": ["a"], "properties": {"a": {"type": "string"}}}
+    new = {"type": "object", "required": ["a", "b"], "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}}
+    assert check_compatibility(old, new).verdict == "multi-phase"
+    assert check_compatibility(old, old).verdict == "safe" and check_compatibility(old, old).changes == []
+
+
+# -- batch migration ---------------------------------------------------------------------------
+
+
+def _seed(client, n: int, namespace: str = "app") -> None:
+    v1 = SessionStore(client, namespace=namespace, migrations=Migrations(current=1))
+    for i in range(n):
+        v1.update_state(f"s-{i}", lambda s, i=i: {"ticket_id": f"T{i}", "customer": str(i)})
+
+
+def test_batch_migration_dry_run_writes_nothing():
+    client = connect("fakeredis://")
+    _seed(client, 50)
+    before = {k: client.get(k) for k in client.scan_iter(match="app:*:state")}
+    report = migrate_namespace(client, "app", support_agent_migrations, batch=10, dry_run=True)
+    assert report.finished and report.migrated == 50 and report.by_source_version == {"1": 50}
+    assert {k: client.get(k) for k in before} == before
+
+
+def test_mixed_versions_failures_and_newer_blobs_are_counted():
+    client = connect("fakeredis://")
+    _seed(client, 10)
+    SessionStore(client, namespace="app", migrations=support_agent_migrations).update_state(
+        "current", lambda s: {"ticket_id": "T", "customer_id": 1}
+    )
+    client.set("app:{future}:state", Migrations(current=9).dump({"x": 1}))
+    client.set("app:{broken}:state", Migrations(current=1).dump({"ticket_id": "T", "customer": "not-a-number"}))
+    report = migrate_namespace(client, "app", support_agent_migrations, batch=4)
+    assert (report.migrated, report.current, report.skipped_newer, report.failed) == (10, 1, 1, 1)
+    assert report.by_source_version == {"1": 11, "3": 1, "9": 1}
+    assert "step 2 -> 3 failed" in report.errors[0]
+
+
+@pytest.mark.realredis
+def test_interrupted_batch_migration_resumes_without_migrating_anything_twice(redis_url, tmp_path):
+    client = connect(redis_url)
+    _seed(client, 3_000)
+    checkpoint = tmp_path / "cursor.json"
+    first = migrate_namespace(
+        client, "app", support_agent_migrations, batch=200, checkpoint=checkpoint, stop_after=1_000
+    )
+    assert not first.finished and 1_000 <= first.migrated < 3_000
+    resumed = migrate_namespace(client, "app", support_agent_migrations, batch=200, checkpoint=checkpoint)
+    assert resumed.finished
+    # counts carried over from the checkpoint: every session migrated exactly once
+    assert resumed.migrated == 3_000 and resumed.failed == 0
+    versions = [support_agent_migrations.version_of(client.get(k)) for k in client.scan_iter(match="app:*:state")]
+    assert len(versions) == 3_000 and set(versions) == {3}
+    again = migrate_namespace(client, "app", support_agent_migrations, batch=200)
+    assert again.migrated == 0 and again.current == 3_000
+
+
+def test_checkpoint_of_another_namespace_is_refused(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"namespace": "other"}))
+    with pytest.raises(ValueError, match="belongs to namespace 'other'"):
+        migrate_namespace(connect("fakeredis://"), "app", support_agent_migrations, checkpoint=path)
+
+
+@pytest.mark.parametrize(
+    "spec", ["nocolon", "no.such.module:x", "statekit.examples:nothing", "statekit.examples:MODELS"]
+)
+def test_bad_migrations_spec(spec):
+    with pytest.raises(ValueError):
+        load_migrations(spec)
+
+
+@pytest.mark.realredis
+def test_migrate_command(redis_url, capsys):
+    from statekit.cli import main
+
+    _seed(connect(redis_url), 20)
+    args = [
+        "migrate",
+        redis_url,
+        "--namespace",
+        "app",
+        "--migrations",
+        "statekit.examples:support_agent_migrations",
+        "-q",
+    ]
+    assert main([*args, "--dry-run"]) == 0
+    assert "would migrate 20" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "migrated 20" in capsys.readouterr().out
+    assert main(["migrate", redis_url, "--namespace", "app", "--migrations", "nope:x"]) == 2
