@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import sizing  # noqa: E402
+from . import codec, consistency, sizing  # noqa: E402
 from .assess import Assessment, CostModel, RubricAnswer, assess, what_if  # noqa: E402
 from .backends import check_reachable, connect, redact_url  # noqa: E402
 from .errors import (  # noqa: E402
@@ -26,6 +26,7 @@ from .errors import (  # noqa: E402
     UnknownVersionError,
 )
 from .lifecycle import ExtractiveSummarizer, LifecyclePolicy, recommend  # noqa: E402
+from .migrate import Migrations, check_compatibility  # noqa: E402
 from .profile import StateClass, WorkloadProfile  # noqa: E402
 from .resilience import ResilientStore  # noqa: E402
 from .store import Context, SessionStore, StoreListener  # noqa: E402
@@ -44,9 +45,13 @@ __all__ = [
     "LifecyclePolicy",
     "recommend",
     "sizing",
+    "consistency",
+    "codec",
     "ExtractiveSummarizer",
     "SessionStore",
     "ResilientStore",
+    "Migrations",
+    "check_compatibility",
     "Context",
     "StoreListener",
     "InvalidInput",
