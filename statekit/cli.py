@@ -71,6 +71,47 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _cmd_health(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .backends import check_reachable, connect
+    from .observe import health_scan
+
+    retention, regions = args.retention_days, args.allowed_region or None
+    if args.profile:
+        profile = WorkloadProfile.from_yaml(args.profile)
+        retention = retention or profile.compliance.retention_days
+        regions = regions or profile.compliance.allowed_regions
+    client = connect(args.redis_url, socket_timeout=30)
+    check_reachable(client, args.redis_url)
+    with tqdm(total=client.dbsize() or None, desc="scanned keys", unit="key", disable=args.quiet or args.json) as bar:
+        report = health_scan(
+            client,
+            args.namespace,
+            retention_days=retention,
+            allowed_regions=regions,
+            audit_stream=args.audit_stream,
+            progress=bar.update,
+        )
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0
+    print(f"{report.sessions:,} sessions in {args.namespace!r}, scanned in {report.seconds:.2f} s (read-only)")
+    if report.size_percentiles:
+        print("stored bytes per session: " + ", ".join(f"{k} {v:,.0f}" for k, v in report.size_percentiles.items()))
+    if report.sampled_memory_bytes:
+        s = report.sampled_memory_bytes
+        print(
+            f"Redis memory per session (MEMORY USAGE, {s['sessions_sampled']} sampled): "
+            f"mean {s['mean']:,.0f}, p99 {s['p99']:,.0f} bytes"
+        )
+    if report.biggest:
+        print("biggest: " + ", ".join(f"{sid} ({size:,} B)" for sid, size in report.biggest[:5]))
+    for finding in report.findings or ["no findings"]:
+        print(f"- {finding}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="statekit",
@@ -105,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--json", action="store_true", help="print the report as JSON too")
     mig.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     mig.set_defaults(func=_cmd_migrate)
+
+    health = sub.add_parser("health", help="scan a live Redis, read-only: sizes, TTLs, retention, residency")
+    health.add_argument("redis_url", metavar="URL", help="the Redis holding the sessions")
+    health.add_argument("--namespace", required=True, help="the SessionStore namespace")
+    health.add_argument("--profile", help="take retention and allowed regions from this workload profile")
+    health.add_argument("--retention-days", type=float, help="flag sessions older than this")
+    health.add_argument("--allowed-region", action="append", help="an allowed region (repeatable)")
+    health.add_argument("--audit-stream", help="also check this audit stream's retention")
+    health.add_argument("--json", action="store_true", help="print the report as JSON")
+    health.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    health.set_defaults(func=_cmd_health)
     return parser
 
 

@@ -23,6 +23,7 @@ from .consistency import select as select_consistency
 from .errors import ProfileError, StatekitError
 from .lifecycle import recommend
 from .migrate import check_compatibility
+from .observe import recommend as recommend_observability
 from .profile import WorkloadProfile
 from .resilience import recommend as recommend_resilience
 from .sizing import plan_capacity
@@ -51,7 +52,9 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
     `resilience` (timeout, breaker, buffer and write policy per state class, with reasons,
     and what users see in degraded mode) and `consistency` (a level, Redis recipe, routing
     and stale-read probability per state class) and `migrations` (the state schema, its
-    compatibility with the proposed next version, and the rollout plan).
+    compatibility with the proposed next version, and the rollout plan) and
+    `observability` (the dashboards and alerts, with thresholds from the latency budget and
+    the size cap).
     Raises `ProfileError` for a bad profile and `StoreUnavailable` when `redis_url` cannot
     be reached, before any work is done.
     """
@@ -63,6 +66,7 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
         client.close()
     assessment = assess(prof)
     rec = recommend(prof)
+    resilience = recommend_resilience(prof)
     return {
         "meta": {
             "statekit_version": __version__,
@@ -78,10 +82,11 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
         },
         "resilience": {
             "applies": assessment.verdict in ("server-side session state", "durable workflow state"),
-            **recommend_resilience(prof),
+            **resilience,
         },
         "consistency": _consistency_section(prof),
         "migrations": _migrations_section(prof),
+        "observability": recommend_observability(prof, rec.policy.max_bytes, resilience["timeout_ms"]),
     }
 
 

@@ -657,6 +657,19 @@ class SessionStore:
             )
         return loaded.data
 
+    def tag_region(self, session_id: str, region: str) -> None:
+        """Record where a session's data lives (its residency), for `statekit health`.
+
+        A no-op for a session that does not exist yet: tag it after its first write.
+        """
+        keys = self.keys(session_id)
+
+        def run() -> None:
+            if self.client.exists(keys[0]):
+                self.client.hset(keys[0], "rg", region)
+
+        self._run("tag_region", session_id, run)
+
     def delete(self, session_id: str) -> bool:
         """Remove every key of the session; True when it existed."""
         keys = self.keys(session_id)

@@ -10,7 +10,11 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 # PyPI name -> conda-forge name(s); an extra becomes the package that provides it.
-CONDA_NAMES = {"redis": ["redis-py"], "fakeredis[lua]": ["fakeredis", "lupa"]}
+CONDA_NAMES = {
+    "redis": ["redis-py"],
+    "fakeredis[lua]": ["fakeredis", "lupa"],
+    "prometheus-client": ["prometheus_client"],
+}
 
 
 def _pyproject_requirements() -> dict[str, str]:
