@@ -158,3 +158,81 @@ def outage_timeline(records: list[dict[str, Any]], axes: Any = None) -> Any:
     bottom.set_ylabel("answered from")
     bottom.set_xlabel("seconds")
     return axes
+
+
+def latency_histograms(metrics: Any, ax: Any = None) -> Any:
+    """Latency distribution of each operation (log-spaced microseconds)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    bins = np.logspace(1, 6, 60)
+    for op in sorted(metrics._latency):
+        pairs = metrics.latency_histogram(op)
+        if pairs:
+            values, counts = zip(*pairs, strict=True)
+            ax.hist(values, bins=bins, weights=counts, histtype="step", label=op)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (us, log)")
+    ax.set_ylabel("calls")
+    ax.set_title("store latency by operation")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def size_distribution(metrics: Any, cap: int | None = None, ax: Any = None) -> Any:
+    """Session sizes seen after each append, against the byte cap."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    pairs = [(it.value_iterated_to, it.count_at_value_iterated_to) for it in metrics._sizes.get_recorded_iterator()]
+    if pairs:
+        values, counts = zip(*pairs, strict=True)
+        ax.hist(values, bins=40, weights=counts, color="tab:purple")
+    if cap:
+        ax.axvline(cap, color="tab:red", ls="--", label=f"cap {cap:,} B")
+        ax.legend(fontsize="small")
+    ax.set_xlabel("session bytes after an append")
+    ax.set_ylabel("appends")
+    ax.set_title("session size distribution")
+    return ax
+
+
+def hit_rates(metrics: Any, ax: Any = None) -> Any:
+    """Share of context reads served by each tier."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 3.5))
+    rates = metrics.hit_rates()
+    ax.bar(list(rates), list(rates.values()), color=["tab:green", "tab:orange", "tab:red"])
+    ax.set_ylim(0, 1)
+    ax.set_title("context reads by tier")
+    return ax
+
+
+def events_timeline(metrics: Any, ax: Any = None) -> Any:
+    """Lifecycle events over time, one row per kind, with the workload's phases marked."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 3.5))
+    events = list(metrics.timeline)
+    if not events:
+        return ax
+    t0 = events[0][0]
+    kinds = sorted({k for _, k, _ in events if not k.startswith("phase: ")})
+    rows = {k: i for i, k in enumerate(kinds)}
+    xs = [t - t0 for t, k, _ in events if k in rows]
+    ys = [rows[k] for _, k, _ in events if k in rows]
+    ax.scatter(xs, ys, s=6, alpha=0.6)
+    for t, k, _ in events:
+        if k.startswith("phase: "):
+            ax.axvline(t - t0, color="gray", ls=":")
+            ax.text(t - t0, len(kinds) - 0.5, k[7:], rotation=90, va="top", fontsize="x-small")
+    ax.set_yticks(range(len(kinds)), kinds)
+    ax.set_xlabel("seconds")
+    ax.set_title("lifecycle events")
+    return ax

@@ -40,6 +40,8 @@ def test_notebook_on_fakeredis(nb, tmp_path):
     if nb.stem == "02_bounded_state":
         assert "estimated: fakeredis has no INFO memory" in text
         assert "nothing was written" in text
+    if nb.stem == "05_observability":
+        assert "conflict ratio" in text and "tier=" in text and "tagged with a region outside" in text
     if nb.stem == "04_migrations":
         assert "would see an error" in text and "stored now at v3" in text
     if nb.stem == "01_graceful_degradation":
