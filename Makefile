@@ -46,6 +46,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/bench_resilience.py --iterations 5000
 	$(BIN)/python benchmarks/bench_consistency.py
 	$(BIN)/python benchmarks/bench_migrate.py --sessions 100000
+	$(BIN)/python benchmarks/bench_observe.py --sessions 100000
 	$(BIN)/python benchmarks/bench_memory.py --sessions 1000 10000 100000
 
 lab: $(VENV)/.lab

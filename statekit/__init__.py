@@ -27,6 +27,7 @@ from .errors import (  # noqa: E402
 )
 from .lifecycle import ExtractiveSummarizer, LifecyclePolicy, recommend  # noqa: E402
 from .migrate import Migrations, check_compatibility  # noqa: E402
+from .observe import StateMetrics  # noqa: E402
 from .profile import StateClass, WorkloadProfile  # noqa: E402
 from .resilience import ResilientStore  # noqa: E402
 from .store import Context, SessionStore, StoreListener  # noqa: E402
@@ -51,6 +52,7 @@ __all__ = [
     "SessionStore",
     "ResilientStore",
     "Migrations",
+    "StateMetrics",
     "check_compatibility",
     "Context",
     "StoreListener",

@@ -98,12 +98,18 @@ class StateMetrics(StoreListener):
     `timeline_max` bounds the in-memory list of recent lifecycle events.
     """
 
+    #: Raw samples wait in a list and are folded into the HdrHistograms in batches: one
+    #: record_value per distinct value instead of one per operation (about 1 us each).
+    FOLD_EVERY = 2048
+
     def __init__(self, timeline_max: int = 10_000) -> None:
         self._lock = threading.Lock()
-        self._latency: dict[str, HdrHistogram] = {}
+        self._latency_hist: dict[str, HdrHistogram] = {}
+        self._latency_raw: dict[str, list[int]] = {}
         self._latency_sum: dict[str, float] = defaultdict(float)
         self._errors: dict[str, int] = defaultdict(int)
-        self._sizes = HdrHistogram(1, _SIZE_MAX, 2)
+        self._sizes_hist = HdrHistogram(1, _SIZE_MAX, 2)
+        self._sizes_raw: list[int] = []
         self._size_sum = 0
         self.events: dict[str, int] = defaultdict(int)
         self.reads: dict[str, int] = defaultdict(int)
@@ -113,12 +119,14 @@ class StateMetrics(StoreListener):
     # -- listener hooks --------------------------------------------------------------------
 
     def on_operation(self, op: str, session_id: str, seconds: float, error: BaseException | None) -> None:
-        us = int(seconds * 1e6) or 1
-        hist = self._latency.get(op)
-        if hist is None:
+        raw = self._latency_raw.get(op)
+        if raw is None:
             with self._lock:
-                hist = self._latency.setdefault(op, HdrHistogram(1, _LATENCY_MAX_US, 2))
-        hist.record_value(min(us, _LATENCY_MAX_US))
+                raw = self._latency_raw.setdefault(op, [])
+                self._latency_hist.setdefault(op, HdrHistogram(1, _LATENCY_MAX_US, 2))
+        raw.append(int(seconds * 1e6) or 1)
+        if len(raw) >= self.FOLD_EVERY:
+            self._fold()
         self._latency_sum[op] += seconds
         if error is not None:
             self._errors[op] += 1
@@ -130,8 +138,10 @@ class StateMetrics(StoreListener):
         if kind == "appended":
             total = int(info.get("total", 0))
             if total > 0:
-                self._sizes.record_value(min(total, _SIZE_MAX))
+                self._sizes_raw.append(total)
                 self._size_sum += total
+                if len(self._sizes_raw) >= self.FOLD_EVERY:
+                    self._fold()
         elif kind == "fallback":
             self.reads[str(info.get("source", "default"))] += 1
         elif kind == "evicted":
@@ -140,6 +150,33 @@ class StateMetrics(StoreListener):
             self.timeline.append((time.time(), kind, session_id))
 
     # -- reading the numbers ------------------------------------------------------------------
+
+    def _fold(self) -> None:
+        """Move buffered samples into the histograms (each distinct value recorded once)."""
+        import numpy as np
+
+        with self._lock:
+            batches = [(self._latency_hist[op], raw, _LATENCY_MAX_US) for op, raw in self._latency_raw.items() if raw]
+            batches = [(h, list(raw), cap) for h, raw, cap in batches]
+            for op in self._latency_raw:
+                self._latency_raw[op] = []
+            if self._sizes_raw:
+                batches.append((self._sizes_hist, self._sizes_raw, _SIZE_MAX))
+                self._sizes_raw = []
+            for hist, raw, cap in batches:
+                values, counts = np.unique(np.minimum(np.asarray(raw, dtype=np.int64), cap), return_counts=True)
+                for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+                    hist.record_value(value, count)
+
+    @property
+    def _latency(self) -> dict[str, HdrHistogram]:
+        self._fold()
+        return self._latency_hist
+
+    @property
+    def _sizes(self) -> HdrHistogram:
+        self._fold()
+        return self._sizes_hist
 
     def percentile_us(self, op: str, q: float) -> float:
         """The q-th percentile latency of `op` in microseconds (2 significant digits)."""
@@ -186,6 +223,14 @@ class StateMetrics(StoreListener):
             **{f"p{q}": float(h.get_value_at_percentile(q)) if n else 0.0 for q in (50, 95, 99)},
             "max": float(h.get_max_value()) if n else 0.0,
         }
+
+    def operations(self) -> list[str]:
+        """The operations seen so far."""
+        return sorted(self._latency)
+
+    def size_histogram(self) -> list[tuple[float, int]]:
+        """(bytes, count) pairs of the session sizes recorded on append, for plotting."""
+        return [(it.value_iterated_to, it.count_at_value_iterated_to) for it in self._sizes.get_recorded_iterator()]
 
     def latency_histogram(self, op: str) -> list[tuple[float, int]]:
         """(microseconds, count) pairs of the recorded latencies of `op`, for plotting."""
@@ -240,6 +285,7 @@ class _Collector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         m = self.m
+        m._fold()
         latency = HistogramMetricFamily(
             "statekit_operation_duration_seconds", "Latency of session-store operations.", labels=["operation"]
         )

@@ -168,7 +168,7 @@ def latency_histograms(metrics: Any, ax: Any = None) -> Any:
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
     bins = np.logspace(1, 6, 60)
-    for op in sorted(metrics._latency):
+    for op in metrics.operations():
         pairs = metrics.latency_histogram(op)
         if pairs:
             values, counts = zip(*pairs, strict=True)
@@ -187,7 +187,7 @@ def size_distribution(metrics: Any, cap: int | None = None, ax: Any = None) -> A
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
-    pairs = [(it.value_iterated_to, it.count_at_value_iterated_to) for it in metrics._sizes.get_recorded_iterator()]
+    pairs = metrics.size_histogram()
     if pairs:
         values, counts = zip(*pairs, strict=True)
         ax.hist(values, bins=40, weights=counts, color="tab:purple")
