@@ -22,7 +22,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import pybreaker
@@ -63,7 +63,6 @@ class _Pending:
     turn: Mapping[str, Any] | None = None
     turn_id: str | None = None
     fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-    queued_at: float = field(default_factory=time.monotonic)
 
 
 class _Unavailable(Exception):
