@@ -4,15 +4,18 @@ Keys of one session share a hash tag, `{ns}:{<session>}:<part>`, so each Lua scr
 multi-key command stays on one Redis Cluster slot:
 
 - `meta`    hash: `v` session version, `b` stored bytes, `sv` state version, `fv` fold
-            version, `c` created (ms), and one `#<turn id>` field per turn not yet folded
-            (the idempotency set, so a replayed append is stored once).
+            version, `c` created (ms), `rg` region (when tagged), and one `#<turn id>`
+            field per turn not yet folded (the idempotency set, so a replayed append is
+            stored once).
 - `log`     list of turn records, oldest first: the last `window_turns` form the window;
             any before them are parked, waiting to be folded into the summary.
 - `summary` string: the running summary of folded turns (absent while empty).
 - `state`   string: structured session state (absent until `update_state`).
 
-Every write refreshes the TTL of all four keys (sliding expiry) and checks the byte cap
-inside its script, so an oversized update is rejected before anything is written.
+Every write refreshes the TTL of each of the session's keys that exists (sliding expiry)
+and checks the byte cap inside its script, so an oversized update is rejected before
+anything is written. Structured state read through a `Migrations` registry is upgraded
+on read and written back lazily, keeping its TTL.
 """
 
 from __future__ import annotations
