@@ -3,7 +3,8 @@
 `RedisServer` runs a real redis-server on a free loopback port and can pause (SIGSTOP),
 resume, kill and restart it, always by its own process id. With pytest installed, the
 fixtures `redis_server` (one per test session) and `fresh_redis_server` (one per test)
-are available after `pytest_plugins = ["statekit.testing"]` in a conftest.py.
+are available after `pytest_plugins = ["statekit.testing"]` in a conftest.py, and
+`start_redis_server(args)` starts a server with extra arguments under the same rule.
 
 pytest-redis starts servers too, but its fixtures are tied to its own configuration
 options and give no pause/kill/restart on the process, which the resilience tests need;
@@ -514,6 +515,11 @@ except ImportError:  # pragma: no cover - the fixtures need pytest; RedisServer 
     pytest = None  # type: ignore[assignment]
 
 if pytest is not None:
+
+    def start_redis_server(args: Sequence[str] = ()) -> RedisServer:
+        """A started RedisServer with `args`, under the fixtures' rule: skipped when
+        redis-server is missing, failed instead when STATEKIT_REQUIRE_REDIS=1."""
+        return _start_or_skip(args)
 
     def _start_or_skip(args: Sequence[str] = ()) -> RedisServer:
         if not find_redis_server():

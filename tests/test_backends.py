@@ -143,10 +143,10 @@ def test_frozen_server_costs_one_timeout_not_ten_retries(fresh_redis_server):
 
 
 @pytest.mark.realredis
-def test_password_protected_server(tmp_path):
-    from statekit.testing import RedisServer
+def test_password_protected_server():
+    from statekit.testing import start_redis_server
 
-    with RedisServer(["--requirepass", "pa55word"]) as server:
+    with start_redis_server(["--requirepass", "pa55word"]) as server:
         good = f"redis://:pa55word@127.0.0.1:{server.port}/0"
         assert sk.check_reachable(connect(good), good).kind == "redis"
         bad = f"redis://:wrong-pw@127.0.0.1:{server.port}/0"

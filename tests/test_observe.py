@@ -228,10 +228,10 @@ def test_health_scan_finds_ttl_retention_and_residency_problems():
 
 
 @pytest.mark.realredis
-def test_health_scan_samples_memory_on_a_real_server_and_changes_nothing(fresh_redis_server):
-    from statekit.testing import RedisServer
+def test_health_scan_samples_memory_on_a_real_server_and_changes_nothing():
+    from statekit.testing import start_redis_server
 
-    with RedisServer(["--enable-debug-command", "yes"]) as server:
+    with start_redis_server(["--enable-debug-command", "yes"]) as server:
         client = connect(server.url)
         store = SessionStore(client)
         for i in range(200):

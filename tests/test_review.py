@@ -89,9 +89,9 @@ def test_no_profiles(tmp_path):
 @pytest.mark.realredis
 @pytest.mark.notebook
 def test_review_against_password_protected_redis_leaks_no_secret(tmp_path, profiles_dir):
-    from statekit.testing import RedisServer
+    from statekit.testing import start_redis_server
 
-    with RedisServer(["--requirepass", "n0t-in-reports"]) as server:
+    with start_redis_server(["--requirepass", "n0t-in-reports"]) as server:
         url = f"redis://:n0t-in-reports@127.0.0.1:{server.port}/0"
         (report,) = run_review([profiles_dir / "faq_widget.yaml"], tmp_path, url, progress=False)
     for path in (report.notebook, report.html, report.json):

@@ -523,7 +523,7 @@ def test_client_that_decodes_responses_is_refused():
         SessionStore(fakeredis.FakeRedis(decode_responses=True))
 
 
-def test_a_timeout_mid_reply_does_not_poison_the_pool(fresh_redis_server_or_skip=None):
+def test_a_failed_call_does_not_poison_the_pool():
     """After a failed call the connection is dropped, so the next call reads its own reply."""
     client = connect("fakeredis://wire-test")
     store = SessionStore(client)
