@@ -221,6 +221,21 @@ def run_review(
                 os.environ[URL_ENV] = saved_env
 
 
+def _ipc_kernel_manager() -> type:
+    """A kernel manager that talks to the kernel over Unix sockets instead of loopback TCP:
+    nothing else on the machine can connect to it, and ipykernel does not warn about an
+    unencrypted TCP kernel on every report."""
+    from jupyter_client.manager import KernelManager
+    from traitlets import default
+
+    class IPCKernelManager(KernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc"
+
+    return IPCKernelManager
+
+
 def _run_notebooks(
     paths: list[Path],
     verdicts: dict[Path, str],
@@ -251,6 +266,7 @@ def _run_notebooks(
                 cwd=str(NOTEBOOK.parent),
                 progress_bar=False,
                 execution_timeout=timeout_s,
+                kernel_manager_class=_ipc_kernel_manager(),
             )
         except pm.PapermillExecutionError as exc:
             raise StatekitError(
