@@ -738,16 +738,14 @@ def demo_workload(
     writes rejected by the cap, and a short outage (an injected hang on fakeredis, CLIENT
     PAUSE on a real server) that the resilient store rides out.
     """
-    from .backends import connect
     from .lifecycle import LifecyclePolicy
     from .resilience import ResilientStore
     from .store import SessionStore
-    from .testing import FaultInjector
+    from .testing import OutageDrill
 
     metrics = StateMetrics()
-    real = not redis_url.startswith("fakeredis")
-    injector = None if real else FaultInjector()
-    client = connect(redis_url) if real else injector.client()  # type: ignore[union-attr]
+    drill = OutageDrill(redis_url)
+    client = drill.client()
     policy = LifecyclePolicy(window_turns=8, max_bytes=20_000, summary_max_bytes=1_000, ttl_seconds=600)
     store = SessionStore(client, policy, namespace="demo-obs", metrics=metrics)
     rs = ResilientStore(store, timeout_ms=50, fail_max=3, reset_timeout_s=0.5, listeners=[metrics])
@@ -767,8 +765,8 @@ def demo_workload(
             rs.append_turn(sid, {"role": "user" if t % 2 == 0 else "assistant", "content": "x" * size})
     mark("conflict storm")
     contender = SessionStore(
-        connect(redis_url) if real else injector.client(),
-        policy,  # type: ignore[union-attr]
+        drill.client(),
+        policy,
         namespace="demo-obs",
         metrics=metrics,
         max_update_retries=200,
@@ -788,18 +786,12 @@ def demo_workload(
         with contextlib.suppress(Exception):
             rs.append_turn(f"s-{s}", {"role": "user", "content": "y" * 30_000})
     mark("outage")
-    if real:
-        admin = connect(redis_url, socket_timeout=5)
-        admin.execute_command("CLIENT", "PAUSE", 1000, "ALL")
-    else:
-        injector.hang()  # type: ignore[union-attr]
-    end = time.monotonic() + 1.0
-    while time.monotonic() < end:
-        rs.load_context("s-1")
-        rs.append_turn("s-1", {"role": "user", "content": "during the outage"})
-        time.sleep(0.02)
-    if not real:
-        injector.heal()  # type: ignore[union-attr]
+    with drill.outage(1.0):
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            rs.load_context("s-1")
+            rs.append_turn("s-1", {"role": "user", "content": "during the outage"})
+            time.sleep(0.02)
     time.sleep(0.6)
     mark("recovered")
     for s in range(sessions):

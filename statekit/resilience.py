@@ -512,31 +512,11 @@ def outage_timeline(
     """
     import redis as redis_lib
 
-    from .backends import backend_kind, connect, resolve_url
-    from .testing import FaultInjector
+    from .testing import OutageDrill
 
-    real = not redis_url.startswith("fakeredis")
-    if real:
-        from urllib.parse import urlsplit
-
-        admin = connect(redis_url, socket_timeout=5)
-        parts = urlsplit(resolve_url(redis_url))
-        # redis-py's defaults, on purpose: the constructor carries redis-py 8's retry policy
-        # (Redis.from_url builds its connections without it)
-        plain = redis_lib.Redis(
-            host=parts.hostname or "localhost",
-            port=parts.port or 6379,
-            db=int(parts.path.strip("/") or 0),
-            username=parts.username,
-            password=parts.password,
-        )
-        store_client = connect(redis_url)
-        if backend_kind(admin) == "cluster":
-            raise ValueError("outage_timeline pauses one server; give it a single redis:// URL")
-    else:
-        injector = FaultInjector()
-        plain = injector.client(socket_timeout=None)  # type: ignore[arg-type]
-        store_client = injector.client()
+    drill = OutageDrill(redis_url)
+    plain = drill.plain_client()
+    store_client = drill.client()
     store = SessionStore(store_client, namespace="outage-demo")
     rs = ResilientStore(store, timeout_ms=timeout_ms, fail_max=fail_max, reset_timeout_s=reset_timeout_s)
     records: list[dict[str, Any]] = []
@@ -606,13 +586,8 @@ def outage_timeline(
     for th in threads:
         th.start()
     time.sleep(before_s)
-    if real:
-        admin.execute_command("CLIENT", "PAUSE", int(outage_s * 1000), "ALL")
-        time.sleep(outage_s)
-    else:
-        injector.hang()
-        time.sleep(outage_s)
-        injector.heal()
+    with drill.outage(outage_s):
+        pass  # the drivers keep calling; the drill waits the outage out
     for th in threads:
         th.join()
     rs.flush()

@@ -34,6 +34,7 @@ from typing import Any
 
 __all__ = [
     "FaultInjector",
+    "OutageDrill",
     "RedisServer",
     "RedisReplicaPair",
     "RedisClusterServers",
@@ -418,6 +419,69 @@ class FaultInjector:
             yield self
         finally:
             self.heal()
+
+
+class OutageDrill:
+    """Clients of one Redis that can be put through an outage, embedded or real.
+
+    On fakeredis (`fakeredis://`) the clients share a FaultInjector's server and the outage
+    is an injected hang: calls do not answer until it ends. On a real server the outage is
+    `CLIENT PAUSE ALL` from an admin connection, which Redis lifts by itself when it runs
+    out. `outage(seconds)` is a context manager around the body that runs during it.
+    """
+
+    def __init__(self, redis_url: str = "fakeredis://") -> None:
+        from .backends import backend_kind, connect
+
+        self.url = redis_url
+        self.real = not redis_url.startswith("fakeredis")
+        self._injector = None if self.real else FaultInjector()
+        if self.real:
+            self._admin = connect(redis_url, socket_timeout=5)
+            if backend_kind(self._admin) == "cluster":
+                raise ValueError("an outage drill pauses one server: give it a single redis:// URL")
+
+    def client(self, **kwargs: Any) -> Any:
+        """A statekit client (explicit timeouts, no retries) of the drill's server."""
+        from .backends import connect
+
+        return connect(self.url, **kwargs) if self.real else self._injector.client(**kwargs)  # type: ignore[union-attr]
+
+    def plain_client(self) -> Any:
+        """A redis-py client with redis-py's own defaults: no socket timeout, and on a real
+        server the constructor's retry policy (Redis.from_url builds connections without it)."""
+        if not self.real:
+            return self._injector.client(socket_timeout=None)  # type: ignore[union-attr, arg-type]
+        from urllib.parse import urlsplit
+
+        import redis
+
+        from .backends import resolve_url
+
+        parts = urlsplit(resolve_url(self.url))
+        return redis.Redis(
+            host=parts.hostname or "localhost",
+            port=parts.port or 6379,
+            db=int(parts.path.strip("/") or 0),
+            username=parts.username,
+            password=parts.password,
+        )
+
+    @contextlib.contextmanager
+    def outage(self, seconds: float) -> Iterator[None]:
+        """An outage of `seconds` around the body: injected on fakeredis, CLIENT PAUSE on a
+        real server (lifted by Redis when it runs out; the body is waited out either way)."""
+        end = time.monotonic() + seconds
+        if self.real:
+            self._admin.execute_command("CLIENT", "PAUSE", int(seconds * 1000), "ALL")
+        else:
+            self._injector.hang()  # type: ignore[union-attr]
+        try:
+            yield
+        finally:
+            time.sleep(max(0.0, end - time.monotonic()))
+            if not self.real:
+                self._injector.heal()  # type: ignore[union-attr]
 
 
 def _faulty_connection_class() -> type:
