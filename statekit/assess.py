@@ -16,9 +16,22 @@ from typing import Any, Literal
 
 from .profile import AUTHORITATIVE_PURPOSES, WorkloadProfile
 
-__all__ = ["assess", "what_if", "Assessment", "RubricAnswer", "CostModel", "cost_model", "Verdict", "SESSION_ID_BYTES"]
+__all__ = [
+    "assess",
+    "what_if",
+    "SERVER_STATE_VERDICTS",
+    "Assessment",
+    "RubricAnswer",
+    "CostModel",
+    "cost_model",
+    "Verdict",
+    "SESSION_ID_BYTES",
+]
 
 Verdict = Literal["stateless", "client-side state", "server-side session state", "durable workflow state"]
+
+#: The verdicts under which the service keeps state in Redis (a store to size, protect, observe).
+SERVER_STATE_VERDICTS: frozenset[str] = frozenset({"server-side session state", "durable workflow state"})
 
 #: What a request carries instead of its history when the server holds the session: a
 #: session id and its header (a UUID in a header line is about 40 bytes; 64 leaves room).

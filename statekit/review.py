@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .assess import assess
+from .assess import SERVER_STATE_VERDICTS, assess
 from .backends import check_reachable, connect, redact_url
 from .consistency import select as select_consistency
 from .errors import ProfileError, StatekitError
@@ -45,17 +45,23 @@ def _as_profile(profile: WorkloadProfile | str | Path) -> WorkloadProfile:
 def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakeredis://") -> dict[str, Any]:
     """Build the review of `profile` as a JSON-serialisable dict.
 
-    Sections: `meta` (statekit version, time, the backend with its URL redacted),
-    `profile` (the validated input), `assessment` (verdict, reasons, rubric, costs) and
-    `lifecycle` (the recommended policy with its reasons, memory per session and in total
-    with and without it, nodes needed, growth over turns and days; all modelled) and
-    `resilience` (timeout, breaker, buffer and write policy per state class, with reasons,
-    and what users see in degraded mode) and `consistency` (a level, Redis recipe, routing
-    and stale-read probability per state class) and `migrations` (the state schema, its
-    compatibility with the proposed next version, and the rollout plan) and
-    `observability` (the dashboards and alerts, with thresholds from the latency budget and
-    the size cap).
-    Raises `ProfileError` for a bad profile and `StoreUnavailable` when `redis_url` cannot
+    Sections:
+
+    - `meta`: statekit version, time, the backend with its URL redacted;
+    - `profile`: the validated input;
+    - `assessment`: verdict, reasons, rubric, costs;
+    - `lifecycle`: the recommended policy with its reasons, memory per session and in total
+      with and without it, nodes needed, growth over turns and days (all modelled);
+    - `resilience`: timeout, breaker, buffer and write policy per state class, with
+      reasons, and what users see in degraded mode;
+    - `consistency`: a level, Redis recipe, routing and stale-read probability per class;
+    - `migrations`: the state schema, its compatibility with the proposed next version,
+      and the rollout plan;
+    - `observability`: dashboards and alerts, with thresholds from the latency budget and
+      the size cap.
+
+    `lifecycle` and `resilience` say whether they apply: only to verdicts that keep state
+    on the server. Raises `ProfileError` for a bad profile and `StoreUnavailable` when `redis_url` cannot
     be reached, before any work is done.
     """
     prof = _as_profile(profile)
@@ -67,6 +73,7 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
     assessment = assess(prof)
     rec = recommend(prof)
     resilience = recommend_resilience(prof)
+    keeps_server_state = assessment.verdict in SERVER_STATE_VERDICTS
     return {
         "meta": {
             "statekit_version": __version__,
@@ -76,12 +83,12 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
         "profile": prof.model_dump(mode="json"),
         "assessment": assessment.as_dict(),
         "lifecycle": {
-            "applies": assessment.verdict in ("server-side session state", "durable workflow state"),
+            "applies": keeps_server_state,
             "policy": rec.as_dict(),
             "capacity": plan_capacity(prof, rec.policy),
         },
         "resilience": {
-            "applies": assessment.verdict in ("server-side session state", "durable workflow state"),
+            "applies": keeps_server_state,
             **resilience,
         },
         "consistency": _consistency_section(prof),
