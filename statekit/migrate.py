@@ -105,10 +105,11 @@ class Migrations:
 
     def version_of(self, raw: bytes, key: str = "state") -> int:
         """The schema version of a stored blob (without migrating it)."""
-        value = codec.decode(raw, key)
-        return self._split(value, key)[0]
+        return self.unpack(raw, key)[0]
 
-    def _split(self, value: Any, key: str) -> tuple[int, Any]:
+    def unpack(self, raw: bytes, key: str = "state") -> tuple[int, Any]:
+        """Decode a stored blob into (schema version, data), without migrating it."""
+        value = codec.decode(raw, key)
         if isinstance(value, dict) and set(value) == {"_v", "data"}:
             version = value["_v"]
             if not isinstance(version, int) or version < 1:
@@ -139,7 +140,7 @@ class Migrations:
 
     def load(self, raw: bytes, key: str = "state") -> Loaded:
         """Decode a blob and migrate it to the current version."""
-        version, data = self._split(codec.decode(raw, key), key)
+        version, data = self.unpack(raw, key)
         return Loaded(self.upgrade(data, version, key), version, self.current)
 
 
@@ -480,7 +481,7 @@ def _migrate_batch(
             continue  # expired or deleted since SCAN saw it
         report.scanned += 1
         try:
-            version, data = migrations._split(codec.decode(raw, key), key)
+            version, data = migrations.unpack(raw, key)
             report.by_source_version[str(version)] = report.by_source_version.get(str(version), 0) + 1
             if version == migrations.current:
                 report.current += 1
