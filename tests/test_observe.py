@@ -108,7 +108,6 @@ def test_every_event_kind_is_counted_on_a_real_server(fresh_redis_server):
             store.append_turn("s1", turn(i))  # created, appended, evicted, summarised
         with pytest.raises(StateTooLarge):
             store.append_turn("s1", turn(9, size=5_000))  # rejected
-        Migrations(current=1)
         v2 = Migrations(current=2)
         v2.step(1, 2)(lambda d: {**d, "v2": True})
         store.update_state("s2", lambda s: {"a": 1})
