@@ -36,6 +36,7 @@ __all__ = [
     "load_migrations",
     "migrate_namespace",
     "MigrationReport",
+    "readable_by",
 ]
 
 
@@ -510,3 +511,46 @@ def _migrate_batch(
             report.migrated += 1
         else:
             report.conflicts += 1
+
+
+def readable_by(
+    client: Any, namespace: str, model: Any, migrations: Migrations | None = None, *, batch: int = 500
+) -> dict[str, Any]:
+    """Can code that uses `model` read every session's state in `namespace`? Read-only.
+
+    Each stored state is unpacked (its version envelope removed), migrated when
+    `migrations` is given, and validated with the pydantic `model`. Run it before a deploy:
+    `unreadable` is how many returning users would hit an error.
+    """
+    from pydantic import ValidationError
+
+    unpacker = migrations or Migrations(current=1)
+    counts: dict[str, Any] = {"sessions": 0, "readable": 0, "unreadable": 0, "errors": []}
+    cursor = 0
+    while True:
+        cursor, keys = client.scan(cursor=cursor, match=f"{namespace}:{{*}}:state", count=batch)
+        values = client.mget(keys) if keys else []
+        for key, raw in zip(keys, values, strict=True):
+            if raw is None:
+                continue
+            name = key.decode() if isinstance(key, bytes) else key
+            counts["sessions"] += 1
+            try:
+                version, data = unpacker.unpack(raw, name)
+                if migrations is not None:
+                    data = migrations.upgrade(data, version, name)
+                model.model_validate(data)
+            except (StatekitError, ValidationError) as exc:
+                counts["unreadable"] += 1
+                if len(counts["errors"]) < 5:
+                    if isinstance(exc, ValidationError):
+                        why = "; ".join(
+                            f"{'.'.join(map(str, e['loc'])) or '(state)'}: {e['msg']}" for e in exc.errors()
+                        )
+                    else:
+                        why = str(exc)
+                    counts["errors"].append(f"{name}: {why}")
+                continue
+            counts["readable"] += 1
+        if cursor == 0:
+            return counts

@@ -335,3 +335,18 @@ def test_migrate_command(redis_url, capsys):
     assert main(args) == 0
     assert "migrated 20" in capsys.readouterr().out
     assert main(["migrate", redis_url, "--namespace", "app", "--migrations", "nope:x"]) == 2
+
+
+def test_readable_by_counts_sessions_new_code_cannot_read():
+    from statekit.migrate import readable_by
+
+    client = connect("fakeredis://")
+    _seed(client, 12)
+    SessionStore(client, namespace="app", migrations=support_agent_migrations).get_state("s-0")  # now at v3
+    before = {k: client.dump(k) for k in client.scan_iter(match="app:*")}
+    without = readable_by(client, "app", SupportAgentStateV3, batch=5)
+    assert (without["sessions"], without["readable"], without["unreadable"]) == (12, 1, 11)
+    assert "customer_id" in without["errors"][0]
+    with_migrations = readable_by(client, "app", SupportAgentStateV3, support_agent_migrations)
+    assert (with_migrations["readable"], with_migrations["unreadable"]) == (12, 0)
+    assert {k: client.dump(k) for k in before} == before, "read-only"
