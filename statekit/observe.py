@@ -538,6 +538,8 @@ def health_scan(
 
     from .backends import backend_kind
 
+    if sample_every < 1:
+        raise ValueError(f"sample_every must be >= 1, got {sample_every!r}")
     report = HealthReport(namespace)
     start = time.perf_counter()
     sizes: list[int] = []
@@ -575,7 +577,7 @@ def health_scan(
                     region = rg.decode() if isinstance(rg, bytes) else rg
                     if region not in allowed_regions:
                         report.residency_violations.append((sid, region))
-                if real and report.sessions % sample_every == 1:
+                if real and (report.sessions - 1) % sample_every == 0:
                     sample.append(sid)
             if sample:
                 pipe = client.pipeline(transaction=False)

@@ -237,8 +237,10 @@ def test_health_scan_samples_memory_on_a_real_server_and_changes_nothing():
             store.append_turn(f"s-{i}", turn(i, size=500))
         digest = client.execute_command("DEBUG", "DIGEST")
         report = health_scan(client, "sk", sample_every=10)
+        every = health_scan(client, "sk", sample_every=1)
         assert client.execute_command("DEBUG", "DIGEST") == digest
     assert report.sessions == 200 and report.sampled_memory_bytes["sessions_sampled"] == 20
+    assert every.sampled_memory_bytes["sessions_sampled"] == 200
     assert report.sampled_memory_bytes["mean"] > 500
 
 
