@@ -44,8 +44,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     migrations = load_migrations(args.migrations)
     client = connect(args.redis_url, socket_timeout=30)
     check_reachable(client, args.redis_url)
-    keys = client.dbsize()
-    with tqdm(total=keys or None, desc="scanned keys", unit="key", disable=args.quiet) as bar:
+    # SCAN cannot know how many state keys lie ahead, so the bar counts without a total
+    with tqdm(desc="sessions scanned", unit="session", disable=args.quiet) as bar:
         report = migrate_namespace(
             client,
             args.namespace,
@@ -84,7 +84,13 @@ def _cmd_health(args: argparse.Namespace) -> int:
         regions = regions or profile.compliance.allowed_regions
     client = connect(args.redis_url, socket_timeout=30)
     check_reachable(client, args.redis_url)
-    with tqdm(total=client.dbsize() or None, desc="scanned keys", unit="key", disable=args.quiet or args.json) as bar:
+    # every key of the database is an upper bound of the namespace's keys that SCAN returns
+    with tqdm(
+        total=client.dbsize() or None,
+        desc="keys scanned (of the database's)",
+        unit="key",
+        disable=args.quiet or args.json,
+    ) as bar:
         report = health_scan(
             client,
             args.namespace,
