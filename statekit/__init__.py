@@ -25,7 +25,7 @@ from .errors import (  # noqa: E402
     StoreUnavailable,
     UnknownVersionError,
 )
-from .lifecycle import ExtractiveSummarizer, LifecyclePolicy, recommend  # noqa: E402
+from .lifecycle import ExtractiveSummarizer, LifecyclePolicy, LLMSummarizer, recommend  # noqa: E402
 from .migrate import Migrations, check_compatibility  # noqa: E402
 from .observe import StateMetrics  # noqa: E402
 from .profile import StateClass, WorkloadProfile  # noqa: E402
@@ -49,6 +49,7 @@ __all__ = [
     "consistency",
     "codec",
     "ExtractiveSummarizer",
+    "LLMSummarizer",
     "SessionStore",
     "ResilientStore",
     "Migrations",

@@ -13,11 +13,25 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["LifecyclePolicy", "Summarizer", "ExtractiveSummarizer", "truncate_utf8", "recommend", "Recommendation"]
+__all__ = [
+    "LifecyclePolicy",
+    "Summarizer",
+    "ExtractiveSummarizer",
+    "LLMSummarizer",
+    "truncate_utf8",
+    "recommend",
+    "Recommendation",
+]
 
 
 class Summarizer(Protocol):
-    """Folds evicted turns into the running summary within a byte budget."""
+    """Folds evicted turns into the running summary within a byte budget.
+
+    Any callable with this signature will do. An optional `label` attribute says what the
+    result is; `Context.messages()` puts it before the summary, so the model is told what it
+    reads. A summarizer that raises loses nothing: the store keeps the evicted turns parked
+    in Redis and offers them again on a later append.
+    """
 
     def __call__(self, summary: str, evicted_turns: Sequence[Mapping[str, Any]], budget_bytes: int) -> str: ...
 
@@ -32,14 +46,17 @@ def truncate_utf8(text: str, budget_bytes: int) -> str:
 
 @dataclass(frozen=True)
 class ExtractiveSummarizer:
-    """A deterministic summarizer that needs no model.
+    """Excerpts, not a summary: a deterministic fold that needs no model.
 
     Each evicted turn becomes one line, `role: first sentence` (at most `line_chars`
     characters); lines accumulate oldest first, and when the budget is exceeded the oldest
-    lines go first. The same input always gives the same summary.
+    lines go first. The same input always gives the same result. It keeps what was said
+    first in each turn and forgets the rest (an answer given in a second sentence is gone),
+    and its `label` tells the model so. For a real summary, use `LLMSummarizer`.
     """
 
     line_chars: int = 160
+    label: str = "Excerpts of earlier turns (the first sentence of each, oldest dropped first; not a full summary)"
 
     def __call__(self, summary: str, evicted_turns: Sequence[Mapping[str, Any]], budget_bytes: int) -> str:
         lines = [ln for ln in summary.splitlines() if ln]
@@ -54,6 +71,53 @@ class ExtractiveSummarizer:
         while lines and len("\n".join(lines).encode("utf-8")) > budget_bytes:
             lines.pop(0)
         return truncate_utf8("\n".join(lines), budget_bytes)
+
+
+_LLM_INSTRUCTIONS = (
+    "You maintain the running summary of a conversation between a user and an assistant. "
+    "Fold the new turns into the summary. Keep facts, decisions, names, numbers and open "
+    "questions; drop greetings and repetition. Answer with the new summary only, in at most "
+    "{budget_bytes} bytes of UTF-8 text."
+)
+
+
+@dataclass(frozen=True)
+class LLMSummarizer:
+    """A summary written by a language model you call: `complete(prompt) -> str`.
+
+    `complete` is your model call (an OpenAI or Anthropic client, a local model), with its
+    own timeout; statekit never calls a model by itself. The prompt holds `instructions`,
+    the running summary and the evicted turns; the answer is cut to the byte budget.
+
+    Failures lose nothing: when `complete` raises (a timeout, a rate limit) or answers with
+    an empty or non-text reply, the append that triggered the fold still succeeds, the
+    store records a `fold_failed` event, and the evicted turns stay parked in Redis to be
+    offered again on the next append. If the model stays down, parked turns count against
+    the session's byte cap, so appends are eventually refused (`StateTooLarge`) instead of
+    growing without bound.
+    """
+
+    complete: Callable[[str], str]
+    instructions: str = _LLM_INSTRUCTIONS
+    label: str = "Summary of the earlier conversation"
+    max_turn_chars: int = 4000
+
+    def prompt(self, summary: str, evicted_turns: Sequence[Mapping[str, Any]], budget_bytes: int) -> str:
+        """The text sent to the model for one fold."""
+        turns = "\n".join(
+            f"{turn.get('role', 'turn')}: {str(turn.get('content', ''))[: self.max_turn_chars]}"
+            for turn in evicted_turns
+        )
+        return (
+            f"{self.instructions.format(budget_bytes=budget_bytes)}\n\n"
+            f"Summary so far:\n{summary or '(empty)'}\n\nNew turns:\n{turns}\n\nNew summary:"
+        )
+
+    def __call__(self, summary: str, evicted_turns: Sequence[Mapping[str, Any]], budget_bytes: int) -> str:
+        answer = self.complete(self.prompt(summary, evicted_turns, budget_bytes))
+        if not isinstance(answer, str) or not answer.strip():
+            raise ValueError(f"the model answered {answer!r} instead of a summary; the turns stay parked")
+        return truncate_utf8(answer.strip(), budget_bytes)
 
 
 def _positive(name: str, value: int) -> None:

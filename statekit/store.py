@@ -37,7 +37,20 @@ import redis
 from . import codec
 from .backends import backend_kind
 from .errors import ConflictError, CorruptStateError, InvalidInput, StateTooLarge, StoreUnavailable
+from .keys import session_keys, validate_namespace
 from .lifecycle import LifecyclePolicy, truncate_utf8
+from .scripts import (
+    APPEND_LUA,
+    CAS_STATE_LUA,
+    CORRUPT_PREFIX,
+    EXEC,
+    FOLD_LUA,
+    GET_STATE_LUA,
+    KEEPTTL_CAS_LUA,
+    LOAD_LUA,
+    MULTI,
+    TAG_REGION_LUA,
+)
 
 if TYPE_CHECKING:
     from .migrate import Migrations
@@ -47,143 +60,19 @@ __all__ = ["SessionStore", "Context", "StoreListener", "session_keys"]
 log = logging.getLogger(__name__)
 
 SEP = b"\x1f"  # between a record's turn id and its encoded turn; ids may not contain it
-_SESSION_ID = re.compile(r"^[^{}\x00-\x1f\x7f]{1,256}$")
-_TURN_ID = re.compile(r"^[^\x00-\x20\x7f]{1,128}$")
-PARTS = ("meta", "log", "summary", "state")
+# fullmatch, not match: `$` would also match before a trailing newline
+_TURN_ID = re.compile(r"[^\x00-\x20\x7f]+")
+MAX_TURN_ID_BYTES = 128
 
-# Append one turn. KEYS: meta log summary state. ARGV: record, turn id, window, cap,
-# ttl ms, fold batch, now ms, mode ('park' | 'drop').
-# Returns {status, bytes, version, created, evicted, [fold version, summary, parked...]}:
-# status 1 stored, 0 duplicate (stored before), -1 over the cap (nothing written).
-APPEND_LUA = """
-local meta, log = KEYS[1], KEYS[2]
-local rec, idf = ARGV[1], '#' .. ARGV[2]
-local window, cap, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local m = redis.call('HMGET', meta, 'b', 'v', idf, 'fv', 'sv')
-local bytes, v = tonumber(m[1]) or 0, tonumber(m[2]) or 0
-if m[3] then
-  redis.call('PEXPIRE', meta, ttl)
-  redis.call('PEXPIRE', log, ttl)
-  if m[4] then redis.call('PEXPIRE', KEYS[3], ttl) end
-  if m[5] then redis.call('PEXPIRE', KEYS[4], ttl) end
-  return {0, bytes, v, 0, 0}
-end
-local size = bytes + #rec
-if size > cap then return {-1, size, cap, 0, 0} end
-local n = redis.call('RPUSH', log, rec)
-local created = 0
-if v == 0 then
-  created = 1
-  redis.call('HSET', meta, 'v', 1, 'b', size, idf, 1, 'c', ARGV[7])
-else
-  redis.call('HSET', meta, 'v', v + 1, 'b', size, idf, 1)
-end
-v = v + 1
-local evicted = 0
-if n > window then evicted = 1 end
-if ARGV[8] == 'drop' and n > window then
-  local old = redis.call('LPOP', log, n - window)
-  local ids = {}
-  for i, r in ipairs(old) do
-    size = size - #r
-    ids[i] = '#' .. string.sub(r, 1, string.find(r, '\\31', 1, true) - 1)
-  end
-  redis.call('HDEL', meta, unpack(ids))
-  redis.call('HSET', meta, 'b', size)
-  evicted = #old
-end
--- slide the TTL of every key that can exist: a summary after a fold, state after a CAS
-redis.call('PEXPIRE', meta, ttl)
-redis.call('PEXPIRE', log, ttl)
-if m[4] then redis.call('PEXPIRE', KEYS[3], ttl) end
-if m[5] then redis.call('PEXPIRE', KEYS[4], ttl) end
-local parked = n - window
-if ARGV[8] == 'park' and parked >= tonumber(ARGV[6]) then
-  local out = {1, size, v, created, parked, m[4] or '0', redis.call('GET', KEYS[3]) or ''}
-  for i, r in ipairs(redis.call('LRANGE', log, 0, parked - 1)) do out[7 + i] = r end
-  return out
-end
-return {1, size, v, created, evicted}
-"""
-
-# Fold parked turns into the summary. KEYS: meta log summary state. ARGV: fold version
-# read, turns to fold, first folded turn id, new summary, ttl ms.
-# Returns {1, bytes} or {0} when another process folded first (nothing changed).
-FOLD_LUA = """
-local meta, log = KEYS[1], KEYS[2]
-local m = redis.call('HMGET', meta, 'fv', 'b', 'v')
-if (m[1] or '0') ~= ARGV[1] then return {0} end
-local n = tonumber(ARGV[2])
-local recs = redis.call('LRANGE', log, 0, n - 1)
-local head = ARGV[3] .. '\\31'
-if #recs < n or string.sub(recs[1], 1, #head) ~= head then return {0} end
-local freed, ids = 0, {}
-for i, r in ipairs(recs) do
-  freed = freed + #r
-  ids[i] = '#' .. string.sub(r, 1, string.find(r, '\\31', 1, true) - 1)
-end
-redis.call('LTRIM', log, n, -1)
-redis.call('HDEL', meta, unpack(ids))
-local old = redis.call('STRLEN', KEYS[3])
-if #ARGV[4] > 0 then redis.call('SET', KEYS[3], ARGV[4]) else redis.call('DEL', KEYS[3]) end
-local size = (tonumber(m[2]) or 0) - freed - old + #ARGV[4]
-redis.call('HSET', meta, 'b', size, 'fv', tonumber(m[1] or '0') + 1, 'v', (tonumber(m[3]) or 0) + 1)
-for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[5])) end
-return {1, size}
-"""
-
-# Read a session's context. KEYS: meta log summary. Returns {{v, b}, log records, summary}.
-# Used on Redis Cluster when a slot moves; otherwise load_context sends the same reads as
-# one MULTI/EXEC transaction, which skips the Lua round trip of a large LRANGE reply.
-LOAD_LUA = """
-return {redis.call('HMGET', KEYS[1], 'v', 'b'), redis.call('LRANGE', KEYS[2], 0, -1), redis.call('GET', KEYS[3])}
-"""
-
-# Read structured state. KEYS: meta state. Returns {state version, blob or false}.
-GET_STATE_LUA = """
-return {redis.call('HGET', KEYS[1], 'sv') or '0', redis.call('GET', KEYS[2])}
-"""
-
-# Compare-and-set structured state. KEYS: meta log summary state. ARGV: expected state
-# version, blob, cap, ttl ms, now ms. Returns {1, new sv, bytes}, {0, current sv} on a
-# conflict, {-1, size, cap} over the cap (nothing written).
-CAS_STATE_LUA = """
-local meta, state = KEYS[1], KEYS[4]
-local m = redis.call('HMGET', meta, 'sv', 'b', 'v')
-local sv = tonumber(m[1]) or 0
-if sv ~= tonumber(ARGV[1]) then return {0, sv} end
-local size = (tonumber(m[2]) or 0) - redis.call('STRLEN', state) + #ARGV[2]
-if size > tonumber(ARGV[3]) then return {-1, size, tonumber(ARGV[3])} end
-redis.call('SET', state, ARGV[2])
-if not m[3] then redis.call('HSET', meta, 'c', ARGV[5]) end
-redis.call('HSET', meta, 'sv', sv + 1, 'b', size, 'v', (tonumber(m[3]) or 0) + 1)
-for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[4])) end
-return {1, sv + 1, size}
-"""
-
-_MULTI, _EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
-# Write migrated state back, keeping the key's TTL, only if nobody wrote it since it was
-# read. KEYS: meta state. ARGV: state version read, blob. Returns 1 written, 0 changed since.
-KEEPTTL_CAS_LUA = """
-local sv = tonumber(redis.call('HGET', KEYS[1], 'sv') or '0')
-if sv ~= tonumber(ARGV[1]) then return 0 end
-local old = redis.call('STRLEN', KEYS[2])
-if old == 0 then return 0 end
-redis.call('SET', KEYS[2], ARGV[2], 'KEEPTTL')
-redis.call('HINCRBY', KEYS[1], 'b', #ARGV[2] - old)
-return 1
-"""
-
+_SCRIPT_SUFFIX = re.compile(r" script: [0-9a-f]+, on @user_script:\S+$")
 _REDIRECTS = (redis.exceptions.MovedError, redis.exceptions.AskError)
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
-def _pack_py(*args: Any) -> bytes:
-    """One command in RESP, as redis-py's packer would write it (str as UTF-8, numbers as text)."""
+def _pack_py(*args: bytes) -> bytes:
+    """One command in RESP from arguments already encoded to bytes."""
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
-        if not isinstance(arg, bytes):
-            arg = str(arg).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(out)
 
@@ -191,25 +80,63 @@ def _pack_py(*args: Any) -> bytes:
 try:  # hiredis packs in C, about twice as fast; the extra `statekit[hiredis]` installs it
     from hiredis import pack_command as _hiredis_pack
 
-    def _pack(*args: Any) -> bytes:
+    def _pack_bytes(*args: bytes) -> bytes:
         return _hiredis_pack(args)
 
 except ImportError:  # pragma: no cover - exercised where hiredis is absent
-    _pack = _pack_py
+    _pack_bytes = _pack_py
+
+
+def _packer(encoder: Any, pack_bytes: Callable[..., bytes] | None = None) -> Callable[..., bytes]:
+    """A packer that encodes arguments exactly as redis-py's `encoder` does, then packs them.
+
+    The command name is UTF-8 and split on spaces (as redis-py does); of the arguments,
+    bytes, ints and (with a strict UTF-8 encoder) str take a fast path with the same result;
+    everything else goes through redis-py's own `Encoder.encode`, so floats are written as
+    redis-py writes them, and bool and None raise redis-py's `DataError`.
+    """
+    encode = encoder.encode
+    pack_bytes = pack_bytes or _pack_bytes
+    utf8 = encoder.encoding.replace("-", "").lower() == "utf8" and encoder.encoding_errors == "strict"
+
+    def pack(command: str | bytes, *args: Any) -> bytes:
+        # the command name is UTF-8 and split on spaces whatever the encoding, as in redis-py
+        out = command.encode().split() if isinstance(command, str) else [command]
+        for arg in args:
+            kind = type(arg)
+            if kind is bytes:
+                out.append(arg)
+            elif kind is int:
+                out.append(b"%d" % arg)
+            elif kind is str and utf8:
+                out.append(arg.encode())
+            else:
+                value = encode(arg)
+                out.append(value if type(value) is bytes else bytes(value))
+        return pack_bytes(*out)
+
+    return pack
+
+
+#: The packer of a default redis-py client (UTF-8, strict), for code that has no client at hand.
+_pack = _packer(redis.connection.Encoder("utf-8", "strict", False))
 
 
 class _TurnIds:
     """Fresh 20-character turn ids: a random 48-bit prefix and a counter (cheaper than uuid4).
 
     The prefix is drawn again when the counter wraps, so ids never repeat within a process,
-    and two processes share a prefix with probability 2**-48.
+    and in every child process right after a fork: a forked worker (gunicorn --preload,
+    Celery prefork, multiprocessing) would otherwise continue its parent's sequence, and two
+    workers appending to one session would store one turn and drop the other as a replay.
+    Two processes share a prefix with probability 2**-48.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._renew()
 
     def _renew(self) -> None:
+        self._lock = threading.Lock()  # new in a child: a lock held at fork time stays held there
         self._prefix = os.urandom(6).hex()
         self._counter = itertools.count()
 
@@ -223,6 +150,31 @@ class _TurnIds:
 
 
 _new_turn_id = _TurnIds()
+os.register_at_fork(after_in_child=_new_turn_id._renew)
+
+
+def _int(value: bytes | None, key: str, field_name: str) -> int:
+    """A numeric meta field read back in Python; CorruptStateError naming it when it is not a number."""
+    try:
+        return int(value or 0)
+    except ValueError:
+        raise CorruptStateError(
+            f"{key} field {field_name} is not a number ({value!r}); the session was left as is"
+        ) from None
+
+
+def validate_turn_id(turn_id: str) -> str:
+    """Return `turn_id`, or raise `InvalidInput` unless it is 1 to 128 UTF-8 bytes of printable
+    characters without spaces."""
+    if (
+        not isinstance(turn_id, str)
+        or not _TURN_ID.fullmatch(turn_id)
+        or len(turn_id.encode("utf-8", errors="replace")) > MAX_TURN_ID_BYTES
+    ):
+        raise InvalidInput(
+            f"bad turn id {turn_id!r}: 1 to {MAX_TURN_ID_BYTES} bytes of printable characters, no spaces"
+        )
+    return turn_id
 
 
 class _Wire:
@@ -230,16 +182,21 @@ class _Wire:
 
     Written by hand because redis-py's per-command path (retry wrapper, response callbacks)
     and its Pipeline cost 10 to 20 us of Python per call on a 2-core machine, more than the
-    store's whole overhead budget over a bare command. Everything else stays redis-py's:
-    its connections (timeouts, retries as `connect` set them), its RESP parser (which
-    raises error replies as exceptions), and, on Redis Cluster, its slot map. A NOSCRIPT
-    reply loads the script and tries once more; a MOVED or ASK reply hands the call to
-    redis-py's own routing through `fallback`.
+    store's whole overhead budget over a bare command. What stays redis-py's: its pooled
+    connections (socket and connect timeouts, TLS, AUTH, the health check on checkout),
+    its argument encoding (the client's own `Encoder`), its RESP parser (which raises error
+    replies as exceptions) and, on Redis Cluster, its slot map. What it does not keep: the
+    connection's retry policy (a store command is sent once; statekit's writes are
+    idempotent by turn id and version, so the caller or ResilientStore decides whether to
+    try again) and the hooks that instrument `execute_command`. A NOSCRIPT reply loads the
+    script and tries once more; a MOVED or ASK reply hands the call to redis-py's own
+    routing (`routed`).
     """
 
     def __init__(self, client: Any) -> None:
         self.client = client
         self.cluster = backend_kind(client) == "cluster"
+        self.pack = _packer(client.get_encoder())
 
     def _pool(self, key: str) -> Any:
         if not self.cluster:
@@ -292,7 +249,7 @@ class _Wire:
             return self.client.evalsha(script.sha, len(keys), *keys, *args)
 
     def evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        packed = _pack("EVALSHA", script.sha, len(keys), *keys, *args)
+        packed = self.pack("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
             return self.send(keys[0], packed, 1)
         except redis.exceptions.NoScriptError:
@@ -304,22 +261,6 @@ class _Wire:
             raise
 
 
-def validate_session_id(session_id: str) -> str:
-    """Refuse ids that are empty, too long, or hold braces or control characters (which
-    would break the hash tag or the key layout)."""
-    if not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
-        raise InvalidInput(
-            f"bad session id {session_id!r}: 1 to 256 characters, no braces, newlines or other control characters"
-        )
-    return session_id
-
-
-def session_keys(namespace: str, session_id: str) -> list[str]:
-    """The four keys of a session, in the order the scripts expect."""
-    tag = f"{namespace}:{{{validate_session_id(session_id)}}}"
-    return [f"{tag}:{part}" for part in PARTS]
-
-
 @dataclass(frozen=True, slots=True)
 class Context:
     """What a request needs from its session: summary, recent turns, and bookkeeping.
@@ -327,6 +268,8 @@ class Context:
     `turns` is the window (oldest first); `pending` holds turns that left the window and
     are not yet in the summary. `degraded` and `source` say where the context came from
     (`store` here; a resilient wrapper may answer from `cache` or `default`).
+    `summary_label` says what the summary is, in the words of the summarizer that wrote it
+    (its `label` attribute), so a model is not told that excerpts are a summary.
     """
 
     session_id: str
@@ -338,14 +281,16 @@ class Context:
     bytes: int = 0
     degraded: bool = False
     source: str = "store"
+    summary_label: str = "Summary of the earlier conversation"
 
     @property
     def exists(self) -> bool:
         return self.version > 0
 
     def messages(self) -> list[dict[str, Any]]:
-        """Chat messages for a model: the summary as a system message, then pending and recent turns."""
-        head = [{"role": "system", "content": f"Summary of the earlier conversation:\n{self.summary}"}]
+        """Chat messages for a model: the summary (under its label) as a system message, then
+        pending and recent turns."""
+        head = [{"role": "system", "content": f"{self.summary_label}:\n{self.summary}"}]
         return (head if self.summary else []) + self.pending + self.turns
 
 
@@ -383,8 +328,7 @@ class SessionStore:
         max_update_retries: int = 16,
         migrations: Migrations | None = None,
     ) -> None:
-        if not namespace or any(c in namespace for c in "{}:\n\r\x00"):
-            raise InvalidInput(f"bad namespace {namespace!r}: non-empty, no braces, colons or newlines")
+        validate_namespace(namespace)
         self.client = client
         self.policy = policy or LifecyclePolicy()
         self.namespace = namespace
@@ -401,6 +345,8 @@ class SessionStore:
         self._get_state = client.register_script(GET_STATE_LUA)
         self._cas_state = client.register_script(CAS_STATE_LUA)
         self._keepttl_cas = client.register_script(KEEPTTL_CAS_LUA)
+        self._tag_region = client.register_script(TAG_REGION_LUA)
+        self.summary_label = getattr(self.policy.summarizer, "label", Context.summary_label)
 
     def with_client(self, client: Any) -> SessionStore:
         """The same store (policy, namespace, listeners) over another client."""
@@ -431,6 +377,11 @@ class SessionStore:
         except _CONNECTION_ERRORS as exc:
             error = StoreUnavailable(f"{op} of session {session_id!r} failed: {exc}")
             raise error from exc
+        except redis.exceptions.ResponseError as exc:
+            error = self._corrupt(session_id, exc) or exc
+            if error is exc:
+                raise
+            raise error from exc
         except BaseException as exc:
             error = exc
             raise
@@ -439,6 +390,36 @@ class SessionStore:
                 elapsed = time.perf_counter() - start
                 for listener in self.listeners:
                     listener.on_operation(op, session_id, elapsed, error)
+
+    def _corrupt(self, session_id: str, exc: redis.exceptions.ResponseError) -> CorruptStateError | None:
+        """A CorruptStateError naming the key, for error replies that mean the session's data
+        is not what the store wrote: a key of the wrong type, a meta field that is not a
+        number, a record a script cannot parse. None for any other error reply."""
+        text = _SCRIPT_SUFFIX.sub("", str(exc))
+        keys = self.keys(session_id)
+        if text.startswith(CORRUPT_PREFIX):
+            detail = text[len(CORRUPT_PREFIX) :]
+        elif text.startswith("WRONGTYPE"):
+            detail = self._wrong_type(keys)
+        elif "user_script" in text or text.startswith("Error running script"):
+            detail = f"a record of session {session_id!r} cannot be parsed ({text})"
+        else:
+            return None
+        return CorruptStateError(f"{detail}; the session was left as is (delete it to start afresh)")
+
+    def _wrong_type(self, keys: list[str]) -> str:
+        """Which key holds the wrong type: one TYPE per key, on this error path only."""
+        expected = dict(zip(keys, (b"hash", b"list", b"string", b"string"), strict=True))
+        try:
+            found = {key: self.client.type(key) for key in keys}
+        except redis.exceptions.RedisError:
+            return f"one of {keys} holds the wrong type of value"
+        wrong = [
+            f"{key} is a {kind.decode()} where a {expected[key].decode()} belongs"
+            for key, kind in found.items()
+            if kind not in (b"none", expected[key])
+        ]
+        return "; ".join(wrong) or f"one of {keys} held the wrong type of value"
 
     @staticmethod
     def _decode_records(records: list[bytes], key: str) -> tuple[list[str], list[dict[str, Any]]]:
@@ -470,13 +451,14 @@ class SessionStore:
         turns into Lua and back, which costs more than the read itself. On a cluster whose
         slot just moved, the Lua script (which redis-py redirects) answers instead.
         """
+        pack = self._wire.pack
         packed = b"".join(
             (
-                _MULTI,
-                _pack("HMGET", keys[0], "v", "b"),
-                _pack("LRANGE", keys[1], 0, -1),
-                _pack("GET", keys[2]),
-                _EXEC,
+                MULTI,
+                pack("HMGET", keys[0], "v", "b"),
+                pack("LRANGE", keys[1], 0, -1),
+                pack("GET", keys[2]),
+                EXEC,
             )
         )
         try:
@@ -499,23 +481,25 @@ class SessionStore:
 
         The same `turn_id` twice is stored once (a replay after a timeout is harmless);
         without one, a fresh id is made. Raises `StateTooLarge` (nothing written) when the
-        turn would take the session past `policy.max_bytes`, `InvalidInput` for bad ids or
-        a turn that cannot be serialised.
+        turn would take the session past `policy.max_bytes` (a turn larger than the cap on
+        its own is refused before anything is sent), `InvalidInput` for bad ids or a turn
+        that cannot be serialised, `CorruptStateError` when the session's keys hold data the
+        store did not write.
         """
         keys = self.keys(session_id)
         if not isinstance(turn, Mapping):
             raise InvalidInput(
                 f"a turn is a mapping such as {{'role': ..., 'content': ...}}, got {type(turn).__name__}"
             )
-        if turn_id is None:
-            turn_id = _new_turn_id()
-        elif not isinstance(turn_id, str) or not _TURN_ID.match(turn_id):
-            raise InvalidInput(f"bad turn id {turn_id!r}: 1 to 128 printable characters without spaces")
+        turn_id = _new_turn_id() if turn_id is None else validate_turn_id(turn_id)
         record = turn_id.encode() + SEP + codec.encode(dict(turn), what="the turn")
         p = self.policy
         args = [record, turn_id, p.window_turns, p.max_bytes, p.ttl_ms, p.fold_batch, int(time.time() * 1000), p.mode]
 
         def run() -> int:
+            if len(record) > p.max_bytes:  # over the cap whatever the session holds: no round trip
+                self._event("rejected", session_id, size=len(record), cap=p.max_bytes)
+                raise StateTooLarge(session_id, len(record), p.max_bytes)
             reply = self._wire.evalsha(self._append, keys, args)
             status = reply[0]
             if status == -1:
@@ -574,8 +558,9 @@ class SessionStore:
                 turns=turns[cut:],
                 pending=turns[:cut],
                 turn_ids=ids,
-                version=int(version or 0),
-                bytes=int(size or 0),
+                version=_int(version, keys[0], "v"),
+                bytes=_int(size, keys[0], "b"),
+                summary_label=self.summary_label,
             )
 
         return self._run("load_context", session_id, run)
@@ -613,6 +598,9 @@ class SessionStore:
                     encoded = self.migrations.dump(new)
                 else:
                     encoded = codec.encode(new, what="the session state")
+                if len(encoded) > self.policy.max_bytes:  # over the cap on its own: not sent
+                    self._event("rejected", session_id, size=len(encoded), cap=self.policy.max_bytes)
+                    raise StateTooLarge(session_id, len(encoded), self.policy.max_bytes)
                 reply = self._wire.evalsha(
                     self._cas_state,
                     keys,
@@ -660,18 +648,18 @@ class SessionStore:
             )
         return loaded.data
 
-    def tag_region(self, session_id: str, region: str) -> None:
+    def tag_region(self, session_id: str, region: str) -> bool:
         """Record where a session's data lives (its residency), for `statekit health`.
 
-        A no-op for a session that does not exist yet: tag it after its first write.
+        One script that tags only an existing session, keeping its TTL; returns False (and
+        creates nothing) for a session that does not exist or has expired: tag it after its
+        first write.
         """
         keys = self.keys(session_id)
-
-        def run() -> None:
-            if self.client.exists(keys[0]):
-                self.client.hset(keys[0], "rg", region)
-
-        self._run("tag_region", session_id, run)
+        if not isinstance(region, str) or not region:
+            raise InvalidInput(f"bad region {region!r}: a non-empty string")
+        tagged = self._run("tag_region", session_id, lambda: self._wire.evalsha(self._tag_region, keys[:1], [region]))
+        return bool(tagged)
 
     def delete(self, session_id: str) -> bool:
         """Remove every key of the session; True when it existed."""

@@ -40,6 +40,7 @@ __all__ = [
     "RedisClusterServers",
     "RoundTrips",
     "count_round_trips",
+    "before_round_trip",
     "find_redis_server",
     "require_real_redis",
     "REQUIRE_ENV",
@@ -548,6 +549,33 @@ class RoundTrips:
 
 
 @contextlib.contextmanager
+def _on_send(hook: Any) -> Iterator[None]:
+    """Call `hook()` before every command or pipeline any redis-py (or fakeredis) client sends
+    inside the block. Commands that the hook itself sends do not call it again."""
+    import redis.connection
+
+    original = redis.connection.AbstractConnection.send_packed_command
+    lock = threading.Lock()
+    inside = threading.local()
+
+    def patched(self: Any, command: Any, check_health: bool = True) -> Any:
+        if not getattr(inside, "active", False):
+            inside.active = True
+            try:
+                with lock:
+                    hook()
+            finally:
+                inside.active = False
+        return original(self, command, check_health)
+
+    redis.connection.AbstractConnection.send_packed_command = patched  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        redis.connection.AbstractConnection.send_packed_command = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
 def count_round_trips() -> Iterator[RoundTrips]:
     """Count round trips made by any redis-py (or fakeredis) client inside the block.
 
@@ -555,22 +583,35 @@ def count_round_trips() -> Iterator[RoundTrips]:
     then reads the reply, so each call of it is one round trip. Counting requests this way
     is exact and does not depend on timing.
     """
-    import redis.connection
-
     counter = RoundTrips()
-    original = redis.connection.AbstractConnection.send_packed_command
-    lock = threading.Lock()
 
-    def counting(self: Any, command: Any, check_health: bool = True) -> Any:
-        with lock:
-            counter.count += 1
-        return original(self, command, check_health)
+    def count() -> None:
+        counter.count += 1
 
-    redis.connection.AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
-    try:
+    with _on_send(count):
         yield counter
-    finally:
-        redis.connection.AbstractConnection.send_packed_command = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def before_round_trip(n: int, action: Any) -> Iterator[RoundTrips]:
+    """Run `action()` once, just before the `n`-th round trip (1-based) inside the block.
+
+    A deterministic interleaving: another client's write lands exactly between two of the
+    code's round trips, with no thread and no timing. Run it for every n from 1 to one past
+    the code's round trips to try each place a concurrent write can land. What `action`
+    sends is not counted. The yielded counter says how many round trips the block made.
+    """
+    if n < 1:
+        raise ValueError(f"n counts round trips from 1, got {n!r}")
+    counter = RoundTrips()
+
+    def hook() -> None:
+        counter.count += 1
+        if counter.count == n:
+            action()
+
+    with _on_send(hook):
+        yield counter
 
 
 try:

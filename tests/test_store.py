@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import multiprocessing
+import re
 import statistics
 import threading
 
@@ -13,6 +15,7 @@ from statekit import (
     ExtractiveSummarizer,
     InvalidInput,
     LifecyclePolicy,
+    LLMSummarizer,
     SessionStore,
     StateTooLarge,
     StoreListener,
@@ -20,7 +23,7 @@ from statekit import (
     connect,
 )
 from statekit.backends import backend_kind
-from statekit.testing import count_round_trips
+from statekit.testing import before_round_trip, count_round_trips
 
 
 class Recorder(StoreListener):
@@ -209,7 +212,11 @@ def test_one_round_trip_per_load_and_per_steady_state_append(any_client):
 # -- bad input ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["", "a{b}", "a\nb", "tab\there", "x" * 257, 42, None])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "a{b}", "a\nb", "tab\there", "x" * 257, 42, None, "s-1\n", "é" * 129],
+    ids=["empty", "braces", "newline", "tab", "257 chars", "int", "None", "trailing newline", "258 bytes"],
+)
 def test_bad_session_ids_are_refused_and_nothing_is_written(bad):
     client = connect("fakeredis://")
     store = SessionStore(client)
@@ -220,7 +227,7 @@ def test_bad_session_ids_are_refused_and_nothing_is_written(bad):
     assert client.dbsize() == 0
 
 
-@pytest.mark.parametrize("bad", ["", "has space", "a\x1fb", "x" * 129])
+@pytest.mark.parametrize("bad", ["", "has space", "a\x1fb", "x" * 129, "t-1\n", "é" * 65])
 def test_bad_turn_ids_are_refused(bad):
     client = connect("fakeredis://")
     with pytest.raises(InvalidInput, match="bad turn id"):
@@ -470,19 +477,59 @@ def test_extractive_summary_is_deterministic_and_within_budget(summary, turns, b
 # -- the hand-packed wire ---------------------------------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(st.binary(max_size=50), st.text(max_size=30), st.integers(-(2**62), 2**62)), max_size=12))
-def test_pack_matches_redis_py_packer(rest):
-    from redis.connection import PythonRespSerializer
+_RESP_ARGS = st.one_of(
+    st.binary(max_size=50),
+    st.text(max_size=30),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.binary(max_size=10).map(memoryview),
+)
 
-    from statekit.store import _pack, _pack_py
+
+def _packers():
+    """The store's packer over each byte packer this install has: pure Python, and hiredis."""
+    from statekit import store
+
+    yield "python", store._pack_py
+    try:
+        from hiredis import pack_command
+    except ImportError:
+        return
+    yield "hiredis", lambda *args: pack_command(args)
+
+
+def test_hiredis_is_installed_so_its_packer_is_compared_too():
+    assert [name for name, _ in _packers()] == ["python", "hiredis"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rest=st.lists(_RESP_ARGS, max_size=12),
+    encoding=st.sampled_from([("utf-8", "strict"), ("latin-1", "replace"), ("utf-16", "strict")]),
+)
+def test_pack_encodes_every_argument_as_redis_py_does(rest, encoding):
+    """Same bytes as redis-py's own serializer and Encoder for what they accept, and their
+    DataError for what they refuse. (redis-py's hiredis serializer, used when hiredis is
+    installed, ignores the client's encoding; the Encoder's rules are the documented ones.)"""
+    import redis
+    from redis.connection import Encoder, PythonRespSerializer
+
+    from statekit.store import _packer
 
     args = ["EVALSHA", *rest]  # redis-py splits its first argument, the command name, on spaces
-    expected = b"".join(
-        PythonRespSerializer(6000, lambda x: x if isinstance(x, bytes) else str(x).encode()).pack(*args)
-    )
-    assert _pack_py(*args) == expected
-    assert _pack(*args) == expected
+    encoder = Encoder(encoding[0], encoding[1], False)
+    reference = PythonRespSerializer(6000, encoder.encode)
+    for name, pack_bytes in _packers():
+        pack = _packer(encoder, pack_bytes)
+        try:
+            expected = b"".join(bytes(part) for part in reference.pack(*args))
+        except (redis.exceptions.DataError, UnicodeError) as exc:
+            with pytest.raises(type(exc)):
+                pack(*args)
+            continue
+        assert pack(*args) == expected, name
 
 
 def test_scripts_are_reloaded_after_script_flush(any_client):
@@ -545,3 +592,195 @@ def test_a_key_of_the_wrong_type_is_corrupt_state_and_the_connection_stays_usabl
         with pytest.raises(CorruptStateError, match=r"sk:\{bad\}:meta"):
             store.load_context("bad")
         assert store.load_context("ok").turns == [turn(0)]
+
+
+def test_ids_at_the_byte_limits_are_accepted():
+    store = SessionStore(connect("fakeredis://"))
+    store.append_turn("é" * 128, turn(0), turn_id="é" * 64)  # 256 and 128 bytes of UTF-8
+    assert store.load_context("é" * 128).turn_ids == ["é" * 64]
+
+
+# -- defects found in review: each of these failed before its fix ------------------------
+
+
+@pytest.mark.realredis
+def test_forked_workers_store_every_turn_with_generated_ids(redis_url):
+    """Two workers forked from one parent append 1,000 turns each to one session."""
+    from statekit.store import _new_turn_id
+
+    _new_turn_id()  # the parent has drawn ids before it forks, as a preloaded app has
+    policy = LifecyclePolicy(window_turns=2_500, max_bytes=5_000_000, summary_max_bytes=0, summarizer=None)
+    fork = multiprocessing.get_context("fork")
+    results = fork.Queue()
+
+    def worker(name: str) -> None:
+        rec = Recorder()
+        store = SessionStore(connect(redis_url, socket_timeout=10), policy, listeners=[rec])
+        for i in range(1000):
+            store.append_turn("shared", {"role": "user", "content": f"{name} {i}"})
+        results.put((name, rec.kinds().count("appended"), rec.kinds().count("duplicate")))
+
+    workers = [fork.Process(target=worker, args=(name,)) for name in ("a", "b")]
+    for w in workers:
+        w.start()
+    reports = sorted(results.get(timeout=120) for _ in workers)
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    assert reports == [("a", 1000, 0), ("b", 1000, 0)], "every append stored, none taken for a replay"
+    ctx = SessionStore(connect(redis_url), policy).load_context("shared")
+    assert ctx.version == 2000 and len(ctx.turns) == 2000 and len(set(ctx.turn_ids)) == 2000
+
+
+def test_a_turn_or_state_over_the_cap_on_its_own_is_refused_before_it_is_sent(any_client):
+    rec = Recorder()
+    store = SessionStore(any_client, LifecyclePolicy(max_bytes=2_000, summary_max_bytes=500), listeners=[rec])
+    with count_round_trips() as rt, pytest.raises(StateTooLarge) as err:
+        store.append_turn("s", turn(0, size=1_000_000))
+    assert rt.count == 0 and err.value.size > 1_000_000 and err.value.cap == 2_000
+    store.get_state("s")  # the connection is open and the script loaded
+    with count_round_trips() as rt, pytest.raises(StateTooLarge):
+        store.update_state("s", lambda s: {"blob": "x" * 5_000})
+    assert rt.count == 1, "the state is read; the oversized write is never sent"
+    assert rec.kinds().count("rejected") == 2
+    assert snapshot(any_client, store, "s") == {}
+
+
+def _wrong_meta_type(client, keys):
+    client.set(keys[0], "not a hash")
+    return keys[0]
+
+
+def _meta_field_not_a_number(client, keys):
+    client.hset(keys[0], mapping={"v": "seven", "b": "ten", "sv": "three", "fv": "x"})
+    return keys[0]
+
+
+def _log_is_a_hash(client, keys):
+    client.hset(keys[1], "not", "a list")
+    return keys[1]
+
+
+def _state_is_a_list(client, keys):
+    client.hset(keys[0], mapping={"v": 1, "sv": 1, "b": 10})
+    client.rpush(keys[3], "not a string")
+    return keys[3]
+
+
+@pytest.mark.parametrize(
+    "op, damage",
+    [
+        ("append_turn", _wrong_meta_type),
+        ("append_turn", _meta_field_not_a_number),
+        ("append_turn", _log_is_a_hash),
+        ("load_context", _wrong_meta_type),
+        ("load_context", _meta_field_not_a_number),
+        ("load_context", _log_is_a_hash),
+        ("get_state", _wrong_meta_type),
+        ("get_state", _meta_field_not_a_number),
+        ("get_state", _state_is_a_list),
+        ("update_state", _wrong_meta_type),
+        ("update_state", _meta_field_not_a_number),
+        ("update_state", _state_is_a_list),
+    ],
+)
+def test_data_the_store_did_not_write_is_corrupt_state_naming_the_key(any_client, op, damage):
+    store = SessionStore(any_client)
+    keys = store.keys("bad")
+    key = damage(any_client, keys)
+    before = snapshot(any_client, store, "bad")
+    call = {
+        "append_turn": lambda: store.append_turn("bad", turn(0)),
+        "load_context": lambda: store.load_context("bad"),
+        "get_state": lambda: store.get_state("bad"),
+        "update_state": lambda: store.update_state("bad", lambda s: {"n": 1}),
+    }[op]
+    with pytest.raises(CorruptStateError, match=re.escape(key)) as err:
+        call()
+    assert "left as is" in str(err.value)
+    assert snapshot(any_client, store, "bad") == before, "nothing was written"
+    store.append_turn("ok", turn(0))  # the connection and other sessions are fine
+    assert store.load_context("ok").turns == [turn(0)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_tag_region_never_creates_a_key_without_a_ttl(any_client, n):
+    """The session expires just before the n-th round trip of tag_region (or never, past its last)."""
+    store = SessionStore(any_client, LifecyclePolicy(ttl_seconds=100))
+    store.append_turn("s", turn(0))
+    meta = store.keys("s")[0]
+    with before_round_trip(n, lambda: any_client.delete(*store.keys("s"))) as rt:
+        tagged = store.tag_region("s", "eu-west-1")
+    expired = n <= rt.count
+    assert tagged is not expired
+    if expired:
+        assert not any(any_client.exists(k) for k in store.keys("s")), "no key was recreated"
+    else:
+        assert any_client.hget(meta, "rg") == b"eu-west-1" and 0 < any_client.pttl(meta) <= 100_000
+
+
+def test_tag_region_of_a_missing_session_creates_nothing():
+    client = connect("fakeredis://")
+    assert SessionStore(client).tag_region("nobody", "eu") is False
+    assert client.dbsize() == 0
+    with pytest.raises(InvalidInput, match="bad region"):
+        SessionStore(client).tag_region("nobody", "")
+
+
+# -- the summary says what it is ----------------------------------------------------------
+
+
+def test_extractive_excerpts_are_not_sold_as_a_summary():
+    store = SessionStore(connect("fakeredis://"), LifecyclePolicy(window_turns=1, fold_batch=1))
+    for i in range(3):
+        store.append_turn("s", turn(i))
+    head = store.load_context("s").messages()[0]["content"]
+    assert head.startswith("Excerpts of earlier turns (the first sentence of each")
+    assert "Summary of" not in head
+
+
+class FakeModel:
+    """A model call that fails `failures` times, then folds by listing what it was given."""
+
+    def __init__(self, failures: int = 0, answer: str | None = None):
+        self.failures, self.answer, self.prompts = failures, answer, []
+
+    def __call__(self, prompt: str) -> str:
+        self.prompts.append(prompt)
+        if self.failures:
+            self.failures -= 1
+            raise TimeoutError("the model did not answer in time")
+        if self.answer is not None:
+            return self.answer
+        new = prompt.split("New turns:\n", 1)[1].split("\n\nNew summary:", 1)[0]
+        old = prompt.split("Summary so far:\n", 1)[1].split("\n\nNew turns:", 1)[0]
+        return "\n".join(x for x in (old if old != "(empty)" else "", new) if x)
+
+
+def test_an_llm_summarizer_that_fails_loses_no_parked_turn():
+    model = FakeModel(failures=2)
+    rec = Recorder()
+    policy = LifecyclePolicy(window_turns=2, fold_batch=2, summarizer=LLMSummarizer(model), summary_max_bytes=4_000)
+    store = SessionStore(connect("fakeredis://"), policy, listeners=[rec])
+    for i in range(5):  # folds offered after the 4th and 5th appends: both fail
+        store.append_turn("s", turn(i))
+    assert rec.kinds().count("fold_failed") == 2
+    assert store.load_context("s").pending == [turn(0), turn(1), turn(2)], "every evicted turn is still parked"
+    store.append_turn("s", turn(5))  # the model is back
+    ctx = store.load_context("s")
+    assert ctx.pending == [] and ctx.turns == [turn(4), turn(5)]
+    assert [f"message {i}." in ctx.summary for i in range(4)] == [True] * 4
+    assert ctx.messages()[0]["content"].startswith("Summary of the earlier conversation:\n")
+    assert "Fold the new turns into the summary" in model.prompts[-1]
+
+
+@pytest.mark.parametrize("answer", ["", "   ", None])
+def test_an_empty_model_answer_is_a_failed_fold_not_an_empty_summary(answer):
+    model = FakeModel(answer=answer if answer is not None else 42)
+    policy = LifecyclePolicy(window_turns=1, fold_batch=1, summarizer=LLMSummarizer(model), summary_max_bytes=500)
+    rec = Recorder()
+    store = SessionStore(connect("fakeredis://"), policy, listeners=[rec])
+    for i in range(3):
+        store.append_turn("s", turn(i))
+    assert rec.kinds().count("fold_failed") == 2 and "summarised" not in rec.kinds()
+    assert store.load_context("s").pending == [turn(0), turn(1)]

@@ -1,0 +1,92 @@
+"""The key layout of a session, in one place: `{namespace}:{<session id>}:<part>`.
+
+Every key of a session shares the hash tag `{<session id>}`, so each multi-key script and
+transaction stays on one Redis Cluster slot. The store, the batch migration, the health
+scan, the expiry watcher and the memory model all build and parse keys here.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import InvalidInput
+
+__all__ = [
+    "PARTS",
+    "MAX_SESSION_ID_BYTES",
+    "validate_session_id",
+    "validate_namespace",
+    "session_keys",
+    "key_pattern",
+    "session_id_of",
+    "key_name_bytes",
+]
+
+#: The parts of a session, in the order the store's scripts take their keys.
+PARTS = ("meta", "log", "summary", "state")
+#: Longest session id, in UTF-8 bytes (what Redis stores), not characters.
+MAX_SESSION_ID_BYTES = 256
+
+# Braces would break the hash tag; control characters (newlines included) break logs and
+# the key layout. fullmatch, not match: `$` also matches before a trailing newline.
+_SESSION_ID = re.compile(r"[^{}\x00-\x1f\x7f]+")
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def validate_session_id(session_id: str) -> str:
+    """Return `session_id`, or raise `InvalidInput` when it is not a string of 1 to 256 UTF-8
+    bytes without braces or control characters (newlines included)."""
+    if (
+        not isinstance(session_id, str)
+        or not _SESSION_ID.fullmatch(session_id)
+        or len(session_id.encode("utf-8", errors="replace")) > MAX_SESSION_ID_BYTES
+    ):
+        raise InvalidInput(
+            f"bad session id {session_id!r}: 1 to {MAX_SESSION_ID_BYTES} bytes of UTF-8, "
+            "no braces, newlines or other control characters"
+        )
+    return session_id
+
+
+def validate_namespace(namespace: str) -> str:
+    """Return `namespace`, or raise `InvalidInput` when it is empty or holds braces, colons or
+    control characters (each would let one namespace's keys pass for another's)."""
+    if not isinstance(namespace, str) or not namespace or re.search(r"[{}:\x00-\x1f\x7f]", namespace):
+        raise InvalidInput(f"bad namespace {namespace!r}: non-empty, no braces, colons or control characters")
+    return namespace
+
+
+def session_keys(namespace: str, session_id: str) -> list[str]:
+    """The four keys of a session, in the order the scripts expect (meta, log, summary, state)."""
+    tag = f"{namespace}:{{{validate_session_id(session_id)}}}"
+    return [f"{tag}:{part}" for part in PARTS]
+
+
+def key_pattern(namespace: str, part: str = "*") -> str:
+    """A SCAN MATCH pattern for one part (or every part) of every session in `namespace`.
+
+    Glob characters in the namespace are escaped, so `a*` matches only its own keys.
+    """
+    if part != "*" and part not in PARTS:
+        raise ValueError(f"unknown key part {part!r}: one of {PARTS} or '*'")
+    escaped = _GLOB_SPECIAL.sub(r"\\\1", namespace)
+    return f"{escaped}:{{*}}:{part}"
+
+
+def session_id_of(key: str | bytes, namespace: str, part: str | None = None) -> str | None:
+    """The session id in `key`, or None when the key is not a session key of `namespace`
+    (or not of `part`, when given)."""
+    if isinstance(key, bytes):
+        key = key.decode("utf-8", errors="replace")
+    prefix = f"{namespace}:{{"
+    if not key.startswith(prefix):
+        return None
+    body, sep, tail = key[len(prefix) :].rpartition("}:")
+    if not sep or tail not in PARTS or (part is not None and tail != part):
+        return None
+    return body
+
+
+def key_name_bytes(namespace: str, session_id_bytes: int, part: str) -> int:
+    """Length in bytes of a session key's name, for the memory model."""
+    return len(namespace.encode()) + session_id_bytes + len(f":{{}}:{part}")
