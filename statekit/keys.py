@@ -20,6 +20,7 @@ __all__ = [
     "key_pattern",
     "session_id_of",
     "key_name_bytes",
+    "sibling_key",
 ]
 
 #: The parts of a session, in the order the store's scripts take their keys.
@@ -90,3 +91,10 @@ def session_id_of(key: str | bytes, namespace: str, part: str | None = None) -> 
 def key_name_bytes(namespace: str, session_id_bytes: int, part: str) -> int:
     """Length in bytes of a session key's name, for the memory model."""
     return len(namespace.encode()) + session_id_bytes + len(f":{{}}:{part}")
+
+
+def sibling_key(key: str, part: str) -> str:
+    """Another part of the same session as `key` (e.g. its meta hash from its state key)."""
+    if part not in PARTS:
+        raise ValueError(f"unknown key part {part!r}: one of {PARTS}")
+    return f"{key.rsplit(':', 1)[0]}:{part}"

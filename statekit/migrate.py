@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 from . import codec
 from .errors import CorruptStateError, StatekitError, UnknownVersionError
+from .keys import key_pattern, sibling_key
+from .scripts import GET_STATE_LUA, KEEPTTL_CAS_LUA
 
 __all__ = [
     "Migrations",
@@ -37,6 +39,7 @@ __all__ = [
     "migrate_namespace",
     "MigrationReport",
     "readable_by",
+    "version_census",
 ]
 
 
@@ -423,38 +426,37 @@ def migrate_namespace(
 ) -> MigrationReport:
     """Walk every session's state with SCAN and migrate what is older than the current version.
 
-    Each batch is read with one pipeline (GET state, HGET meta sv) and written with one
-    pipeline of compare-and-set scripts that keep each key's remaining TTL, so a session a
-    live request changed in between is left to that request (counted as a conflict, and
-    already at the current version if that request ran new code). The SCAN cursor and the
-    counts are saved to `checkpoint` after every batch; a run given the same checkpoint
-    resumes there. Re-visiting a migrated session finds it current and skips it, so a
-    resumed or repeated run never migrates a session twice. `stop_after` stops after that
-    many sessions (for tests of resumption).
+    Each batch is read with one pipeline of scripts that read a session's state and its
+    state version together, atomically (two separate reads could pair an old blob with the
+    version of an update that landed between them, and the write-back would then overwrite
+    that update). Each batch is written with one pipeline of compare-and-set scripts that
+    keep each key's remaining TTL, so a session a live request changed since it was read is
+    left to that request (counted as a conflict, and already at the current version if that
+    request ran new code). The SCAN cursor and the counts are saved to `checkpoint` after
+    every batch; a run given the same checkpoint resumes there. Re-visiting a migrated
+    session finds it current and skips it, so a resumed or repeated run never migrates a
+    session twice. `stop_after` stops after that many sessions (for tests of resumption).
+    A checkpoint that cannot be read or lacks fields raises `MigrationError` naming it.
     """
-    from .store import KEEPTTL_CAS_LUA
-
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a whole number >= 1, got {batch!r}")
     report = MigrationReport(dry_run=dry_run)
     path = Path(checkpoint) if checkpoint else None
     if path is not None and path.exists():
-        saved = json.loads(path.read_text())
-        if saved.get("namespace") != namespace:
-            raise ValueError(f"checkpoint {path} belongs to namespace {saved.get('namespace')!r}, not {namespace!r}")
-        for k in ("scanned", "migrated", "current", "skipped_newer", "failed", "conflicts", "cursor"):
-            setattr(report, k, saved[k])
-        report.by_source_version = saved["by_source_version"]
-        if saved.get("finished"):
-            report.finished = True
+        _resume(report, path, namespace)
+        if report.finished:
             return report
-    cas = client.register_script(KEEPTTL_CAS_LUA)
+    scripts = client.register_script(GET_STATE_LUA), client.register_script(KEEPTTL_CAS_LUA)
+    if path is not None:
+        _save_checkpoint(path, report, namespace)  # an unwritable checkpoint fails before anything is migrated
     cursor = report.cursor
     start = time.perf_counter()
-    pattern = f"{namespace}:{{*}}:state"
+    pattern = key_pattern(namespace, "state")
     while True:
         cursor, keys = client.scan(cursor=cursor, match=pattern, count=batch)
         keys = [k.decode() if isinstance(k, bytes) else k for k in keys]
         if keys:
-            _migrate_batch(client, cas, keys, migrations, report, dry_run)
+            _migrate_batch(client, scripts, keys, migrations, report, dry_run)
             if progress is not None:
                 progress(len(keys))
         report.cursor = cursor
@@ -462,22 +464,71 @@ def migrate_namespace(
         report.seconds += time.perf_counter() - start
         start = time.perf_counter()
         if path is not None:
-            path.write_text(json.dumps(dict(report.as_dict(), namespace=namespace), indent=1))
+            _save_checkpoint(path, report, namespace)
         if cursor == 0 or (stop_after is not None and report.scanned >= stop_after):
             return report
 
 
-def _migrate_batch(
-    client: Any, cas: Any, keys: list[str], migrations: Migrations, report: MigrationReport, dry_run: bool
-) -> None:
+_CHECKPOINT_COUNTS = ("scanned", "migrated", "current", "skipped_newer", "failed", "conflicts", "cursor")
+
+
+def _resume(report: MigrationReport, path: Path, namespace: str) -> None:
+    """Fill `report` from a checkpoint file; MigrationError naming the file when it is unusable."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MigrationError(f"checkpoint {path} cannot be read ({exc}); delete it to start over") from None
+    if not isinstance(saved, dict):
+        raise MigrationError(f"checkpoint {path} is not a statekit migration checkpoint; delete it to start over")
+    if saved.get("namespace") != namespace:
+        raise MigrationError(f"checkpoint {path} belongs to namespace {saved.get('namespace')!r}, not {namespace!r}")
+    missing = [k for k in (*_CHECKPOINT_COUNTS, "by_source_version") if k not in saved]
+    wrong = [k for k in _CHECKPOINT_COUNTS if k in saved and not isinstance(saved[k], int)]
+    if missing or wrong or not isinstance(saved.get("by_source_version", {}), dict):
+        raise MigrationError(
+            f"checkpoint {path} is damaged (missing {missing}, not numbers {wrong}); "
+            "delete it to start over (a new run skips sessions already migrated)"
+        )
+    for k in _CHECKPOINT_COUNTS:
+        setattr(report, k, saved[k])
+    report.by_source_version = saved["by_source_version"]
+    report.finished = bool(saved.get("finished"))
+
+
+def _save_checkpoint(path: Path, report: MigrationReport, namespace: str) -> None:
+    try:
+        path.write_text(json.dumps(dict(report.as_dict(), namespace=namespace), indent=1), encoding="utf-8")
+    except OSError as exc:
+        raise MigrationError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+
+
+def _read_states(client: Any, read: Any, keys: list[str]) -> list[Any]:
+    """(state version, blob) of each state key, each pair read atomically by one script, all
+    in one pipeline; an error reply (a corrupt meta field) comes back in its place."""
     pipe = client.pipeline(transaction=False)
     for key in keys:
-        pipe.get(key)
-        pipe.hget(key[: -len("state")] + "meta", "sv")
-    replies = pipe.execute()
+        read(keys=[sibling_key(key, "meta"), key], client=pipe)
+    return pipe.execute(raise_on_error=False)
+
+
+def _migrate_batch(
+    client: Any,
+    scripts: tuple[Any, Any],
+    keys: list[str],
+    migrations: Migrations,
+    report: MigrationReport,
+    dry_run: bool,
+) -> None:
+    read, cas = scripts
     writes = []
-    for i, key in enumerate(keys):
-        raw, sv = replies[2 * i], replies[2 * i + 1]
+    for key, reply in zip(keys, _read_states(client, read, keys), strict=True):
+        if isinstance(reply, Exception):
+            report.scanned += 1
+            report.failed += 1
+            if len(report.errors) < 20:
+                report.errors.append(f"{key}: {reply}")
+            continue
+        sv, raw = reply
         if raw is None:
             continue  # expired or deleted since SCAN saw it
         report.scanned += 1
@@ -504,8 +555,7 @@ def _migrate_batch(
         return
     pipe = client.pipeline(transaction=False)
     for key, sv, blob in writes:
-        meta = key[: -len("state")] + "meta"
-        cas(keys=[meta, key], args=[sv, blob], client=pipe)
+        cas(keys=[sibling_key(key, "meta"), key], args=[sv, blob], client=pipe)
     for ok in pipe.execute():
         if ok == 1:
             report.migrated += 1
@@ -528,7 +578,7 @@ def readable_by(
     counts: dict[str, Any] = {"sessions": 0, "readable": 0, "unreadable": 0, "errors": []}
     cursor = 0
     while True:
-        cursor, keys = client.scan(cursor=cursor, match=f"{namespace}:{{*}}:state", count=batch)
+        cursor, keys = client.scan(cursor=cursor, match=key_pattern(namespace, "state"), count=batch)
         values = client.mget(keys) if keys else []
         for key, raw in zip(keys, values, strict=True):
             if raw is None:
@@ -554,3 +604,10 @@ def readable_by(
             counts["readable"] += 1
         if cursor == 0:
             return counts
+
+
+def version_census(client: Any, namespace: str, migrations: Migrations, *, batch: int = 500) -> dict[int, int]:
+    """How many sessions of `namespace` hold state stored at each schema version, oldest
+    version first. Read-only: a dry run of the batch migration (corrupt blobs are left out)."""
+    report = migrate_namespace(client, namespace, migrations, batch=batch, dry_run=True)
+    return {int(v): n for v, n in sorted(report.by_source_version.items(), key=lambda item: int(item[0]))}

@@ -3,12 +3,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import redis
+
 import pytest
 from pydantic import AliasChoices, BaseModel, Field
 
 from statekit import CorruptStateError, SessionStore, UnknownVersionError, connect
 from statekit.examples import MIGRATIONS, MODELS, SupportAgentStateV3, support_agent_migrations
-from statekit.migrate import MigrationError, Migrations, check_compatibility, load_migrations, migrate_namespace
+from statekit.migrate import (
+    MigrationError,
+    Migrations,
+    check_compatibility,
+    load_migrations,
+    migrate_namespace,
+    version_census,
+)
+from statekit.scripts import GET_STATE_LUA, KEEPTTL_CAS_LUA
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "sessions"
 
@@ -304,7 +314,7 @@ def test_interrupted_batch_migration_resumes_without_migrating_anything_twice(re
 def test_checkpoint_of_another_namespace_is_refused(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"namespace": "other"}))
-    with pytest.raises(ValueError, match="belongs to namespace 'other'"):
+    with pytest.raises(MigrationError, match="belongs to namespace 'other'"):
         migrate_namespace(connect("fakeredis://"), "app", support_agent_migrations, checkpoint=path)
 
 
@@ -350,3 +360,129 @@ def test_readable_by_counts_sessions_new_code_cannot_read():
     with_migrations = readable_by(client, "app", SupportAgentStateV3, support_agent_migrations)
     assert (with_migrations["readable"], with_migrations["unreadable"]) == (12, 0)
     assert {k: client.dump(k) for k in before} == before, "read-only"
+
+
+# -- defects found in review: each of these failed before its fix ------------------------
+
+
+class SplitPipelines:
+    """A client whose pipelines send their commands one at a time and call `after(i)` after
+    the i-th: a deterministic stand-in for a large pipeline that the server reads in pieces,
+    letting another client's command in between two of them."""
+
+    def __init__(self, client, after):
+        self._client, self._after = client, after
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def pipeline(self, transaction=True):
+        return _SplitPipeline(self)
+
+
+class _SplitPipeline:
+    def __init__(self, owner):
+        self.owner, self.calls = owner, []
+
+    def __getattr__(self, name):
+        def record(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return self
+
+        return record
+
+    def execute(self, raise_on_error=True):
+        out = []
+        for i, (name, args, kwargs) in enumerate(self.calls):
+            try:
+                out.append(getattr(self.owner._client, name)(*args, **kwargs))
+            except redis.exceptions.ResponseError as exc:
+                if raise_on_error:
+                    raise
+                out.append(exc)
+            self.owner._after(i)
+        self.calls = []
+        return out
+
+
+@pytest.mark.parametrize("backend", ["fakeredis", pytest.param("redis", marks=pytest.mark.realredis)])
+def test_batch_migration_never_overwrites_an_update_landing_between_its_reads(backend, request):
+    client = connect("fakeredis://" if backend == "fakeredis" else request.getfixturevalue("redis_url"))
+    SessionStore(client, namespace="app", migrations=Migrations(current=1)).update_state(
+        "s", lambda s: {"ticket_id": "T-1", "customer": "C-7"}
+    )
+    live = SessionStore(client, namespace="app", migrations=support_agent_migrations)
+    for script in (GET_STATE_LUA, KEEPTTL_CAS_LUA):  # the split pipelines send EVALSHA as is
+        client.script_load(script)
+    landed = []
+
+    def after(i):
+        if not landed:  # a live request (new code) updates the session right after the first read
+            landed.append(live.update_state("s", lambda s: {**s, "escalated": True}))
+
+    report = migrate_namespace(SplitPipelines(client, after), "app", support_agent_migrations)
+    assert landed, "the update ran in the middle of the batch"
+    state, _ = live.get_state("s")
+    assert state["escalated"] is True, "the update survived the batch migration"
+    assert (report.migrated, report.conflicts) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        ('{"namespace": "app", "cursor": 7}', "damaged"),
+        ('{"namespace": "app", "scanned": "x", "migrated": 0, "current": 0, "skipped_newer": 0, "failed": 0, '
+         '"conflicts": 0, "cursor": 0, "by_source_version": {}}', "not numbers"),
+        ("not json", "cannot be read"),
+        ("[1, 2]", "not a statekit migration checkpoint"),
+    ],
+)
+def test_a_damaged_checkpoint_is_named_and_nothing_is_migrated(tmp_path, content, why):
+    client = connect("fakeredis://")
+    _seed(client, 5)
+    path = tmp_path / "cursor.json"
+    path.write_text(content)
+    with pytest.raises(MigrationError, match=f"checkpoint {path}.*{why}"):
+        migrate_namespace(client, "app", support_agent_migrations, checkpoint=path)
+    assert version_census(client, "app", support_agent_migrations) == {1: 5}
+
+
+def test_an_unwritable_checkpoint_fails_before_anything_is_migrated(tmp_path):
+    client = connect("fakeredis://")
+    _seed(client, 5)
+    with pytest.raises(MigrationError, match="cannot write checkpoint"):
+        migrate_namespace(client, "app", support_agent_migrations, checkpoint=tmp_path / "no" / "such" / "dir.json")
+    assert version_census(client, "app", support_agent_migrations) == {1: 5}
+
+
+@pytest.mark.parametrize("batch", [0, -1])
+def test_batch_must_be_positive(batch):
+    with pytest.raises(ValueError, match="batch must be"):
+        migrate_namespace(connect("fakeredis://"), "app", support_agent_migrations, batch=batch)
+
+
+def test_a_corrupt_state_version_is_counted_as_a_failure_not_a_crash():
+    client = connect("fakeredis://")
+    _seed(client, 3)
+    client.hset("app:{s-0}:meta", "sv", "three")
+    report = migrate_namespace(client, "app", support_agent_migrations)
+    assert (report.migrated, report.failed) == (2, 1) and "app:{s-0}:meta field sv" in report.errors[0]
+
+
+def test_version_census_counts_sessions_by_stored_version_and_writes_nothing():
+    client = connect("fakeredis://")
+    _seed(client, 4)
+    SessionStore(client, namespace="app", migrations=support_agent_migrations).get_state("s-0")  # migrated on read
+    before = {k: client.dump(k) for k in client.scan_iter(match="app:*")}
+    assert version_census(client, "app", support_agent_migrations) == {1: 3, 3: 1}
+    assert {k: client.dump(k) for k in before} == before
+
+
+def test_glob_characters_in_a_namespace_match_only_its_own_keys():
+    client = connect("fakeredis://")
+    for ns in ("a*", "ab"):
+        SessionStore(client, namespace=ns, migrations=Migrations(current=1)).update_state(
+            "s", lambda s: {"ticket_id": "T", "customer": "C-1"}
+        )
+    assert migrate_namespace(client, "a*", support_agent_migrations).migrated == 1
+    assert version_census(client, "ab", support_agent_migrations) == {1: 1}
