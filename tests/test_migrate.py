@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
-
-import redis
+from typing import Literal
 
 import pytest
-from pydantic import AliasChoices, BaseModel, Field
+import redis
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from statekit import CorruptStateError, SessionStore, UnknownVersionError, connect
 from statekit.examples import MIGRATIONS, MODELS, SupportAgentStateV3, support_agent_migrations
@@ -431,8 +432,11 @@ def test_batch_migration_never_overwrites_an_update_landing_between_its_reads(ba
     "content, why",
     [
         ('{"namespace": "app", "cursor": 7}', "damaged"),
-        ('{"namespace": "app", "scanned": "x", "migrated": 0, "current": 0, "skipped_newer": 0, "failed": 0, '
-         '"conflicts": 0, "cursor": 0, "by_source_version": {}}', "not numbers"),
+        (
+            '{"namespace": "app", "scanned": "x", "migrated": 0, "current": 0, "skipped_newer": 0, "failed": 0, '
+            '"conflicts": 0, "cursor": 0, "by_source_version": {}}',
+            "not numbers",
+        ),
         ("not json", "cannot be read"),
         ("[1, 2]", "not a statekit migration checkpoint"),
     ],
@@ -486,3 +490,195 @@ def test_glob_characters_in_a_namespace_match_only_its_own_keys():
         )
     assert migrate_namespace(client, "a*", support_agent_migrations).migrated == 1
     assert version_census(client, "ab", support_agent_migrations) == {1: 1}
+
+
+# -- compatibility below the top level ----------------------------------------------------
+
+
+class _Item(BaseModel):
+    sku: str
+    note: str = ""
+
+
+class _ItemInt(BaseModel):
+    sku: int
+    note: str = ""
+
+
+class _Order(BaseModel):
+    items: list[_Item]
+
+
+class _OrderInt(BaseModel):
+    items: list[_ItemInt]
+
+
+def _kinds(comp):
+    return sorted((c.kind, c.field) for c in comp.changes)
+
+
+def test_a_field_retyped_inside_a_list_of_models_is_breaking():
+    comp = check_compatibility(_Order, _OrderInt)
+    assert comp.verdict == "breaking" and comp.mode == "NONE"
+    assert _kinds(comp) == [("change type", "items[].sku")]
+
+
+def test_a_literal_losing_a_value_is_not_safe():
+    class Old(BaseModel):
+        channel: Literal["web", "email", "phone"] = "web"
+
+    class New(BaseModel):
+        channel: Literal["web", "email"] = "web"
+
+    comp = check_compatibility(Old, New)
+    assert comp.verdict == "multi-phase" and (comp.backward, comp.forward) == (False, True)
+    assert _kinds(comp) == [("remove enum value", "channel")] and "'phone'" in comp.changes[0].detail
+    assert check_compatibility(New, Old).mode == "BACKWARD"  # a value added: old code rejects it
+
+
+def test_an_enum_class_losing_a_member_inside_a_nested_model():
+    class Status(enum.Enum):
+        OPEN = "open"
+        CLOSED = "closed"
+        HELD = "held"
+
+    class Status2(enum.Enum):
+        OPEN = "open"
+        CLOSED = "closed"
+
+    class Ticket(BaseModel):
+        status: Status
+
+    class Ticket2(BaseModel):
+        status: Status2
+
+    class Old(BaseModel):
+        ticket: Ticket
+
+    class New(BaseModel):
+        ticket: Ticket2
+
+    comp = check_compatibility(Old, New)
+    assert _kinds(comp) == [("remove enum value", "ticket.status")] and comp.verdict == "multi-phase"
+
+
+@pytest.mark.parametrize(
+    "old, new, kind, backward, forward",
+    [
+        (Field(max_length=100), Field(max_length=20), "tighten constraint", False, True),
+        (Field(max_length=20), Field(max_length=100), "loosen constraint", True, False),
+        (Field(), Field(min_length=3), "tighten constraint", False, True),
+        (Field(), Field(pattern=r"^T-\d+$"), "tighten constraint", False, True),
+        (Field(pattern=r"^T-\d+$"), Field(pattern=r"^TK-\d+$"), "change constraint", False, False),
+    ],
+    ids=["max length lowered", "max length raised", "min length added", "pattern added", "pattern changed"],
+)
+def test_string_constraints(old, new, kind, backward, forward):
+    Old = type("Old", (BaseModel,), {"__annotations__": {"ticket": str}, "ticket": old})
+    New = type("New", (BaseModel,), {"__annotations__": {"ticket": str}, "ticket": new})
+    comp = check_compatibility(Old, New)
+    assert [(c.kind, c.field, c.backward, c.forward) for c in comp.changes] == [(kind, "ticket", backward, forward)]
+
+
+def test_numeric_bounds_inside_a_mapping_of_models():
+    class Limit(BaseModel):
+        per_minute: int = Field(ge=0, le=1000)
+
+    class Limit2(BaseModel):
+        per_minute: int = Field(ge=1, le=1000)
+
+    class Old(BaseModel):
+        limits: dict[str, Limit]
+
+    class New(BaseModel):
+        limits: dict[str, Limit2]
+
+    comp = check_compatibility(Old, New)
+    assert _kinds(comp) == [("tighten constraint", "limits{}.per_minute")] and not comp.backward
+
+
+def test_extra_forbid_rejects_what_the_other_side_still_writes():
+    class Open(BaseModel):
+        ticket_id: str
+        legacy: str = ""
+
+    class Closed(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        ticket_id: str
+
+    comp = check_compatibility(Open, Closed)
+    assert not comp.backward, "old data still holds `legacy`, which the new model forbids"
+
+    class ClosedOld(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        ticket_id: str
+
+    class OpenNew(BaseModel):
+        ticket_id: str
+        language: str = "en"
+
+    comp = check_compatibility(ClosedOld, OpenNew)
+    assert not comp.forward and comp.verdict == "multi-phase", "old code forbids the field new code writes"
+
+
+def test_a_nested_rename_with_an_alias_is_a_rename_and_its_type_is_compared():
+    class Customer(BaseModel):
+        number: str
+
+    class Customer2(BaseModel):
+        customer_id: int = Field(validation_alias=AliasChoices("customer_id", "number"))
+
+    class Old(BaseModel):
+        customer: Customer
+
+    class New(BaseModel):
+        customer: Customer2
+
+    comp = check_compatibility(Old, New)
+    assert _kinds(comp) == [("change type", "customer.customer_id"), ("rename", "customer.customer_id")]
+    assert comp.verdict == "breaking"
+
+
+def test_optional_and_unions_widen_or_narrow():
+    class Old(BaseModel):
+        note: str
+        amount: int | str
+
+    class New(BaseModel):
+        note: str | None
+        amount: int
+
+    comp = check_compatibility(Old, New)
+    kinds = {(c.kind, c.field): (c.backward, c.forward) for c in comp.changes}
+    assert kinds == {("widen type", "note"): (True, False), ("narrow type", "amount"): (False, True)}
+
+
+def test_recursive_models_and_json_schema_refs_are_walked_once():
+    class Node(BaseModel):
+        name: str
+        children: list[Node] = []
+
+    class Node2(BaseModel):
+        name: str = Field(max_length=10)
+        children: list[Node2] = []
+
+    comp = check_compatibility(Node, Node2)
+    assert _kinds(comp) == [("tighten constraint", "name")]
+    as_schema = check_compatibility(Node.model_json_schema(), Node2.model_json_schema())
+    assert _kinds(as_schema) == _kinds(comp)
+
+
+def test_workflow_v1_to_v2_lists_nested_changes_and_warns_of_the_replaced_flag():
+    from statekit.examples import WorkflowStateV1, WorkflowStateV2
+
+    comp = check_compatibility(WorkflowStateV1, WorkflowStateV2)
+    assert _kinds(comp) == [
+        ("add optional", "approved_by"),
+        ("add optional", "steps[].attempts"),
+        ("add optional", "steps[].status"),
+        ("remove optional", "steps[].done"),
+    ]
+    assert comp.verdict == "safe", "by the Avro rules each change alone is compatible"
+    (warning,) = comp.warnings
+    assert "steps[].done removed while steps[].attempts, steps[].status added" in warning
+    assert any(step.startswith("first check: steps[].done") for step in comp.plan[0]["steps"])
