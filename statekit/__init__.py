@@ -20,6 +20,7 @@ from .errors import (  # noqa: E402
     InvalidInput,
     NeedsRealRedis,
     ProfileError,
+    ReplicationStalled,
     StatekitError,
     StateTooLarge,
     StoreUnavailable,
@@ -68,4 +69,5 @@ __all__ = [
     "UnknownVersionError",
     "ConflictError",
     "NeedsRealRedis",
+    "ReplicationStalled",
 ]

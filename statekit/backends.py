@@ -169,14 +169,14 @@ def connect(
         db = parts.path.strip("/")
         if db and not db.isdigit():
             raise _bad(url, f"database {db!r} is not a number")
-        return redis.Redis.from_url(url, **common)
+        return _from_url(url, common)
     if scheme == "unix":
         if not parts.path:
             raise _bad(url, "no socket path")
         db = parse_qs(parts.query).get("db", ["0"])[0]
         if not db.isdigit():
             raise _bad(url, f"database {db!r} is not a number")
-        return redis.Redis.from_url(url, **common)
+        return _from_url(url, common)
     if scheme == "redis+cluster":
         from redis.cluster import ClusterNode, RedisCluster
 
@@ -192,6 +192,14 @@ def connect(
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
             raise StoreUnavailable(f"cannot reach Redis Cluster at {redact_url(url)}: {redact_url(str(exc))}") from None
     raise _bad(url, f"unknown scheme {parts.scheme!r}")
+
+
+def _from_url(url: str, options: dict[str, Any]) -> Any:
+    """redis-py's from_url, with its ValueError for a bad query string made a ConnectionURLError."""
+    try:
+        return redis.Redis.from_url(url, **options)
+    except ValueError as exc:
+        raise _bad(url, f"a query parameter is not valid ({str(exc).rstrip('.')})") from None
 
 
 def with_timeouts(client: Any, socket_timeout: float, connect_timeout: float | None = None) -> Any:
@@ -248,8 +256,8 @@ class BackendInfo:
 def check_reachable(client: Any, url: str = "") -> BackendInfo:
     """PING the server; raise `StoreUnavailable` (URL redacted) when it cannot be reached.
 
-    Reports the server version from INFO on a real server; fakeredis has no real INFO, so
-    its version is reported as None rather than invented.
+    Reports the server version from INFO on a real server; fakeredis has no real INFO, and
+    a user whose ACL forbids INFO cannot read it, so either reports None rather than a guess.
     """
     kind = backend_kind(client)
     shown = redact_url(resolve_url(url)) if url else kind
@@ -264,8 +272,11 @@ def check_reachable(client: Any, url: str = "") -> BackendInfo:
         raise StoreUnavailable(f"Redis at {shown} refused the connection: {redact_url(str(exc))}") from None
     version = None
     if kind != "fakeredis":
-        info = client.info("server")
-        if kind == "cluster":  # a dict per node
-            info = next(iter(info.values())) if info and isinstance(next(iter(info.values())), dict) else info
+        try:
+            info = client.info("server")
+        except redis.exceptions.NoPermissionError:
+            info = None  # a user without INFO (least privilege): the server is reachable all the same
+        if kind == "cluster" and info:  # a dict per node
+            info = next(iter(info.values())) if isinstance(next(iter(info.values())), dict) else info
         version = str(info.get("redis_version")) if isinstance(info, dict) else None
     return BackendInfo(url=shown, kind=kind, server_version=version)

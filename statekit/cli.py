@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import redis
+
 from . import __version__
 from .assess import assess
 from .backends import URL_FORMS, redact_url
@@ -85,8 +87,12 @@ def _cmd_health(args: argparse.Namespace) -> int:
     client = connect(args.redis_url, socket_timeout=30)
     check_reachable(client, args.redis_url)
     # every key of the database is an upper bound of the namespace's keys that SCAN returns
+    try:
+        total = client.dbsize() or None
+    except redis.exceptions.NoPermissionError:
+        total = None  # a user without DBSIZE: the bar counts without a total
     with tqdm(
-        total=client.dbsize() or None,
+        total=total,
         desc="keys scanned (of the database's)",
         unit="key",
         disable=args.quiet or args.json,
@@ -118,6 +124,16 @@ def _cmd_health(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="statekit",
@@ -146,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("redis_url", metavar="URL", help="the Redis holding the sessions")
     mig.add_argument("--namespace", required=True, help="the SessionStore namespace")
     mig.add_argument("--migrations", required=True, metavar="MODULE:ATTR", help="your Migrations object")
-    mig.add_argument("--batch", type=int, default=500, help="keys per SCAN and pipeline (default 500)")
+    mig.add_argument("--batch", type=_positive_int, default=500, help="keys per SCAN and pipeline (default 500)")
     mig.add_argument("--dry-run", action="store_true", help="report what would change, write nothing")
     mig.add_argument("--checkpoint", metavar="FILE", help="save the SCAN cursor here; rerun to resume")
     mig.add_argument("--json", action="store_true", help="print the report as JSON too")
@@ -167,13 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; a statekit error prints its message (secrets redacted) and exits 2."""
+    """Run the CLI. Whatever fails (a statekit error, an error reply or a connection failure
+    from Redis, a file that cannot be written) prints one line, secrets redacted, and exits 2."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (StatekitError, ValueError) as exc:
-        print(f"statekit: error: {redact_url(str(exc))}", file=sys.stderr)
-        return 2
+        message = str(exc)
+    except redis.exceptions.NoPermissionError as exc:
+        message = f"the Redis user may not run a command statekit needs: {exc}"
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+        message = f"Redis: {exc}"
+    except OSError as exc:
+        message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+    print(f"statekit: error: {redact_url(message)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -443,6 +443,7 @@ def measure_replica_lag(
     wait: bool = False,
     load_writers: int = 0,
     value_bytes: int = 512,
+    deadline_s: float = 5.0,
 ) -> dict[str, Any]:
     """Measure replication lag on a real primary and replica.
 
@@ -450,10 +451,15 @@ def measure_replica_lag(
     on the replica (stale or not), then poll the replica until the write shows; the lag is
     the time from the primary's acknowledgement to first visibility. `load_writers` threads
     write 4 KB values to the primary meanwhile. Returns the samples (ms) for `empirical()`
-    and the fraction of immediate replica reads that were stale.
+    and the fraction of immediate replica reads that were stale. A write the replica has
+    not shown after `deadline_s` raises `ReplicationStalled` with the replica's link status
+    (replication stopped, or lag beyond the deadline); the probe keys are removed either way.
     """
-    from .backends import backend_kind, connect
-    from .errors import NeedsRealRedis
+    from .backends import backend_kind, connect, redact_url
+    from .errors import NeedsRealRedis, ReplicationStalled
+
+    if deadline_s <= 0:
+        raise ValueError(f"deadline_s must be positive, got {deadline_s!r}")
 
     primary, replica = connect(primary_url, socket_timeout=5), connect(replica_url, socket_timeout=5)
     if "fakeredis" in (backend_kind(primary), backend_kind(replica)):
@@ -485,8 +491,16 @@ def measure_replica_lag(
             acked = time.perf_counter()
             if replica.get(key) is None:
                 stale += 1
+                # poll as fast as round trips allow (the lag is sub-millisecond on a LAN), to a deadline
                 while replica.get(key) is None:
-                    pass
+                    if time.perf_counter() - acked > deadline_s:
+                        link = replica.info("replication")
+                        raise ReplicationStalled(
+                            f"the replica at {redact_url(replica_url)} has not shown write {i + 1} of {writes} "
+                            f"{deadline_s:g} s after the primary acknowledged it: replication is stopped or "
+                            f"far behind (master_link_status={link.get('master_link_status')}, "
+                            f"master {link.get('master_host')}:{link.get('master_port')})"
+                        )
             lags.append((time.perf_counter() - acked) * 1000)
     finally:
         stop.set()

@@ -51,3 +51,7 @@ class ConflictError(StatekitError):
 
 class NeedsRealRedis(StatekitError):
     """The operation needs a real redis-server (fakeredis lacks INFO, MEMORY USAGE, WAIT, ...)."""
+
+
+class ReplicationStalled(StatekitError):
+    """A replica did not show a write within the deadline: replication is stopped or far behind."""

@@ -163,14 +163,59 @@ class WorkloadProfile(_Model):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> WorkloadProfile:
-        """Read and validate a YAML profile; `ProfileError` names the file and the field."""
+        """Read and validate a YAML profile; `ProfileError` names the file and the field.
+
+        The file must be UTF-8, and a key given twice in one mapping is refused with both
+        lines named (YAML loaders keep the last one silently, so half an edit would win).
+        """
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ProfileError(f"{path}: cannot read profile: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ProfileError(
+                f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                "save the profile as UTF-8"
+            ) from None
+        return cls.from_yaml_text(text, source=str(path))
+
+    @classmethod
+    def from_yaml_text(cls, text: str, source: str = "<yaml>") -> WorkloadProfile:
+        """Validate a profile given as YAML text; `ProfileError` names `source` and the field."""
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+        except _DuplicateKey as exc:
+            raise ProfileError(f"{source}: {exc}") from None
         except yaml.YAMLError as exc:
-            raise ProfileError(f"{path}: not valid YAML: {exc}") from None
-        return cls.from_dict(data, source=str(path))
+            raise ProfileError(f"{source}: not valid YAML: {exc}") from None
+        return cls.from_dict(data, source=source)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that refuses a key given twice in one mapping, naming both lines.
+
+    PyYAML keeps the last of duplicate keys without a word and offers no option to refuse
+    them (ruamel.yaml does, but a second YAML library for one check is not worth it).
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<:` merges are meant to be overridden
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in first_line:
+                    raise _DuplicateKey(
+                        f"key {key!r} appears twice in one mapping, on lines {first_line[key]} and "
+                        f"{key_node.start_mark.line + 1}; keep one"
+                    )
+                first_line[key] = key_node.start_mark.line + 1
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+        return super().construct_mapping(node, deep=deep)

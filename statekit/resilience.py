@@ -18,6 +18,8 @@ goes out at a time; other calls fail fast meanwhile.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import threading
 import time
 from collections import OrderedDict, deque
@@ -28,8 +30,13 @@ from typing import Any, Literal
 import pybreaker
 
 from .backends import with_timeouts
-from .errors import StatekitError, StoreUnavailable
+from .errors import InvalidInput, StatekitError, StoreUnavailable
 from .store import Context, SessionStore, StoreListener, _new_turn_id
+
+log = logging.getLogger(__name__)
+
+#: What a fallback's mapping may set (session_id, degraded and source are the store's to set).
+_CONTEXT_FIELDS = frozenset(f.name for f in dataclasses.fields(Context)) - {"session_id", "degraded", "source"}
 
 __all__ = ["ResilientStore", "ResilienceStats", "WritePolicy", "recommend", "outage_timeline", "summarize_timeline"]
 
@@ -303,17 +310,40 @@ class ResilientStore:
             ctx = replace(cached, turns=turns, degraded=True, source="cache")
         else:
             self.stats.reads_from_default += 1
-            default = self.fallback(session_id) if self.fallback is not None else None
-            if isinstance(default, Context):
-                ctx = replace(default, degraded=True, source="default")
-            else:
-                fields = dict(default or {})
-                fields.update(session_id=session_id, degraded=True, source="default")
-                ctx = Context(**fields)
+            ctx = self._default_context(session_id)
             if pending:
                 ctx = replace(ctx, turns=(ctx.turns + pending)[-self.store.policy.window_turns :])
         self._emit("fallback", session_id, {"source": ctx.source})
         return ctx
+
+    def _default_context(self, session_id: str) -> Context:
+        """The fallback's context for a session this process has not seen.
+
+        A fallback that raises, or returns anything but a Context, a mapping of Context
+        fields or None, must not turn a store outage into a failed request: the error is
+        logged with what is wrong, a `fallback_failed` event is sent, and an empty context
+        is served instead.
+        """
+        try:
+            default = self.fallback(session_id) if self.fallback is not None else None
+            if default is None or isinstance(default, Context):
+                base = default or Context(session_id)
+                return replace(base, session_id=session_id, degraded=True, source="default")
+            if not isinstance(default, Mapping):
+                raise InvalidInput(
+                    f"the fallback returned a {type(default).__name__}; return a Context, a dict or None"
+                )
+            unknown = sorted(set(default) - _CONTEXT_FIELDS)
+            if unknown:
+                raise InvalidInput(
+                    f"the fallback returned unknown Context fields {unknown}; the fields are {sorted(_CONTEXT_FIELDS)}"
+                )
+            return Context(**{**default, "session_id": session_id, "degraded": True, "source": "default"})
+        except Exception as exc:  # noqa: BLE001 - a broken fallback must not fail a degraded read
+            why = f"{type(exc).__name__}: {exc}"
+            log.error("ResilientStore fallback failed for session %r, serving an empty context: %s", session_id, why)
+            self._emit("fallback_failed", session_id, {"error": why})
+            return Context(session_id, degraded=True, source="default")
 
     def load_context(self, session_id: str) -> Context:
         """The session's context; never raises on a store failure.

@@ -201,6 +201,7 @@ def run_review(
     paths = [Path(p).resolve() for p in profiles]
     if not paths:
         raise ProfileError("no profile given: pass at least one YAML file")
+    _check_writable(Path(out_dir))
     verdicts = {p: assess(WorkloadProfile.from_yaml(p)).verdict for p in paths}
     names = [p.stem for p in paths]
     if len(set(names)) != len(names):
@@ -226,6 +227,17 @@ def run_review(
                 os.environ.pop(URL_ENV, None)
             else:
                 os.environ[URL_ENV] = saved_env
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Fail before any notebook runs when the reports cannot be written to `out_dir`."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".statekit-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StatekitError(f"cannot write reports to {out_dir}: {exc.strerror or exc}") from None
 
 
 def _ipc_kernel_manager() -> type:

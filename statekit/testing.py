@@ -658,6 +658,14 @@ if pytest is not None:
         pair.stop()
 
     @pytest.fixture
+    def fresh_redis_replica_pair() -> Iterator[RedisReplicaPair]:
+        """A primary and a replica of their own for one test, free to break."""
+        _start_or_skip().stop()  # the same skip-or-fail rule as a single server
+        pair = RedisReplicaPair().start()
+        yield pair
+        pair.stop()
+
+    @pytest.fixture
     def fresh_redis_server() -> Iterator[RedisServer]:
         """A real redis-server of its own for one test, free to pause, kill and restart."""
         server = _start_or_skip()

@@ -153,3 +153,11 @@ def test_password_protected_server():
         with pytest.raises(StoreUnavailable) as err:
             sk.check_reachable(connect(bad), bad)
         assert "wrong-pw" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://localhost?socket_timeout=abc", "unix:///tmp/r.sock?db=1&health_check_interval=x"]
+)
+def test_a_bad_query_string_is_a_url_error(url):
+    with pytest.raises(ConnectionURLError, match="a query parameter is not valid"):
+        connect(url)

@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,8 +20,13 @@ def test_help_lists_commands_and_url_forms(capsys):
 
 
 def test_console_script_is_installed():
-    done = subprocess.run([sys.executable, "-m", "statekit.cli", "--version"], capture_output=True, text=True)
+    """The `statekit` entry point that pip installed next to this Python, not `python -m`."""
+    script = Path(sys.executable).parent / "statekit"
+    assert script.is_file(), f"no console script at {script}: is statekit installed in this environment?"
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("statekit ")
+    done = subprocess.run([str(script), "assess", "/no/such/profile.yaml"], capture_output=True, text=True)
+    assert done.returncode == 2 and "cannot read profile" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_assess_table(capsys, profiles_dir):
@@ -58,3 +64,67 @@ def test_review_command(capsys, tmp_path, profiles_dir):
     assert main(["review", str(profiles_dir / "faq_widget.yaml"), "--out", str(tmp_path), "-q"]) == 0
     assert "faq_widget: client-side state" in capsys.readouterr().out
     assert (tmp_path / "faq_widget.html").exists() and (tmp_path / "faq_widget.json").exists()
+
+
+# -- no tracebacks: every failure is one line and exit status 2 --------------------------
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_a_batch_below_one_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["migrate", "fakeredis://", "--namespace", "app", "--migrations", "m:x", "--batch", "0"])
+    assert exit_.value.code == 2 and "--batch: must be a whole number >= 1, got 0" in _error(capsys)
+
+
+def test_reports_that_cannot_be_written_fail_before_any_notebook_runs(capsys, tmp_path, profiles_dir):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code = main(["review", str(profiles_dir / "faq_widget.yaml"), "--out", str(blocker / "reports"), "-q"])
+    assert code == 2 and f"cannot write reports to {blocker / 'reports'}" in _error(capsys)
+
+
+def test_a_damaged_checkpoint_is_named(capsys, tmp_path):
+    checkpoint = tmp_path / "cp.json"
+    checkpoint.write_text('{"namespace": "app"}')
+    code = main(
+        ["migrate", "fakeredis://", "--namespace", "app", "--migrations",
+         "statekit.examples:support_agent_migrations", "--checkpoint", str(checkpoint), "-q"]
+    )  # fmt: skip
+    assert code == 2 and f"checkpoint {checkpoint} is damaged" in _error(capsys)
+
+
+def _acl_user(url: str, name: str, rules: str) -> str:
+    from statekit import connect
+
+    connect(url).execute_command("ACL", "SETUSER", name, "reset", "on", ">s3cret-pw", *rules.split())
+    return url.replace("redis://", f"redis://{name}:s3cret-pw@")
+
+
+@pytest.mark.realredis
+def test_a_user_without_info_runs_health_and_migrate(capsys, redis_url):
+    from statekit import Migrations, SessionStore, connect
+
+    SessionStore(connect(redis_url), namespace="app", migrations=Migrations(current=1)).update_state(
+        "s", lambda s: {"ticket_id": "T", "customer": "C-1"}
+    )
+    url = _acl_user(redis_url, "no-info", "~* +@all -info -dbsize")
+    assert main(["health", url, "--namespace", "app", "-q"]) == 0
+    assert main(["migrate", url, "--namespace", "app", "--migrations",
+                 "statekit.examples:support_agent_migrations", "-q"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "1 sessions in 'app'" in out and "migrated 1" in out
+
+
+@pytest.mark.realredis
+@pytest.mark.parametrize("command", ["health", "migrate"])
+def test_a_user_without_scan_gets_one_line_naming_the_command(capsys, redis_url, command):
+    url = _acl_user(redis_url, "no-scan", "~* +@all -scan")
+    extra = ["--migrations", "statekit.examples:support_agent_migrations"] if command == "migrate" else []
+    assert main([command, url, "--namespace", "app", "-q", *extra]) == 2
+    err = _error(capsys)
+    assert "may not run a command statekit needs" in err and "scan" in err.lower() and "s3cret-pw" not in err

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import math
+import socket
 import time
 
 import numpy as np
 import pytest
 
-from statekit import WorkloadProfile, connect
+import statekit as sk
+from statekit import ReplicationStalled, WorkloadProfile, connect
 from statekit import consistency as c
 
 
@@ -150,3 +152,15 @@ def test_replica_lag_needs_real_servers():
 def test_replica_lag_refuses_a_primary_as_replica(redis_url):
     with pytest.raises(ValueError, match="is not a replica"):
         c.measure_replica_lag(redis_url, redis_url, writes=1)
+
+
+@pytest.mark.realredis
+def test_replica_lag_stops_at_its_deadline_when_replication_stops(fresh_redis_replica_pair):
+    pair = fresh_redis_replica_pair
+    with socket.socket() as s:  # a port nobody listens on: the replica's new primary never answers
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    sk.connect(pair.replica_url).execute_command("REPLICAOF", "127.0.0.1", dead_port)
+    with pytest.raises(ReplicationStalled, match=r"has not shown write 1 of 5 0.5 s after .*master_link_status=down"):
+        c.measure_replica_lag(pair.primary_url, pair.replica_url, writes=5, deadline_s=0.5)
+    assert sk.connect(pair.primary_url).keys("lag-probe:*") == [], "the probe keys are removed"

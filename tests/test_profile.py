@@ -94,3 +94,40 @@ def test_profiles_are_immutable(profiles_dir):
     profile = WorkloadProfile.from_yaml(profiles_dir / "support_agent.yaml")
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
         profile.service = "other"
+
+
+def test_a_profile_that_is_not_utf8_is_a_profile_error(tmp_path, profiles_dir):
+    path = tmp_path / "latin1.yaml"
+    text = (profiles_dir / "support_agent.yaml").read_text().replace("description:", "description: café", 1)
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ProfileError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9 at offset \d+\)"):
+        WorkloadProfile.from_yaml(path)
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda t: t + "latency_budget_ms: 999\n", "latency_budget_ms"),
+        (lambda t: t.replace("traffic:\n", "traffic:\n  session_minutes: 1\n", 1), "session_minutes"),
+    ],
+    ids=["top level", "nested"],
+)
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path, profiles_dir, edit, key):
+    text = edit((profiles_dir / "support_agent.yaml").read_text())
+    numbered = [i + 1 for i, line in enumerate(text.splitlines()) if line.strip().startswith(f"{key}:")]
+    assert len(numbered) == 2
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(
+        ProfileError, match=rf"twice.yaml: key '{key}' appears twice .* lines {numbered[0]} and {numbered[1]}"
+    ):
+        WorkloadProfile.from_yaml(path)
+
+
+def test_yaml_merge_keys_may_override():
+    text = "base: &b {a: 1}\nother:\n  <<: *b\n  a: 2\n"
+    import yaml
+
+    from statekit.profile import _UniqueKeyLoader
+
+    assert yaml.load(text, Loader=_UniqueKeyLoader)["other"] == {"a": 2}

@@ -76,6 +76,26 @@ def test_default_context_without_a_fallback_and_from_a_context():
     assert rs2.load_context("y").summary == "from ctx"
 
 
+@pytest.mark.parametrize(
+    "fallback, why",
+    [
+        (lambda sid: {"sumary": "typo"}, "unknown Context fields ['sumary']"),
+        (lambda sid: "a string", "returned a str"),
+        (lambda sid: 1 / 0, "ZeroDivisionError"),
+    ],
+    ids=["unknown field", "wrong type", "raises"],
+)
+def test_a_broken_fallback_degrades_to_an_empty_context_and_says_why(fallback, why, caplog):
+    rec = Events()
+    rs, inj = make(fallback=fallback, listeners=[rec])
+    inj.fail()
+    with caplog.at_level("ERROR", logger="statekit.resilience"):
+        ctx = rs.load_context("x")
+    assert ctx == Context("x", degraded=True, source="default")
+    (event,) = [info for kind, info in rec.seen if kind == "fallback_failed"]
+    assert why in event["error"] and why in caplog.text
+
+
 def test_a_hung_store_costs_one_timeout_per_call_not_ten_retries():
     rs, inj = make(timeout_ms=50, fail_max=100)
     inj.hang()
