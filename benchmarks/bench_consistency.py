@@ -30,13 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result: dict = {"pbs": {}, "replica_lag": {}}
     print(f"{'fit':<10} {'seconds':>8} {'P(consistent at t=0)':>21} {'99.9% after (ms)':>17}")
-    for name, f in c.PBS_FITS.items():
-        wars = (3, 1, 1, f["write"], f["ack"], f["read"], f["response"])
+    for name, fit in c.PBS_FITS.items():
         t = np.linspace(0, 100, 200)
         start = time.perf_counter()
-        p = c.t_visibility(*wars, t_ms=t, trials=100_000)
+        p = c.t_visibility(fit, t, n=3, r=1, w=1, trials=100_000)
         seconds = time.perf_counter() - start
-        tail = c.visibility_time(0.999, *wars, trials=400_000)
+        tail = c.visibility_time(fit, 0.999, n=3, r=1, w=1, trials=400_000)
         result["pbs"][name] = {
             "seconds_100k_trials_200_points": seconds,
             "p_consistent_t0": float(p[0]),
@@ -45,13 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<10} {seconds:>8.3f} {p[0]:>21.4f} {tail:>17.2f}")
     with RedisReplicaPair() as pair:
         print(f"\n{'replica reads':<28} {'stale':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-        for wait in (False, True):
-            for load in (0, 2):
-                r = c.measure_replica_lag(pair.primary_url, pair.replica_url, writes=1000, wait=wait, load_writers=load)
-                label = f"{'WAIT 1' if wait else 'no WAIT'}, {load} load writers"
-                result["replica_lag"][label] = {k: r[k] for k in ("stale_fraction", "p50_ms", "p99_ms", "max_ms")}
-                cells = f"{r['stale_fraction']:>7.1%} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['max_ms']:>8.2f}"
-                print(f"{label:<28} {cells}")
+        for label, r in c.replica_lag_runs(pair.primary_url, pair.replica_url, writes=1000).items():
+            result["replica_lag"][label] = {k: r[k] for k in ("stale_fraction", "p50_ms", "p99_ms", "max_ms")}
+            cells = f"{r['stale_fraction']:>7.1%} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['max_ms']:>8.2f}"
+            print(f"{label:<28} {cells}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -8,8 +8,8 @@
   Staleness for Practical Partial Quorums" (VLDB 2012); `k_staleness(...)` in closed form;
   `replica_stale_probability(...)` for a Redis replica from measured lag.
 - `measure_replica_lag(...)` on a real primary and replica.
-- `Router`: sticky routing by rendezvous hashing; `simulate_routing(...)` shows stale
-  reads under round-robin and none under sticky routing.
+- `Router`: sticky routing by rendezvous hashing; `simulate_routing(...)` measures stale
+  replica reads under round-robin and none under sticky routing, on a real primary and replica.
 - `concurrent_increments(...)`: optimistic concurrency against a naive get-then-set.
 
 No library models PBS staleness or routes by rendezvous hashing in a few lines, so both
@@ -28,7 +28,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .lifecycle import LifecyclePolicy
+
 __all__ = [
+    "LatencyFit",
+    "visibility_curves",
+    "visibility_table",
+    "k_staleness_table",
+    "replica_lag_runs",
     "Distribution",
     "pareto",
     "exponential",
@@ -129,23 +136,38 @@ def empirical(samples_ms: Sequence[float]) -> Distribution:
     return _Empirical(values)
 
 
-def _fit(w: Distribution, ars: Distribution) -> dict[str, Distribution]:
-    return {"write": w, "ack": ars, "read": ars, "response": ars}
+@dataclass(frozen=True)
+class LatencyFit:
+    """The message delays of a replicated store, as the WARS model names them (ms each way).
+
+    W: the write reaching a replica; A: its acknowledgement coming back; R: a read request
+    reaching a replica; S: its response coming back.
+    """
+
+    write: Distribution
+    ack: Distribution
+    read: Distribution
+    response: Distribution
+
+    @classmethod
+    def symmetric(cls, write: Distribution, others: Distribution) -> LatencyFit:
+        """A fit whose ack, read and response delays share one distribution (as the PBS paper's do)."""
+        return cls(write, others, others, others)
 
 
 #: The production latency fits of the PBS paper (Table 3): LinkedIn's Voldemort on SSDs and on
 #: disks, and Yammer's Riak. W is the write message delay; A, R and S (ack, read, response)
 #: share one fit.
-PBS_FITS: dict[str, dict[str, Distribution]] = {
-    "LNKD-SSD": _fit(
+PBS_FITS: dict[str, LatencyFit] = {
+    "LNKD-SSD": LatencyFit.symmetric(
         mixture([(0.9122, pareto(0.235, 10)), (0.0878, exponential(1.66))]),
         mixture([(0.9122, pareto(0.235, 10)), (0.0878, exponential(1.66))]),
     ),
-    "LNKD-DISK": _fit(
+    "LNKD-DISK": LatencyFit.symmetric(
         mixture([(0.38, pareto(1.05, 1.51)), (0.62, exponential(0.183))]),
         mixture([(0.9122, pareto(0.235, 10)), (0.0878, exponential(1.66))]),
     ),
-    "YMMR": _fit(
+    "YMMR": LatencyFit.symmetric(
         mixture([(0.939, pareto(3, 3.35)), (0.061, exponential(0.0028))]),
         mixture([(0.982, pareto(1.5, 3.8)), (0.018, exponential(0.0217))]),
     ),
@@ -155,22 +177,17 @@ PBS_FITS: dict[str, dict[str, Distribution]] = {
 # -- PBS: t-visibility and k-staleness ---------------------------------------------------
 
 
-def _wars_margins(
-    n: int,
-    r: int,
-    w: int,
-    write: Distribution,
-    ack: Distribution,
-    read: Distribution,
-    response: Distribution,
-    trials: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
+def _check_quorum(n: int, r: int, w: int) -> None:
+    if not (1 <= r <= n and 1 <= w <= n):
+        raise ValueError("need 1 <= r <= n and 1 <= w <= n")
+
+
+def _wars_margins(fit: LatencyFit, n: int, r: int, w: int, trials: int, rng: np.random.Generator) -> np.ndarray:
     """Per trial, the smallest t (ms after commit) at which the read sees the write."""
-    wd = write.sample(rng, (trials, n))
-    ad = ack.sample(rng, (trials, n))
-    rd = read.sample(rng, (trials, n))
-    sd = response.sample(rng, (trials, n))
+    wd = fit.write.sample(rng, (trials, n))
+    ad = fit.ack.sample(rng, (trials, n))
+    rd = fit.read.sample(rng, (trials, n))
+    sd = fit.response.sample(rng, (trials, n))
     commit = np.partition(wd + ad, w - 1, axis=1)[:, w - 1]  # the W-th acknowledgement
     # the read waits for the first R responses; replica i answers with the write when the
     # write reached it before the read request did: W_i <= commit + t + R_i
@@ -180,14 +197,12 @@ def _wars_margins(
 
 
 def t_visibility(
-    n: int,
-    r: int,
-    w: int,
-    write: Distribution,
-    ack: Distribution,
-    read: Distribution,
-    response: Distribution,
+    fit: LatencyFit,
     t_ms: float | Sequence[float],
+    *,
+    n: int = 3,
+    r: int = 1,
+    w: int = 1,
     trials: int = 100_000,
     seed: int | None = 0,
 ) -> np.ndarray:
@@ -198,34 +213,77 @@ def t_visibility(
     consistent if one of them had the write when the read arrived. Monte Carlo over
     `trials`, vectorised: one sample set serves every t. R + W > N always gives 1.
     """
-    if not (1 <= r <= n and 1 <= w <= n):
-        raise ValueError("need 1 <= r <= n and 1 <= w <= n")
+    _check_quorum(n, r, w)
     t = np.atleast_1d(np.asarray(t_ms, dtype=float))
     if r + w > n:
         return np.ones_like(t)
-    rng = np.random.default_rng(seed)
-    need = np.sort(_wars_margins(n, r, w, write, ack, read, response, trials, rng))
+    need = np.sort(_wars_margins(fit, n, r, w, trials, np.random.default_rng(seed)))
     return np.searchsorted(need, t, side="right") / trials
 
 
 def visibility_time(
+    fit: LatencyFit,
     probability: float,
-    n: int,
-    r: int,
-    w: int,
-    write: Distribution,
-    ack: Distribution,
-    read: Distribution,
-    response: Distribution,
+    *,
+    n: int = 3,
+    r: int = 1,
+    w: int = 1,
     trials: int = 100_000,
     seed: int | None = 0,
 ) -> float:
     """The wait after commit (ms) for which reads are consistent with `probability`."""
+    _check_quorum(n, r, w)
     if r + w > n:
         return 0.0
-    rng = np.random.default_rng(seed)
-    need = _wars_margins(n, r, w, write, ack, read, response, trials, rng)
+    need = _wars_margins(fit, n, r, w, trials, np.random.default_rng(seed))
     return max(0.0, float(np.quantile(need, probability)))
+
+
+#: The quorums a workshop compares on N = 3 replicas: (R, W).
+QUORUMS = ((1, 1), (1, 2), (2, 1))
+#: How far each PBS fit's curve is worth drawing (ms): where it gets close to 1.
+HORIZONS_MS = {"LNKD-SSD": 5.0, "LNKD-DISK": 100.0, "YMMR": 2000.0}
+
+
+def visibility_curves(
+    fits: dict[str, LatencyFit] | None = None,
+    *,
+    horizons_ms: dict[str, float] | None = None,
+    quorums: Sequence[tuple[int, int]] = QUORUMS,
+    n: int = 3,
+    points: int = 200,
+    trials: int = 100_000,
+) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """t-visibility curves: for each fit and quorum "R=r, W=w", the times (ms) and P(consistent)."""
+    fits = PBS_FITS if fits is None else fits
+    horizons_ms = HORIZONS_MS if horizons_ms is None else horizons_ms
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for name, fit in fits.items():
+        t = np.linspace(0, horizons_ms.get(name, 100.0), points)
+        out[name] = {f"R={r}, W={w}": (t, t_visibility(fit, t, n=n, r=r, w=w, trials=trials)) for r, w in quorums}
+    return out
+
+
+def visibility_table(
+    fits: dict[str, LatencyFit] | None = None, *, n: int = 3, r: int = 1, w: int = 1, probability: float = 0.999
+) -> list[dict[str, Any]]:
+    """Per fit: P(consistent) right after commit, and the wait until reads are consistent with `probability`."""
+    fits = PBS_FITS if fits is None else fits
+    return [
+        {
+            "fit": name,
+            "consistent right after commit": float(t_visibility(fit, 0.0, n=n, r=r, w=w)[0]),
+            f"{probability:.1%} consistent after (ms)": round(visibility_time(fit, probability, n=n, r=r, w=w), 2),
+        }
+        for name, fit in fits.items()
+    ]
+
+
+def k_staleness_table(
+    n: int = 3, quorums: Sequence[tuple[int, int]] = QUORUMS, ks: Sequence[int] = (1, 2, 3, 5)
+) -> list[dict[str, Any]]:
+    """P(a read returns one of the last k versions), per quorum and k (closed form)."""
+    return [{"quorum": f"R={r} W={w}", **{f"k={k}": k_staleness(n, r, w, k) for k in ks}} for r, w in quorums]
 
 
 def k_staleness(n: int, r: int, w: int, k: int = 1) -> float:
@@ -520,6 +578,20 @@ def measure_replica_lag(
     }
 
 
+def replica_lag_runs(
+    primary_url: str, replica_url: str, writes: int = 500, *, load_writers: Sequence[int] = (0, 2)
+) -> dict[str, dict[str, Any]]:
+    """`measure_replica_lag` without and with `WAIT 1`, each with the given numbers of load
+    writers, keyed by a label such as "WAIT 1, 2 load writers"."""
+    return {
+        f"{'WAIT 1' if wait else 'no WAIT'}, {load} load writers": measure_replica_lag(
+            primary_url, replica_url, writes=writes, wait=wait, load_writers=load
+        )
+        for wait in (False, True)
+        for load in load_writers
+    }
+
+
 # -- sticky routing ------------------------------------------------------------------------
 
 
@@ -556,49 +628,67 @@ def remap_fraction(instances: int, sessions: int = 10_000) -> float:
 
 
 def simulate_routing(
-    client: Any,
+    primary_url: str,
+    replica_url: str,
     routing: Literal["round_robin", "sticky"],
     *,
     instances: int = 2,
-    sessions: int = 50,
-    requests: int = 10,
+    sessions: int = 20,
+    requests: int = 8,
     namespace: str = "routing-demo",
 ) -> dict[str, Any]:
-    """Two (or more) app instances with in-process caches in front of one SessionStore.
+    """App instances that read sessions from a replica, routed round-robin or sticky; stale
+    reads measured against real replication.
 
-    Each request reads the session's context (from the instance's cache when it has one,
-    as a cache-aside instance does) and appends a turn (to Redis and to that instance's
-    cache). A read is stale when it misses turns the session already wrote. Round-robin
-    spreads a session over instances, whose caches fall behind; sticky routing does not.
+    Each request reads its session's context from the replica, then appends a turn on the
+    primary. With sticky routing every request of a session lands on one instance, which
+    keeps the session's token: the version its last write left (as Azure Cosmos DB's
+    session consistency does). A replica answer older than the token is refused and read
+    again from the primary, so no read is stale. A round-robin fleet is stateless: the
+    next request lands elsewhere, so an instance has no token to check (unless the client
+    carries one, the other recipe) and takes what the replica answers, stale whenever the
+    replica lags. A read is counted stale when its context misses turns the session had
+    written before the request (the driver knows how many). Needs a real primary and
+    replica; fakeredis has no replication.
     """
+    from .backends import backend_kind, connect
+    from .errors import NeedsRealRedis
     from .store import SessionStore
 
-    store = SessionStore(client, namespace=namespace)
-    names = [f"app-{i}" for i in range(instances)]
-    router = Router(names)
-    caches: dict[str, dict[str, int]] = {n: {} for n in names}  # instance -> session -> turns seen
-    stale = reads = 0
+    clients = [(connect(primary_url), connect(replica_url)) for _ in range(instances)]
+    if "fakeredis" in {backend_kind(c) for pair in clients for c in pair}:
+        raise NeedsRealRedis("stale reads need a real primary and replica: fakeredis has no replication")
+    # no summarizer and a window larger than the run: a session's version counts its turns
+    policy = LifecyclePolicy(window_turns=requests + 1, summary_max_bytes=0, summarizer=None, ttl_seconds=600)
+    stores = [(SessionStore(p, policy, namespace), SessionStore(r, policy, namespace)) for p, r in clients]
+    router = Router(f"app-{i}" for i in range(instances))
+    index = {name: i for i, name in enumerate(router.instances)}
+    tokens: list[dict[str, int]] = [{} for _ in range(instances)]
+    ids = [f"{namespace}-{s}" for s in range(sessions)]
+    for sid in ids:
+        stores[0][0].delete(sid)
+    reads = stale = primary_reads = 0
     for r in range(requests):
-        for s in range(sessions):
-            sid = f"{namespace}-{s}"
-            # round-robin: a session's consecutive requests land on consecutive instances
-            inst = router.route(sid) if routing == "sticky" else names[(r + s) % instances]
-            written = r  # turns this session has written before this request
-            seen = caches[inst].get(sid)
-            if seen is None:
-                seen = len(store.load_context(sid).turns)
+        for s, sid in enumerate(ids):
+            inst = index[router.route(sid)] if routing == "sticky" else (r + s) % instances
+            on_primary, on_replica = stores[inst]
+            ctx = on_replica.load_context(sid)
+            if routing == "sticky" and ctx.version < tokens[inst].get(sid, 0):  # older than the token
+                ctx = on_primary.load_context(sid)
+                primary_reads += 1
             reads += 1
-            stale += seen < written
-            store.append_turn(sid, {"role": "user", "content": f"turn {r}"})
-            caches[inst][sid] = seen + 1  # what this instance now believes the session holds
-    for s in range(sessions):
-        store.delete(f"{namespace}-{s}")
+            stale += ctx.version < r  # r turns were written before this request
+            on_primary.append_turn(sid, {"role": "user", "content": f"turn {r}"})
+            tokens[inst][sid] = ctx.version + 1
+    for sid in ids:
+        stores[0][0].delete(sid)
     return {
         "routing": routing,
         "instances": instances,
         "reads": reads,
         "stale_reads": stale,
         "stale_fraction": stale / reads,
+        "primary_reads": primary_reads,
     }
 
 

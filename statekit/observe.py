@@ -27,6 +27,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from .keys import key_pattern, session_id_of, session_keys
 from .store import StoreListener
 
 __all__ = [
@@ -338,6 +339,7 @@ class ExpiryWatcher:
         self.expired: list[str] = []
         self._pubsub: Any = None
         self._thread: Any = None
+        self._changed = threading.Condition()
 
     def start(self) -> ExpiryWatcher:
         flags = self.client.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
@@ -345,19 +347,24 @@ class ExpiryWatcher:
         wanted = set(flags) | {"E", "x"}
         self.client.config_set("notify-keyspace-events", "".join(sorted(wanted)))
         self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        prefix = f"{self.namespace}:{{"
 
         def handler(message: dict[str, Any]) -> None:
-            key = message["data"].decode() if isinstance(message["data"], bytes) else message["data"]
-            if key.startswith(prefix) and key.endswith("}:meta"):
-                session_id = key[len(prefix) : -len("}:meta")]
-                self.expired.append(session_id)
+            session_id = session_id_of(message["data"], self.namespace, "meta")
+            if session_id is not None:
+                with self._changed:
+                    self.expired.append(session_id)
+                    self._changed.notify_all()
                 if self.metrics is not None:
                     self.metrics.on_event("expired", session_id, {})
 
         self._pubsub.psubscribe(**{f"__keyevent@{self.db}__:expired": handler})
         self._thread = self._pubsub.run_in_thread(sleep_time=0.01, daemon=True)
         return self
+
+    def wait_for(self, sessions: int, timeout_s: float = 10.0) -> bool:
+        """Wait until `sessions` expiries have been notified; False if not within `timeout_s`."""
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self.expired) >= sessions, timeout=timeout_s)
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -378,7 +385,7 @@ class ExpiryWatcher:
         `unaccounted` is what neither the store's counts nor the notifications explain:
         notifications missed while no watcher ran, or keys not yet removed by Redis.
         """
-        live = sum(1 for _ in self.client.scan_iter(match=f"{self.namespace}:{{*}}:meta", count=1000))
+        live = sum(1 for _ in self.client.scan_iter(match=key_pattern(self.namespace, "meta"), count=1000))
         created, deleted, expired = metrics.events["created"], metrics.events["deleted"], len(self.expired)
         return {
             "created": created,
@@ -551,24 +558,22 @@ def health_scan(
     now_ms = time.time() * 1000
     cutoff_ms = now_ms - retention_days * 86_400_000 if retention_days else None
     cursor, seen = 0, 0
-    prefix = f"{namespace}:{{"
     while True:
-        cursor, keys = client.scan(cursor=cursor, match=f"{namespace}:{{*}}:*", count=batch)
+        cursor, keys = client.scan(cursor=cursor, match=key_pattern(namespace), count=batch)
         keys = [k.decode() if isinstance(k, bytes) else k for k in keys]
         if keys:
             pipe = client.pipeline(transaction=False)
-            metas = [k for k in keys if k.endswith("}:meta")]
+            metas = [(k, sid) for k in keys if (sid := session_id_of(k, namespace, "meta")) is not None]
             for k in keys:
                 pipe.pttl(k)
-            for k in metas:
+            for k, _ in metas:
                 pipe.hmget(k, "b", "c", "rg")
             replies = pipe.execute()
             for k, ttl in zip(keys, replies[: len(keys)], strict=True):
                 if ttl == -1:
                     report.keys_without_ttl.append(k)
             sample = []
-            for k, (b, c, rg) in zip(metas, replies[len(keys) :], strict=True):
-                sid = k[len(prefix) : -len("}:meta")]
+            for (_, sid), (b, c, rg) in zip(metas, replies[len(keys) :], strict=True):
                 report.sessions += 1
                 size = int(b or 0)
                 sizes.append(size)
@@ -584,8 +589,8 @@ def health_scan(
             if sample:
                 pipe = client.pipeline(transaction=False)
                 for sid in sample:
-                    for part in ("meta", "log", "summary", "state"):
-                        pipe.memory_usage(f"{prefix}{sid}}}:{part}", samples=0)
+                    for key in session_keys(namespace, sid):
+                        pipe.memory_usage(key, samples=0)
                 usages = pipe.execute()
                 for i in range(len(sample)):
                     memory.append(sum(u or 0 for u in usages[4 * i : 4 * i + 4]))
@@ -792,11 +797,11 @@ def demo_workload(
     mark("outage")
     with drill.outage(1.0):
         end = time.monotonic() + 1.0
-        while time.monotonic() < end:
+        while time.monotonic() < end:  # traffic keeps coming through the outage, every 20 ms
             rs.load_context("s-1")
             rs.append_turn("s-1", {"role": "user", "content": "during the outage"})
             time.sleep(0.02)
-    time.sleep(0.6)
+    rs.drain(timeout_s=10)  # until the breaker's probe finds the store and the buffer is replayed
     mark("recovered")
     for s in range(sessions):
         rs.load_context(f"s-{s}")

@@ -13,6 +13,8 @@ __all__ = [
     "memory_over_days",
     "live_memory",
     "outage_timeline",
+    "visibility_curves",
+    "replica_staleness",
 ]
 
 
@@ -235,4 +237,41 @@ def events_timeline(metrics: Any, ax: Any = None) -> Any:
     ax.set_yticks(range(len(kinds)), kinds)
     ax.set_xlabel("seconds")
     ax.set_title("lifecycle events")
+    return ax
+
+
+def visibility_curves(curves: dict[str, dict[str, tuple[Any, Any]]], axes: Any = None) -> Any:
+    """One panel per latency fit: P(consistent read) against ms after commit, a line per quorum
+    (the output of `consistency.visibility_curves`)."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, len(curves), figsize=(4.7 * len(curves), 3.5), squeeze=False)
+        axes = axes[0]
+    for ax, (name, lines) in zip(axes, curves.items(), strict=True):
+        for label, (t, p) in lines.items():
+            ax.plot(t, p, label=label)
+        ax.set_title(name)
+        ax.set_xlabel("ms after commit")
+        ax.set_ylim(0.4, 1.005)
+    axes[0].set_ylabel("P(consistent read)")
+    axes[0].legend(fontsize="small")
+    return axes
+
+
+def replica_staleness(lag_samples_ms: Any, ax: Any = None, title: str = "replica reads, measured") -> Any:
+    """P(a replica read misses a write) against the time between the write's acknowledgement
+    and the read, from measured replica lag."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .consistency import replica_stale_probability
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    gaps = np.linspace(0, max(lag_samples_ms), 100)
+    ax.plot(gaps, replica_stale_probability(lag_samples_ms, gaps))
+    ax.set_xlabel("ms between the write's acknowledgement and the replica read")
+    ax.set_ylabel("P(stale)")
+    ax.set_title(title)
     return ax

@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import pybreaker
 
@@ -38,9 +38,35 @@ log = logging.getLogger(__name__)
 #: What a fallback's mapping may set (session_id, degraded and source are the store's to set).
 _CONTEXT_FIELDS = frozenset(f.name for f in dataclasses.fields(Context)) - {"session_id", "degraded", "source"}
 
-__all__ = ["ResilientStore", "ResilienceStats", "WritePolicy", "recommend", "outage_timeline", "summarize_timeline"]
+__all__ = [
+    "ResilientStore",
+    "ResilienceStats",
+    "WritePolicy",
+    "Clock",
+    "SystemClock",
+    "recommend",
+    "outage_timeline",
+    "summarize_timeline",
+    "degraded_walkthrough",
+]
 
 WritePolicy = Literal["buffer", "drop", "raise"]
+
+
+class Clock(Protocol):
+    """Where the resilient store reads the time and waits: the system's monotonic clock, or
+    `statekit.testing.FakeClock` in tests that move time by hand instead of sleeping."""
+
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """`time.monotonic` and `time.sleep`."""
+
+    now = staticmethod(time.monotonic)
+    sleep = staticmethod(time.sleep)
 
 
 @dataclass
@@ -81,6 +107,8 @@ class _BreakerBridge(pybreaker.CircuitBreakerListener):
         self.owner = owner
 
     def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        if new_state.name == pybreaker.STATE_OPEN:
+            self.owner._opened_at = self.owner.clock.now()
         old = old_state.name if old_state is not None else None
         self.owner._emit("breaker", "", {"from": old, "to": new_state.name})
 
@@ -92,7 +120,9 @@ class ResilientStore:
     consecutive store failures open the breaker; after `reset_timeout_s` one probe call
     is let through. `fallback(session_id)` supplies a default context (a Context, a dict of
     its fields, or None) when no cached one exists. `buffer_max_turns` bounds the write
-    buffer; `cache_max_sessions` the in-process cache of last-known contexts.
+    buffer; `cache_max_sessions` the in-process cache of last-known contexts. `clock` is
+    where the breaker reads the time (the system's monotonic clock unless a test gives
+    `statekit.testing.FakeClock`).
     """
 
     def __init__(
@@ -106,6 +136,7 @@ class ResilientStore:
         buffer_max_turns: int = 1000,
         cache_max_sessions: int = 10_000,
         listeners: Iterable[StoreListener] = (),
+        clock: Clock | None = None,
     ) -> None:
         if timeout_ms <= 0:
             raise ValueError(f"timeout_ms must be positive, got {timeout_ms!r}")
@@ -127,6 +158,8 @@ class ResilientStore:
         self.cache_max_sessions = cache_max_sessions
         self.listeners: list[StoreListener] = list(listeners)
         self.stats = ResilienceStats()
+        self.clock: Clock = clock or SystemClock()
+        self._opened_at: float | None = None  # on self.clock, when the breaker last opened
         self._storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=fail_max,
@@ -177,15 +210,24 @@ class ResilientStore:
     # -- the guarded call -----------------------------------------------------------------
 
     def _gate(self) -> bool:
-        """May a call go to the store now? Returns True when it is the half-open probe."""
+        """May a call go to the store now? Returns True when it is the half-open probe.
+
+        The reset timeout is timed on `self.clock`; when it has run out, the breaker is moved
+        to half-open here, so pybreaker's own wall-clock check never disagrees with it.
+        """
         if self._storage.state == pybreaker.STATE_CLOSED:
             return False
-        opened = self._storage.opened_at
-        if opened is not None and time.time() < opened.timestamp() + self.breaker.reset_timeout:
+        if self._storage.state == pybreaker.STATE_OPEN and self.clock.now() < self._next_probe_at():
             raise _Unavailable("the circuit breaker is open")
         if not self._probe.acquire(blocking=False):
             raise _Unavailable("another call is probing the store")
+        if self._storage.state == pybreaker.STATE_OPEN:
+            self.breaker.half_open()
         return True
+
+    def _next_probe_at(self) -> float:
+        opened = self._opened_at if self._opened_at is not None else self.clock.now()
+        return opened + self.breaker.reset_timeout
 
     def _call(self, op: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run fn against the store under the breaker; raise _Unavailable instead of failing."""
@@ -275,6 +317,28 @@ class ResilientStore:
             self._emit("replayed", "", {"writes": replayed})
         self._after_success()
         return replayed
+
+    def drain(self, timeout_s: float) -> int:
+        """Replay the write buffer, waiting for the store to come back, for at most `timeout_s`;
+        return how many writes are still buffered (0: all stored).
+
+        Between attempts it waits for the breaker's next probe (or a tenth of the reset
+        timeout while the breaker is closed), on `self.clock`. For a graceful shutdown, and
+        for code that must wait until an outage is over rather than sleep a guessed time.
+        """
+        deadline = self.clock.now() + timeout_s
+        while True:
+            self.flush()
+            if not self._buffer:
+                return 0
+            now = self.clock.now()
+            if now >= deadline:
+                return len(self._buffer)
+            if self._storage.state == pybreaker.STATE_OPEN:
+                wake = self._next_probe_at()
+            else:
+                wake = now + self.breaker.reset_timeout / 10
+            self.clock.sleep(max(0.001, min(wake, deadline) - now))
 
     def _flush_first(self) -> bool:
         """Before a call, replay what is buffered; True when the buffer is now empty."""
@@ -656,3 +720,53 @@ def _phase(record: dict[str, Any]) -> str:
     if record["t_s"] < record["outage_start_s"]:
         return "before"
     return "during" if record["t_s"] < record["outage_end_s"] else "after"
+
+
+def degraded_walkthrough(*, timeout_ms: float = 50, reset_timeout_s: float = 0.5) -> dict[str, Any]:
+    """What an application sees through a hang, step by step, on an embedded server.
+
+    A turn is stored; the server hangs, and a write times out but still lands late (as a
+    frozen server applies what was in its socket buffer when it thaws); the application
+    reads a session it saw (from its cache, with the buffered turn) and one it never saw
+    (the fallback's default); the server heals, the breaker's reset timeout passes (on a
+    `FakeClock`, so the walkthrough takes no time), and the next read replays the buffer:
+    each turn once, in order. Returns `{"steps": [...], "stats": {...}}`.
+    """
+    from .testing import FakeClock, FaultInjector
+
+    injector, clock = FaultInjector(), FakeClock()
+    rs = ResilientStore(
+        SessionStore(injector.client()),
+        timeout_ms=timeout_ms,
+        fail_max=2,
+        reset_timeout_s=reset_timeout_s,
+        fallback=lambda sid: {"summary": "(context unavailable: ask the user to recap)"},
+        clock=clock,
+    )
+    steps: list[dict[str, Any]] = []
+
+    def read(step: str, session_id: str) -> None:
+        ctx = rs.load_context(session_id)
+        steps.append(
+            {
+                "step": step,
+                "session": session_id,
+                "source": ctx.source,
+                "degraded": ctx.degraded,
+                "mode": rs.mode,
+                "buffered writes": rs.buffered,
+                "turns": [t["content"] for t in ctx.turns],
+                "summary": ctx.summary,
+            }
+        )
+
+    rs.append_turn("s-1", {"role": "user", "content": "My order 1009 has not arrived."})
+    read("before the outage", "s-1")
+    injector.hang(deliver_late=True)  # writes time out, but a late one still lands on the server
+    rs.append_turn("s-1", {"role": "assistant", "content": "Sorry to hear that: let me check."})
+    read("outage: a session this process has seen", "s-1")
+    read("outage: a session it has never seen", "s-2")
+    injector.heal()
+    clock.advance(reset_timeout_s)
+    read("after recovery", "s-1")
+    return {"steps": steps, "stats": rs.stats.as_dict()}

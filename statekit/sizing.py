@@ -23,6 +23,7 @@ from typing import Any
 from . import codec
 from .backends import backend_kind
 from .errors import NeedsRealRedis
+from .keys import key_name_bytes, session_keys
 from .lifecycle import ExtractiveSummarizer, LifecyclePolicy, truncate_utf8
 
 __all__ = [
@@ -220,8 +221,7 @@ def session_bytes_unbounded(turns: int, turn_bytes: int, namespace: str = "sk", 
     ql = _Quicklist()
     for i in range(turns):
         ql.push(len(codec.encode(synthetic_turn(i, turn_bytes))))
-    name = len(namespace) + session_id_bytes + len(":{}:log")
-    return _key_overhead(name, False, with_ttl=False) + ql.bytes()
+    return _key_overhead(key_name_bytes(namespace, session_id_bytes, "log"), False, with_ttl=False) + ql.bytes()
 
 
 def estimate_memory(
@@ -280,17 +280,13 @@ def estimate_memory(
     if state_bytes:
         meta_fields["sv"] = "1"
 
-    prefix = len(namespace) + session_id_bytes + len(":{}:")
-    keys = {"meta": len("meta"), "log": len("log")}
-    if summary_len:
-        keys["summary"] = len("summary")
-    if state_bytes:
-        keys["state"] = len("state")
+    parts = ["meta", "log"] + (["summary"] if summary_len else []) + (["state"] if state_bytes else [])
     has_session = turns_per_session > 0 or state_bytes > 0
     if turns_per_session == 0:
-        keys.pop("log")
+        parts.remove("log")
+    names = [key_name_bytes(namespace, session_id_bytes, part) for part in parts]
     breakdown = {
-        "key names, dict and expiry entries": sum(_key_overhead(prefix + n, cluster, True) for n in keys.values()),
+        "key names, dict and expiry entries": sum(_key_overhead(n, cluster, True) for n in names),
         "meta hash": _hash_listpack(meta_fields) if has_session else 0,
         "log list": ql.bytes(),
         "summary": _string_value(summary_len) if summary_len else 0,
@@ -298,16 +294,16 @@ def estimate_memory(
     }
     if not has_session:
         breakdown = dict.fromkeys(breakdown, 0)
-        keys = {}
+        parts = []
     per_session = sum(breakdown.values())
-    n_keys = sessions * len(keys)
+    n_keys = sessions * len(parts)
     tables = 2 * _table(n_keys)
     unbounded = session_bytes_unbounded(turns_per_session, turn_bytes, namespace, session_id_bytes)
     return MemoryEstimate(
         sessions=sessions,
         turns_per_session=turns_per_session,
         turn_bytes=turn_bytes,
-        keys_per_session=len(keys),
+        keys_per_session=len(parts),
         log_turns=len(in_log),
         summary_bytes=summary_len,
         stored_bytes=stored if has_session else 0,
@@ -566,7 +562,7 @@ def live_growth(
     checkpoints = [t for t in range(1, turns + 1) if t % every == 0 or t == 1]
     series: dict[str, list[int]] = {"unbounded": [], "bounded": []}
     stored: list[int] = []
-    naive_keys = [f"{namespace}-naive:{{{sid}}}:log" for sid in ids]
+    naive_keys = [session_keys(f"{namespace}-naive", sid)[1] for sid in ids]  # a log alone, the naive way
 
     for phase in ("unbounded", "bounded"):
         start = used_memory(client) if real else 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import random
 import shutil
 import signal
@@ -33,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FakeClock",
     "FaultInjector",
     "OutageDrill",
     "RedisServer",
     "RedisReplicaPair",
+    "TcpProxy",
     "RedisClusterServers",
     "RoundTrips",
     "count_round_trips",
@@ -285,14 +288,115 @@ class RedisClusterServers:
         self.stop()
 
 
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 in front of `upstream_port` that holds back what it forwards
+    by `delay_ms`, each way, in order.
+
+    Written here because the usual tool, the kernel's netem, is not available on every
+    machine (it is missing here), and a proxy in user space needs no privileges. Each
+    connection has a reader and a writer thread per direction; a chunk read at time t is
+    written at t + delay. `delay_ms` may be changed while connections are open.
+    """
+
+    def __init__(self, upstream_port: int, delay_ms: float = 0.0, upstream_host: str = "127.0.0.1"):
+        self.upstream = (upstream_host, upstream_port)
+        self.delay_ms = delay_ms
+        self._listener: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._closed = threading.Event()
+
+    @property
+    def port(self) -> int:
+        assert self._listener is not None, "start() the proxy first"
+        return self._listener.getsockname()[1]
+
+    def start(self) -> TcpProxy:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._spawn(self._accept)
+        return self
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            self._sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                chunks: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
+                self._spawn(self._read, src, chunks)
+                self._spawn(self._write, dst, chunks)
+
+    def _read(self, src: socket.socket, chunks: queue.Queue[tuple[float, bytes] | None]) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                chunks.put(None)
+                return
+            chunks.put((time.monotonic() + self.delay_ms / 1000, data))
+
+    def _write(self, dst: socket.socket, chunks: queue.Queue[tuple[float, bytes] | None]) -> None:
+        while True:
+            item = chunks.get()
+            if item is None or self._closed.is_set():
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+                return
+            due, data = item
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)  # holding the chunk back is the proxy's whole purpose
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._closed.set()
+        for sock in [self._listener, *self._sockets]:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+    def __enter__(self) -> TcpProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class RedisReplicaPair:
     """A primary and a replica on loopback, with diskless sync and no delay, so the link is
-    up in well under a second. `start()` returns once the replica reports the link up."""
+    up in well under a second. `start()` returns once the replica reports the link up.
 
-    def __init__(self, args: Sequence[str] = ()):
+    With `link_delay_ms`, the replica reaches its primary through a `TcpProxy` that holds
+    the replication stream back that long: a replica that lags on purpose.
+    """
+
+    def __init__(self, args: Sequence[str] = (), link_delay_ms: float = 0.0):
         fast = ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0", *args]
         self.primary = RedisServer(fast)
         self.replica: RedisServer | None = None
+        self.link: TcpProxy | None = None
+        self.link_delay_ms = link_delay_ms
         self._fast = fast
 
     @property
@@ -308,7 +412,11 @@ class RedisReplicaPair:
         import redis
 
         self.primary.start()
-        self.replica = RedisServer([*self._fast, "--replicaof", "127.0.0.1", str(self.primary.port)]).start()
+        upstream = self.primary.port
+        if self.link_delay_ms:
+            self.link = TcpProxy(self.primary.port, self.link_delay_ms).start()
+            upstream = self.link.port
+        self.replica = RedisServer([*self._fast, "--replicaof", "127.0.0.1", str(upstream)]).start()
         client = redis.Redis(host="127.0.0.1", port=self.replica.port, socket_timeout=5)
         deadline = time.monotonic() + timeout_s
         primary = redis.Redis(host="127.0.0.1", port=self.primary.port, socket_timeout=5)
@@ -333,6 +441,8 @@ class RedisReplicaPair:
     def stop(self) -> None:
         if self.replica is not None:
             self.replica.stop()
+        if self.link is not None:
+            self.link.close()
         self.primary.stop()
 
     def __enter__(self) -> RedisReplicaPair:
@@ -352,7 +462,12 @@ class FaultInjector:
       retried write lands twice unless it is idempotent).
     - `slow(ms)`: each call takes `ms` longer; past the socket timeout the command is
       applied and the client still gets TimeoutError.
+    - `hold()`: each call waits until `heal()`, however long; `wait_held(n)` returns once
+      n calls are waiting at the same time (to prove that calls overlap, with no clock).
     - `heal()`: back to normal. `outage()` is a context manager around `fail()`/`heal()`.
+
+    `attempts` counts the commands clients tried to send while a fault was on: one per
+    call when nothing retries behind the caller's back.
     """
 
     def __init__(self) -> None:
@@ -362,10 +477,13 @@ class FaultInjector:
         self.mode = "ok"
         self.delay_s = 0.0
         self.deliver_late = False
+        self.attempts = 0
         self._late: list[bytes] = []
         self._lock = threading.Lock()
         self._healed = threading.Event()
         self._healed.set()
+        self._held = 0
+        self._held_changed = threading.Condition()
 
     def client(self, socket_timeout: float = 1.0) -> Any:
         """A client of this server whose calls obey the injected faults."""
@@ -398,6 +516,26 @@ class FaultInjector:
         self.mode = "slow"
         self.delay_s = ms / 1000
 
+    def hold(self) -> None:
+        self.heal()
+        self._healed.clear()
+        self.mode = "hold"
+
+    def wait_held(self, calls: int, timeout_s: float = 10.0) -> bool:
+        """Wait until `calls` calls are held at once; False if that did not happen in time."""
+        with self._held_changed:
+            return self._held_changed.wait_for(lambda: self._held >= calls, timeout=timeout_s)
+
+    def _held_call(self) -> None:
+        with self._held_changed:
+            self._held += 1
+            self._held_changed.notify_all()
+        try:
+            self._healed.wait()
+        finally:
+            with self._held_changed:
+                self._held -= 1
+
     def heal(self) -> None:
         self.mode = "ok"
         self.server.connected = True
@@ -420,6 +558,27 @@ class FaultInjector:
             yield self
         finally:
             self.heal()
+
+
+class FakeClock:
+    """A clock for `ResilientStore(clock=...)` that moves only when told: `advance(seconds)`
+    (and `sleep`, which advances instead of waiting). Tests of breaker timing then take no
+    time and cannot flake on a loaded machine."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        with self._lock:
+            self._now += seconds
+
+    sleep = advance
 
 
 class OutageDrill:
@@ -504,6 +663,12 @@ def _faulty_connection_class() -> type:
 
         def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             inj = None if self._handshake else self.injector
+            if inj is not None and inj.mode != "ok":
+                with inj._lock:
+                    inj.attempts += 1
+            if inj is not None and inj.mode == "hold":
+                inj._held_call()
+                return super().send_packed_command(command, check_health)
             if inj is not None and inj.mode == "hang":
                 if self.socket_timeout is None:  # no deadline: wait for the server, like a real client
                     inj._healed.wait()
@@ -654,6 +819,14 @@ if pytest is not None:
         """A primary and a replica on loopback ports for the whole test session."""
         _start_or_skip().stop()  # the same skip-or-fail rule as a single server
         pair = RedisReplicaPair().start()
+        yield pair
+        pair.stop()
+
+    @pytest.fixture(scope="session")
+    def lagging_redis_replica_pair() -> Iterator[RedisReplicaPair]:
+        """A primary and a replica whose replication link is held back 50 ms each way."""
+        _start_or_skip().stop()  # the same skip-or-fail rule as a single server
+        pair = RedisReplicaPair(link_delay_ms=50).start()
         yield pair
         pair.stop()
 

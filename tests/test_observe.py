@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from statekit import LifecyclePolicy, NeedsRealRedis, ResilientStore, SessionStore, StateTooLarge, connect
 from statekit.migrate import Migrations
 from statekit.observe import AuditLog, ExpiryWatcher, StateMetrics, actor, health_scan
-from statekit.testing import FaultInjector
+from statekit.testing import FakeClock, FaultInjector
 
 
 def turn(i: int, size: int = 50) -> dict:
@@ -64,16 +64,16 @@ def test_prometheus_names_follow_the_conventions():
 
 def test_hit_rates_per_tier_and_degraded_events():
     m = StateMetrics()
-    inj = FaultInjector()
+    inj, clock = FaultInjector(), FakeClock()
     store = SessionStore(inj.client(), metrics=m)
-    rs = ResilientStore(store, timeout_ms=50, fail_max=2, reset_timeout_s=0.1, listeners=[m])
+    rs = ResilientStore(store, timeout_ms=50, fail_max=2, reset_timeout_s=0.1, listeners=[m], clock=clock)
     rs.append_turn("known", turn(0))
     rs.load_context("known")
     inj.fail()
     rs.load_context("known")
     rs.load_context("unknown")
     inj.heal()
-    time.sleep(0.15)
+    clock.advance(0.1)
     rs.load_context("known")
     assert m.hit_rates() == {"store": 0.5, "cache": 0.25, "default": 0.25}
     assert m.events["degraded"] == 1 and m.events["recovered"] == 1
@@ -102,7 +102,8 @@ def test_every_event_kind_is_counted_on_a_real_server(fresh_redis_server):
     m = StateMetrics()
     client = connect(fresh_redis_server.url)
     policy = LifecyclePolicy(window_turns=2, fold_batch=1, ttl_seconds=1, max_bytes=2_000, summary_max_bytes=200)
-    with ExpiryWatcher(client, "sk", m):
+    clock = FakeClock()
+    with ExpiryWatcher(client, "sk", m) as watcher:
         store = SessionStore(client, policy, metrics=m, migrations=Migrations(current=1))
         for i in range(4):
             store.append_turn("s1", turn(i))  # created, appended, evicted, summarised
@@ -118,6 +119,7 @@ def test_every_event_kind_is_counted_on_a_real_server(fresh_redis_server):
             fail_max=1,
             reset_timeout_s=0.2,
             listeners=[m],
+            clock=clock,
         )
         rs.load_context("s1")
         fresh_redis_server.pause()
@@ -125,12 +127,9 @@ def test_every_event_kind_is_counted_on_a_real_server(fresh_redis_server):
             rs.load_context("s1")  # degraded
         finally:
             fresh_redis_server.resume()
-        time.sleep(0.25)
+        clock.advance(0.2)
         rs.load_context("s1")  # recovered
-        deadline = time.monotonic() + 10
-        while m.events["expired"] < 2 and time.monotonic() < deadline:  # ttl 1 s: both sessions expire
-            time.sleep(0.1)
-            client.exists("sk:{s1}:meta", "sk:{s2}:meta")  # touching them makes Redis remove them promptly
+        assert watcher.wait_for(2), "with a 1 s TTL both sessions expire, and Redis says so"
     for kind in (
         "created",
         "appended",
@@ -162,11 +161,7 @@ def test_expiries_reconcile_with_the_stores_counts(fresh_redis_server):
         for i in range(3):
             long.append_turn(f"long-{i}", turn(i))
         long.delete("long-0")
-        deadline = time.monotonic() + 10
-        while len(watcher.expired) < 5 and time.monotonic() < deadline:
-            time.sleep(0.1)
-            for i in range(5):
-                client.exists(f"sk:{{short-{i}}}:meta")
+        assert watcher.wait_for(5), "the five 1 s sessions expire, and Redis says so"
         assert watcher.reconcile(m) == {"created": 8, "deleted": 1, "expired": 5, "live": 2, "unaccounted": 0}
 
 
