@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -53,6 +53,7 @@ __all__ = [
     "Router",
     "remap_fraction",
     "simulate_routing",
+    "compare_routing",
     "concurrent_increments",
 ]
 
@@ -334,6 +335,11 @@ class Choice:
     stale_read_probability: float
     reasons: list[str]
     limits: list[str]
+    #: P(stale) of a read that comes this soon after the write, at the 1st and 50th
+    #: percentile of the gap: {"p1": {"gap_ms": ..., "p": ...}, "p50": {...}}.
+    stale_at_gaps: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: The gap after a write (ms) beyond which fewer than 1 read in 1,000 is stale.
+    safe_after_ms: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -360,16 +366,26 @@ def select(
     """A consistency level, Redis recipe and routing for each state class.
 
     `state_classes` are a profile's StateClass objects (purpose, staleness tolerance).
-    `read_gap_ms` is the typical time between a write and the next read of the same state;
-    with `lag` (a replica-lag distribution; measured lag via `empirical`) it gives the
-    probability that a replica read is stale.
+    `read_gap_ms` is the mean time between a write and the next read of the same state;
+    the gaps are taken as exponential (requests arriving as a Poisson process). With `lag`
+    (a replica-lag distribution; measured lag via `empirical`) it gives, for classes read
+    from replicas: the probability that a read is stale, averaged over the gaps (the
+    share of reads that are stale); the probability at the 1st and 50th percentile gap;
+    and the gap beyond which fewer than 1 read in 1,000 is stale (the lag's 99.9th
+    percentile). Classes read from the primary are never stale by recipe (0).
     """
     lag_samples = lag.sample(np.random.default_rng(0), trials)
+    # P(gap < lag) for an exponential gap of mean read_gap_ms, averaged over the lag
+    p_replica = float(np.mean(-np.expm1(-lag_samples / read_gap_ms)))
+    gaps = {q: -read_gap_ms * math.log1p(-q / 100) for q in (1, 50)}
+    at_gaps = {
+        f"p{q}": {"gap_ms": gap, "p": float(replica_stale_probability(lag_samples, gap)[0])} for q, gap in gaps.items()
+    }
+    safe_after = float(np.quantile(lag_samples, 0.999))
     choices = []
     for sc in state_classes:
         tolerance = float(sc.staleness_tolerance_s)
         purpose = sc.purpose
-        p_replica = float(replica_stale_probability(lag_samples, read_gap_ms)[0])
         if purpose == "financial":
             choices.append(
                 Choice(
@@ -487,7 +503,9 @@ def select(
                     [_ASYNC],
                 )
             )
-    return choices
+    replica_numbers = {"stale_at_gaps": at_gaps, "safe_after_ms": safe_after}
+    primary_numbers = {"stale_at_gaps": {k: {"gap_ms": v["gap_ms"], "p": 0.0} for k, v in at_gaps.items()}}
+    return [replace(ch, **(replica_numbers if ch.reads_from == "replica" else primary_numbers)) for ch in choices]
 
 
 # -- measured replica lag --------------------------------------------------------------------
@@ -692,6 +710,11 @@ def simulate_routing(
     }
 
 
+def compare_routing(primary_url: str, replica_url: str, **kwargs: Any) -> list[dict[str, Any]]:
+    """`simulate_routing` round-robin, then sticky, on the same primary and replica."""
+    return [simulate_routing(primary_url, replica_url, routing, **kwargs) for routing in ("round_robin", "sticky")]
+
+
 # -- optimistic concurrency against a naive get-then-set -------------------------------------
 
 
@@ -708,11 +731,18 @@ def concurrent_increments(
 
     With `naive=True` each update is GET, +1, SET: concurrent writers overwrite each other.
     Otherwise SessionStore.update_state (version compare-and-set, retried). Returns the
-    expected and final counts, lost updates and the conflicts counted.
+    expected and final counts, lost updates and the conflicts counted. On `fakeredis://`
+    the instances share one embedded server of their own (each `fakeredis://` client
+    would otherwise get a private one, and no two instances would touch the same counter).
     """
-    from .backends import connect
+    import uuid
+
+    from .backends import connect, resolve_url
     from .codec import decode, encode
     from .store import SessionStore, StoreListener
+
+    if resolve_url(redis_url).rstrip("/") == "fakeredis:":
+        redis_url = f"fakeredis://occ-demo-{uuid.uuid4().hex}"
 
     class Conflicts(StoreListener):
         def __init__(self) -> None:

@@ -180,3 +180,9 @@ def test_replica_lag_stops_at_its_deadline_when_replication_stops(fresh_redis_re
     with pytest.raises(ReplicationStalled, match=r"has not shown write 1 of 5 0.5 s after .*master_link_status=down"):
         c.measure_replica_lag(pair.primary_url, pair.replica_url, writes=5, deadline_s=0.5)
     assert sk.connect(pair.primary_url).keys("lag-probe:*") == [], "the probe keys are removed"
+
+
+def test_compare_and_set_loses_no_update_on_the_embedded_server_either():
+    """The instances share one fakeredis server (each fakeredis:// client would have its own)."""
+    occ = c.concurrent_increments("fakeredis://", instances=2, threads=2, increments=25)
+    assert occ["final"] == occ["expected"] == 100 and occ["lost_updates"] == 0

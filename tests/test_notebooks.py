@@ -31,41 +31,82 @@ def test_notebooks_are_stored_clean(nb):
     assert len(params) == 1 and 'redis_url = "fakeredis://"' in params[0].source
 
 
+#: What a working run of each notebook prints, on each backend: numbers and sentences that
+#: only the notebook's own computation produces (not its markdown, not its parameters).
+MUST_SHOW = {
+    "00_do_you_need_state": {
+        "fakeredis": ["'kind': 'fakeredis'", "durable workflow state", "support_agent: server-side session state"],
+        "redis": ["'kind': 'redis'", "support_agent: server-side session state"],
+    },
+    "01_graceful_degradation": {
+        "fakeredis": ["'kind': 'fakeredis'", "statekit ResilientStore", "plain redis-py", "after recovery", "default"],
+        "redis": ["'kind': 'redis'", "statekit ResilientStore", "plain redis-py"],
+    },
+    "02_bounded_state": {
+        "fakeredis": ["estimated: fakeredis has no INFO memory", "nothing was written", "after the rejection"],
+        "redis": ["'kind': 'redis'", "measured: INFO memory used_memory", "nothing was written"],
+    },
+    "03_consistency": {
+        "fakeredis": ["0.97", "R=1 W=1", "routing is not measured", "bounded staleness", "under 1 in 1,000 after"],
+        "redis": ["'kind': 'redis'", "0.97", "version compare-and-set"],
+    },
+    "04_migrations": {
+        "fakeredis": ["100 of 200 returning users would see an error", "stored now at v3", "migrated 100"],
+        "redis": ["'kind': 'redis'", "100 of 200 returning users would see an error", "migrated 100"],
+    },
+    "05_observability": {
+        "fakeredis": ["conflict ratio", "tier=", "tagged with a region outside", "memory was not sampled"],
+        "redis": ["'kind': 'redis'", "conflict ratio", "tagged with a region outside"],
+    },
+    "design_review": {
+        "fakeredis": ["server-side session state", "Stateful or stateless", "under 1 in 1,000 after", "Phase 1"],
+        "redis": ["backend redis (", "server-side session state", "under 1 in 1,000 after"],
+    },
+}
+#: Notebooks that must render at least one plot.
+PLOTS = {"00_do_you_need_state", "01_graceful_degradation", "02_bounded_state", "03_consistency",
+         "05_observability", "design_review"}  # fmt: skip
+
+
+def _check(nb: Path, out: nbformat.NotebookNode, backend: str) -> None:
+    text = _text(out)
+    missing = [marker for marker in MUST_SHOW[nb.stem][backend] if marker not in text]
+    assert not missing, f"{nb.stem} on {backend} did not show {missing}"
+    if nb.stem in PLOTS:
+        assert '"image/png"' in text, f"{nb.stem} rendered no plot"
+
+
+def test_every_notebook_has_its_checks():
+    assert set(MUST_SHOW) == {nb.stem for nb in NOTEBOOKS}
+    assert all(set(checks) == {"fakeredis", "redis"} and all(checks.values()) for checks in MUST_SHOW.values())
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_on_fakeredis(nb, tmp_path):
-    out = _run(nb, tmp_path / nb.name, redis_url="fakeredis://")
-    text = _text(out)
-    assert "fakeredis" in text
-    if nb.stem == "02_bounded_state":
-        assert "estimated: fakeredis has no INFO memory" in text
-        assert "nothing was written" in text
-    if nb.stem == "05_observability":
-        assert "conflict ratio" in text and "tier=" in text and "tagged with a region outside" in text
-    if nb.stem == "04_migrations":
-        assert "would see an error" in text and "stored now at v3" in text
-    if nb.stem == "01_graceful_degradation":
-        assert "statekit ResilientStore" in text and "after recovery: store normal" in text
+    _check(nb, _run(nb, tmp_path / nb.name, redis_url="fakeredis://"), "fakeredis")
 
 
 @pytest.mark.notebook
 @pytest.mark.realredis
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_on_real_redis(nb, tmp_path, redis_url):
-    out = _run(nb, tmp_path / nb.name, redis_url=redis_url)
-    text = _text(out)
-    assert "'kind': 'redis'" in text or "backend redis" in text
-    if nb.stem == "02_bounded_state":
-        assert "measured: INFO memory used_memory" in text
+    _check(nb, _run(nb, tmp_path / nb.name, redis_url=redis_url), "redis")
+
+
+PROFILES = sorted((Path(__file__).resolve().parent.parent / "data" / "profiles").glob("*.yaml"))
 
 
 @pytest.mark.notebook
-def test_design_review_for_every_profile_shape(tmp_path):
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
+def test_design_review_for_every_example_profile(profile, tmp_path):
+    from statekit import WorkloadProfile, assess
+
     nb = next(p for p in NOTEBOOKS if p.stem == "design_review")
-    profile = nb.parent.parent / "data" / "profiles" / "agentic_workflow.yaml"
     out = _run(nb, tmp_path / "dr.ipynb", profile_path=str(profile), review_json_path=str(tmp_path / "r.json"))
-    assert "durable workflow state" in _text(out)
-    assert json.loads((tmp_path / "r.json").read_text())["assessment"]["verdict"] == "durable workflow state"
+    verdict = assess(WorkloadProfile.from_yaml(profile)).verdict
+    assert f"{profile.stem}: **{verdict}**" in _text(out)
+    assert json.loads((tmp_path / "r.json").read_text())["assessment"]["verdict"] == verdict
 
 
 @pytest.mark.notebook
@@ -76,5 +117,5 @@ def test_consistency_notebook_measures_a_real_replica(tmp_path, redis_replica_pa
         nb, tmp_path / nb.name, redis_url=redis_replica_pair.primary_url, replica_url=redis_replica_pair.replica_url
     )
     text = _text(out)
-    assert "stale_fraction" in text and "WAIT 1, 2 load writers" in text
+    assert "stale_fraction" in text and "WAIT 1, 2 load writers" in text and "sticky" in text
     assert "No replica_url given" not in text
