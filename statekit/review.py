@@ -201,7 +201,6 @@ def run_review(
     paths = [Path(p).resolve() for p in profiles]
     if not paths:
         raise ProfileError("no profile given: pass at least one YAML file")
-    _check_writable(Path(out_dir))
     verdicts = {p: assess(WorkloadProfile.from_yaml(p)).verdict for p in paths}
     names = [p.stem for p in paths]
     if len(set(names)) != len(names):
@@ -211,6 +210,7 @@ def run_review(
         check_reachable(client, redis_url)
     finally:
         client.close()
+    _check_writable(Path(out_dir))
 
     # A URL with a secret goes to the kernel through the environment, never into the
     # executed notebook's parameters cell, which is written to disk.
