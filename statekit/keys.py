@@ -30,17 +30,26 @@ MAX_SESSION_ID_BYTES = 256
 
 # Braces would break the hash tag; control characters (newlines included) break logs and
 # the key layout. fullmatch, not match: `$` also matches before a trailing newline.
-_SESSION_ID = re.compile(r"[^{}\x00-\x1f\x7f]+")
+_SESSION_ID = re.compile(r"[^{}\x00-\x1f\x7f\ud800-\udfff]+")  # no lone surrogates: UTF-8 cannot hold them
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def _utf8_len(text: str) -> int:
+    """Length in UTF-8 bytes; a string UTF-8 cannot encode (a lone surrogate) counts as too long."""
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        return MAX_SESSION_ID_BYTES + 1
 
 
 def validate_session_id(session_id: str) -> str:
     """Return `session_id`, or raise `InvalidInput` when it is not a string of 1 to 256 UTF-8
-    bytes without braces or control characters (newlines included)."""
+    bytes without braces or control characters (newlines included), or cannot be UTF-8."""
     if (
         not isinstance(session_id, str)
         or not _SESSION_ID.fullmatch(session_id)
-        or len(session_id.encode("utf-8", errors="replace")) > MAX_SESSION_ID_BYTES
+        # a character is at most 4 bytes: only ids longer than 64 characters need encoding
+        or (len(session_id) > MAX_SESSION_ID_BYTES // 4 and _utf8_len(session_id) > MAX_SESSION_ID_BYTES)
     ):
         raise InvalidInput(
             f"bad session id {session_id!r}: 1 to {MAX_SESSION_ID_BYTES} bytes of UTF-8, "

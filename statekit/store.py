@@ -37,7 +37,7 @@ import redis
 from . import codec
 from .backends import backend_kind
 from .errors import ConflictError, CorruptStateError, InvalidInput, StateTooLarge, StoreUnavailable
-from .keys import session_keys, validate_namespace
+from .keys import _utf8_len, session_keys, validate_namespace
 from .lifecycle import LifecyclePolicy, truncate_utf8
 from .scripts import (
     APPEND_LUA,
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 SEP = b"\x1f"  # between a record's turn id and its encoded turn; ids may not contain it
 # fullmatch, not match: `$` would also match before a trailing newline
-_TURN_ID = re.compile(r"[^\x00-\x20\x7f]+")
+_TURN_ID = re.compile(r"[^\x00-\x20\x7f\ud800-\udfff]+")
 MAX_TURN_ID_BYTES = 128
 
 _SCRIPT_SUFFIX = re.compile(r" script: [0-9a-f]+, on @user_script:\S+$")
@@ -84,36 +84,42 @@ try:  # hiredis packs in C, about twice as fast; the extra `statekit[hiredis]` i
         return _hiredis_pack(args)
 
 except ImportError:  # pragma: no cover - exercised where hiredis is absent
+    _hiredis_pack = None
     _pack_bytes = _pack_py
 
 
 def _packer(encoder: Any, pack_bytes: Callable[..., bytes] | None = None) -> Callable[..., bytes]:
     """A packer that encodes arguments exactly as redis-py's `encoder` does, then packs them.
 
-    The command name is UTF-8 and split on spaces (as redis-py does); of the arguments,
-    bytes, ints and (with a strict UTF-8 encoder) str take a fast path with the same result;
-    everything else goes through redis-py's own `Encoder.encode`, so floats are written as
-    redis-py writes them, and bool and None raise redis-py's `DataError`.
+    The command name is UTF-8 and split on spaces (as redis-py does). With a strict UTF-8
+    encoder and hiredis installed, the whole command goes to hiredis's C packer, which
+    writes bytes, str, int and float as redis-py's Encoder does; anything it refuses
+    (bool, None, bytearray) takes the careful path. The careful path encodes each argument
+    with redis-py's own `Encoder.encode` (so floats are written as redis-py writes them,
+    and bool and None raise redis-py's `DataError`), then packs the bytes.
     """
     encode = encoder.encode
-    pack_bytes = pack_bytes or _pack_bytes
     utf8 = encoder.encoding.replace("-", "").lower() == "utf8" and encoder.encoding_errors == "strict"
+    fast = _hiredis_pack if (utf8 and pack_bytes is None) else None
+    pack_bytes = pack_bytes or _pack_bytes
 
-    def pack(command: str | bytes, *args: Any) -> bytes:
-        # the command name is UTF-8 and split on spaces whatever the encoding, as in redis-py
+    def careful(command: str | bytes, *args: Any) -> bytes:
         out = command.encode().split() if isinstance(command, str) else [command]
         for arg in args:
-            kind = type(arg)
-            if kind is bytes:
-                out.append(arg)
-            elif kind is int:
-                out.append(b"%d" % arg)
-            elif kind is str and utf8:
-                out.append(arg.encode())
-            else:
-                value = encode(arg)
-                out.append(value if type(value) is bytes else bytes(value))
+            value = encode(arg)
+            out.append(value if type(value) is bytes else bytes(value))
         return pack_bytes(*out)
+
+    if fast is None:
+        return careful
+
+    def pack(command: str | bytes, *args: Any) -> bytes:
+        if type(command) is str and " " not in command:
+            try:
+                return fast((command, *args))
+            except TypeError:
+                pass
+        return careful(command, *args)
 
     return pack
 
@@ -169,7 +175,7 @@ def validate_turn_id(turn_id: str) -> str:
     if (
         not isinstance(turn_id, str)
         or not _TURN_ID.fullmatch(turn_id)
-        or len(turn_id.encode("utf-8", errors="replace")) > MAX_TURN_ID_BYTES
+        or (len(turn_id) > MAX_TURN_ID_BYTES // 4 and _utf8_len(turn_id) > MAX_TURN_ID_BYTES)
     ):
         raise InvalidInput(
             f"bad turn id {turn_id!r}: 1 to {MAX_TURN_ID_BYTES} bytes of printable characters, no spaces"

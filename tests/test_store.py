@@ -214,8 +214,8 @@ def test_one_round_trip_per_load_and_per_steady_state_append(any_client):
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "a{b}", "a\nb", "tab\there", "x" * 257, 42, None, "s-1\n", "é" * 129],
-    ids=["empty", "braces", "newline", "tab", "257 chars", "int", "None", "trailing newline", "258 bytes"],
+    ["", "a{b}", "a\nb", "tab\there", "x" * 257, 42, None, "s-1\n", "é" * 129, "s\ud800"],
+    ids=["empty", "braces", "newline", "tab", "257 chars", "int", "None", "trailing newline", "258 bytes", "surrogate"],
 )
 def test_bad_session_ids_are_refused_and_nothing_is_written(bad):
     client = connect("fakeredis://")
@@ -227,7 +227,7 @@ def test_bad_session_ids_are_refused_and_nothing_is_written(bad):
     assert client.dbsize() == 0
 
 
-@pytest.mark.parametrize("bad", ["", "has space", "a\x1fb", "x" * 129, "t-1\n", "é" * 65])
+@pytest.mark.parametrize("bad", ["", "has space", "a\x1fb", "x" * 129, "t-1\n", "é" * 65, "t\udc80"])
 def test_bad_turn_ids_are_refused(bad):
     client = connect("fakeredis://")
     with pytest.raises(InvalidInput, match="bad turn id"):
@@ -485,6 +485,7 @@ _RESP_ARGS = st.one_of(
     st.booleans(),
     st.none(),
     st.binary(max_size=10).map(memoryview),
+    st.binary(max_size=10).map(bytearray),
 )
 
 
@@ -521,8 +522,9 @@ def test_pack_encodes_every_argument_as_redis_py_does(rest, encoding):
     args = ["EVALSHA", *rest]  # redis-py splits its first argument, the command name, on spaces
     encoder = Encoder(encoding[0], encoding[1], False)
     reference = PythonRespSerializer(6000, encoder.encode)
-    for name, pack_bytes in _packers():
-        pack = _packer(encoder, pack_bytes)
+    packers = [(name, _packer(encoder, pack_bytes)) for name, pack_bytes in _packers()]
+    packers.append(("default (hiredis whole-command fast path)", _packer(encoder)))
+    for name, pack in packers:
         try:
             expected = b"".join(bytes(part) for part in reference.pack(*args))
         except (redis.exceptions.DataError, UnicodeError) as exc:
