@@ -20,15 +20,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.core: pyproject.toml | $(BIN)/python
-	$(PIP) install -e .
+	$(PIP) install -e '.[workbook]'
 	@touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[workbook,otel,hiredis,dev]'
 	@touch $@ $(VENV)/.core
 
 $(VENV)/.lab: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[lab]'
+	$(PIP) install -e '.[workbook,lab]'
 	@touch $@ $(VENV)/.core
 
 review: $(VENV)/.core
@@ -38,7 +38,7 @@ test: $(VENV)/.dev
 	$(BIN)/python -m pytest tests notebooks --nbval-lax $(PYTEST_ARGS)
 
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[bench]'
+	$(PIP) install -e '.[workbook,hiredis,bench]'
 	@touch $@ $(VENV)/.core
 
 bench: $(VENV)/.bench

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import codec, consistency, sizing  # noqa: E402
+from . import codec, sizing  # noqa: E402
 from .assess import Assessment, CostModel, RubricAnswer, assess, what_if  # noqa: E402
 from .backends import check_reachable, connect, redact_url  # noqa: E402
 from .errors import (  # noqa: E402
@@ -18,6 +18,7 @@ from .errors import (  # noqa: E402
     ConnectionURLError,
     CorruptStateError,
     InvalidInput,
+    MissingExtra,
     NeedsRealRedis,
     ProfileError,
     ReplicationStalled,
@@ -69,5 +70,16 @@ __all__ = [
     "UnknownVersionError",
     "ConflictError",
     "NeedsRealRedis",
+    "MissingExtra",
     "ReplicationStalled",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """`statekit.consistency` on first use: its models need numpy, which only the workbook
+    extra installs, so `import statekit` does not import it."""
+    if name == "consistency":
+        import importlib
+
+        return importlib.import_module(".consistency", __name__)
+    raise AttributeError(f"module 'statekit' has no attribute {name!r}")

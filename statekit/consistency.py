@@ -26,9 +26,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-import numpy as np
-
+from ._optional import require
 from .lifecycle import LifecyclePolicy
+
+np = require("numpy", what="statekit.consistency")
 
 __all__ = [
     "LatencyFit",

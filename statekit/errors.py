@@ -55,3 +55,7 @@ class NeedsRealRedis(StatekitError):
 
 class ReplicationStalled(StatekitError):
     """A replica did not show a write within the deadline: replication is stopped or far behind."""
+
+
+class MissingExtra(StatekitError, ImportError):
+    """A feature needs a package that only one of statekit's extras installs; the message names it."""

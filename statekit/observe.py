@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import random
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from ._optional import require
 from .keys import key_pattern, session_id_of, session_keys
 from .store import StoreListener
 
@@ -156,8 +158,6 @@ class StateMetrics(StoreListener):
 
     def _fold(self) -> None:
         """Move buffered samples into the histograms (each distinct value recorded once)."""
-        import numpy as np
-
         with self._lock:
             batches = [(self._latency_hist[op], raw, _LATENCY_MAX_US) for op, raw in self._latency_raw.items() if raw]
             batches = [(h, list(raw), cap) for h, raw, cap in batches]
@@ -167,8 +167,7 @@ class StateMetrics(StoreListener):
                 batches.append((self._sizes_hist, self._sizes_raw, _SIZE_MAX))
                 self._sizes_raw = []
             for hist, raw, cap in batches:
-                values, counts = np.unique(np.minimum(np.asarray(raw, dtype=np.int64), cap), return_counts=True)
-                for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+                for value, count in Counter(min(v, cap) for v in raw).items():
                     hist.record_value(value, count)
 
     @property
@@ -198,8 +197,9 @@ class StateMetrics(StoreListener):
         return {tier: self.reads.get(tier, 0) / total if total else 0.0 for tier in ("store", "cache", "default")}
 
     def summary(self) -> Any:
-        """Per operation: calls, errors, p50/p95/p99/max latency in microseconds (a DataFrame)."""
-        import pandas as pd
+        """Per operation: calls, errors, p50/p95/p99/max latency in microseconds (a DataFrame);
+        `percentile_us` gives the same numbers without pandas."""
+        pd = require("pandas", what="StateMetrics.summary()")
 
         rows = []
         for op, hist in sorted(self._latency.items()):
@@ -502,6 +502,15 @@ class AuditLog(StoreListener):
 # -- the health scan -------------------------------------------------------------------------
 
 
+def _percentile(ordered: list[int], q: float) -> float:
+    """The q-th percentile of sorted values, interpolated linearly between the two nearest
+    (numpy's default method), without numpy: the runtime install does not carry it."""
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (rank - low))
+
+
 @dataclass
 class HealthReport:
     """What a read-only scan of a live Redis found."""
@@ -543,8 +552,6 @@ def health_scan(
     `retention_days` ago, and audit entries older than that. Residency: sessions tagged with
     a region outside `allowed_regions`. Nothing is written.
     """
-    import numpy as np
-
     from .backends import backend_kind
 
     if sample_every < 1:
@@ -602,17 +609,14 @@ def health_scan(
         if cursor == 0:
             break
     if sizes:
-        arr = np.asarray(sizes)
-        report.size_percentiles = {f"p{q}": float(np.percentile(arr, q)) for q in (50, 95, 99)} | {
-            "max": float(arr.max())
-        }
+        ordered = sorted(sizes)
+        report.size_percentiles = {f"p{q}": _percentile(ordered, q) for q in (50, 95, 99)} | {"max": float(ordered[-1])}
     report.biggest = [(sid, size) for size, sid in sorted(biggest, reverse=True)[:top]]
     if memory:
-        m = np.asarray(memory)
         report.sampled_memory_bytes = {
             "sessions_sampled": len(memory),
-            "mean": float(m.mean()),
-            "p99": float(np.percentile(m, 99)),
+            "mean": sum(memory) / len(memory),
+            "p99": _percentile(sorted(memory), 99),
         }
     if audit_stream and cutoff_ms is not None:
         first = client.xrange(audit_stream, count=1)
@@ -763,14 +767,12 @@ def demo_workload(
         metrics.timeline.append((time.time(), f"phase: {phase}", ""))
 
     mark("normal traffic")
-    import numpy as np
-
-    rng = np.random.default_rng(0)
+    rng = random.Random(0)
     for t in range(turns):
         for s in range(sessions):
             sid = f"s-{s}"
             rs.load_context(sid)
-            size = int(rng.lognormal(6, 0.7))
+            size = int(rng.lognormvariate(6, 0.7))
             rs.append_turn(sid, {"role": "user" if t % 2 == 0 else "assistant", "content": "x" * size})
     mark("conflict storm")
     contender = SessionStore(

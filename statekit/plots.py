@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._optional import require
 from .assess import Assessment
 
 __all__ = [
@@ -23,7 +24,7 @@ def payload_growth(assessment: Assessment | dict[str, Any], ax: Any = None) -> A
 
     Takes an `Assessment` or its `as_dict()` form (the `assessment` section of a review).
     """
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", what="statekit.plots")
 
     a = assessment.as_dict() if isinstance(assessment, Assessment) else assessment
     c = a["cost"]
@@ -48,7 +49,7 @@ def payload_growth(assessment: Assessment | dict[str, Any], ax: Any = None) -> A
 
 def verdict_overview(assessments: list[Assessment], ax: Any = None) -> Any:
     """Bar chart of each profile's largest full-replay request, coloured by verdict."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", what="statekit.plots")
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
@@ -75,7 +76,7 @@ def _mb(values: list[float]) -> list[float]:
 
 def memory_over_turns(growth: dict[str, Any], ax: Any = None) -> Any:
     """One session's memory as turns accumulate: with the lifecycle policy and without."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", what="statekit.plots")
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
@@ -90,7 +91,7 @@ def memory_over_turns(growth: dict[str, Any], ax: Any = None) -> Any:
 
 def memory_over_days(growth: dict[str, Any], node_maxmemory_bytes: int | None = None, ax: Any = None) -> Any:
     """Total Redis memory at the end of each day: TTL and window against neither."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", what="statekit.plots")
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
@@ -108,7 +109,7 @@ def memory_over_days(growth: dict[str, Any], node_maxmemory_bytes: int | None = 
 
 def live_memory(growth: dict[str, Any], ax: Any = None) -> Any:
     """Memory of N sessions turn by turn, unbounded against bounded, labelled measured or estimated."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", what="statekit.plots")
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
@@ -124,7 +125,7 @@ def live_memory(growth: dict[str, Any], ax: Any = None) -> Any:
 def outage_timeline(records: list[dict[str, Any]], axes: Any = None) -> Any:
     """Each call's latency over time through an outage, statekit against a plain client,
     and below it what statekit answered from (store, cache, default)."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", what="statekit.plots")
 
     if axes is None:
         _, axes = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -164,8 +165,8 @@ def outage_timeline(records: list[dict[str, Any]], axes: Any = None) -> Any:
 
 def latency_histograms(metrics: Any, ax: Any = None) -> Any:
     """Latency distribution of each operation (log-spaced microseconds)."""
-    import matplotlib.pyplot as plt
-    import numpy as np
+    plt = require("matplotlib.pyplot", what="statekit.plots")
+    np = require("numpy", what="statekit.plots")
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
@@ -185,7 +186,7 @@ def latency_histograms(metrics: Any, ax: Any = None) -> Any:
 
 def size_distribution(metrics: Any, cap: int | None = None, ax: Any = None) -> Any:
     """Session sizes seen after each append, against the byte cap."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", what="statekit.plots")
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
@@ -204,7 +205,7 @@ def size_distribution(metrics: Any, cap: int | None = None, ax: Any = None) -> A
 
 def hit_rates(metrics: Any, ax: Any = None) -> Any:
     """Share of context reads served by each tier."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", what="statekit.plots")
 
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 3.5))
@@ -217,7 +218,7 @@ def hit_rates(metrics: Any, ax: Any = None) -> Any:
 
 def events_timeline(metrics: Any, ax: Any = None) -> Any:
     """Lifecycle events over time, one row per kind, with the workload's phases marked."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", what="statekit.plots")
 
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 3.5))
@@ -243,7 +244,7 @@ def events_timeline(metrics: Any, ax: Any = None) -> Any:
 def visibility_curves(curves: dict[str, dict[str, tuple[Any, Any]]], axes: Any = None) -> Any:
     """One panel per latency fit: P(consistent read) against ms after commit, a line per quorum
     (the output of `consistency.visibility_curves`)."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", what="statekit.plots")
 
     if axes is None:
         _, axes = plt.subplots(1, len(curves), figsize=(4.7 * len(curves), 3.5), squeeze=False)
@@ -262,8 +263,8 @@ def visibility_curves(curves: dict[str, dict[str, tuple[Any, Any]]], axes: Any =
 def replica_staleness(lag_samples_ms: Any, ax: Any = None, title: str = "replica reads, measured") -> Any:
     """P(a replica read misses a write) against the time between the write's acknowledgement
     and the read, from measured replica lag."""
-    import matplotlib.pyplot as plt
-    import numpy as np
+    plt = require("matplotlib.pyplot", what="statekit.plots")
+    np = require("numpy", what="statekit.plots")
 
     from .consistency import replica_stale_probability
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._optional import require
+
 __all__ = [
     "decision_summary",
     "rubric",
@@ -31,9 +33,7 @@ __all__ = [
 
 
 def _pd() -> Any:
-    import pandas as pd
-
-    return pd
+    return require("pandas", what="statekit.report")
 
 
 def left_aligned(frame: Any) -> Any:

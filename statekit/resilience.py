@@ -693,7 +693,7 @@ def outage_timeline(
 
 def summarize_timeline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per series and phase (before, during, after the outage): calls, p50/max latency, raised."""
-    import numpy as np
+    from .observe import _percentile
 
     out = []
     for series in sorted({r["series"] for r in records}):
@@ -701,15 +701,15 @@ def summarize_timeline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             rows = [r for r in records if r["series"] == series and _phase(r) == phase]
             if not rows:
                 continue
-            lat = np.array([r["latency_ms"] for r in rows])
+            lat = sorted(r["latency_ms"] for r in rows)
             out.append(
                 {
                     "series": series,
                     "phase": phase,
                     "calls": len(rows),
-                    "p50_ms": round(float(np.percentile(lat, 50)), 3),
-                    "p99_ms": round(float(np.percentile(lat, 99)), 3),
-                    "max_ms": round(float(lat.max()), 1),
+                    "p50_ms": round(_percentile(lat, 50), 3),
+                    "p99_ms": round(_percentile(lat, 99), 3),
+                    "max_ms": round(lat[-1], 1),
                     "raised": sum(r["raised"] for r in rows),
                 }
             )

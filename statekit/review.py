@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from ._optional import require
 from .assess import SERVER_STATE_VERDICTS, assess
 from .backends import check_reachable, connect, redact_url
 from .consistency import select as select_consistency
@@ -33,7 +34,8 @@ __all__ = ["build_review", "run_review", "write_json", "ReportFiles", "NOTEBOOK"
 #: The environment variable through which run_review hands a secret-bearing URL to the kernel.
 URL_ENV = "STATEKIT_REDIS_URL"
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "design_review.ipynb"
+#: The report notebook, shipped inside the package (notebooks/design_review.ipynb links to it).
+NOTEBOOK = Path(__file__).resolve().parent / "notebooks" / "design_review.ipynb"
 
 
 def _as_profile(profile: WorkloadProfile | str | Path) -> WorkloadProfile:
@@ -157,8 +159,8 @@ class ReportFiles:
 
 
 def _export_html(nb_path: Path, html_path: Path) -> None:
-    import nbformat
-    from nbconvert import HTMLExporter
+    nbformat = require("nbformat", what="statekit review")
+    HTMLExporter = require("nbconvert", what="statekit review").HTMLExporter  # noqa: N806
 
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
@@ -264,7 +266,7 @@ def _run_notebooks(
     kernel_name: str,
     timeout_s: int,
 ) -> list[ReportFiles]:
-    import papermill as pm
+    pm = require("papermill", what="statekit review")
     from tqdm.auto import tqdm
 
     out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._optional import require
 from .assess import assess, what_if
 from .errors import ProfileError
 from .profile import WorkloadProfile
@@ -17,8 +18,8 @@ def questionnaire(profile: WorkloadProfile) -> Any:
     Returns the container widget; display it in a notebook. Headless runs (papermill)
     show nothing interactive, so notebooks also print `assess(profile).as_text()`.
     """
-    import ipywidgets as w
-    import matplotlib.pyplot as plt
+    w = require("ipywidgets", what="the questionnaire")
+    plt = require("matplotlib.pyplot", what="the questionnaire")
 
     from .plots import payload_growth
 
