@@ -44,7 +44,9 @@ URL_FORMS = (
 DEFAULT_SOCKET_TIMEOUT_S = 1.0
 DEFAULT_CONNECT_TIMEOUT_S = 1.0
 
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@")
+# Brackets are not allowed unencoded in a URL's userinfo (RFC 3986), so `[user[:password]@]` in
+# the list of URL forms is a placeholder, not a secret.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\[\]]*):(?P<pw>[^@/\[\]]*)@")
 _SECRET_PARAM = re.compile(r"(?i)([?&](?:password|pass|pwd|token)=)[^&]*")
 
 _fake_servers: dict[str, Any] = {}
@@ -60,7 +62,7 @@ def redact_url(url: str) -> str:
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(url))
     text = _SECRET_PARAM.sub(r"\1***", text)
     # "redis://secret@host" is redis-py's password-only form: the userinfo is the password.
-    return re.sub(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<pw>[^:@/]+)@", r"\g<scheme>***@", text)
+    return re.sub(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<pw>[^:@/\[\]]+)@", r"\g<scheme>***@", text)
 
 
 def _bad(url: str, why: str) -> ConnectionURLError:

@@ -163,3 +163,16 @@ def test_password_protected_server():
 def test_a_bad_query_string_is_a_url_error(url):
     with pytest.raises(ConnectionURLError, match="a query parameter is not valid"):
         connect(url)
+
+
+@pytest.mark.parametrize("form", sk.backends.URL_FORMS)
+def test_the_url_forms_are_not_mistaken_for_secrets(form):
+    assert redact_url(form) == form
+
+
+def test_a_bad_url_error_lists_the_forms_intact_through_the_cli(capsys):
+    from statekit.cli import main
+
+    assert main(["health", "ftp://u:hunter2@h", "--namespace", "sk"]) == 2
+    err = capsys.readouterr().err
+    assert "redis://[user[:password]@]host[:port][/db]" in err and "hunter2" not in err
