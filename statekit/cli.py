@@ -5,26 +5,76 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 import redis
 
 from . import __version__
+from .assess import Verdict as AssessVerdict
 from .assess import assess
 from .backends import URL_FORMS, redact_url
 from .errors import StatekitError
+from .migrate import Verdict as RolloutVerdict
 from .profile import WorkloadProfile
+
+#: What `statekit review --fail-on` accepts: the assessment's verdicts, then the schema rollout's.
+REVIEW_VERDICTS = typing.get_args(AssessVerdict) + typing.get_args(RolloutVerdict)
 
 
 def _cmd_review(args: argparse.Namespace) -> int:
     from .review import run_review
 
     reports = run_review(args.profiles, out_dir=args.out, redis_url=args.redis_url, progress=not args.quiet)
+    failed = []
     for r in reports:
-        print(f"{r.name}: {r.verdict}\n  {r.html}\n  {r.json}")
+        rollout = f", schema rollout {r.rollout}" if r.rollout else ""
+        print(f"{r.name}: {r.verdict}{rollout}\n  {r.html}\n  {r.json}\n  {r.rules}\n  {r.dashboard}")
+        failed += [f"{r.name}: {v}" for v in sorted(r.verdicts & set(args.fail_on or ()))]
     if len(reports) > 1:
         print(f"index: {Path(args.out) / 'index.html'}")
+    for line in failed:
+        print(f"statekit: --fail-on: {line}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+COMPAT_EXIT = {"safe": 0, "multi-phase": 1, "breaking": 3}
+
+
+def _cmd_compat(args: argparse.Namespace) -> int:
+    from .migrate import check_compatibility, load_schema
+
+    comp = check_compatibility(load_schema(args.old), load_schema(args.new))
+    if args.json:
+        print(json.dumps(comp.as_dict(), indent=2))
+        return COMPAT_EXIT[comp.verdict]
+    print(f"{args.old} -> {args.new}: {comp.verdict} (Schema Registry mode {comp.mode})")
+    for c in comp.changes:
+        sides = f"{'new reads old' if c.backward else 'new cannot read old'}, " + (
+            "old reads new" if c.forward else "old cannot read new"
+        )
+        print(f"  {c.verdict:<11} {c.field}: {c.kind}, {c.detail} ({sides})")
+    for warning in comp.warnings:
+        print(f"  check by hand: {warning}")
+    for phase in comp.plan:
+        print(f"phase {phase['phase']}, {phase['name']} (then: {phase['wait_for']})")
+        for step in phase["steps"]:
+            print(f"  - {step}")
+    return COMPAT_EXIT[comp.verdict]
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from .profile import profile_template, schema_json
+
+    if args.action == "schema":
+        sys.stdout.write(schema_json())
+        return 0
+    path = Path(args.out or f"{args.name}.yaml")
+    if path.exists():
+        raise ValueError(f"{path} exists; choose another --out or remove it")
+    path.write_text(profile_template(args.name), encoding="utf-8")
+    print(f"wrote {path}: edit it, then `statekit assess {path}`")
     return 0
 
 
@@ -105,9 +155,10 @@ def _cmd_health(args: argparse.Namespace) -> int:
             audit_stream=args.audit_stream,
             progress=bar.update,
         )
+    failing = 1 if args.fail_on == "findings" and report.findings else 0
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
-        return 0
+        return failing
     print(f"{report.sessions:,} sessions in {args.namespace!r}, scanned in {report.seconds:.2f} s (read-only)")
     if report.size_percentiles:
         print("stored bytes per session: " + ", ".join(f"{k} {v:,.0f}" for k, v in report.size_percentiles.items()))
@@ -121,7 +172,9 @@ def _cmd_health(args: argparse.Namespace) -> int:
         print("biggest: " + ", ".join(f"{sid} ({size:,} B)" for sid, size in report.biggest[:5]))
     for finding in report.findings or ["no findings"]:
         print(f"- {finding}")
-    return 0
+    for note in report.notes:
+        print(f"  ({note})")
+    return failing
 
 
 def _positive_int(text: str) -> int:
@@ -151,7 +204,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-url", default="fakeredis://", help="Redis to run against (default: embedded fakeredis://)"
     )
     review.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    review.add_argument(
+        "--fail-on",
+        action="append",
+        metavar="VERDICT",
+        choices=REVIEW_VERDICTS,
+        help="exit 1 when a profile's verdict, or its schema rollout's, is VERDICT (repeatable): "
+        + ", ".join(REVIEW_VERDICTS),
+    )
     review.set_defaults(func=_cmd_review)
+
+    compat = sub.add_parser(
+        "compat",
+        help="can the new state schema roll out? exit 0 safe, 1 multi-phase, 3 breaking",
+        description="Compare two versions of a state schema and print the verdict and the rollout plan. "
+        "Exit status: 0 safe (deploy in any order), 1 multi-phase (expand/contract), 3 breaking, "
+        "2 an error (a schema that cannot be loaded).",
+    )
+    compat.add_argument("old", metavar="OLD", help="module:Model (a pydantic model) or a JSON Schema file")
+    compat.add_argument("new", metavar="NEW", help="module:Model (a pydantic model) or a JSON Schema file")
+    compat.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    compat.set_defaults(func=_cmd_compat)
+
+    prof = sub.add_parser("profile", help="workload profiles: their JSON Schema, or a commented starting profile")
+    prof_sub = prof.add_subparsers(dest="action", required=True, metavar="ACTION")
+    prof_sub.add_parser("schema", help="print the profile's JSON Schema (for editors and CI validators)")
+    init = prof_sub.add_parser("init", help="write a commented starting profile that statekit assess accepts")
+    init.add_argument("name", metavar="NAME", help="the service's name (also the file name, NAME.yaml)")
+    init.add_argument("--out", metavar="FILE", help="where to write it (default NAME.yaml; never overwritten)")
+    prof.set_defaults(func=_cmd_profile)
 
     ass = sub.add_parser("assess", help="does this workload need state? a verdict with reasons and costs")
     ass.add_argument("profiles", nargs="+", metavar="PROFILE", help="workload profile YAML files")
@@ -177,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--allowed-region", action="append", help="an allowed region (repeatable)")
     health.add_argument("--audit-stream", help="also check this audit stream's retention")
     health.add_argument("--json", action="store_true", help="print the report as JSON")
+    health.add_argument(
+        "--fail-on", choices=["findings"], help="exit 1 when the scan finds anything (keys without TTL, retention...)"
+    )
     health.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     health.set_defaults(func=_cmd_health)
     return parser

@@ -36,6 +36,8 @@ __all__ = [
     "Compatibility",
     "Change",
     "load_migrations",
+    "load_schema",
+    "import_spec",
     "migrate_namespace",
     "MigrationReport",
     "readable_by",
@@ -609,18 +611,49 @@ def _plan(changes: list[Change], verdict: Verdict, warnings: Sequence[str] = ())
 # -- batch migration -----------------------------------------------------------------------
 
 
-def load_migrations(spec: str) -> Migrations:
-    """Import `module:attribute` and return the Migrations object it names."""
+def import_spec(spec: str, what: str) -> Any:
+    """Import `module:attribute` (the module found from the current directory too, as
+    `python -m` would find it) and return the object; ValueError saying what is wrong."""
+    import os
+    import sys
+
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"--migrations takes module:attribute, got {spec!r}")
+        raise ValueError(f"{what} takes module:attribute, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
+        return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot load {spec!r}: {exc}") from None
+
+
+def load_migrations(spec: str) -> Migrations:
+    """Import `module:attribute` and return the Migrations object it names."""
+    obj = import_spec(spec, "--migrations")
     if not isinstance(obj, Migrations):
         raise ValueError(f"{spec!r} is a {type(obj).__name__}, not a statekit Migrations object")
     return obj
+
+
+def load_schema(spec: str | Path) -> Any:
+    """A schema to compare: a JSON Schema file (a path ending in .json) or `module:Model`
+    naming a pydantic model."""
+    path = Path(spec)
+    if str(spec).endswith(".json") or (path.is_file() and ":" not in str(spec)):
+        try:
+            schema = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ValueError(f"cannot read schema {path}: {exc.strerror or exc}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path} is not a JSON Schema: {exc}") from None
+        if not isinstance(schema, dict):
+            raise ValueError(f"{path} is not a JSON Schema: its top level is a {type(schema).__name__}")
+        return schema
+    model = import_spec(str(spec), "a schema")
+    if not hasattr(model, "model_json_schema"):
+        raise ValueError(f"{spec!r} is a {type(model).__name__}, not a pydantic model")
+    return model
 
 
 @dataclass

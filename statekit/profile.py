@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -219,3 +220,75 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:
                 continue  # an unhashable key: the base class reports it
         return super().construct_mapping(node, deep=deep)
+
+
+#: JSON Schema's dialect for the profile schema (what pydantic writes).
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+#: The file next to the example profiles that their `yaml-language-server` comment points to.
+SCHEMA_FILE = "profile.schema.json"
+
+
+def schema_json() -> str:
+    """The workload profile's JSON Schema, from the pydantic model, for editors and validators."""
+    import json
+
+    schema = {"$schema": SCHEMA_DIALECT, **WorkloadProfile.model_json_schema()}
+    return json.dumps(schema, indent=2) + "\n"
+
+
+_TEMPLATE = """\
+# yaml-language-server: $schema={schema}
+# A workload profile for statekit: `statekit assess {name}.yaml`, `statekit review {name}.yaml`.
+# Replace every number with your service's; each comment says what the field means.
+service: {name}
+description: >
+  What the service does, for whom, and what its state is.
+traffic:
+  new_sessions_per_day: 10000        # sessions (conversations, tasks, documents) started per day
+  requests_per_session: 10           # requests that touch one session over its life
+  peak_concurrent_sessions: 500      # sessions active at once at the daily peak
+  session_minutes: 20                # time from a session's first request to its last
+turns:
+  per_session: 10                    # turns (messages, steps, events) in a typical session
+  bytes_per_turn: 600                # bytes of one turn's text as the service stores it
+  tokens_per_turn: 150               # model tokens of one turn (0 when no model reads it)
+client:
+  can_send_full_context: false       # can the caller resend the whole history with each request?
+  max_request_bytes: 16384           # largest request body the caller or channel accepts
+  trusted: false                     # may the caller hold authoritative state (quotas, approvals)?
+state:
+  reused_across_requests: true       # does a later request read what an earlier one wrote?
+  units_independent: false           # is each unit of work complete on its own?
+  shared_across_clients: false       # do several callers or devices share one session?
+  long_running_steps: false          # must progress survive restarts over hours or days?
+  context_window_turns: 8            # recent turns the model needs verbatim
+  summary_tokens: 300                # tokens of the summary that stands for older turns (0: none)
+state_classes:                       # each kind of state, with how stale a read of it may be
+  - name: conversation
+    purpose: conversation            # conversation, workflow, quota, approval, financial,
+    staleness_tolerance_s: 0         # personalization, recommendation, cache or analytics
+    description: the turns and the summary the model reads
+compliance:
+  allowed_regions: [eu-west-1]       # where session data may live
+  retention_days: 30                 # how long any session data may be kept
+latency_budget_ms: 50                # p99 time a request may spend on state operations
+costs:
+  token_price_per_million: 3.0       # USD per million input tokens
+  redis_price_per_gb_hour: 0.017     # USD per GB-hour of Redis memory
+# state_schema:                      # optional: your state's pydantic model, and the next version
+#   current: myapp.state:StateV1
+#   next: myapp.state:StateV2
+"""
+
+
+def profile_template(name: str, schema: str = SCHEMA_FILE) -> str:
+    """A commented starting profile for service `name`, valid as written (edit the numbers).
+
+    `schema` is where the `yaml-language-server` comment points editors for validation
+    (write it with `statekit profile schema > profile.schema.json`).
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ProfileError(
+            f"bad service name {name!r}: letters, digits, '_', '.' and '-', starting with one of the first two"
+        )
+    return _TEMPLATE.format(name=name, schema=schema)

@@ -248,4 +248,5 @@ def alerts(review: dict[str, Any]) -> Any:
 
 def dashboards(review: dict[str, Any]) -> Any:
     """The dashboard panels to build."""
-    return _pd().DataFrame(review["observability"]["dashboards"]).set_index("panel")
+    frame = _pd().DataFrame(review["observability"]["dashboards"]).set_index("panel")
+    return frame.assign(query=frame["exprs"].map("\n".join))[["metric", "note", "query"]]

@@ -29,7 +29,15 @@ from .profile import WorkloadProfile
 from .resilience import recommend as recommend_resilience
 from .sizing import plan_capacity
 
-__all__ = ["build_review", "run_review", "write_json", "ReportFiles", "NOTEBOOK", "render_summary_markdown"]
+__all__ = [
+    "build_review",
+    "run_review",
+    "write_json",
+    "write_monitoring",
+    "ReportFiles",
+    "NOTEBOOK",
+    "render_summary_markdown",
+]
 
 #: The environment variable through which run_review hands a secret-bearing URL to the kernel.
 URL_ENV = "STATEKIT_REDIS_URL"
@@ -129,6 +137,26 @@ def write_json(review: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def write_monitoring(review: dict[str, Any], out_dir: str | Path, name: str) -> tuple[Path, Path]:
+    """Write the review's alerts as a Prometheus rules file (`<name>.rules.yml`) and its
+    dashboard as Grafana JSON (`<name>.dashboard.json`); return both paths."""
+    import yaml
+
+    from .observe import grafana_dashboard, prometheus_rules
+
+    out = Path(out_dir)
+    service = review["profile"]["service"]
+    rules = out / f"{name}.rules.yml"
+    rules.write_text(
+        "# Prometheus alerting rules from statekit's design review; load with rule_files: in prometheus.yml\n"
+        + yaml.safe_dump(prometheus_rules(review["observability"], service), sort_keys=False, width=1000),
+        encoding="utf-8",
+    )
+    dashboard = out / f"{name}.dashboard.json"
+    dashboard.write_text(json.dumps(grafana_dashboard(review["observability"], service), indent=2) + "\n")
+    return rules, dashboard
+
+
 def render_summary_markdown(review: dict[str, Any]) -> str:
     """The review's headline as Markdown: service, verdict and its reasons."""
     a = review["assessment"]
@@ -156,6 +184,15 @@ class ReportFiles:
     html: Path
     json: Path
     verdict: str
+    rules: Path
+    dashboard: Path
+    #: The schema rollout's verdict (safe, multi-phase, breaking), None without a proposed schema.
+    rollout: str | None = None
+
+    @property
+    def verdicts(self) -> set[str]:
+        """The review's verdicts that `statekit review --fail-on` can gate on."""
+        return {self.verdict} | ({self.rollout} if self.rollout else set())
 
 
 def _export_html(nb_path: Path, html_path: Path) -> None:
@@ -296,7 +333,10 @@ def _run_notebooks(
             ) from None
         html_out = out / f"{path.stem}.html"
         _export_html(nb_out, html_out)
-        written.append(ReportFiles(path.stem, nb_out, html_out, json_out, verdicts[path]))
+        review = json.loads(json_out.read_text(encoding="utf-8"))
+        rules, dashboard = write_monitoring(review, out, path.stem)
+        rollout = review["migrations"].get("compatibility", {}).get("verdict")
+        written.append(ReportFiles(path.stem, nb_out, html_out, json_out, verdicts[path], rules, dashboard, rollout))
     if len(written) > 1:
         _write_index(written, out)
     return written
