@@ -203,6 +203,14 @@ class _Wire:
         self.client = client
         self.cluster = backend_kind(client) == "cluster"
         self.pack = _packer(client.get_encoder())
+        # round trips and request bytes of the operation running in this thread, for listeners
+        self.sent = threading.local()
+
+    def count(self, round_trips: int, request_bytes: int = 0) -> None:
+        """Add round trips made outside `send` (redis-py's own routing, plain commands)."""
+        sent = self.sent
+        sent.round_trips = getattr(sent, "round_trips", 0) + round_trips
+        sent.bytes = getattr(sent, "bytes", 0) + request_bytes
 
     def _pool(self, key: str) -> Any:
         if not self.cluster:
@@ -216,6 +224,7 @@ class _Wire:
         Every reply is read even after an error reply (a MOVED for a queued command, say),
         so the connection goes back to the pool in step; any other failure drops it.
         """
+        self.count(1, len(packed))
         pool = self._pool(key)
         conn = pool.get_connection()
         first_error: redis.exceptions.ResponseError | None = None
@@ -242,12 +251,15 @@ class _Wire:
         MOVED reply, so it is not asked to route one)."""
         if self.cluster:
             for node in self.client.get_primaries():
+                self.count(1)
                 self.client.get_redis_connection(node).script_load(script.script)
         else:
+            self.count(1)
             self.client.script_load(script.script)
 
     def routed(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run `script` through redis-py's own routing, which follows MOVED and ASK."""
+        self.count(1)
         try:
             return self.client.evalsha(script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
@@ -310,6 +322,13 @@ class StoreListener:
 
     def on_operation(self, op: str, session_id: str, seconds: float, error: BaseException | None) -> None:
         """Called once per public operation."""
+
+    def on_operation_detail(
+        self, op: str, session_id: str, seconds: float, error: BaseException | None, detail: Mapping[str, int]
+    ) -> None:
+        """Called once per public operation, with `detail`: `round_trips` made and request
+        `bytes` sent. The default calls `on_operation`; override this one to see the detail."""
+        self.on_operation(op, session_id, seconds, error)
 
     def on_event(self, kind: str, session_id: str, info: Mapping[str, Any]) -> None:
         """Called for each lifecycle event."""
@@ -376,7 +395,10 @@ class SessionStore:
             listener.on_event(kind, session_id, info)
 
     def _run(self, op: str, session_id: str, fn: Callable[[], Any]) -> Any:
-        start = time.perf_counter() if self.listeners else 0.0
+        start = 0.0
+        if self.listeners:
+            start = time.perf_counter()
+            self._wire.sent.round_trips = self._wire.sent.bytes = 0
         error: BaseException | None = None
         try:
             return fn()
@@ -394,8 +416,13 @@ class SessionStore:
         finally:
             if self.listeners:
                 elapsed = time.perf_counter() - start
+                detail = {"round_trips": self._wire.sent.round_trips, "bytes": self._wire.sent.bytes}
                 for listener in self.listeners:
-                    listener.on_operation(op, session_id, elapsed, error)
+                    hook = getattr(listener, "on_operation_detail", None)
+                    if hook is not None:
+                        hook(op, session_id, elapsed, error, detail)
+                    else:
+                        listener.on_operation(op, session_id, elapsed, error)
 
     def _corrupt(self, session_id: str, exc: redis.exceptions.ResponseError) -> CorruptStateError | None:
         """A CorruptStateError naming the key, for error replies that mean the session's data
@@ -417,6 +444,7 @@ class SessionStore:
         """Which key holds the wrong type: one TYPE per key, on this error path only."""
         expected = dict(zip(keys, (b"hash", b"list", b"string", b"string"), strict=True))
         try:
+            self._wire.count(len(keys))
             found = {key: self.client.type(key) for key in keys}
         except redis.exceptions.RedisError:
             return f"one of {keys} holds the wrong type of value"
@@ -672,6 +700,7 @@ class SessionStore:
         keys = self.keys(session_id)
 
         def run() -> bool:
+            self._wire.count(1)
             existed = bool(self.client.delete(*keys))
             if existed:
                 self._event("deleted", session_id)
