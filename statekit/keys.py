@@ -34,23 +34,22 @@ _SESSION_ID = re.compile(r"[^{}\x00-\x1f\x7f\ud800-\udfff]+")  # no lone surroga
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
-def _utf8_len(text: str) -> int:
-    """Length in UTF-8 bytes; a string UTF-8 cannot encode (a lone surrogate) counts as too long."""
+def valid_id(value: object, pattern: re.Pattern[str], max_bytes: int) -> bool:
+    """Is `value` a string that `pattern` matches in full, of at most `max_bytes` in UTF-8?"""
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        return False
+    if len(value) <= max_bytes // 4:  # a character is at most 4 bytes: short ids need no encoding
+        return True
     try:
-        return len(text.encode())
+        return len(value.encode()) <= max_bytes
     except UnicodeEncodeError:
-        return MAX_SESSION_ID_BYTES + 1
+        return False
 
 
 def validate_session_id(session_id: str) -> str:
     """Return `session_id`, or raise `InvalidInput` when it is not a string of 1 to 256 UTF-8
     bytes without braces or control characters (newlines included), or cannot be UTF-8."""
-    if (
-        not isinstance(session_id, str)
-        or not _SESSION_ID.fullmatch(session_id)
-        # a character is at most 4 bytes: only ids longer than 64 characters need encoding
-        or (len(session_id) > MAX_SESSION_ID_BYTES // 4 and _utf8_len(session_id) > MAX_SESSION_ID_BYTES)
-    ):
+    if not valid_id(session_id, _SESSION_ID, MAX_SESSION_ID_BYTES):
         raise InvalidInput(
             f"bad session id {session_id!r}: 1 to {MAX_SESSION_ID_BYTES} bytes of UTF-8, "
             "no braces, newlines or other control characters"

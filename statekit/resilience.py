@@ -35,8 +35,8 @@ from .store import Context, SessionStore, StoreListener, _new_turn_id
 
 log = logging.getLogger(__name__)
 
-#: What a fallback's mapping may set (session_id, degraded and source are the store's to set).
-_CONTEXT_FIELDS = frozenset(f.name for f in dataclasses.fields(Context)) - {"session_id", "degraded", "source"}
+#: The fields a fallback's mapping may hold (session_id, degraded and source are then set by the store).
+_CONTEXT_FIELDS = frozenset(f.name for f in dataclasses.fields(Context))
 
 __all__ = [
     "ResilientStore",

@@ -37,7 +37,7 @@ import redis
 from . import codec
 from .backends import backend_kind
 from .errors import ConflictError, CorruptStateError, InvalidInput, StateTooLarge, StoreUnavailable
-from .keys import _utf8_len, session_keys, validate_namespace
+from .keys import session_keys, valid_id, validate_namespace
 from .lifecycle import LifecyclePolicy, truncate_utf8
 from .scripts import (
     APPEND_LUA,
@@ -124,10 +124,6 @@ def _packer(encoder: Any, pack_bytes: Callable[..., bytes] | None = None) -> Cal
     return pack
 
 
-#: The packer of a default redis-py client (UTF-8, strict), for code that has no client at hand.
-_pack = _packer(redis.connection.Encoder("utf-8", "strict", False))
-
-
 class _TurnIds:
     """Fresh 20-character turn ids: a random 48-bit prefix and a counter (cheaper than uuid4).
 
@@ -172,11 +168,7 @@ def _int(value: bytes | None, key: str, field_name: str) -> int:
 def validate_turn_id(turn_id: str) -> str:
     """Return `turn_id`, or raise `InvalidInput` unless it is 1 to 128 UTF-8 bytes of printable
     characters without spaces."""
-    if (
-        not isinstance(turn_id, str)
-        or not _TURN_ID.fullmatch(turn_id)
-        or (len(turn_id) > MAX_TURN_ID_BYTES // 4 and _utf8_len(turn_id) > MAX_TURN_ID_BYTES)
-    ):
+    if not valid_id(turn_id, _TURN_ID, MAX_TURN_ID_BYTES):
         raise InvalidInput(
             f"bad turn id {turn_id!r}: 1 to {MAX_TURN_ID_BYTES} bytes of printable characters, no spaces"
         )
