@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import html
 import json
+import re
 
 import nbformat
 import pytest
@@ -53,6 +55,12 @@ def test_run_review_writes_html_without_code_and_json(tmp_path, profiles_dir):
     data = json.loads(report.json.read_text())
     assert data["assessment"]["verdict"] == report.verdict
     assert data["profile"]["service"] == "support_agent"
+    # the decision summary at the top links to each section, and every link lands
+    links = re.findall(r'href="#([^"]+)"', page)
+    targets = set(re.findall(r'id="([^"]+)"', page))
+    assert "Stateful or stateless" in page and len(links) >= 6
+    assert [link for link in links if html.unescape(link) not in targets] == []
+    assert "text-align: left" in page, "text columns are left-aligned"
 
 
 @pytest.mark.notebook
