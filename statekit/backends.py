@@ -9,6 +9,7 @@ the caller's back.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import threading
@@ -24,7 +25,9 @@ from .errors import ConnectionURLError, StoreUnavailable
 
 __all__ = [
     "connect",
+    "connect_async",
     "with_timeouts",
+    "check_reachable_async",
     "resolve_url",
     "redact_url",
     "backend_kind",
@@ -114,6 +117,55 @@ def resolve_url(url: str) -> str:
     return url
 
 
+def _parse(url: str, socket_timeout: float, connect_timeout: float, retries: int) -> tuple[str, str, Any]:
+    """Validate `url` and the timeouts; return (scheme, url, parts). One place for `connect`
+    and `connect_async`, so both accept and refuse exactly the same URLs."""
+    url = resolve_url(url)
+    if not isinstance(url, str) or "://" not in url:
+        raise _bad(str(url), "no scheme")
+    if socket_timeout <= 0 or connect_timeout <= 0:
+        raise ValueError("socket_timeout and connect_timeout must be positive seconds")
+    if retries < 0:
+        raise ValueError("retries must be >= 0")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise _bad(url, str(exc)) from None
+    scheme = parts.scheme.lower()
+    if scheme in ("redis", "rediss"):
+        if not parts.hostname:
+            raise _bad(url, "no host")
+        try:
+            parts.port  # noqa: B018 - urllib validates the port only when it is read
+        except ValueError:
+            raise _bad(url, "the port is not a number in 1..65535") from None
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise _bad(url, f"database {db!r} is not a number")
+    elif scheme == "unix":
+        if not parts.path:
+            raise _bad(url, "no socket path")
+        db = parse_qs(parts.query).get("db", ["0"])[0]
+        if not db.isdigit():
+            raise _bad(url, f"database {db!r} is not a number")
+    elif scheme == "redis+cluster":
+        _cluster_nodes(url, parts.netloc)
+    elif scheme != "fakeredis":
+        raise _bad(url, f"unknown scheme {parts.scheme!r}")
+    return scheme, url, parts
+
+
+def _fake_server(parts: Any) -> Any:
+    """The embedded server for a fakeredis URL: private, or shared by name in this process."""
+    import fakeredis
+
+    name = (parts.netloc + parts.path).strip("/")
+    if not name:
+        return fakeredis.FakeServer()
+    with _fake_lock:
+        return _fake_servers.setdefault(name, fakeredis.FakeServer())
+
+
 def connect(
     url: str = "fakeredis://",
     *,
@@ -128,57 +180,20 @@ def connect(
     of that name in this process. A malformed URL raises `ConnectionURLError` saying which
     forms are accepted (with any password redacted). Connecting is lazy: use
     `check_reachable(client)` to fail fast on an unreachable server. `env:NAME` reads the
-    URL from an environment variable (see `resolve_url`).
+    URL from an environment variable (see `resolve_url`). For asyncio, `connect_async`
+    takes the same URLs.
     """
-    url = resolve_url(url)
-    if not isinstance(url, str) or "://" not in url:
-        raise _bad(str(url), "no scheme")
-    if socket_timeout <= 0 or connect_timeout <= 0:
-        raise ValueError("socket_timeout and connect_timeout must be positive seconds")
-    if retries < 0:
-        raise ValueError("retries must be >= 0")
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise _bad(url, str(exc)) from None
-    scheme = parts.scheme.lower()
-    retry = Retry(NoBackoff(), retries)
-
+    scheme, url, parts = _parse(url, socket_timeout, connect_timeout, retries)
     if scheme == "fakeredis":
         import fakeredis
 
-        name = (parts.netloc + parts.path).strip("/")
-        if name:
-            with _fake_lock:
-                server = _fake_servers.setdefault(name, fakeredis.FakeServer())
-        else:
-            server = fakeredis.FakeServer()
-        return fakeredis.FakeRedis(server=server, decode_responses=decode_responses)
-
+        return fakeredis.FakeRedis(server=_fake_server(parts), decode_responses=decode_responses)
     common = dict(
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
-        retry=retry,
+        retry=Retry(NoBackoff(), retries),
         decode_responses=decode_responses,
     )
-    if scheme in ("redis", "rediss"):
-        if not parts.hostname:
-            raise _bad(url, "no host")
-        try:
-            parts.port  # noqa: B018 - urllib validates the port only when it is read
-        except ValueError:
-            raise _bad(url, "the port is not a number in 1..65535") from None
-        db = parts.path.strip("/")
-        if db and not db.isdigit():
-            raise _bad(url, f"database {db!r} is not a number")
-        return _from_url(url, common)
-    if scheme == "unix":
-        if not parts.path:
-            raise _bad(url, "no socket path")
-        db = parse_qs(parts.query).get("db", ["0"])[0]
-        if not db.isdigit():
-            raise _bad(url, f"database {db!r} is not a number")
-        return _from_url(url, common)
     if scheme == "redis+cluster":
         from redis.cluster import ClusterNode, RedisCluster
 
@@ -193,13 +208,55 @@ def connect(
             )
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
             raise StoreUnavailable(f"cannot reach Redis Cluster at {redact_url(url)}: {redact_url(str(exc))}") from None
-    raise _bad(url, f"unknown scheme {parts.scheme!r}")
+    return _from_url(redis.Redis, url, common)
 
 
-def _from_url(url: str, options: dict[str, Any]) -> Any:
+def connect_async(
+    url: str = "fakeredis://",
+    *,
+    socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_S,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+    retries: int = 0,
+    decode_responses: bool = False,
+) -> Any:
+    """An asyncio client for `url`, with the same URL forms, timeouts and retries as `connect`.
+
+    `fakeredis://name` is the same embedded server that `connect("fakeredis://name")` uses,
+    so a blocking and an asyncio client of one process can share it. Connecting is lazy (a
+    cluster reads its slot map on the first command): `await check_reachable_async(client)`
+    fails fast instead.
+    """
+    scheme, url, parts = _parse(url, socket_timeout, connect_timeout, retries)
+    if scheme == "fakeredis":
+        import fakeredis
+
+        return fakeredis.FakeAsyncRedis(server=_fake_server(parts), decode_responses=decode_responses)
+    import redis.asyncio
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    common = dict(
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=AsyncRetry(NoBackoff(), retries),
+        decode_responses=decode_responses,
+    )
+    if scheme == "redis+cluster":
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        nodes = _cluster_nodes(url, parts.netloc)
+        return RedisCluster(
+            startup_nodes=[ClusterNode(n.host, n.port) for n in nodes],
+            username=parts.username or None,
+            password=parts.password or None,
+            **common,
+        )
+    return _from_url(redis.asyncio.Redis, url, common)
+
+
+def _from_url(cls: Any, url: str, options: dict[str, Any]) -> Any:
     """redis-py's from_url, with its ValueError for a bad query string made a ConnectionURLError."""
     try:
-        return redis.Redis.from_url(url, **options)
+        return cls.from_url(url, **options)
     except ValueError as exc:
         raise _bad(url, f"a query parameter is not valid ({str(exc).rstrip('.')})") from None
 
@@ -213,6 +270,8 @@ def with_timeouts(client: Any, socket_timeout: float, connect_timeout: float | N
     connect_timeout = socket_timeout if connect_timeout is None else connect_timeout
     if socket_timeout <= 0 or connect_timeout <= 0:
         raise ValueError("timeouts must be positive seconds")
+    if is_async(client):
+        return _async_with_timeouts(client, socket_timeout, connect_timeout)
     retry = Retry(NoBackoff(), 0)
     if backend_kind(client) == "cluster":
         from redis.cluster import ClusterNode, RedisCluster
@@ -231,6 +290,35 @@ def with_timeouts(client: Any, socket_timeout: float, connect_timeout: float | N
     kwargs.update(retry=retry, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout)
     new_pool = type(pool)(connection_class=pool.connection_class, **kwargs)
     return type(client)(connection_pool=new_pool)
+
+
+def _async_with_timeouts(client: Any, socket_timeout: float, connect_timeout: float) -> Any:
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    retry = AsyncRetry(NoBackoff(), 0)
+    if backend_kind(client) == "cluster":
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        kwargs = client.connection_kwargs
+        nodes = client.nodes_manager.startup_nodes.values()
+        return RedisCluster(
+            startup_nodes=[ClusterNode(n.host, n.port) for n in nodes],
+            username=kwargs.get("username"),
+            password=kwargs.get("password"),
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=retry,
+        )
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs.update(retry=retry, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout)
+    new_pool = type(pool)(connection_class=pool.connection_class, **kwargs)
+    return type(client)(connection_pool=new_pool)
+
+
+def is_async(client: Any) -> bool:
+    """True for an asyncio client (redis.asyncio, its cluster client, FakeAsyncRedis)."""
+    return inspect.iscoroutinefunction(getattr(client, "execute_command", None))
 
 
 def backend_kind(client: Any) -> str:
@@ -280,5 +368,30 @@ def check_reachable(client: Any, url: str = "") -> BackendInfo:
             info = None  # a user without INFO (least privilege): the server is reachable all the same
         if kind == "cluster" and info:  # a dict per node
             info = next(iter(info.values())) if isinstance(next(iter(info.values())), dict) else info
+        version = str(info.get("redis_version")) if isinstance(info, dict) else None
+    return BackendInfo(url=shown, kind=kind, server_version=version)
+
+
+async def check_reachable_async(client: Any, url: str = "") -> BackendInfo:
+    """`check_reachable` for an asyncio client: PING, then the server version from INFO."""
+    kind = backend_kind(client)
+    shown = redact_url(resolve_url(url)) if url else kind
+    try:
+        await client.ping()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(
+            f"cannot reach Redis at {shown}: {redact_url(str(exc)).rstrip('.')}. "
+            "Check that the server runs and the URL is right, or use fakeredis:// for an embedded one."
+        ) from None
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+        raise StoreUnavailable(f"Redis at {shown} refused the connection: {redact_url(str(exc))}") from None
+    version = None
+    if kind != "fakeredis":
+        try:
+            info = await client.info("server")
+        except redis.exceptions.NoPermissionError:
+            info = None
+        if kind == "cluster" and info and isinstance(next(iter(info.values())), dict):
+            info = next(iter(info.values()))
         version = str(info.get("redis_version")) if isinstance(info, dict) else None
     return BackendInfo(url=shown, kind=kind, server_version=version)

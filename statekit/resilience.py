@@ -31,7 +31,7 @@ import pybreaker
 
 from .backends import with_timeouts
 from .errors import InvalidInput, StatekitError, StoreUnavailable
-from .store import Context, SessionStore, StoreListener, _new_turn_id
+from .store import Context, SessionStore, Steps, StoreListener, _new_turn_id, drive
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,10 @@ class ResilientStore:
             raise ValueError("buffer_max_turns and cache_max_sessions must be >= 0")
         if fallback is not None and not callable(fallback):
             raise ValueError("fallback must be a callable session_id -> Context | dict | None")
+        self._check_store(store)
         self.timeout_ms = timeout_ms
         self.store = store.with_client(with_timeouts(store.client, timeout_ms / 1000))
+        self._io = self._make_io()
         self.fallback = fallback
         self.write_policy = write_policy
         self.buffer_max_turns = buffer_max_turns
@@ -171,12 +173,23 @@ class ResilientStore:
             name="statekit",
         )
         self._probe = threading.Lock()
+        self._flushing = threading.Lock()
         self._lock = threading.RLock()
         self._buffer: deque[_Pending] = deque()
         # last context read per session, and the turns appended through this store since
         self._cache: OrderedDict[str, tuple[Context, list[dict[str, Any]]]] = OrderedDict()
         self._states: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
         self._degraded = False
+
+    def _check_store(self, store: Any) -> None:
+        if not isinstance(store, SessionStore):
+            raise InvalidInput(
+                f"ResilientStore wraps a SessionStore, got {type(store).__name__}"
+                " (for an AsyncSessionStore use statekit.aio.AsyncResilientStore)"
+            )
+
+    def _make_io(self) -> Any:
+        return _StoreIO(self)
 
     # -- mode and events ------------------------------------------------------------------
 
@@ -229,8 +242,11 @@ class ResilientStore:
         opened = self._opened_at if self._opened_at is not None else self.clock.now()
         return opened + self.breaker.reset_timeout
 
-    def _call(self, op: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run fn against the store under the breaker; raise _Unavailable instead of failing."""
+    def _call(self, op: str, name: str, *args: Any) -> Steps[Any]:
+        """Run the store's method `name` under the breaker; raise _Unavailable instead of failing.
+
+        The call itself is a step, `("store", name, args)`: the blocking store's wire calls
+        it, the asyncio one awaits it; everything around it is shared."""
         try:
             probing = self._gate()
         except _Unavailable:
@@ -240,7 +256,7 @@ class ResilientStore:
         try:
             self.stats.store_calls += 1
             try:
-                result = fn(*args)
+                result = yield ("store", name, args)
             except StoreUnavailable as exc:
                 self.stats.store_failures += 1
                 self._set_degraded(True, f"{op}: {exc}")
@@ -289,30 +305,39 @@ class ResilientStore:
 
         Stops at the first store failure, leaving the rest buffered in order. Appends are
         replayed with their turn ids, so a write whose first attempt did land (a timeout
-        after the server applied it) is stored once.
+        after the server applied it) is stored once. One flush runs at a time: a call that
+        finds another flush under way replays nothing (so no buffered update runs twice).
         """
+        return drive(self._flush_steps(), self._io)
+
+    def _flush_steps(self) -> Steps[int]:
+        if not self._flushing.acquire(blocking=False):
+            return 0
         replayed = 0
-        while True:
-            with self._lock:
-                if not self._buffer:
-                    break
-                item = self._buffer[0]
-            try:
-                if item.kind == "append":
-                    self._call("replay", self.store.append_turn, item.session_id, item.turn, item.turn_id)
-                elif item.kind == "state":
-                    self._call("replay", self.store.update_state, item.session_id, item.fn)
-                else:
-                    self._call("replay", self.store.delete, item.session_id)
-            except _Unavailable:
-                return replayed
-            except StatekitError as exc:  # e.g. over the cap by now: it cannot be stored, report it
-                self._emit("replay_rejected", item.session_id, {"kind": item.kind, "error": str(exc)})
-            with self._lock:
-                if self._buffer and self._buffer[0] is item:
-                    self._buffer.popleft()
-            replayed += 1
-            self.stats.writes_replayed += 1
+        try:
+            while True:
+                with self._lock:
+                    if not self._buffer:
+                        break
+                    item = self._buffer[0]
+                try:
+                    if item.kind == "append":
+                        yield from self._call("replay", "append_turn", item.session_id, item.turn, item.turn_id)
+                    elif item.kind == "state":
+                        yield from self._call("replay", "update_state", item.session_id, item.fn)
+                    else:
+                        yield from self._call("replay", "delete", item.session_id)
+                except _Unavailable:
+                    return replayed
+                except StatekitError as exc:  # e.g. over the cap by now: it cannot be stored, report it
+                    self._emit("replay_rejected", item.session_id, {"kind": item.kind, "error": str(exc)})
+                with self._lock:
+                    if self._buffer and self._buffer[0] is item:
+                        self._buffer.popleft()
+                replayed += 1
+                self.stats.writes_replayed += 1
+        finally:
+            self._flushing.release()
         if replayed:
             self._emit("replayed", "", {"writes": replayed})
         self._after_success()
@@ -326,9 +351,12 @@ class ResilientStore:
         timeout while the breaker is closed), on `self.clock`. For a graceful shutdown, and
         for code that must wait until an outage is over rather than sleep a guessed time.
         """
+        return drive(self._drain_steps(timeout_s), self._io)
+
+    def _drain_steps(self, timeout_s: float) -> Steps[int]:
         deadline = self.clock.now() + timeout_s
         while True:
-            self.flush()
+            yield from self._flush_steps()
             if not self._buffer:
                 return 0
             now = self.clock.now()
@@ -338,13 +366,13 @@ class ResilientStore:
                 wake = self._next_probe_at()
             else:
                 wake = now + self.breaker.reset_timeout / 10
-            self.clock.sleep(max(0.001, min(wake, deadline) - now))
+            yield ("sleep", max(0.001, min(wake, deadline) - now))
 
-    def _flush_first(self) -> bool:
+    def _flush_first(self) -> Steps[bool]:
         """Before a call, replay what is buffered; True when the buffer is now empty."""
         if not self._buffer:
             return True
-        self.flush()
+        yield from self._flush_steps()
         return not self._buffer
 
     # -- reads ----------------------------------------------------------------------------
@@ -416,10 +444,13 @@ class ResilientStore:
         process saw plus any buffered turns (`'cache'`), else the fallback's default
         (`'default'`). `degraded` is True for the last two.
         """
+        return drive(self._load_steps(session_id), self._io)
+
+    def _load_steps(self, session_id: str) -> Steps[Context]:
         try:
-            if not self._flush_first():
+            if not (yield from self._flush_first()):
                 raise _Unavailable("buffered writes are still waiting")
-            ctx = self._call("load_context", self.store.load_context, session_id)
+            ctx = yield from self._call("load_context", "load_context", session_id)
         except _Unavailable:
             return self._fallback_context(session_id)
         self.stats.reads_from_store += 1
@@ -429,10 +460,13 @@ class ResilientStore:
 
     def get_state(self, session_id: str) -> tuple[dict[str, Any], int]:
         """Structured state and version; the last seen (or ({}, 0)) when the store is unavailable."""
+        return drive(self._get_state_steps(session_id), self._io)
+
+    def _get_state_steps(self, session_id: str) -> Steps[tuple[dict[str, Any], int]]:
         try:
-            if not self._flush_first():
+            if not (yield from self._flush_first()):
                 raise _Unavailable("buffered writes are still waiting")
-            result = self._call("get_state", self.store.get_state, session_id)
+            result = yield from self._call("get_state", "get_state", session_id)
         except _Unavailable:
             self.store.keys(session_id)
             with self._lock:
@@ -460,11 +494,14 @@ class ResilientStore:
         """Append a turn; the stored bytes, or None when the store is unavailable and the
         turn was buffered or dropped (by `write_policy`). The turn id is fixed here, so a
         replay can never store it twice."""
+        return drive(self._append_steps(session_id, turn, turn_id), self._io)
+
+    def _append_steps(self, session_id: str, turn: Mapping[str, Any], turn_id: str | None) -> Steps[int | None]:
         turn_id = turn_id or _new_turn_id()
         try:
-            if not self._flush_first():
+            if not (yield from self._flush_first()):
                 raise _Unavailable("earlier writes are still buffered; this one keeps its place after them")
-            result = self._call("append_turn", self.store.append_turn, session_id, turn, turn_id)
+            result = yield from self._call("append_turn", "append_turn", session_id, turn, turn_id)
         except _Unavailable as exc:
             self._unavailable_write(_Pending("append", session_id, turn=dict(turn), turn_id=turn_id), str(exc))
             return None
@@ -480,10 +517,13 @@ class ResilientStore:
     def update_state(self, session_id: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any] | None:
         """Compare-and-set update; None when the store is unavailable and `fn` was buffered
         (it then runs on replay, against the state of that moment) or dropped."""
+        return drive(self._update_state_steps(session_id, fn), self._io)
+
+    def _update_state_steps(self, session_id: str, fn: Callable[[dict[str, Any]], Any]) -> Steps[dict[str, Any] | None]:
         try:
-            if not self._flush_first():
+            if not (yield from self._flush_first()):
                 raise _Unavailable("earlier writes are still buffered")
-            result = self._call("update_state", self.store.update_state, session_id, fn)
+            result = yield from self._call("update_state", "update_state", session_id, fn)
         except _Unavailable as exc:
             self._unavailable_write(_Pending("state", session_id, fn=fn), str(exc))
             return None
@@ -492,19 +532,38 @@ class ResilientStore:
 
     def delete(self, session_id: str) -> bool | None:
         """Delete the session; None when the store is unavailable and the delete was buffered or dropped."""
+        return drive(self._delete_steps(session_id), self._io)
+
+    def _delete_steps(self, session_id: str) -> Steps[bool | None]:
         self.store.keys(session_id)  # before touching the caches
         with self._lock:
             self._cache.pop(session_id, None)
             self._states.pop(session_id, None)
+        return self._delete_io(session_id)
+
+    def _delete_io(self, session_id: str) -> Steps[bool | None]:
         try:
-            if not self._flush_first():
+            if not (yield from self._flush_first()):
                 raise _Unavailable("earlier writes are still buffered")
-            result = self._call("delete", self.store.delete, session_id)
+            result = yield from self._call("delete", "delete", session_id)
         except _Unavailable as exc:
             self._unavailable_write(_Pending("delete", session_id), str(exc))
             return None
         self._after_success()
         return result
+
+
+class _StoreIO:
+    """Carries out the resilient store's steps with blocking calls."""
+
+    def __init__(self, owner: ResilientStore) -> None:
+        self.owner = owner
+
+    def store(self, name: str, args: tuple[Any, ...]) -> Any:
+        return getattr(self.owner.store, name)(*args)
+
+    def sleep(self, seconds: float) -> None:
+        self.owner.clock.sleep(seconds)
 
 
 # -- decide: settings from a profile ------------------------------------------------------

@@ -8,7 +8,11 @@ of reading it as 0 (which would reset the byte count and let the cap be passed).
 
 from __future__ import annotations
 
+import hashlib
+
 __all__ = [
+    "Script",
+    "SCRIPTS",
     "APPEND_LUA",
     "FOLD_LUA",
     "LOAD_LUA",
@@ -195,3 +199,37 @@ return 1
 
 #: MULTI and EXEC, packed once: load_context sends its reads as one transaction.
 MULTI, EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
+
+
+class Script:
+    """A Lua script and its SHA1, for EVALSHA from any client, sync or asyncio.
+
+    Not redis-py's `register_script`, whose objects are bound to one client (a sync `Script`
+    or an `AsyncScript`): the stores send these through their own wire, and the same text
+    and digest serve every client kind.
+    """
+
+    __slots__ = ("name", "script", "sha")
+
+    def __init__(self, name: str, script: str) -> None:
+        self.name = name
+        self.script = script
+        self.sha = hashlib.sha1(script.encode()).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"Script({self.name!r}, sha={self.sha[:12]})"
+
+
+#: Every script of the session store, by name.
+SCRIPTS = {
+    name: Script(name, text)
+    for name, text in (
+        ("append", APPEND_LUA),
+        ("fold", FOLD_LUA),
+        ("load", LOAD_LUA),
+        ("get_state", GET_STATE_LUA),
+        ("cas_state", CAS_STATE_LUA),
+        ("keepttl_cas", KEEPTTL_CAS_LUA),
+        ("tag_region", TAG_REGION_LUA),
+    )
+}

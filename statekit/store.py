@@ -20,6 +20,7 @@ on read and written back lazily, keeping its TTL.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import os
@@ -27,35 +28,36 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import redis
 
 from . import codec
-from .backends import backend_kind
+from .backends import backend_kind, is_async
 from .errors import ConflictError, CorruptStateError, InvalidInput, StateTooLarge, StoreUnavailable
 from .keys import session_keys, valid_id, validate_namespace
 from .lifecycle import LifecyclePolicy, truncate_utf8
 from .scripts import (
-    APPEND_LUA,
-    CAS_STATE_LUA,
     CORRUPT_PREFIX,
     EXEC,
-    FOLD_LUA,
-    GET_STATE_LUA,
-    KEEPTTL_CAS_LUA,
-    LOAD_LUA,
     MULTI,
-    TAG_REGION_LUA,
+    SCRIPTS,
+    Script,
 )
 
 if TYPE_CHECKING:
     from .migrate import Migrations
 
-__all__ = ["SessionStore", "Context", "StoreListener", "session_keys"]
+__all__ = ["SessionStore", "StoreCore", "Context", "StoreListener", "session_keys", "drive"]
+
+T = TypeVar("T")
+#: One step of an operation: the name of a wire method and its arguments.
+Step = tuple[Any, ...]
+#: An operation written once for every wire: it yields steps and receives their results.
+Steps = Generator[Step, Any, T]
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +191,10 @@ class _Wire:
     try again) and the hooks that instrument `execute_command`. A NOSCRIPT reply loads the
     script and tries once more; a MOVED or ASK reply hands the call to redis-py's own
     routing (`routed`).
+
+    The store's operations are written once, as generators of steps (`("evalsha", script,
+    keys, args)`, `("read_context", keys)`, ...); this wire carries them out with blocking
+    calls, and `statekit.aio`'s wire carries the same steps out with awaits.
     """
 
     def __init__(self, client: Any) -> None:
@@ -197,6 +203,12 @@ class _Wire:
         self.pack = _packer(client.get_encoder())
         # round trips and request bytes of the operation running in this thread, for listeners
         self.sent = threading.local()
+
+    def reset(self) -> None:
+        self.sent.round_trips = self.sent.bytes = 0
+
+    def counted(self) -> dict[str, int]:
+        return {"round_trips": self.sent.round_trips, "bytes": self.sent.bytes}
 
     def count(self, round_trips: int, request_bytes: int = 0) -> None:
         """Add round trips made outside `send` (redis-py's own routing, plain commands)."""
@@ -237,7 +249,7 @@ class _Wire:
             raise first_error
         return reply
 
-    def load_script(self, script: Any) -> None:
+    def load_script(self, script: Script) -> None:
         """SCRIPT LOAD on the server, or on each primary of a cluster through that node's own
         client (redis-py's cluster routing of a keyless SCRIPT LOAD fails right after a
         MOVED reply, so it is not asked to route one)."""
@@ -249,7 +261,7 @@ class _Wire:
             self.count(1)
             self.client.script_load(script.script)
 
-    def routed(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    def routed(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """Run `script` through redis-py's own routing, which follows MOVED and ASK."""
         self.count(1)
         try:
@@ -258,7 +270,7 @@ class _Wire:
             self.load_script(script)
             return self.client.evalsha(script.sha, len(keys), *keys, *args)
 
-    def evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         packed = self.pack("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
             return self.send(keys[0], packed, 1)
@@ -269,6 +281,73 @@ class _Wire:
             if self.cluster:
                 return self.routed(script, keys, args)
             raise
+
+    def read_context(self, keys: list[str]) -> list[Any]:
+        """HMGET meta, LRANGE log, GET summary, atomically, in one round trip.
+
+        A MULTI/EXEC transaction rather than a script: a script would copy the window of
+        turns into Lua and back, which costs more than the read itself. On a cluster whose
+        slot just moved, the Lua script (which redis-py redirects) answers instead.
+        """
+        try:
+            reply = self.send(keys[0], _context_reads(self.pack, keys), 5)
+        except _REDIRECTS:
+            if not self.cluster:
+                raise
+            reply = self.routed(SCRIPTS["load"], keys[:3], [])
+        return _check_context(reply, keys)
+
+    def types(self, keys: list[str]) -> list[bytes]:
+        self.count(len(keys))
+        return [self.client.type(key) for key in keys]
+
+    def delete(self, keys: list[str]) -> int:
+        self.count(1)
+        return int(self.client.delete(*keys))
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def await_(self, awaitable: Any) -> Any:
+        if hasattr(awaitable, "close"):
+            awaitable.close()  # never awaited: close it, so Python does not warn about it later
+        raise InvalidInput(
+            "a callback returned an awaitable: async summarizers and update functions need "
+            "statekit.aio.AsyncSessionStore"
+        )
+
+
+def _context_reads(pack: Callable[..., bytes], keys: list[str]) -> bytes:
+    """load_context's reads as one packed MULTI/EXEC transaction (five replies)."""
+    return b"".join(
+        (MULTI, pack("HMGET", keys[0], "v", "b"), pack("LRANGE", keys[1], 0, -1), pack("GET", keys[2]), EXEC)
+    )
+
+
+def _check_context(reply: Any, keys: list[str]) -> list[Any]:
+    if reply is None:
+        raise redis.exceptions.ResponseError("EXEC aborted")
+    for part, key in zip(reply, keys, strict=False):
+        if isinstance(part, Exception):
+            raise CorruptStateError(f"{key}: {part}; the session was left as is")
+    return reply
+
+
+def drive(steps: Generator[Step, Any, T], wire: Any) -> T:
+    """Carry out an operation's steps on a blocking wire; return what the operation returns.
+
+    A step that fails is thrown back into the operation, which may handle it."""
+    try:
+        step = steps.send(None)
+        while True:
+            try:
+                reply = getattr(wire, step[0])(*step[1:])
+            except BaseException as exc:
+                step = steps.throw(exc)
+            else:
+                step = steps.send(reply)
+    except StopIteration as stop:
+        return stop.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,13 +405,10 @@ class StoreListener:
         """Called for each lifecycle event."""
 
 
-class SessionStore:
-    """Bounded session state in Redis, by `policy`, under `namespace`.
-
-    Appends and loads are one round trip each (one Lua script); folding evicted turns into
-    the summary adds one round trip every `policy.fold_batch` evictions. Connection errors
-    and timeouts surface as `StoreUnavailable`; wrap the store in `ResilientStore` to
-    degrade instead.
+class StoreCore:
+    """What the blocking `SessionStore` and `statekit.aio.AsyncSessionStore` share: the key
+    layout, the policy, the listeners, and every operation written once as a generator of
+    steps, which each store's wire carries out (blocking or awaited). No I/O happens here.
     """
 
     def __init__(
@@ -354,20 +430,25 @@ class SessionStore:
         self.listeners: list[StoreListener] = [*listeners, *([metrics] if metrics is not None else [])]
         encoder = client.get_encoder() if hasattr(client, "get_encoder") else None
         if encoder is not None and getattr(encoder, "decode_responses", False):
-            raise InvalidInput("SessionStore needs a client with decode_responses=False: turns are stored as bytes")
-        self._wire = _Wire(client)
-        self._append = client.register_script(APPEND_LUA)
-        self._fold = client.register_script(FOLD_LUA)
-        self._load = client.register_script(LOAD_LUA)
-        self._get_state = client.register_script(GET_STATE_LUA)
-        self._cas_state = client.register_script(CAS_STATE_LUA)
-        self._keepttl_cas = client.register_script(KEEPTTL_CAS_LUA)
-        self._tag_region = client.register_script(TAG_REGION_LUA)
+            raise InvalidInput(
+                f"{type(self).__name__} needs a client with decode_responses=False: turns are stored as bytes"
+            )
+        self._wire = self._make_wire(client)
+        self._append = SCRIPTS["append"]
+        self._fold = SCRIPTS["fold"]
+        self._load = SCRIPTS["load"]
+        self._get_state = SCRIPTS["get_state"]
+        self._cas_state = SCRIPTS["cas_state"]
+        self._keepttl_cas = SCRIPTS["keepttl_cas"]
+        self._tag_region = SCRIPTS["tag_region"]
         self.summary_label = getattr(self.policy.summarizer, "label", Context.summary_label)
 
-    def with_client(self, client: Any) -> SessionStore:
+    def _make_wire(self, client: Any) -> Any:
+        raise NotImplementedError
+
+    def with_client(self, client: Any) -> Any:
         """The same store (policy, namespace, listeners) over another client."""
-        return SessionStore(
+        return type(self)(
             client,
             self.policy,
             self.namespace,
@@ -386,58 +467,45 @@ class SessionStore:
         for listener in self.listeners:
             listener.on_event(kind, session_id, info)
 
-    def _run(self, op: str, session_id: str, fn: Callable[[], Any]) -> Any:
-        start = 0.0
-        if self.listeners:
-            start = time.perf_counter()
-            self._wire.sent.round_trips = self._wire.sent.bytes = 0
-        error: BaseException | None = None
-        try:
-            return fn()
-        except _CONNECTION_ERRORS as exc:
-            error = StoreUnavailable(f"{op} of session {session_id!r} failed: {exc}")
-            raise error from exc
-        except redis.exceptions.ResponseError as exc:
-            error = self._corrupt(session_id, exc) or exc
-            if error is exc:
-                raise
-            raise error from exc
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            if self.listeners:
-                elapsed = time.perf_counter() - start
-                detail = {"round_trips": self._wire.sent.round_trips, "bytes": self._wire.sent.bytes}
-                for listener in self.listeners:
-                    hook = getattr(listener, "on_operation_detail", None)
-                    if hook is not None:
-                        hook(op, session_id, elapsed, error, detail)
-                    else:
-                        listener.on_operation(op, session_id, elapsed, error)
+    def _translate(self, op: str, session_id: str, exc: BaseException) -> BaseException | None:
+        """The error a caller sees for `exc`: StoreUnavailable for a connection failure or a
+        timeout, None when an error reply needs `_corrupt_steps` to name it, else `exc`."""
+        if isinstance(exc, _CONNECTION_ERRORS):
+            return StoreUnavailable(f"{op} of session {session_id!r} failed: {exc}")
+        if isinstance(exc, redis.exceptions.ResponseError):
+            return None
+        return exc
 
-    def _corrupt(self, session_id: str, exc: redis.exceptions.ResponseError) -> CorruptStateError | None:
+    def _notify(self, op: str, session_id: str, elapsed: float, error: BaseException | None) -> None:
+        detail = self._wire.counted()
+        for listener in self.listeners:
+            hook = getattr(listener, "on_operation_detail", None)
+            if hook is not None:
+                hook(op, session_id, elapsed, error, detail)
+            else:
+                listener.on_operation(op, session_id, elapsed, error)
+
+    def _corrupt_steps(self, session_id: str, exc: redis.exceptions.ResponseError) -> Steps[BaseException]:
         """A CorruptStateError naming the key, for error replies that mean the session's data
         is not what the store wrote: a key of the wrong type, a meta field that is not a
-        number, a record a script cannot parse. None for any other error reply."""
+        number, a record a script cannot parse. `exc` itself for any other error reply."""
         text = _SCRIPT_SUFFIX.sub("", str(exc))
         keys = self.keys(session_id)
         if text.startswith(CORRUPT_PREFIX):
             detail = text[len(CORRUPT_PREFIX) :]
         elif text.startswith("WRONGTYPE"):
-            detail = self._wrong_type(keys)
+            detail = yield from self._wrong_type(keys)
         elif "user_script" in text or text.startswith("Error running script"):
             detail = f"a record of session {session_id!r} cannot be parsed ({text})"
         else:
-            return None
+            return exc
         return CorruptStateError(f"{detail}; the session was left as is (delete it to start afresh)")
 
-    def _wrong_type(self, keys: list[str]) -> str:
+    def _wrong_type(self, keys: list[str]) -> Steps[str]:
         """Which key holds the wrong type: one TYPE per key, on this error path only."""
         expected = dict(zip(keys, (b"hash", b"list", b"string", b"string"), strict=True))
         try:
-            self._wire.count(len(keys))
-            found = {key: self.client.type(key) for key in keys}
+            found = dict(zip(keys, (yield ("types", keys)), strict=True))
         except redis.exceptions.RedisError:
             return f"one of {keys} holds the wrong type of value"
         wrong = [
@@ -459,7 +527,7 @@ class SessionStore:
                 ids.append(record[:cut].decode())
                 turns.append(orjson.loads(record[cut + 2 :]))
         except (ValueError, orjson.JSONDecodeError):
-            pairs = [SessionStore._split(r, key) for r in records]  # raises CorruptStateError with the detail
+            pairs = [StoreCore._split(r, key) for r in records]  # raises CorruptStateError with the detail
             return [i for i, _ in pairs], [t for _, t in pairs]
         return ids, turns
 
@@ -470,35 +538,226 @@ class SessionStore:
             raise CorruptStateError(f"{key}: a turn record without its turn id; the session was left as is")
         return tid.decode("utf-8", errors="replace"), codec.decode(body, key)
 
-    def _read_context(self, keys: list[str]) -> list[Any]:
-        """HMGET meta, LRANGE log, GET summary, atomically, in one round trip.
+    # -- the operations, as steps ---------------------------------------------------------
 
-        A MULTI/EXEC transaction rather than a script: a script would copy the window of
-        turns into Lua and back, which costs more than the read itself. On a cluster whose
-        slot just moved, the Lua script (which redis-py redirects) answers instead.
-        """
-        pack = self._wire.pack
-        packed = b"".join(
-            (
-                MULTI,
-                pack("HMGET", keys[0], "v", "b"),
-                pack("LRANGE", keys[1], 0, -1),
-                pack("GET", keys[2]),
-                EXEC,
+    def _append_steps(self, session_id: str, turn: Mapping[str, Any], turn_id: str | None) -> Steps[int]:
+        """Check the input now (a bad id or turn raises before any step), then the steps."""
+        keys = self.keys(session_id)
+        if not isinstance(turn, Mapping):
+            raise InvalidInput(
+                f"a turn is a mapping such as {{'role': ..., 'content': ...}}, got {type(turn).__name__}"
             )
-        )
+        turn_id = _new_turn_id() if turn_id is None else validate_turn_id(turn_id)
+        record = turn_id.encode() + SEP + codec.encode(dict(turn), what="the turn")
+        p = self.policy
+        args = [record, turn_id, p.window_turns, p.max_bytes, p.ttl_ms, p.fold_batch, int(time.time() * 1000), p.mode]
+        return self._append_io(session_id, keys, turn_id, record, args)
+
+    def _append_io(self, session_id: str, keys: list[str], turn_id: str, record: bytes, args: list[Any]) -> Steps[int]:
+        cap = self.policy.max_bytes
+        if len(record) > cap:  # over the cap whatever the session holds: no round trip
+            self._event("rejected", session_id, size=len(record), cap=cap)
+            raise StateTooLarge(session_id, len(record), cap)
+        reply = yield ("evalsha", self._append, keys, args)
+        status = reply[0]
+        if status == -1:
+            self._event("rejected", session_id, size=reply[1], cap=reply[2])
+            raise StateTooLarge(session_id, reply[1], reply[2])
+        if status == 0:
+            self._event("duplicate", session_id, turn_id=turn_id)
+            return reply[1]
+        if reply[3]:
+            self._event("created", session_id)
+        self._event("appended", session_id, bytes=len(record), total=reply[1])
+        if len(reply) > 5:
+            return (yield from self._fold_parked(session_id, keys, reply))
+        if reply[4]:
+            self._event("evicted", session_id, turns=reply[4], summarised=False)
+        return reply[1]
+
+    def _fold_parked(self, session_id: str, keys: list[str], reply: list[Any]) -> Steps[int]:
+        _status, size, _v, _created, n_parked, fold_version, summary_raw, *parked = reply
+        pairs = [self._split(r, keys[1]) for r in parked]
+        summary = summary_raw.decode("utf-8", errors="replace")
+        budget = self.policy.summary_max_bytes
         try:
-            reply = self._wire.send(keys[0], packed, 5)
-        except _REDIRECTS:
-            if not self._wire.cluster:
+            written = self.policy.summarizer(summary, [t for _, t in pairs], budget)
+            if inspect.isawaitable(written):  # an async summarizer (a model call): AsyncSessionStore awaits it
+                written = yield ("await_", written)
+            new_summary = truncate_utf8(written, budget)
+        except InvalidInput:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failing summarizer must not fail an append that landed
+            # The turns stay parked in Redis; the next append that finds them hands them over again.
+            log.warning("summarizer failed for session %r, %d turns stay parked: %r", session_id, len(pairs), exc)
+            self._event("fold_failed", session_id, turns=len(pairs), error=repr(exc))
+            return size
+        result = yield (
+            "evalsha",
+            self._fold,
+            keys,
+            [fold_version, len(parked), pairs[0][0], new_summary.encode(), self.policy.ttl_ms],
+        )
+        if result[0] == 1:
+            self._event("evicted", session_id, turns=len(parked), summarised=True)
+            self._event("summarised", session_id, turns=len(parked), summary_bytes=len(new_summary.encode()))
+            return result[1]
+        return size  # another process folded these turns first
+
+    def _load_steps(self, session_id: str) -> Steps[Context]:
+        keys = self.keys(session_id)
+        return self._load_io(session_id, keys)
+
+    def _load_io(self, session_id: str, keys: list[str]) -> Steps[Context]:
+        (version, size), records, summary = yield ("read_context", keys)
+        ids, turns = self._decode_records(records, keys[1])
+        cut = max(0, len(turns) - self.policy.window_turns)
+        return Context(
+            session_id=session_id,
+            summary=summary.decode("utf-8", errors="replace") if summary else "",
+            turns=turns[cut:],
+            pending=turns[:cut],
+            turn_ids=ids,
+            version=_int(version, keys[0], "v"),
+            bytes=_int(size, keys[0], "b"),
+            summary_label=self.summary_label,
+        )
+
+    def _get_state_steps(self, session_id: str) -> Steps[tuple[dict[str, Any], int]]:
+        keys = self.keys(session_id)
+        return self._get_state_io(session_id, keys)
+
+    def _get_state_io(self, session_id: str, keys: list[str]) -> Steps[tuple[dict[str, Any], int]]:
+        version, blob = yield ("evalsha", self._get_state, [keys[0], keys[3]], [])
+        return (yield from self._decode_state(session_id, keys, blob, int(version))), int(version)
+
+    def _update_state_steps(self, session_id: str, fn: Callable[[dict[str, Any]], Any]) -> Steps[dict[str, Any]]:
+        keys = self.keys(session_id)
+        return self._update_state_io(session_id, keys, fn)
+
+    def _update_state_io(
+        self, session_id: str, keys: list[str], fn: Callable[[dict[str, Any]], Any]
+    ) -> Steps[dict[str, Any]]:
+        for attempt in range(self.max_update_retries + 1):
+            version, blob = yield ("evalsha", self._get_state, [keys[0], keys[3]], [])
+            current = yield from self._decode_state(session_id, keys, blob, int(version), write_back=False)
+            new = fn(current)
+            if inspect.isawaitable(new):
+                new = yield ("await_", new)
+            if not isinstance(new, dict):
+                raise InvalidInput(f"update_state's function must return a dict, got {type(new).__name__}")
+            if self.migrations is not None:
+                encoded = self.migrations.dump(new)
+            else:
+                encoded = codec.encode(new, what="the session state")
+            if len(encoded) > self.policy.max_bytes:  # over the cap on its own: not sent
+                self._event("rejected", session_id, size=len(encoded), cap=self.policy.max_bytes)
+                raise StateTooLarge(session_id, len(encoded), self.policy.max_bytes)
+            reply = yield (
+                "evalsha",
+                self._cas_state,
+                keys,
+                [int(version), encoded, self.policy.max_bytes, self.policy.ttl_ms, int(time.time() * 1000)],
+            )
+            if reply[0] == 1:
+                self._event("state_updated", session_id, version=reply[1], attempts=attempt + 1)
+                return new
+            if reply[0] == -1:
+                self._event("rejected", session_id, size=reply[1], cap=reply[2])
+                raise StateTooLarge(session_id, reply[1], reply[2])
+            self._event("conflict", session_id, attempt=attempt + 1)
+            yield ("sleep", random.uniform(0, 0.0005 * (attempt + 1)))
+        raise ConflictError(
+            f"session {session_id!r}: state changed under every one of {self.max_update_retries + 1} attempts; "
+            "too many concurrent writers to one session (route a session's requests to one instance)"
+        )
+
+    def _decode_state(
+        self, session_id: str, keys: list[str], blob: bytes | None, version: int, write_back: bool = True
+    ) -> Steps[dict[str, Any]]:
+        """Decode stored state; with migrations, upgrade it and (lazily) write it back.
+
+        The write-back keeps the key's remaining TTL and happens only if nobody wrote the
+        state since it was read; a blob from newer code raises UnknownVersionError and is
+        left untouched.
+        """
+        if not blob:
+            return {}
+        if self.migrations is None:
+            return codec.decode(blob, keys[3])
+        loaded = self.migrations.load(blob, keys[3])
+        if loaded.migrated and write_back:
+            written = yield (
+                "evalsha",
+                self._keepttl_cas,
+                [keys[0], keys[3]],
+                [version, self.migrations.dump(loaded.data)],
+            )
+            self._event(
+                "migrated",
+                session_id,
+                from_version=loaded.from_version,
+                to_version=loaded.version,
+                written=bool(written),
+            )
+        return loaded.data
+
+    def _tag_region_steps(self, session_id: str, region: str) -> Steps[bool]:
+        keys = self.keys(session_id)
+        if not isinstance(region, str) or not region:
+            raise InvalidInput(f"bad region {region!r}: a non-empty string")
+        return self._tag_region_io(keys, region)
+
+    def _tag_region_io(self, keys: list[str], region: str) -> Steps[bool]:
+        return bool((yield ("evalsha", self._tag_region, keys[:1], [region])))
+
+    def _delete_steps(self, session_id: str) -> Steps[bool]:
+        keys = self.keys(session_id)
+        return self._delete_io(session_id, keys)
+
+    def _delete_io(self, session_id: str, keys: list[str]) -> Steps[bool]:
+        existed = bool((yield ("delete", keys)))
+        if existed:
+            self._event("deleted", session_id)
+        return existed
+
+
+class SessionStore(StoreCore):
+    """Bounded session state in Redis, by `policy`, under `namespace`.
+
+    Appends and loads are one round trip each (one Lua script); folding evicted turns into
+    the summary adds one round trip every `policy.fold_batch` evictions. Connection errors
+    and timeouts surface as `StoreUnavailable`; wrap the store in `ResilientStore` to
+    degrade instead. For asyncio services, `statekit.aio.AsyncSessionStore` has the same
+    methods, awaitable.
+    """
+
+    def _make_wire(self, client: Any) -> _Wire:
+        if is_async(client):
+            raise InvalidInput(
+                "SessionStore needs a blocking client; for an asyncio client (redis.asyncio, "
+                "FakeAsyncRedis) use statekit.aio.AsyncSessionStore"
+            )
+        return _Wire(client)
+
+    def _run(self, op: str, session_id: str, steps: Steps[T]) -> T:
+        listening = bool(self.listeners)
+        if listening:
+            start = time.perf_counter()
+            self._wire.reset()
+        error: BaseException | None = None
+        try:
+            return drive(steps, self._wire)
+        except BaseException as exc:
+            error = self._translate(op, session_id, exc)
+            if error is None:
+                error = drive(self._corrupt_steps(session_id, exc), self._wire)
+            if error is exc:
                 raise
-            reply = self._wire.routed(self._load, keys[:3], [])
-        if reply is None:
-            raise redis.exceptions.ResponseError("EXEC aborted")
-        for part, key in zip(reply, keys, strict=False):
-            if isinstance(part, Exception):
-                raise CorruptStateError(f"{key}: {part}; the session was left as is")
-        return reply
+            raise error from exc
+        finally:
+            if listening:
+                self._notify(op, session_id, time.perf_counter() - start, error)
 
     # -- conversation ---------------------------------------------------------------------
 
@@ -512,59 +771,7 @@ class SessionStore:
         that cannot be serialised, `CorruptStateError` when the session's keys hold data the
         store did not write.
         """
-        keys = self.keys(session_id)
-        if not isinstance(turn, Mapping):
-            raise InvalidInput(
-                f"a turn is a mapping such as {{'role': ..., 'content': ...}}, got {type(turn).__name__}"
-            )
-        turn_id = _new_turn_id() if turn_id is None else validate_turn_id(turn_id)
-        record = turn_id.encode() + SEP + codec.encode(dict(turn), what="the turn")
-        p = self.policy
-        args = [record, turn_id, p.window_turns, p.max_bytes, p.ttl_ms, p.fold_batch, int(time.time() * 1000), p.mode]
-
-        def run() -> int:
-            if len(record) > p.max_bytes:  # over the cap whatever the session holds: no round trip
-                self._event("rejected", session_id, size=len(record), cap=p.max_bytes)
-                raise StateTooLarge(session_id, len(record), p.max_bytes)
-            reply = self._wire.evalsha(self._append, keys, args)
-            status = reply[0]
-            if status == -1:
-                self._event("rejected", session_id, size=reply[1], cap=reply[2])
-                raise StateTooLarge(session_id, reply[1], reply[2])
-            if status == 0:
-                self._event("duplicate", session_id, turn_id=turn_id)
-                return reply[1]
-            if reply[3]:
-                self._event("created", session_id)
-            self._event("appended", session_id, bytes=len(record), total=reply[1])
-            if len(reply) > 5:
-                return self._fold_parked(session_id, keys, reply)
-            if reply[4]:
-                self._event("evicted", session_id, turns=reply[4], summarised=False)
-            return reply[1]
-
-        return self._run("append_turn", session_id, run)
-
-    def _fold_parked(self, session_id: str, keys: list[str], reply: list[Any]) -> int:
-        _status, size, _v, _created, n_parked, fold_version, summary_raw, *parked = reply
-        pairs = [self._split(r, keys[1]) for r in parked]
-        summary = summary_raw.decode("utf-8", errors="replace")
-        budget = self.policy.summary_max_bytes
-        try:
-            new_summary = truncate_utf8(self.policy.summarizer(summary, [t for _, t in pairs], budget), budget)
-        except Exception as exc:  # noqa: BLE001 - a failing summarizer must not fail an append that landed
-            # The turns stay parked in Redis; the next append that finds them hands them over again.
-            log.warning("summarizer failed for session %r, %d turns stay parked: %r", session_id, len(pairs), exc)
-            self._event("fold_failed", session_id, turns=len(pairs), error=repr(exc))
-            return size
-        result = self._wire.evalsha(
-            self._fold, keys, [fold_version, len(parked), pairs[0][0], new_summary.encode(), self.policy.ttl_ms]
-        )
-        if result[0] == 1:
-            self._event("evicted", session_id, turns=len(parked), summarised=True)
-            self._event("summarised", session_id, turns=len(parked), summary_bytes=len(new_summary.encode()))
-            return result[1]
-        return size  # another process folded these turns first
+        return self._run("append_turn", session_id, self._append_steps(session_id, turn, turn_id))
 
     def load_context(self, session_id: str) -> Context:
         """The session's summary, window, pending turns, version and size, in one round trip.
@@ -572,36 +779,13 @@ class SessionStore:
         A missing (or expired) session is an empty context, not an error. A corrupt record
         raises `CorruptStateError` naming the key; nothing is modified.
         """
-        keys = self.keys(session_id)
-
-        def run() -> Context:
-            (version, size), records, summary = self._read_context(keys)
-            ids, turns = self._decode_records(records, keys[1])
-            cut = max(0, len(turns) - self.policy.window_turns)
-            return Context(
-                session_id=session_id,
-                summary=summary.decode("utf-8", errors="replace") if summary else "",
-                turns=turns[cut:],
-                pending=turns[:cut],
-                turn_ids=ids,
-                version=_int(version, keys[0], "v"),
-                bytes=_int(size, keys[0], "b"),
-                summary_label=self.summary_label,
-            )
-
-        return self._run("load_context", session_id, run)
+        return self._run("load_context", session_id, self._load_steps(session_id))
 
     # -- structured state -----------------------------------------------------------------
 
     def get_state(self, session_id: str) -> tuple[dict[str, Any], int]:
         """The session's structured state and its version (an empty dict and 0 when unset)."""
-        keys = self.keys(session_id)
-
-        def run() -> tuple[dict[str, Any], int]:
-            version, blob = self._wire.evalsha(self._get_state, [keys[0], keys[3]], [])
-            return self._decode_state(session_id, keys, blob, int(version)), int(version)
-
-        return self._run("get_state", session_id, run)
+        return self._run("get_state", session_id, self._get_state_steps(session_id))
 
     def update_state(self, session_id: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
         """Apply `fn` to the structured state with optimistic concurrency; return the new state.
@@ -611,68 +795,7 @@ class SessionStore:
         to `max_update_retries` times with jittered backoff, then raises `ConflictError`.
         `fn` may run more than once, so it must not have side effects.
         """
-        keys = self.keys(session_id)
-
-        def run() -> dict[str, Any]:
-            for attempt in range(self.max_update_retries + 1):
-                version, blob = self._wire.evalsha(self._get_state, [keys[0], keys[3]], [])
-                current = self._decode_state(session_id, keys, blob, int(version), write_back=False)
-                new = fn(current)
-                if not isinstance(new, dict):
-                    raise InvalidInput(f"update_state's function must return a dict, got {type(new).__name__}")
-                if self.migrations is not None:
-                    encoded = self.migrations.dump(new)
-                else:
-                    encoded = codec.encode(new, what="the session state")
-                if len(encoded) > self.policy.max_bytes:  # over the cap on its own: not sent
-                    self._event("rejected", session_id, size=len(encoded), cap=self.policy.max_bytes)
-                    raise StateTooLarge(session_id, len(encoded), self.policy.max_bytes)
-                reply = self._wire.evalsha(
-                    self._cas_state,
-                    keys,
-                    [int(version), encoded, self.policy.max_bytes, self.policy.ttl_ms, int(time.time() * 1000)],
-                )
-                if reply[0] == 1:
-                    self._event("state_updated", session_id, version=reply[1], attempts=attempt + 1)
-                    return new
-                if reply[0] == -1:
-                    self._event("rejected", session_id, size=reply[1], cap=reply[2])
-                    raise StateTooLarge(session_id, reply[1], reply[2])
-                self._event("conflict", session_id, attempt=attempt + 1)
-                time.sleep(random.uniform(0, 0.0005 * (attempt + 1)))
-            raise ConflictError(
-                f"session {session_id!r}: state changed under every one of {self.max_update_retries + 1} attempts; "
-                "too many concurrent writers to one session (route a session's requests to one instance)"
-            )
-
-        return self._run("update_state", session_id, run)
-
-    def _decode_state(
-        self, session_id: str, keys: list[str], blob: bytes | None, version: int, write_back: bool = True
-    ) -> dict[str, Any]:
-        """Decode stored state; with migrations, upgrade it and (lazily) write it back.
-
-        The write-back keeps the key's remaining TTL and happens only if nobody wrote the
-        state since it was read; a blob from newer code raises UnknownVersionError and is
-        left untouched.
-        """
-        if not blob:
-            return {}
-        if self.migrations is None:
-            return codec.decode(blob, keys[3])
-        loaded = self.migrations.load(blob, keys[3])
-        if loaded.migrated and write_back:
-            written = self._wire.evalsha(
-                self._keepttl_cas, [keys[0], keys[3]], [version, self.migrations.dump(loaded.data)]
-            )
-            self._event(
-                "migrated",
-                session_id,
-                from_version=loaded.from_version,
-                to_version=loaded.version,
-                written=bool(written),
-            )
-        return loaded.data
+        return self._run("update_state", session_id, self._update_state_steps(session_id, fn))
 
     def tag_region(self, session_id: str, region: str) -> bool:
         """Record where a session's data lives (its residency), for `statekit health`.
@@ -681,21 +804,8 @@ class SessionStore:
         creates nothing) for a session that does not exist or has expired: tag it after its
         first write.
         """
-        keys = self.keys(session_id)
-        if not isinstance(region, str) or not region:
-            raise InvalidInput(f"bad region {region!r}: a non-empty string")
-        tagged = self._run("tag_region", session_id, lambda: self._wire.evalsha(self._tag_region, keys[:1], [region]))
-        return bool(tagged)
+        return self._run("tag_region", session_id, self._tag_region_steps(session_id, region))
 
     def delete(self, session_id: str) -> bool:
         """Remove every key of the session; True when it existed."""
-        keys = self.keys(session_id)
-
-        def run() -> bool:
-            self._wire.count(1)
-            existed = bool(self.client.delete(*keys))
-            if existed:
-                self._event("deleted", session_id)
-            return existed
-
-        return self._run("delete", session_id, run)
+        return self._run("delete", session_id, self._delete_steps(session_id))

@@ -10,6 +10,7 @@ import redis
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from statekit import CorruptStateError, SessionStore, UnknownVersionError, connect
+from statekit.store import drive
 from statekit.examples import MIGRATIONS, MODELS, SupportAgentStateV3, support_agent_migrations
 from statekit.migrate import (
     MigrationError,
@@ -124,7 +125,7 @@ def test_write_back_never_overwrites_a_concurrent_writer():
     v3 = SessionStore(client, migrations=support_agent_migrations)
     v3.update_state("s", lambda s: {**s, "escalated": True})  # a live request, new code
     after_writer = client.get(keys[3])
-    v3._decode_state("s", keys, old_blob, old_sv)  # the slow reader's late write-back
+    drive(v3._decode_state("s", keys, old_blob, old_sv), v3._wire)  # the slow reader's late write-back
     assert client.get(keys[3]) == after_writer
 
 

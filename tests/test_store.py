@@ -354,7 +354,11 @@ def test_turns_parked_by_a_crashed_process_are_folded_by_the_next_append():
     client = connect("fakeredis://")
     policy = LifecyclePolicy(window_turns=2, fold_batch=2)
     crashed = SessionStore(client, policy)
-    crashed._fold_parked = lambda session_id, keys, reply: reply[1]  # dies before folding
+    def dies_before_folding(session_id, keys, reply):
+        return reply[1]
+        yield  # a generator of no steps, like the real fold
+
+    crashed._fold_parked = dies_before_folding
     for i in range(6):
         crashed.append_turn("s", turn(i))
     assert len(SessionStore(client, policy).load_context("s").pending) == 4
@@ -368,12 +372,13 @@ def test_a_stale_fold_changes_nothing():
     store = SessionStore(client, LifecyclePolicy(window_turns=1, fold_batch=2))
     keys = store.keys("s")
     for i in range(3):
-        store._append(keys=keys, args=[f"t{i}".encode() + b"\x1f\x01{}", f"t{i}", 1, 50_000, 60_000, 99, 0, "park"])
+        args = [f"t{i}".encode() + b"\x1f\x01{}", f"t{i}", 1, 50_000, 60_000, 99, 0, "park"]
+        client.eval(store._append.script, len(keys), *keys, *args)
     before = snapshot(client, store, "s")
     # fold version 7 was never current: another process folded first
-    assert store._fold(keys=keys, args=["7", 2, "t0", b"summary", 60_000]) == [0]
+    assert client.eval(store._fold.script, len(keys), *keys, "7", 2, "t0", b"summary", 60_000) == [0]
     # the right version but other turns at the head: also refused
-    assert store._fold(keys=keys, args=["0", 2, "t1", b"summary", 60_000]) == [0]
+    assert client.eval(store._fold.script, len(keys), *keys, "0", 2, "t1", b"summary", 60_000) == [0]
     assert snapshot(client, store, "s") == before
 
 
