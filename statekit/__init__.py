@@ -1,8 +1,9 @@
 """statekit: decide and run the state of AI agents on Redis.
 
 Decide: `assess(profile)` says whether a workload needs state at all, and where it should live.
-Run: `connect(url)` gives a Redis client (embedded fakeredis by default) with explicit
-timeouts and retries; `SessionStore` keeps bounded session state on it.
+Run: `connect(url)` (or `connect_async(url)` for asyncio) gives a Redis client (embedded
+fakeredis by default) with explicit timeouts and retries; `SessionStore` (`AsyncSessionStore`)
+keeps bounded session state on it.
 `review.run_review(...)` renders a design review for a profile.
 """
 
@@ -12,7 +13,7 @@ __version__ = "0.1.0"
 
 from . import codec, sizing  # noqa: E402
 from .assess import Assessment, CostModel, RubricAnswer, assess, what_if  # noqa: E402
-from .backends import check_reachable, connect, redact_url  # noqa: E402
+from .backends import check_reachable, connect, connect_async, redact_url  # noqa: E402
 from .errors import (  # noqa: E402
     ConflictError,
     ConnectionURLError,
@@ -42,6 +43,9 @@ __all__ = [
     "CostModel",
     "RubricAnswer",
     "connect",
+    "connect_async",
+    "AsyncSessionStore",
+    "AsyncResilientStore",
     "check_reachable",
     "redact_url",
     "WorkloadProfile",
@@ -82,4 +86,8 @@ def __getattr__(name: str) -> object:
         import importlib
 
         return importlib.import_module(".consistency", __name__)
+    if name in ("AsyncSessionStore", "AsyncResilientStore"):
+        from . import aio
+
+        return getattr(aio, name)
     raise AttributeError(f"module 'statekit' has no attribute {name!r}")

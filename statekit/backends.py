@@ -218,6 +218,7 @@ def connect_async(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
     retries: int = 0,
     decode_responses: bool = False,
+    max_connections: int = 100,
 ) -> Any:
     """An asyncio client for `url`, with the same URL forms, timeouts and retries as `connect`.
 
@@ -225,13 +226,27 @@ def connect_async(
     so a blocking and an asyncio client of one process can share it. Connecting is lazy (a
     cluster reads its slot map on the first command): `await check_reachable_async(client)`
     fails fast instead.
+
+    The pool holds at most `max_connections` connections, and a coroutine that finds them
+    all busy waits for one for up to `connect_timeout` (redis.asyncio's default pool would
+    fail it at once with "Too many connections" when a burst of requests passes its limit).
     """
     scheme, url, parts = _parse(url, socket_timeout, connect_timeout, retries)
+    if max_connections < 1:
+        raise ValueError("max_connections must be >= 1")
+    import redis.asyncio
+
     if scheme == "fakeredis":
         import fakeredis
 
-        return fakeredis.FakeAsyncRedis(server=_fake_server(parts), decode_responses=decode_responses)
-    import redis.asyncio
+        client = fakeredis.FakeAsyncRedis(
+            server=_fake_server(parts),
+            decode_responses=decode_responses,
+            connection_pool_class=redis.asyncio.BlockingConnectionPool,
+            max_connections=max_connections,
+        )
+        client.connection_pool.timeout = connect_timeout
+        return client
     from redis.asyncio.retry import Retry as AsyncRetry
 
     common = dict(
@@ -248,9 +263,16 @@ def connect_async(
             startup_nodes=[ClusterNode(n.host, n.port) for n in nodes],
             username=parts.username or None,
             password=parts.password or None,
+            max_connections=max_connections,
             **common,
         )
-    return _from_url(redis.asyncio.Redis, url, common)
+    try:
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=connect_timeout, **common
+        )
+    except ValueError as exc:
+        raise _bad(url, f"a query parameter is not valid ({str(exc).rstrip('.')})") from None
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 def _from_url(cls: Any, url: str, options: dict[str, Any]) -> Any:
@@ -288,8 +310,7 @@ def with_timeouts(client: Any, socket_timeout: float, connect_timeout: float | N
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
     kwargs.update(retry=retry, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout)
-    new_pool = type(pool)(connection_class=pool.connection_class, **kwargs)
-    return type(client)(connection_pool=new_pool)
+    return type(client)(connection_pool=_same_pool(pool, kwargs))
 
 
 def _async_with_timeouts(client: Any, socket_timeout: float, connect_timeout: float) -> Any:
@@ -312,8 +333,15 @@ def _async_with_timeouts(client: Any, socket_timeout: float, connect_timeout: fl
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
     kwargs.update(retry=retry, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout)
-    new_pool = type(pool)(connection_class=pool.connection_class, **kwargs)
-    return type(client)(connection_pool=new_pool)
+    return type(client)(connection_pool=_same_pool(pool, kwargs))
+
+
+def _same_pool(pool: Any, connection_kwargs: dict[str, Any]) -> Any:
+    """A new pool of the same class and limits (max connections, a blocking pool's wait)."""
+    limits: dict[str, Any] = {"max_connections": pool.max_connections}
+    if hasattr(pool, "timeout"):  # a BlockingConnectionPool
+        limits["timeout"] = pool.timeout
+    return type(pool)(connection_class=pool.connection_class, **limits, **connection_kwargs)
 
 
 def is_async(client: Any) -> bool:

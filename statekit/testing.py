@@ -17,6 +17,7 @@ with the real-Redis tests silently skipped.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import queue
@@ -580,6 +581,11 @@ class FakeClock:
 
     sleep = advance
 
+    async def asleep(self, seconds: float) -> None:
+        """What `AsyncResilientStore` awaits instead of sleeping: advance, then let other tasks run."""
+        self.advance(seconds)
+        await asyncio.sleep(0)
+
 
 class OutageDrill:
     """Clients of one Redis that can be put through an outage, embedded or real.
@@ -716,14 +722,17 @@ class RoundTrips:
 @contextlib.contextmanager
 def _on_send(hook: Any) -> Iterator[None]:
     """Call `hook()` before every command or pipeline any redis-py (or fakeredis) client sends
-    inside the block. Commands that the hook itself sends do not call it again."""
+    inside the block, blocking or asyncio. Commands that the hook itself sends do not call
+    it again."""
+    import redis.asyncio.connection
     import redis.connection
 
     original = redis.connection.AbstractConnection.send_packed_command
+    original_async = redis.asyncio.connection.AbstractConnection.send_packed_command
     lock = threading.Lock()
     inside = threading.local()
 
-    def patched(self: Any, command: Any, check_health: bool = True) -> Any:
+    def call_hook() -> None:
         if not getattr(inside, "active", False):
             inside.active = True
             try:
@@ -731,13 +740,22 @@ def _on_send(hook: Any) -> Iterator[None]:
                     hook()
             finally:
                 inside.active = False
+
+    def patched(self: Any, command: Any, check_health: bool = True) -> Any:
+        call_hook()
         return original(self, command, check_health)
 
+    async def patched_async(self: Any, command: Any, check_health: bool = True) -> Any:
+        call_hook()
+        return await original_async(self, command, check_health)
+
     redis.connection.AbstractConnection.send_packed_command = patched  # type: ignore[method-assign]
+    redis.asyncio.connection.AbstractConnection.send_packed_command = patched_async  # type: ignore[method-assign]
     try:
         yield
     finally:
         redis.connection.AbstractConnection.send_packed_command = original  # type: ignore[method-assign]
+        redis.asyncio.connection.AbstractConnection.send_packed_command = original_async  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager

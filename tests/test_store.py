@@ -354,6 +354,7 @@ def test_turns_parked_by_a_crashed_process_are_folded_by_the_next_append():
     client = connect("fakeredis://")
     policy = LifecyclePolicy(window_turns=2, fold_batch=2)
     crashed = SessionStore(client, policy)
+
     def dies_before_folding(session_id, keys, reply):
         return reply[1]
         yield  # a generator of no steps, like the real fold

@@ -1,0 +1,297 @@
+"""statekit for asyncio services: `AsyncSessionStore`, `AsyncResilientStore`, `connect_async`.
+
+The same operations as `SessionStore` and `ResilientStore`, awaitable, for services that run
+on an event loop (FastAPI, LangGraph's `ainvoke`), where a blocking Redis call would stall
+every request of the worker. Nothing here is a second copy: the scripts, the key layout,
+the decoding and every operation's logic are the blocking store's own (written once as
+steps, see `statekit.store.StoreCore`); this module only carries those steps out with
+awaits.
+
+- `connect_async(url)` takes every URL `connect` takes: fakeredis (its asyncio client, on
+  the same named embedded server), `redis.asyncio`, and `redis.asyncio.cluster.RedisCluster`.
+- On a single server a store call is one round trip on a pooled connection, as in the
+  blocking store. On Redis Cluster every call goes through redis-py's own asyncio cluster
+  routing (`evalsha`, which follows MOVED and ASK), and `load_context` runs the read script
+  instead of a MULTI/EXEC transaction: still one round trip, with redis-py's routing cost.
+- Listeners are called synchronously, in the event loop: keep them cheap (the bundled
+  metrics and OpenTelemetry listeners are).
+- A summarizer or an `update_state` function may be a coroutine function: it is awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Callable, Generator, Mapping
+from typing import Any, TypeVar
+
+import redis
+
+from .backends import backend_kind, check_reachable_async, connect_async, is_async
+from .errors import InvalidInput
+from .resilience import ResilientStore
+from .scripts import SCRIPTS, Script
+from .store import Context, StoreCore, _check_context, _context_reads, _packer
+
+__all__ = ["AsyncSessionStore", "AsyncResilientStore", "connect_async", "check_reachable_async", "adrive"]
+
+T = TypeVar("T")
+
+# Round trips and request bytes of the operation running in this task (a thread-local
+# would mix up the coroutines of one event loop).
+_sent: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("statekit_sent", default=None)
+
+
+async def adrive(steps: Generator[tuple[Any, ...], Any, T], wire: Any) -> T:
+    """Carry out an operation's steps on an asyncio wire; return what the operation returns.
+
+    A step that fails (or is cancelled) is thrown back into the operation, so its cleanup
+    runs as it would in the blocking store."""
+    try:
+        step = steps.send(None)
+        while True:
+            try:
+                reply = await getattr(wire, step[0])(*step[1:])
+            except BaseException as exc:
+                step = steps.throw(exc)
+            else:
+                step = steps.send(reply)
+    except StopIteration as stop:
+        return stop.value
+
+
+class _AsyncWire:
+    """The asyncio twin of `statekit.store._Wire`: the same packed commands, awaited.
+
+    Single server: the packed EVALSHA or MULTI/EXEC goes out on a connection of the
+    client's own pool (its timeouts, TLS and AUTH), and redis-py's parser reads the reply.
+    A connection whose reply was cut off (a timeout, a cancelled task) is disconnected,
+    never handed back with a reply still in flight. Cluster: redis-py's routing.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.cluster = backend_kind(client) == "cluster"
+        self.pack = _packer(client.get_encoder())
+
+    def reset(self) -> contextvars.Token[list[int] | None]:
+        return _sent.set([0, 0])
+
+    def counted(self) -> dict[str, int]:
+        sent = _sent.get() or [0, 0]
+        return {"round_trips": sent[0], "bytes": sent[1]}
+
+    def count(self, round_trips: int, request_bytes: int = 0) -> None:
+        sent = _sent.get()
+        if sent is not None:
+            sent[0] += round_trips
+            sent[1] += request_bytes
+
+    async def send(self, packed: bytes, replies: int) -> Any:
+        self.count(1, len(packed))
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()
+        first_error: redis.exceptions.ResponseError | None = None
+        reply = None
+        try:
+            await conn.send_packed_command(packed)
+            for _ in range(replies):
+                try:
+                    reply = await conn.read_response()
+                except redis.exceptions.ResponseError as exc:
+                    first_error = first_error or exc
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
+        if first_error is not None:
+            raise first_error
+        return reply
+
+    async def load_script(self, script: Script) -> None:
+        if self.cluster:
+            for node in self.client.get_primaries():
+                self.count(1)
+                await self.client.execute_command("SCRIPT LOAD", script.script, target_nodes=node)
+        else:
+            self.count(1)
+            await self.client.script_load(script.script)
+
+    async def routed(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        self.count(1)
+        try:
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            await self.load_script(script)
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        if self.cluster:
+            return await self.routed(script, keys, args)
+        packed = self.pack("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return await self.send(packed, 1)
+        except redis.exceptions.NoScriptError:
+            await self.load_script(script)
+            return await self.send(packed, 1)
+
+    async def read_context(self, keys: list[str]) -> list[Any]:
+        if self.cluster:
+            reply = await self.routed(SCRIPTS["load"], keys[:3], [])
+        else:
+            reply = await self.send(_context_reads(self.pack, keys), 5)
+        return _check_context(reply, keys)
+
+    async def types(self, keys: list[str]) -> list[bytes]:
+        self.count(len(keys))
+        return [await self.client.type(key) for key in keys]
+
+    async def delete(self, keys: list[str]) -> int:
+        self.count(1)
+        return int(await self.client.delete(*keys))
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def await_(self, awaitable: Any) -> Any:
+        return await awaitable
+
+
+class AsyncSessionStore(StoreCore):
+    """`SessionStore` for asyncio: the same methods, semantics, errors, listeners and
+    `Context`, awaitable. Give it an asyncio client (`connect_async(url)`).
+
+    Appends and loads are one round trip each, as in the blocking store. A hung server
+    costs a call at most the client's socket timeout, and the event loop never blocks.
+    """
+
+    def _make_wire(self, client: Any) -> _AsyncWire:
+        if not is_async(client):
+            raise InvalidInput(
+                "AsyncSessionStore needs an asyncio client (statekit.aio.connect_async(url)); "
+                "for a blocking client use SessionStore"
+            )
+        return _AsyncWire(client)
+
+    async def _run(self, op: str, session_id: str, steps: Generator[tuple[Any, ...], Any, T]) -> T:
+        listening = bool(self.listeners)
+        if listening:
+            start = time.perf_counter()
+            token = self._wire.reset()
+        error: BaseException | None = None
+        try:
+            return await adrive(steps, self._wire)
+        except BaseException as exc:
+            error = self._translate(op, session_id, exc)
+            if error is None:
+                error = await adrive(self._corrupt_steps(session_id, exc), self._wire)
+            if error is exc:
+                raise
+            raise error from exc
+        finally:
+            if listening:
+                self._notify(op, session_id, time.perf_counter() - start, error)
+                _sent.reset(token)
+
+    async def append_turn(self, session_id: str, turn: Mapping[str, Any], turn_id: str | None = None) -> int:
+        """Append `turn` in one round trip; return the session's stored bytes (as
+        `SessionStore.append_turn`: a replayed turn id is stored once, `StateTooLarge` with
+        nothing written over the cap)."""
+        return await self._run("append_turn", session_id, self._append_steps(session_id, turn, turn_id))
+
+    async def load_context(self, session_id: str) -> Context:
+        """The session's summary, window, pending turns, version and size, in one round trip."""
+        return await self._run("load_context", session_id, self._load_steps(session_id))
+
+    async def get_state(self, session_id: str) -> tuple[dict[str, Any], int]:
+        """The session's structured state and its version (an empty dict and 0 when unset)."""
+        return await self._run("get_state", session_id, self._get_state_steps(session_id))
+
+    async def update_state(self, session_id: str, fn: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+        """Compare-and-set update of the structured state, retried on conflict (as
+        `SessionStore.update_state`); `fn` may be a coroutine function."""
+        return await self._run("update_state", session_id, self._update_state_steps(session_id, fn))
+
+    async def tag_region(self, session_id: str, region: str) -> bool:
+        """Record an existing session's region, keeping its TTL; False for a missing session."""
+        return await self._run("tag_region", session_id, self._tag_region_steps(session_id, region))
+
+    async def delete(self, session_id: str) -> bool:
+        """Remove every key of the session; True when it existed."""
+        return await self._run("delete", session_id, self._delete_steps(session_id))
+
+    async def aclose(self) -> None:
+        """Close the client's connections (for a FastAPI lifespan's shutdown)."""
+        close = getattr(self.client, "aclose", None) or self.client.close
+        await close()
+
+
+class _AsyncStoreIO:
+    """Carries out the resilient store's steps with awaits."""
+
+    def __init__(self, owner: AsyncResilientStore) -> None:
+        self.owner = owner
+
+    async def store(self, name: str, args: tuple[Any, ...]) -> Any:
+        return await getattr(self.owner.store, name)(*args)
+
+    async def sleep(self, seconds: float) -> None:
+        asleep = getattr(self.owner.clock, "asleep", None)
+        if asleep is not None:
+            await asleep(seconds)
+        else:
+            await asyncio.sleep(seconds)
+
+
+class AsyncResilientStore(ResilientStore):
+    """`ResilientStore` for asyncio, over an `AsyncSessionStore`: the same deadlines (the
+    socket timeout of an asyncio client of its own), circuit breaker, fallbacks, write
+    buffer, events and stats, with awaitable methods. A hung Redis costs a coroutine at most
+    the deadline; the event loop is never blocked; `await flush()` and `await drain(s)`
+    replay the buffer. The breaker and buffer are shared by every coroutine of the process
+    that uses this object."""
+
+    def _check_store(self, store: Any) -> None:
+        if not isinstance(store, AsyncSessionStore):
+            raise InvalidInput(f"AsyncResilientStore wraps an AsyncSessionStore, got {type(store).__name__}")
+
+    def _make_io(self) -> Any:
+        return _AsyncStoreIO(self)
+
+    async def load_context(self, session_id: str) -> Context:  # type: ignore[override]
+        """The session's context; never raises on a store failure (store, cache or default)."""
+        return await adrive(self._load_steps(session_id), self._io)
+
+    async def get_state(self, session_id: str) -> tuple[dict[str, Any], int]:  # type: ignore[override]
+        """Structured state and version; the last seen (or ({}, 0)) when the store is unavailable."""
+        return await adrive(self._get_state_steps(session_id), self._io)
+
+    async def append_turn(  # type: ignore[override]
+        self, session_id: str, turn: Mapping[str, Any], turn_id: str | None = None
+    ) -> int | None:
+        """Append a turn; the stored bytes, or None when it was buffered or dropped."""
+        return await adrive(self._append_steps(session_id, turn, turn_id), self._io)
+
+    async def update_state(  # type: ignore[override]
+        self, session_id: str, fn: Callable[[dict[str, Any]], Any]
+    ) -> dict[str, Any] | None:
+        """Compare-and-set update; None when the store is unavailable and `fn` was buffered or dropped."""
+        return await adrive(self._update_state_steps(session_id, fn), self._io)
+
+    async def delete(self, session_id: str) -> bool | None:  # type: ignore[override]
+        """Delete the session; None when it was buffered or dropped."""
+        return await adrive(self._delete_steps(session_id), self._io)
+
+    async def flush(self) -> int:  # type: ignore[override]
+        """Replay buffered writes in order; how many were replayed."""
+        return await adrive(self._flush_steps(), self._io)
+
+    async def drain(self, timeout_s: float) -> int:  # type: ignore[override]
+        """Replay the buffer, waiting for the store for at most `timeout_s`; how many writes remain."""
+        return await adrive(self._drain_steps(timeout_s), self._io)
+
+    async def aclose(self) -> None:
+        """Close the connections of the resilient store's own client."""
+        await self.store.aclose()
