@@ -10,7 +10,6 @@ import redis
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from statekit import CorruptStateError, SessionStore, UnknownVersionError, connect
-from statekit.store import drive
 from statekit.examples import MIGRATIONS, MODELS, SupportAgentStateV3, support_agent_migrations
 from statekit.migrate import (
     MigrationError,
@@ -21,6 +20,7 @@ from statekit.migrate import (
     version_census,
 )
 from statekit.scripts import GET_STATE_LUA, KEEPTTL_CAS_LUA
+from statekit.store import drive
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "sessions"
 
