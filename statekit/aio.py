@@ -152,6 +152,12 @@ class _AsyncWire:
         self.count(1)
         return int(await self.client.delete(*keys))
 
+    async def scan(self, pattern: str) -> list[bytes]:
+        options: dict[str, Any] = {"match": pattern, "count": 1000}
+        if self.cluster:
+            options["target_nodes"] = self.client.PRIMARIES
+        return sorted({key async for key in self.client.scan_iter(**options)})
+
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 

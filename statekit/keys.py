@@ -21,6 +21,10 @@ __all__ = [
     "session_id_of",
     "key_name_bytes",
     "sibling_key",
+    "THREAD_PARTS",
+    "thread_keys",
+    "thread_pattern",
+    "thread_id_of",
 ]
 
 #: The parts of a session, in the order the store's scripts take their keys.
@@ -106,3 +110,35 @@ def sibling_key(key: str, part: str) -> str:
     if part not in PARTS:
         raise ValueError(f"unknown key part {part!r}: one of {PARTS}")
     return f"{key.rsplit(':', 1)[0]}:{part}"
+
+
+#: The two keys of a LangGraph thread (statekit.langgraph): checkpoint hash and its index.
+THREAD_PARTS = ("cp", "cx")
+
+
+def thread_keys(namespace: str, thread_id: str) -> list[str]:
+    """The keys of a checkpointed thread (hash, index), under one hash tag. Thread ids follow
+    the rules of session ids (no braces or control characters, at most 256 bytes)."""
+    if not isinstance(thread_id, str) or not valid_id(thread_id, _SESSION_ID, MAX_SESSION_ID_BYTES):
+        raise InvalidInput(
+            f"bad thread id {thread_id!r}: 1 to {MAX_SESSION_ID_BYTES} bytes of UTF-8, "
+            "no braces, newlines or other control characters"
+        )
+    tag = f"{namespace}:{{{thread_id}}}"
+    return [f"{tag}:{part}" for part in THREAD_PARTS]
+
+
+def thread_pattern(namespace: str) -> str:
+    """A SCAN MATCH pattern for the index key of every thread in `namespace`."""
+    escaped = _GLOB_SPECIAL.sub(r"\\\1", namespace)
+    return f"{escaped}:{{*}}:{THREAD_PARTS[1]}"
+
+
+def thread_id_of(key: str | bytes, namespace: str) -> str | None:
+    """The thread id in a thread's index key, or None for any other key."""
+    if isinstance(key, bytes):
+        key = key.decode("utf-8", errors="replace")
+    prefix, suffix = f"{namespace}:{{", f"}}:{THREAD_PARTS[1]}"
+    if not (key.startswith(prefix) and key.endswith(suffix)):
+        return None
+    return key[len(prefix) : -len(suffix)]

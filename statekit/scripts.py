@@ -233,3 +233,329 @@ SCRIPTS = {
         ("tag_region", TAG_REGION_LUA),
     )
 }
+
+
+# -- LangGraph checkpoints (statekit.langgraph) -------------------------------------------
+#
+# A thread is two keys with one hash tag, so every script below stays on one cluster slot:
+#   KEYS[1] hash  `c\0<ns>\0<id>` checkpoint record; `v\0<ns>\0<id>` its run id and the
+#                 blobs it references (every token ends in \0); `b\0<ns>\0<channel>\0<version>`
+#                 a channel value; `r\0...` how many checkpoints reference that value;
+#                 `w\0<ns>\0<id>\0<task>\0<idx>` a pending write; `bytes` payload bytes held.
+#   KEYS[2] zset  (all scores 0, ordered by member) `c\0<ns>\0<id>` per checkpoint,
+#                 `w\0<ns>\0<id>\0<task>\0<idx>` per write, `u\0<run>\0<ns>\0<id>` per run.
+# Checkpoint namespaces, ids, channels, versions, task and run ids hold no \0 (checked
+# before a script runs). Every write refreshes both keys' TTL in the same script.
+
+_CHECKPOINT_LIB = r"""
+local h, z = KEYS[1], KEYS[2]
+local function split(s)
+  local out = {}
+  for tok in string.gmatch(s, '([^%z]*)%z') do out[#out + 1] = tok end
+  return out
+end
+local function used_bytes()
+  local raw = redis.call('HGET', h, 'bytes')
+  local n = tonumber(raw or '0')
+  if not n then return nil, 'CORRUPT ' .. h .. ' field bytes is not a number' end
+  return n
+end
+-- Release the blobs that refs (a `v` field's value) point at, into delta.
+local function release(ns, refs, delta, sign)
+  local t = split(refs)
+  for i = 2, #t - 1, 2 do
+    local b = ns .. '\0' .. t[i] .. '\0' .. t[i + 1]
+    delta[b] = (delta[b] or 0) + sign
+  end
+  return t[1]
+end
+-- One checkpoint, its writes and its run entry: the payload bytes they hold; removed when
+-- apply. Its blob references are released into delta (blobs go in settle).
+local function drop(ns, id, delta, apply)
+  local p = ns .. '\0' .. id
+  local freed = redis.call('HSTRLEN', h, 'c\0' .. p)
+  local refs = redis.call('HGET', h, 'v\0' .. p)
+  local run = ''
+  if refs then
+    freed = freed + #refs
+    run = release(ns, refs, delta, -1)
+  end
+  local lo, hi = '[w\0' .. p .. '\0', '(w\0' .. p .. '\1'
+  local ws = redis.call('ZRANGEBYLEX', z, lo, hi)
+  for _, w in ipairs(ws) do freed = freed + redis.call('HSTRLEN', h, w) end
+  if apply then
+    redis.call('HDEL', h, 'c\0' .. p, 'v\0' .. p)
+    redis.call('ZREM', z, 'c\0' .. p)
+    if run ~= '' then redis.call('ZREM', z, 'u\0' .. run .. '\0' .. p) end
+    for i = 1, #ws, 1000 do
+      redis.call('HDEL', h, unpack(ws, i, math.min(i + 999, #ws)))
+    end
+    if #ws > 0 then redis.call('ZREMRANGEBYLEX', z, lo, hi) end
+  end
+  return freed
+end
+-- Apply reference count changes; a blob no checkpoint references any more is removed.
+-- Returns the payload bytes of those blobs.
+local function settle(delta, apply)
+  local freed = 0
+  for b, d in pairs(delta) do
+    if d ~= 0 then
+      local n = (tonumber(redis.call('HGET', h, 'r\0' .. b) or '0') or 0) + d
+      if n <= 0 then
+        freed = freed + redis.call('HSTRLEN', h, 'b\0' .. b)
+        if apply then redis.call('HDEL', h, 'r\0' .. b, 'b\0' .. b) end
+      elseif apply then
+        redis.call('HSET', h, 'r\0' .. b, n)
+      end
+    end
+  end
+  return freed
+end
+local function expire(ttl)
+  redis.call('PEXPIRE', h, ttl)
+  redis.call('PEXPIRE', z, ttl)
+end
+local function id_of(member)
+  return string.match(member, '([^%z]*)$')
+end
+-- A checkpoint with its blobs and writes, for reading: {member, record, refs, blobs, writes}.
+local function fetch(ns, id)
+  local p = ns .. '\0' .. id
+  local record = redis.call('HGET', h, 'c\0' .. p)
+  if not record then return nil end
+  local refs = redis.call('HGET', h, 'v\0' .. p) or ''
+  local t = split(refs)
+  local fields = {}
+  for i = 2, #t - 1, 2 do fields[#fields + 1] = 'b\0' .. ns .. '\0' .. t[i] .. '\0' .. t[i + 1] end
+  local blobs = {}
+  if #fields > 0 then blobs = redis.call('HMGET', h, unpack(fields)) end
+  local ws = redis.call('ZRANGEBYLEX', z, '[w\0' .. p .. '\0', '(w\0' .. p .. '\1')
+  local writes = {}
+  if #ws > 0 then writes = redis.call('HMGET', h, unpack(ws)) end
+  return {'c\0' .. p, record, refs, blobs, writes}
+end
+"""
+
+# Write a checkpoint. ARGV: ttl ms, cap bytes, keep_last (0: all), ns, id, record, refs,
+# n blobs, then n pairs (channel\0version, value). Returns {1, bytes, pruned} or
+# {-1, bytes it would hold, cap} (nothing written).
+CHECKPOINT_PUT_LUA = (
+    _CHECKPOINT_LIB
+    + r"""
+local ttl, cap, keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local ns, id, record, refs = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local nb = tonumber(ARGV[8])
+local used, bad = used_bytes()
+if not used then return redis.error_reply(bad) end
+local p = ns .. '\0' .. id
+local old_refs = redis.call('HGET', h, 'v\0' .. p)
+local add = #record + #refs - redis.call('HSTRLEN', h, 'c\0' .. p) - (old_refs and #old_refs or 0)
+for i = 0, nb - 1 do
+  add = add + #ARGV[10 + 2 * i] - redis.call('HSTRLEN', h, 'b\0' .. ns .. '\0' .. ARGV[9 + 2 * i])
+end
+local victims = {}
+if keep > 0 then
+  local others = {}
+  for _, m in ipairs(redis.call('ZRANGEBYLEX', z, '[c\0' .. ns .. '\0', '(c\0' .. ns .. '\1')) do
+    if m ~= 'c\0' .. p then others[#others + 1] = id_of(m) end
+  end
+  for i = 1, #others + 1 - keep do victims[#victims + 1] = others[i] end
+end
+local function plan(apply)
+  local delta, freed = {}, 0
+  release(ns, refs, delta, 1)
+  if old_refs then
+    local old_run = release(ns, old_refs, delta, -1)
+    if apply and old_run ~= '' then redis.call('ZREM', z, 'u\0' .. old_run .. '\0' .. p) end
+  end
+  for _, v in ipairs(victims) do freed = freed + drop(ns, v, delta, apply) end
+  if apply then
+    redis.call('HSET', h, 'c\0' .. p, record, 'v\0' .. p, refs)
+    redis.call('ZADD', z, 0, 'c\0' .. p)
+    local run = split(refs)[1]
+    if run ~= '' then redis.call('ZADD', z, 0, 'u\0' .. run .. '\0' .. p) end
+    for i = 0, nb - 1 do
+      redis.call('HSET', h, 'b\0' .. ns .. '\0' .. ARGV[9 + 2 * i], ARGV[10 + 2 * i])
+    end
+  end
+  return freed + settle(delta, apply)
+end
+local total = used + add - plan(false)
+if total > cap then return {-1, total, cap} end
+total = used + add - plan(true)
+redis.call('HSET', h, 'bytes', total)
+expire(ttl)
+return {1, total, #victims}
+"""
+)
+
+# Store pending writes of one checkpoint. ARGV: ttl ms, cap, ns, id, n, then n groups of
+# (task id, idx, value, overwrite 1|0). A write whose (task, idx) is stored already is kept
+# unless overwrite. Returns {1, bytes} or {-1, bytes it would hold, cap}.
+CHECKPOINT_WRITES_LUA = (
+    _CHECKPOINT_LIB
+    + r"""
+local ttl, cap, ns, id, n = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
+local used, bad = used_bytes()
+if not used then return redis.error_reply(bad) end
+local add, todo = 0, {}
+for i = 0, n - 1 do
+  local f = 'w\0' .. ns .. '\0' .. id .. '\0' .. ARGV[6 + 4 * i] .. '\0' .. ARGV[7 + 4 * i]
+  local v = ARGV[8 + 4 * i]
+  local old = redis.call('HSTRLEN', h, f)
+  if old == 0 or ARGV[9 + 4 * i] == '1' then
+    add = add + #v - old
+    todo[#todo + 1] = {f, v}
+  end
+end
+if used + add > cap then return {-1, used + add, cap} end
+for _, fv in ipairs(todo) do
+  redis.call('HSET', h, fv[1], fv[2])
+  redis.call('ZADD', z, 0, fv[1])
+end
+redis.call('HSET', h, 'bytes', used + add)
+expire(ttl)
+return {1, used + add}
+"""
+)
+
+# Read one checkpoint (ARGV: ns, id) or the newest of a namespace (id ''). Returns
+# {member, record, refs, blobs, writes} or nil.
+CHECKPOINT_GET_LUA = (
+    _CHECKPOINT_LIB
+    + r"""
+local ns, id = ARGV[1], ARGV[2]
+if id == '' then
+  local last = redis.call('ZREVRANGEBYLEX', z, '(c\0' .. ns .. '\1', '[c\0' .. ns .. '\0', 'LIMIT', 0, 1)
+  if #last == 0 then return nil end
+  id = id_of(last[1])
+end
+return fetch(ns, id)
+"""
+)
+
+# A page of checkpoints, newest first. ARGV: max, min (ZREVRANGEBYLEX bounds), count,
+# before id ('' none). Returns {last member scanned or '', members scanned, entries...}.
+CHECKPOINT_LIST_LUA = (
+    _CHECKPOINT_LIB
+    + r"""
+local members = redis.call('ZREVRANGEBYLEX', z, ARGV[1], ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local before = ARGV[4]
+local out = {members[#members] or '', #members}
+for _, m in ipairs(members) do
+  local ns, id = string.match(m, '^c%z(.*)%z([^%z]*)$')
+  if before == '' or id < before then
+    local entry = fetch(ns, id)
+    if entry then out[#out + 1] = entry end
+  end
+end
+return out
+"""
+)
+
+# Remove the checkpoints (and writes, and blobs no longer referenced) of some runs.
+# ARGV: run ids. Returns how many checkpoints were removed.
+CHECKPOINT_DELETE_RUNS_LUA = (
+    _CHECKPOINT_LIB
+    + r"""
+local used, bad = used_bytes()
+if not used then return redis.error_reply(bad) end
+local delta, freed, removed = {}, 0, 0
+for _, run in ipairs(ARGV) do
+  local lo, hi = '[u\0' .. run .. '\0', '(u\0' .. run .. '\1'
+  for _, m in ipairs(redis.call('ZRANGEBYLEX', z, lo, hi)) do
+    local ns, id = string.match(m, '^u%z[^%z]*%z(.*)%z([^%z]*)$')
+    freed = freed + drop(ns, id, delta, true)
+    removed = removed + 1
+  end
+end
+if removed > 0 then
+  freed = freed + settle(delta, true)
+  redis.call('HSET', h, 'bytes', used - freed)
+end
+return removed
+"""
+)
+
+# Keep only the newest checkpoint of each namespace (ARGV[1] 'keep_latest'), or remove the
+# thread ('delete'). Returns how many checkpoints were removed.
+CHECKPOINT_PRUNE_LUA = (
+    _CHECKPOINT_LIB
+    + r"""
+if ARGV[1] == 'delete' then
+  local n = redis.call('ZLEXCOUNT', z, '[c\0', '(c\1')
+  redis.call('DEL', h, z)
+  return n
+end
+local used, bad = used_bytes()
+if not used then return redis.error_reply(bad) end
+local members = redis.call('ZRANGEBYLEX', z, '[c\0', '(c\1')
+local delta, freed, removed = {}, 0, 0
+for i, m in ipairs(members) do
+  local ns, id = string.match(m, '^c%z(.*)%z([^%z]*)$')
+  local nxt = members[i + 1]
+  if nxt and string.match(nxt, '^c%z(.*)%z[^%z]*$') == ns then
+    freed = freed + drop(ns, id, delta, true)
+    removed = removed + 1
+  end
+end
+if removed > 0 then
+  freed = freed + settle(delta, true)
+  redis.call('HSET', h, 'bytes', used - freed)
+end
+return removed
+"""
+)
+
+# Everything of a thread, for copying it: {hash fields and values, zset members}.
+CHECKPOINT_READ_ALL_LUA = r"""
+return {redis.call('HGETALL', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1)}
+"""
+
+# Merge a copied thread into this one. ARGV: ttl ms, cap, n fields, n (field, value) pairs,
+# then zset members. Reference counts and bytes are recounted. Returns {1, bytes} or
+# {-1, bytes it would hold, cap} (nothing written).
+CHECKPOINT_COPY_LUA = (
+    _CHECKPOINT_LIB
+    + r"""
+local ttl, cap, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local used, bad = used_bytes()
+if not used then return redis.error_reply(bad) end
+local add = 0
+for i = 0, n - 1 do
+  add = add + #ARGV[5 + 2 * i] - redis.call('HSTRLEN', h, ARGV[4 + 2 * i])
+end
+if used + add > cap then return {-1, used + add, cap} end
+for i = 0, n - 1 do redis.call('HSET', h, ARGV[4 + 2 * i], ARGV[5 + 2 * i]) end
+for i = 4 + 2 * n, #ARGV do redis.call('ZADD', z, 0, ARGV[i]) end
+local counts = {}
+for _, f in ipairs(redis.call('HKEYS', h)) do
+  local kind = string.sub(f, 1, 1)
+  if kind == 'r' then
+    redis.call('HDEL', h, f)
+  elseif kind == 'v' then
+    local ns = string.match(f, '^v%z(.*)%z[^%z]*$')
+    release(ns, redis.call('HGET', h, f), counts, 1)
+  end
+end
+for b, c in pairs(counts) do redis.call('HSET', h, 'r\0' .. b, c) end
+redis.call('HSET', h, 'bytes', used + add)
+expire(ttl)
+return {1, used + add}
+"""
+)
+
+#: The checkpoint scripts, by name.
+CHECKPOINT_SCRIPTS = {
+    name: Script(name, text)
+    for name, text in (
+        ("checkpoint_put", CHECKPOINT_PUT_LUA),
+        ("checkpoint_writes", CHECKPOINT_WRITES_LUA),
+        ("checkpoint_get", CHECKPOINT_GET_LUA),
+        ("checkpoint_list", CHECKPOINT_LIST_LUA),
+        ("checkpoint_delete_runs", CHECKPOINT_DELETE_RUNS_LUA),
+        ("checkpoint_prune", CHECKPOINT_PRUNE_LUA),
+        ("checkpoint_read_all", CHECKPOINT_READ_ALL_LUA),
+        ("checkpoint_copy", CHECKPOINT_COPY_LUA),
+    )
+}

@@ -305,6 +305,13 @@ class _Wire:
         self.count(1)
         return int(self.client.delete(*keys))
 
+    def scan(self, pattern: str) -> list[bytes]:
+        """Every key matching `pattern`, on the server or on each primary of a cluster."""
+        options: dict[str, Any] = {"match": pattern, "count": 1000}
+        if self.cluster:
+            options["target_nodes"] = self.client.PRIMARIES
+        return sorted(set(self.client.scan_iter(**options)))
+
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
 

@@ -33,7 +33,6 @@ def redis_url(redis_server) -> str:  # noqa: ANN001 - statekit.testing.RedisServ
 )
 def any_client(request):
     """A statekit client on each backend: embedded fakeredis, a real server, a real cluster."""
-    from statekit import connect
 
     if request.param == "fakeredis":
         client = connect("fakeredis://")
@@ -47,3 +46,26 @@ def any_client(request):
         client.flushall(target_nodes="primaries")
     yield client
     client.close()
+
+
+@pytest.fixture(
+    params=[
+        "fakeredis",
+        pytest.param("redis", marks=pytest.mark.realredis),
+        pytest.param("cluster", marks=pytest.mark.realredis),
+    ]
+)
+def any_url(request):
+    """A URL of each backend, emptied: a named embedded server, a real server, a real cluster."""
+    from statekit import connect
+
+    if request.param == "fakeredis":
+        url = f"fakeredis://test-{request.node.originalname}"
+        connect(url).flushall()
+    elif request.param == "redis":
+        url = request.getfixturevalue("redis_server").url
+        connect(url).flushall()
+    else:
+        url = request.getfixturevalue("redis_cluster").url
+        connect(url).flushall(target_nodes="primaries")
+    return url

@@ -29,27 +29,6 @@ def turn(i: int) -> dict:
     return {"role": "user", "content": f"turn {i}"}
 
 
-@pytest.fixture(
-    params=[
-        "fakeredis",
-        pytest.param("redis", marks=pytest.mark.realredis),
-        pytest.param("cluster", marks=pytest.mark.realredis),
-    ]
-)
-def any_url(request):
-    """A URL of each backend, emptied: a named embedded server, a real server, a real cluster."""
-    if request.param == "fakeredis":
-        url = f"fakeredis://aio-{request.node.originalname}"
-        connect(url).flushall()
-    elif request.param == "redis":
-        url = request.getfixturevalue("redis_server").url
-        connect(url).flushall()
-    else:
-        url = request.getfixturevalue("redis_cluster").url
-        connect(url).flushall(target_nodes="primaries")
-    return url
-
-
 class Recorder(StoreListener):
     def __init__(self) -> None:
         self.ops: list[tuple[str, str, dict, BaseException | None]] = []

@@ -1,0 +1,631 @@
+"""`StatekitSaver`: a LangGraph checkpointer on any Redis 7, with the store's lessons built in.
+
+LangGraph persists an agent's state through a checkpointer. This one needs no Redis modules
+(no RedisJSON, no RediSearch) and runs on a single server, on fakeredis and on Redis
+Cluster. What it adds to the contract:
+
+- **Every key of a thread has a TTL**, refreshed on every write by the same script that
+  writes (sliding expiry): a thread is two keys under one hash tag (`<ns>:{<thread>}:cp`, a
+  hash of checkpoints, channel values, writes and reference counts, and `:cx`, its ordered
+  index), so no write can leave a key without one.
+- **History is bounded when asked**: with `keep_last=K`, the script that writes a
+  checkpoint also removes the namespace's checkpoints older than the K newest, with their
+  writes and any channel value no remaining checkpoint references.
+- **Bytes are capped**: a write that would take a thread past `max_bytes` raises
+  `StateTooLarge` and writes nothing.
+- **One round trip** per `put`, `put_writes`, `get_tuple` and `delete_thread`; `list` reads
+  a page of checkpoints (with their values and writes) per round trip.
+- Values go through LangGraph's own serializer (`self.serde`), so any graph state
+  round-trips; channel values are stored once per version and shared by the checkpoints
+  that reference them.
+
+Both the blocking methods (`put`, `get_tuple`, `list`, ...) and the asyncio ones (`aput`,
+`aget_tuple`, `alist`, ...) are implemented; each operation is written once, as steps that
+statekit's blocking and asyncio wires carry out. `delete_for_runs`, `list(None)` and
+`prune` on every thread walk the namespace with SCAN (on each primary of a cluster).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from ._optional import require
+
+require("langgraph.checkpoint.base", "langgraph", "statekit.langgraph")
+
+import ormsgpack  # noqa: E402 - a dependency of langgraph-checkpoint
+from langgraph.checkpoint.base import (  # noqa: E402
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_checkpoint_id,
+    get_checkpoint_metadata,
+    writes_sort_key,
+)
+
+from .backends import connect, connect_async, is_async  # noqa: E402
+from .errors import CorruptStateError, InvalidInput, StateTooLarge, StoreUnavailable  # noqa: E402
+from .keys import thread_id_of, thread_keys, thread_pattern, validate_namespace  # noqa: E402
+from .scripts import CHECKPOINT_SCRIPTS, CORRUPT_PREFIX  # noqa: E402
+from .store import _CONNECTION_ERRORS, _SCRIPT_SUFFIX, _Wire, drive  # noqa: E402
+
+__all__ = ["StatekitSaver", "ThreadPolicy"]
+
+Steps = Generator[tuple[Any, ...], Any, Any]
+_S = CHECKPOINT_SCRIPTS
+
+
+@dataclass(frozen=True)
+class ThreadPolicy:
+    """How long a thread lives and how much of it is kept.
+
+    `ttl_seconds`: every key of a thread expires this long after its last write (sliding).
+    `max_bytes`: the most payload a thread may hold (checkpoints, channel values, writes);
+    a write past it raises `StateTooLarge` and writes nothing. `keep_last`: keep the K
+    newest checkpoints of each checkpoint namespace (None keeps all; LangGraph needs at
+    least 1 to resume, and time travel needs as many steps as it goes back).
+    """
+
+    ttl_seconds: int = 7 * 24 * 3600
+    max_bytes: int = 16 * 1024 * 1024
+    keep_last: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ttl_seconds", "max_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidInput(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.keep_last is not None and (
+            not isinstance(self.keep_last, int) or isinstance(self.keep_last, bool) or self.keep_last < 1
+        ):
+            raise InvalidInput(f"keep_last must be None or a whole number >= 1, got {self.keep_last!r}")
+
+    @property
+    def ttl_ms(self) -> int:
+        return self.ttl_seconds * 1000
+
+
+def _token(value: Any, what: str) -> str:
+    """A namespace, id, channel or version as the key layout stores it: a string without NUL."""
+    text = str(value)
+    if "\0" in text:
+        raise InvalidInput(f"{what} {text!r} holds a NUL character, which the checkpoint layout reserves")
+    return text
+
+
+def _frame(tokens: Sequence[str]) -> bytes:
+    return "".join(f"{t}\0" for t in tokens).encode()
+
+
+def _unframe(raw: bytes) -> list[str]:
+    return raw.decode().split("\0")[:-1] if raw else []
+
+
+class _Iterate:
+    """Drivers for steps that also hand results out as they come (`("emit", item)`), for `list`."""
+
+    @staticmethod
+    def sync(steps: Steps, wire: Any) -> Iterator[Any]:
+        try:
+            step = steps.send(None)
+            while True:
+                if step[0] == "emit":
+                    yield step[1]
+                    step = steps.send(None)
+                    continue
+                try:
+                    reply = getattr(wire, step[0])(*step[1:])
+                except BaseException as exc:
+                    step = steps.throw(exc)
+                else:
+                    step = steps.send(reply)
+        except StopIteration:
+            return
+
+    @staticmethod
+    async def asynchronous(steps: Steps, wire: Any) -> AsyncIterator[Any]:
+        try:
+            step = steps.send(None)
+            while True:
+                if step[0] == "emit":
+                    yield step[1]
+                    step = steps.send(None)
+                    continue
+                try:
+                    reply = await getattr(wire, step[0])(*step[1:])
+                except BaseException as exc:
+                    step = steps.throw(exc)
+                else:
+                    step = steps.send(reply)
+        except StopIteration:
+            return
+
+
+class StatekitSaver(BaseCheckpointSaver[str]):
+    """LangGraph checkpointer on Redis, with TTL on every key, bounded history and a byte cap.
+
+    Build it with `StatekitSaver.from_url(url, namespace=..., policy=..., keep_last=...)`,
+    or from clients: `client` (blocking, for `put`/`get_tuple`/...) and/or `aclient`
+    (asyncio, for `aput`/`aget_tuple`/...). A saver made from a URL makes each client when
+    first needed (an asyncio client per event loop) and closes them in `close()` /
+    `await aclose()`.
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        aclient: Any = None,
+        namespace: str = "lg",
+        policy: ThreadPolicy | None = None,
+        keep_last: int | None = None,
+        serde: Any = None,
+        page_size: int = 50,
+        url: str | None = None,
+    ) -> None:
+        super().__init__(serde=serde)
+        validate_namespace(namespace)
+        if client is None and aclient is None and url is None:
+            raise InvalidInput("StatekitSaver needs a client, an aclient or a url (StatekitSaver.from_url(url))")
+        if client is not None and is_async(client):
+            raise InvalidInput("client is an asyncio client: pass it as aclient=")
+        if aclient is not None and not is_async(aclient):
+            raise InvalidInput("aclient is a blocking client: pass it as client=")
+        for given in (client, aclient):
+            encoder = given.get_encoder() if given is not None and hasattr(given, "get_encoder") else None
+            if encoder is not None and getattr(encoder, "decode_responses", False):
+                raise InvalidInput("StatekitSaver needs clients with decode_responses=False: values are bytes")
+        policy = policy or ThreadPolicy()
+        if keep_last is not None:
+            policy = ThreadPolicy(policy.ttl_seconds, policy.max_bytes, keep_last)
+        if not isinstance(page_size, int) or page_size < 1:
+            raise InvalidInput(f"page_size must be a whole number >= 1, got {page_size!r}")
+        self.namespace = namespace
+        self.policy = policy
+        self.page_size = page_size
+        self.url = url
+        self._client = client
+        self._wire = _Wire(client) if client is not None else None
+        self._aclient = aclient
+        self._awire: Any = None
+        self._loop: Any = None
+        self._owned: list[Any] = []  # clients this saver made, and closes
+        if aclient is not None:
+            from .aio import _AsyncWire
+
+            self._awire = _AsyncWire(aclient)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        namespace: str = "lg",
+        policy: ThreadPolicy | None = None,
+        keep_last: int | None = None,
+        serde: Any = None,
+        socket_timeout: float = 1.0,
+    ) -> StatekitSaver:
+        """A saver for `url` (every form `statekit.connect` takes). The URL is checked now;
+        the clients are made when first used. A private `fakeredis://` becomes one embedded
+        server shared by this saver's blocking and asyncio clients."""
+        if url.strip() in ("fakeredis://", "fakeredis:///"):
+            url = f"fakeredis://statekit-saver-{uuid.uuid4().hex}"
+        connect(url, socket_timeout=socket_timeout).close()  # validates the URL (lazy: no connection yet)
+        saver = cls(namespace=namespace, policy=policy, keep_last=keep_last, serde=serde, url=url)
+        saver._socket_timeout = socket_timeout
+        return saver
+
+    _socket_timeout = 1.0
+
+    # -- clients --------------------------------------------------------------------------
+
+    def _sync_wire(self) -> _Wire:
+        if self._wire is None:
+            if self.url is None:
+                raise InvalidInput("this saver has only an asyncio client: use the a* methods, or pass client=")
+            self._client = connect(self.url, socket_timeout=self._socket_timeout)
+            self._owned.append(self._client)
+            self._wire = _Wire(self._client)
+        return self._wire
+
+    def _async_wire(self) -> Any:
+        from .aio import _AsyncWire
+
+        loop = asyncio.get_running_loop()
+        if self.url is None:
+            if self._awire is None:
+                raise InvalidInput("this saver has only a blocking client: use put/get_tuple/..., or pass aclient=")
+            return self._awire
+        if self._awire is None or self._loop is not loop:  # an asyncio client serves one event loop
+            self._aclient = connect_async(self.url, socket_timeout=self._socket_timeout)
+            self._owned.append(self._aclient)
+            self._awire = _AsyncWire(self._aclient)
+            self._loop = loop
+        return self._awire
+
+    def close(self) -> None:
+        """Close the blocking client this saver made (asyncio ones need `await aclose()`)."""
+        for client in [c for c in self._owned if not is_async(c)]:
+            client.close()
+            self._owned.remove(client)
+        self._wire = None if self.url is not None else self._wire
+
+    async def aclose(self) -> None:
+        """Close every client this saver made."""
+        for client in list(self._owned):
+            if is_async(client):
+                with contextlib.suppress(RuntimeError):  # made in an event loop that has ended
+                    await client.aclose()
+            else:
+                client.close()
+            self._owned.remove(client)
+        if self.url is not None:
+            self._wire = self._awire = self._loop = None
+
+    def __enter__(self) -> StatekitSaver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> StatekitSaver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def keys(self, thread_id: Any) -> list[str]:
+        """The two keys of a thread (checkpoint hash, index)."""
+        return thread_keys(self.namespace, str(thread_id))
+
+    # -- running steps ----------------------------------------------------------------------
+
+    def _translate(self, thread: str, exc: BaseException) -> BaseException:
+        if isinstance(exc, _CONNECTION_ERRORS):
+            return StoreUnavailable(f"checkpoint store for thread {thread!r} unavailable: {exc}")
+        if isinstance(exc, redis.exceptions.ResponseError):
+            text = _SCRIPT_SUFFIX.sub("", str(exc))
+            if text.startswith(CORRUPT_PREFIX) or text.startswith("WRONGTYPE") or "user_script" in text:
+                detail = text[len(CORRUPT_PREFIX) :] if text.startswith(CORRUPT_PREFIX) else text
+                return CorruptStateError(f"thread {thread!r}: {detail}; the thread was left as is")
+        return exc
+
+    def _run(self, thread: str, steps: Steps) -> Any:
+        try:
+            return drive(steps, self._sync_wire())
+        except BaseException as exc:
+            error = self._translate(thread, exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def _arun(self, thread: str, steps: Steps) -> Any:
+        from .aio import adrive
+
+        try:
+            return await adrive(steps, self._async_wire())
+        except BaseException as exc:
+            error = self._translate(thread, exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    # -- put ------------------------------------------------------------------------------
+
+    def _put_steps(
+        self, config: Any, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
+    ) -> Steps:
+        conf = config["configurable"]
+        thread = str(conf["thread_id"])
+        keys = self.keys(thread)
+        ns = _token(conf.get("checkpoint_ns", ""), "checkpoint namespace")
+        cid = _token(checkpoint["id"], "checkpoint id")
+        parent = conf.get("checkpoint_id")
+        saved = dict(checkpoint)
+        values = saved.pop("channel_values", {}) or {}
+        meta = get_checkpoint_metadata(config, metadata)
+        record = ormsgpack.packb([*self.serde.dumps_typed(saved), *self.serde.dumps_typed(meta), parent])
+        versions = {
+            _token(ch, "channel"): _token(v, "channel version") for ch, v in checkpoint["channel_versions"].items()
+        }
+        run_id = meta.get("run_id")
+        refs = _frame([_token(run_id, "run id") if run_id else "", *(x for pair in versions.items() for x in pair)])
+        blobs: list[Any] = []
+        for channel, version in new_versions.items():
+            channel, version = str(channel), str(version)
+            if versions.get(channel) != version:
+                continue  # a value no checkpoint references would only wait for the TTL
+            typed = self.serde.dumps_typed(values[channel]) if channel in values else ("empty", b"")
+            blobs += [f"{channel}\0{version}", ormsgpack.packb(list(typed))]
+        size = len(record) + len(refs) + sum(len(b) for b in blobs[1::2])
+        cap = self.policy.max_bytes
+        if size > cap:  # over the cap on its own: nothing sent
+            raise StateTooLarge(thread, size, cap)
+        keep = self.policy.keep_last or 0
+        args = [self.policy.ttl_ms, cap, keep, ns, cid, record, refs, len(blobs) // 2, *blobs]
+        return self._put_io(thread, keys, ns, cid, args)
+
+    def _put_io(self, thread: str, keys: list[str], ns: str, cid: str, args: list[Any]) -> Steps:
+        reply = yield ("evalsha", _S["checkpoint_put"], keys, args)
+        if reply[0] == -1:
+            raise StateTooLarge(thread, reply[1], reply[2])
+        return {"configurable": {"thread_id": thread, "checkpoint_ns": ns, "checkpoint_id": cid}}
+
+    def put(
+        self, config: Any, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
+    ) -> Any:
+        """Store a checkpoint in one round trip (pruning beyond `keep_last` in the same script);
+        the config that points at it. `StateTooLarge` (nothing written) past `max_bytes`."""
+        steps = self._put_steps(config, checkpoint, metadata, new_versions)
+        return self._run(str(config["configurable"]["thread_id"]), steps)
+
+    async def aput(
+        self, config: Any, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
+    ) -> Any:
+        """`put`, awaited."""
+        steps = self._put_steps(config, checkpoint, metadata, new_versions)
+        return await self._arun(str(config["configurable"]["thread_id"]), steps)
+
+    # -- put_writes -------------------------------------------------------------------------
+
+    def _writes_steps(self, config: Any, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str) -> Steps:
+        conf = config["configurable"]
+        thread = str(conf["thread_id"])
+        keys = self.keys(thread)
+        ns = _token(conf.get("checkpoint_ns", ""), "checkpoint namespace")
+        cid = _token(conf["checkpoint_id"], "checkpoint id")
+        task = _token(task_id, "task id")
+        groups: list[Any] = []
+        for idx, (channel, value) in enumerate(writes):
+            widx = WRITES_IDX_MAP.get(channel, idx)
+            record = ormsgpack.packb([task, channel, *self.serde.dumps_typed(value), task_path, widx])
+            groups += [task, str(widx), record, "1" if widx < 0 else "0"]
+        size = sum(len(r) for r in groups[2::4])
+        if size > self.policy.max_bytes:
+            raise StateTooLarge(thread, size, self.policy.max_bytes)
+        args = [self.policy.ttl_ms, self.policy.max_bytes, ns, cid, len(groups) // 4, *groups]
+        return self._writes_io(thread, keys, args, bool(groups))
+
+    def _writes_io(self, thread: str, keys: list[str], args: list[Any], any_writes: bool) -> Steps:
+        if not any_writes:
+            return None
+        reply = yield ("evalsha", _S["checkpoint_writes"], keys, args)
+        if reply[0] == -1:
+            raise StateTooLarge(thread, reply[1], reply[2])
+        return None
+
+    def put_writes(self, config: Any, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "") -> None:
+        """Store a task's pending writes in one round trip (a special write, such as an
+        interrupt, replaces an earlier one; a regular one is stored once)."""
+        self._run(str(config["configurable"]["thread_id"]), self._writes_steps(config, writes, task_id, task_path))
+
+    async def aput_writes(
+        self, config: Any, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+    ) -> None:
+        """`put_writes`, awaited."""
+        steps = self._writes_steps(config, writes, task_id, task_path)
+        await self._arun(str(config["configurable"]["thread_id"]), steps)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def _tuple(self, thread: str, entry: list[Any]) -> CheckpointTuple:
+        """A CheckpointTuple from a script's {member, record, refs, blobs, writes}."""
+        member, record, refs, blobs, writes = entry
+        _, ns, cid = member.decode().split("\0")
+        try:
+            ctype, cbytes, mtype, mbytes, parent = ormsgpack.unpackb(record)
+        except (ValueError, TypeError) as exc:  # ormsgpack's decode error is a ValueError
+            raise CorruptStateError(f"thread {thread!r}: checkpoint {cid} cannot be read ({exc})") from None
+        checkpoint = self.serde.loads_typed((ctype, cbytes))
+        tokens = _unframe(refs)
+        values: dict[str, Any] = {}
+        for channel, blob in zip(tokens[1::2], blobs, strict=False):
+            if blob is None:
+                continue
+            vtype, vbytes = ormsgpack.unpackb(blob)
+            if vtype != "empty":
+                values[channel] = self.serde.loads_typed((vtype, vbytes))
+        unpacked = sorted(
+            (ormsgpack.unpackb(w) for w in writes if w is not None),
+            key=lambda w: writes_sort_key(w[4], w[0], w[5]),
+        )
+        config = {"configurable": {"thread_id": thread, "checkpoint_ns": ns, "checkpoint_id": cid}}
+        return CheckpointTuple(
+            config=config,
+            checkpoint={**checkpoint, "channel_values": values},
+            metadata=self.serde.loads_typed((mtype, mbytes)),
+            parent_config=({"configurable": {**config["configurable"], "checkpoint_id": parent}} if parent else None),
+            pending_writes=[(w[0], w[1], self.serde.loads_typed((w[2], w[3]))) for w in unpacked],
+        )
+
+    def _get_steps(self, config: Any) -> Steps:
+        conf = config["configurable"]
+        thread = str(conf["thread_id"])
+        keys = self.keys(thread)
+        ns = _token(conf.get("checkpoint_ns", ""), "checkpoint namespace")
+        cid = _token(get_checkpoint_id(config) or "", "checkpoint id")
+        return self._get_io(thread, keys, ns, cid)
+
+    def _get_io(self, thread: str, keys: list[str], ns: str, cid: str) -> Steps:
+        entry = yield ("evalsha", _S["checkpoint_get"], keys, [ns, cid])
+        return None if not entry else self._tuple(thread, entry)
+
+    def get_tuple(self, config: Any) -> CheckpointTuple | None:
+        """The checkpoint `config` names (or the thread's newest in its namespace), with its
+        channel values and pending writes, in one round trip; None when there is none."""
+        return self._run(str(config["configurable"]["thread_id"]), self._get_steps(config))
+
+    async def aget_tuple(self, config: Any) -> CheckpointTuple | None:
+        """`get_tuple`, awaited."""
+        return await self._arun(str(config["configurable"]["thread_id"]), self._get_steps(config))
+
+    def _list_steps(self, config: Any, filter: dict[str, Any] | None, before: Any, limit: int | None) -> Steps:
+        if limit is not None and limit <= 0:
+            return
+        conf = (config or {}).get("configurable", {})
+        ns = conf.get("checkpoint_ns")
+        ns = None if ns is None else _token(ns, "checkpoint namespace")
+        only = get_checkpoint_id(config) if config else None
+        before_id = _token(get_checkpoint_id(before) or "", "checkpoint id") if before else ""
+        if config and "thread_id" in conf:
+            threads = [str(conf["thread_id"])]
+            self.keys(threads[0])
+        else:
+            found = yield ("scan", thread_pattern(self.namespace))
+            threads = [t for t in (thread_id_of(k, self.namespace) for k in found) if t is not None]
+        remaining = limit
+        for thread in threads:
+            keys = self.keys(thread)
+            high, low = ("(c\1", "[c\0") if ns is None else (f"(c\0{ns}\1", f"[c\0{ns}\0")
+            while True:
+                reply = yield ("evalsha", _S["checkpoint_list"], keys, [high, low, self.page_size, before_id])
+                last, scanned, entries = reply[0], reply[1], reply[2:]
+                for entry in entries:
+                    tup = self._tuple(thread, entry)
+                    if only and tup.config["configurable"]["checkpoint_id"] != only:
+                        continue
+                    if filter and not all(tup.metadata.get(k) == v for k, v in filter.items()):
+                        continue
+                    yield ("emit", tup)
+                    if remaining is not None:
+                        remaining -= 1
+                        if remaining <= 0:
+                            return
+                if scanned < self.page_size:
+                    break
+                high = b"(" + last
+
+    def list(
+        self,
+        config: Any,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: Any = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        """Checkpoints newest first: of the config's thread (and namespace, when it names
+        one), or of every thread for `config=None`; matching `filter` (metadata equality),
+        older than `before`, at most `limit`. A page of `page_size` per round trip."""
+        wire = self._sync_wire()
+        try:
+            yield from _Iterate.sync(self._list_steps(config, filter, before, limit), wire)
+        except _CONNECTION_ERRORS as exc:
+            raise self._translate("*", exc) from exc
+
+    async def alist(
+        self,
+        config: Any,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: Any = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        """`list`, as an async iterator."""
+        try:
+            async for tup in _Iterate.asynchronous(self._list_steps(config, filter, before, limit), self._async_wire()):
+                yield tup
+        except _CONNECTION_ERRORS as exc:
+            raise self._translate("*", exc) from exc
+
+    # -- removal and copies ---------------------------------------------------------------
+
+    def _delete_thread_steps(self, thread_id: Any) -> Steps:
+        yield ("delete", self.keys(str(thread_id)))
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Remove every key of the thread, in one round trip."""
+        self._run(str(thread_id), self._delete_thread_steps(thread_id))
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        """`delete_thread`, awaited."""
+        await self._arun(str(thread_id), self._delete_thread_steps(thread_id))
+
+    def _threads(self) -> Steps:
+        found = yield ("scan", thread_pattern(self.namespace))
+        return [t for t in (thread_id_of(k, self.namespace) for k in found) if t is not None]
+
+    def _delete_runs_steps(self, run_ids: Sequence[str]) -> Steps:
+        runs = [_token(r, "run id") for r in run_ids]
+        if not runs:
+            return 0
+        removed = 0
+        for thread in (yield from self._threads()):
+            removed += yield ("evalsha", _S["checkpoint_delete_runs"], self.keys(thread), runs)
+        return removed
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Remove the checkpoints (with their writes, and values no longer referenced) of
+        these runs, in every thread of the namespace: one SCAN, then a script per thread."""
+        self._run("*", self._delete_runs_steps(run_ids))
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """`delete_for_runs`, awaited."""
+        await self._arun("*", self._delete_runs_steps(run_ids))
+
+    def _prune_steps(self, thread_ids: Sequence[str], strategy: str) -> Steps:
+        if strategy not in ("keep_latest", "delete"):
+            raise InvalidInput(f"prune strategy must be 'keep_latest' or 'delete', got {strategy!r}")
+        removed = 0
+        for thread in [str(t) for t in thread_ids]:
+            removed += yield ("evalsha", _S["checkpoint_prune"], self.keys(thread), [strategy])
+        return removed
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """Keep only each namespace's newest checkpoint of these threads (`keep_latest`), or
+        remove the threads (`delete`); one script per thread. Not for graphs that use
+        LangGraph's DeltaChannel, whose values live in the dropped ancestors' writes."""
+        self._run("*", self._prune_steps(thread_ids, strategy))
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """`prune`, awaited."""
+        await self._arun("*", self._prune_steps(thread_ids, strategy))
+
+    def _copy_steps(self, source_thread_id: str, target_thread_id: str) -> Steps:
+        source, target = self.keys(str(source_thread_id)), self.keys(str(target_thread_id))
+        fields, members = yield ("evalsha", _S["checkpoint_read_all"], source, [])
+        pairs = [
+            x
+            for f, v in zip(fields[::2], fields[1::2], strict=True)
+            if f != b"bytes" and not f.startswith(b"r\0")
+            for x in (f, v)
+        ]
+        if not pairs:
+            return None
+        args = [self.policy.ttl_ms, self.policy.max_bytes, len(pairs) // 2, *pairs, *members]
+        reply = yield ("evalsha", _S["checkpoint_copy"], target, args)
+        if reply[0] == -1:
+            raise StateTooLarge(str(target_thread_id), reply[1], reply[2])
+        return None
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy every checkpoint, value and write of one thread into another (merged with
+        what the target holds): one read and one write, each atomic. On a cluster the two
+        threads may live on different nodes, so the pair is not one transaction."""
+        self._run(str(source_thread_id), self._copy_steps(source_thread_id, target_thread_id))
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """`copy_thread`, awaited."""
+        await self._arun(str(source_thread_id), self._copy_steps(source_thread_id, target_thread_id))
+
+    def get_next_version(self, current: str | int | None, channel: None = None) -> str:
+        """Channel versions as LangGraph's own savers write them: a zero-padded counter and
+        a random fraction, so they sort as strings."""
+        if current is None:
+            number = 0
+        elif isinstance(current, int):
+            number = current
+        else:
+            number = int(str(current).split(".")[0])
+        return f"{number + 1:032}.{random.random():016}"
