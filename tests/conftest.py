@@ -33,6 +33,7 @@ def redis_url(redis_server) -> str:  # noqa: ANN001 - statekit.testing.RedisServ
 )
 def any_client(request):
     """A statekit client on each backend: embedded fakeredis, a real server, a real cluster."""
+    from statekit import connect
 
     if request.param == "fakeredis":
         client = connect("fakeredis://")
