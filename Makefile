@@ -24,11 +24,11 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[workbook,otel,hiredis,dev]'
+	$(PIP) install -e '.[workbook,otel,hiredis,langgraph,dev]'
 	@touch $@ $(VENV)/.core
 
 $(VENV)/.lab: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[workbook,lab]'
+	$(PIP) install -e '.[workbook,langgraph,lab]'
 	@touch $@ $(VENV)/.core
 
 review: $(VENV)/.core
@@ -38,7 +38,7 @@ test: $(VENV)/.dev
 	$(BIN)/python -m pytest tests notebooks --nbval-lax $(PYTEST_ARGS)
 
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[workbook,hiredis,bench]'
+	$(PIP) install -e '.[workbook,hiredis,langgraph,bench]'
 	@touch $@ $(VENV)/.core
 
 bench: $(VENV)/.bench

@@ -61,6 +61,19 @@ except sk.MissingExtra as exc:
     assert "pip install 'statekit[workbook]'" in str(exc)
 else:
     raise AssertionError("statekit.consistency imported without numpy")
+import asyncio
+from statekit.aio import AsyncResilientStore, AsyncSessionStore, connect_async
+async def run_async():
+    ars = AsyncResilientStore(AsyncSessionStore(connect_async(sys.argv[1]), sk.LifecyclePolicy(window_turns=3)))
+    await ars.append_turn("a", {{"role": "user", "content": "async turn"}})
+    return await ars.load_context("a")
+assert asyncio.run(run_async()).turns == [{{"role": "user", "content": "async turn"}}]
+try:
+    import statekit.langgraph
+except sk.MissingExtra as exc:
+    assert "pip install 'statekit[langgraph]'" in str(exc)
+else:
+    raise AssertionError("statekit.langgraph imported without langgraph")
 print("runtime ok")
 """
 

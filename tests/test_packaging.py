@@ -36,7 +36,10 @@ def _conda_requirements() -> dict[str, str]:
     have: dict[str, str] = {}
     for dep in env["dependencies"]:
         if isinstance(dep, dict):
-            assert dep["pip"] == ["-e ."], "the pip section installs statekit itself and nothing else"
+            assert dep["pip"][-1] == "-e .", "the pip section ends by installing statekit itself"
+            for text in dep["pip"][:-1]:  # what conda-forge does not carry comes from PyPI
+                req = Requirement(text)
+                have[req.name.lower()] = str(req.specifier)
             continue
         if dep.split("=")[0] in ("python", "pip"):
             continue
