@@ -33,7 +33,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import redis
 
@@ -54,13 +54,13 @@ from langgraph.checkpoint.base import (  # noqa: E402
     writes_sort_key,
 )
 
-from .backends import connect, connect_async, is_async  # noqa: E402
+from .backends import backend_kind, connect, connect_async, is_async  # noqa: E402
 from .errors import CorruptStateError, InvalidInput, StateTooLarge, StoreUnavailable  # noqa: E402
 from .keys import thread_id_of, thread_keys, thread_pattern, validate_namespace  # noqa: E402
 from .scripts import CHECKPOINT_SCRIPTS, CORRUPT_PREFIX  # noqa: E402
 from .store import _CONNECTION_ERRORS, _SCRIPT_SUFFIX, _Wire, drive  # noqa: E402
 
-__all__ = ["StatekitSaver", "ThreadPolicy"]
+__all__ = ["StatekitSaver", "ThreadPolicy", "support_graph", "growth"]
 
 Steps = Generator[tuple[Any, ...], Any, Any]
 _S = CHECKPOINT_SCRIPTS
@@ -629,3 +629,125 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         else:
             number = int(str(current).split(".")[0])
         return f"{number + 1:032}.{random.random():016}"
+
+    # -- what a thread holds ----------------------------------------------------------------
+
+    def keys_without_ttl(self) -> list[str]:
+        """Every key of this saver's namespace that has no TTL (on each primary of a cluster).
+        Empty unless something other than this saver wrote there."""
+        wire = self._sync_wire()
+        found = drive(_scan_steps(f"{thread_pattern(self.namespace)[:-3]}:*"), wire)
+        client = wire.client
+        return [k.decode() for k in found if client.pttl(k) == -1]
+
+    def footprint(self, thread_id: str) -> dict[str, Any]:
+        """What a thread holds now: checkpoints, pending writes, channel values, the payload
+        bytes the cap counts, the shortest TTL of its keys, and (on a real server) the memory
+        Redis reports for its keys (`MEMORY USAGE`); fakeredis has no such command, so there
+        `memory_bytes` is None."""
+        wire = self._sync_wire()
+        client = wire.client
+        h, z = self.keys(thread_id)
+        kinds: dict[bytes, int] = {}
+        for name in client.hkeys(h):
+            kinds[name[:2]] = kinds.get(name[:2], 0) + 1
+        ttls = [t for t in (client.pttl(h), client.pttl(z)) if t != -2]
+        memory = None
+        if backend_kind(client) != "fakeredis":
+            memory = sum(client.memory_usage(k) or 0 for k in (h, z))
+        return {
+            "thread_id": str(thread_id),
+            "checkpoints": kinds.get(b"c\0", 0),
+            "writes": kinds.get(b"w\0", 0),
+            "values": kinds.get(b"b\0", 0),
+            "payload_bytes": int(client.hget(h, "bytes") or 0),
+            "memory_bytes": memory,
+            "ttl_s": min(ttls) / 1000 if ttls else None,
+            "keys": sum(client.exists(k) for k in (h, z)),
+        }
+
+
+def _scan_steps(pattern: str) -> Steps:
+    found = yield ("scan", pattern)
+    return found
+
+
+# -- a small deterministic graph, for workshops and tests -------------------------------------
+
+
+#: Messages the support desk's state keeps (a rolling window, lesson 2 of the workbook).
+SUPPORT_WINDOW = 6
+
+
+def _window(left: list[str], right: list[str]) -> list[str]:
+    """LangGraph reducer: append, then keep the last SUPPORT_WINDOW messages."""
+    return (list(left or []) + list(right or []))[-SUPPORT_WINDOW:]
+
+
+class SupportState(TypedDict, total=False):
+    """The support desk's state: the last messages (a rolling window), the last message's
+    intent, an approval."""
+
+    messages: Annotated[list[str], _window]
+    intent: str
+    approved: bool
+
+
+def support_graph() -> Any:
+    """A support desk as a LangGraph `StateGraph` (uncompiled), with no model in it: classify
+    the last message; a refund needs a human's approval (an `interrupt`); then reply. Every
+    node is deterministic, so a workshop runs it anywhere and a test can assert on it."""
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.types import interrupt
+
+    def classify(state: SupportState) -> dict[str, Any]:
+        return {"intent": "refund" if "refund" in state["messages"][-1].lower() else "question"}
+
+    def approve(state: SupportState) -> dict[str, Any]:
+        answer = interrupt({"approve": state["messages"][-1]})
+        return {"approved": answer == "yes"}
+
+    def reply(state: SupportState) -> dict[str, Any]:
+        if state["intent"] == "refund":
+            text = "refund issued" if state.get("approved") else "refund declined"
+        else:
+            text = f"answer to {state['messages'][-1]!r}"
+        return {"messages": [text], "approved": False}
+
+    builder = StateGraph(SupportState)
+    builder.add_node("classify", classify)
+    builder.add_node("approve", approve)
+    builder.add_node("reply", reply)
+    builder.add_edge(START, "classify")
+    builder.add_conditional_edges("classify", lambda s: "approve" if s["intent"] == "refund" else "reply")
+    builder.add_edge("approve", "reply")
+    builder.add_edge("reply", END)
+    return builder
+
+
+def growth(
+    url: str,
+    turns: int,
+    *,
+    keep_last: int | None = None,
+    namespace: str = "lg",
+    thread_id: str = "growth",
+    policy: ThreadPolicy | None = None,
+) -> list[dict[str, Any]]:
+    """Run `support_graph` for `turns` questions on one thread and return the thread's
+    `footprint` after each: how checkpoints, bytes and memory grow without `keep_last` and
+    stay flat with it."""
+    from tqdm.auto import tqdm
+
+    saver = StatekitSaver.from_url(url, namespace=namespace, policy=policy, keep_last=keep_last)
+    try:
+        saver.delete_thread(thread_id)
+        graph = support_graph().compile(checkpointer=saver)
+        config = {"configurable": {"thread_id": thread_id}}
+        rows = []
+        for turn in tqdm(range(1, turns + 1), desc=f"keep_last={keep_last}", leave=False):
+            graph.invoke({"messages": [f"question {turn}"]}, config)
+            rows.append({"turn": turn, "keep_last": keep_last or "all", **saver.footprint(thread_id)})
+        return rows
+    finally:
+        saver.close()

@@ -16,6 +16,7 @@ __all__ = [
     "outage_timeline",
     "visibility_curves",
     "replica_staleness",
+    "thread_growth",
 ]
 
 
@@ -276,3 +277,28 @@ def replica_staleness(lag_samples_ms: Any, ax: Any = None, title: str = "replica
     ax.set_ylabel("P(stale)")
     ax.set_title(title)
     return ax
+
+
+def thread_growth(rows: list[dict[str, Any]], axes: Any = None) -> Any:
+    """Two panels from `statekit.langgraph.growth` rows of one or more runs: checkpoints kept,
+    and the thread's size (Redis's MEMORY USAGE on a real server, the saver's payload bytes on
+    fakeredis), per turn, one line per `keep_last`."""
+    plt = require("matplotlib.pyplot", what="statekit.plots")
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(13, 3.5))
+    measured = all(r["memory_bytes"] is not None for r in rows)
+    size_key, size_label = ("memory_bytes", "MEMORY USAGE (KB)") if measured else ("payload_bytes", "payload (KB)")
+    for policy in dict.fromkeys(r["keep_last"] for r in rows):
+        run = [r for r in rows if r["keep_last"] == policy]
+        label = "no history bound" if policy == "all" else f"keep_last={policy}"
+        axes[0].plot([r["turn"] for r in run], [r["checkpoints"] for r in run], marker=".", label=label)
+        axes[1].plot([r["turn"] for r in run], [r[size_key] / 1024 for r in run], marker=".", label=label)
+    axes[0].set_ylabel("checkpoints in the thread")
+    axes[1].set_ylabel(size_label)
+    for ax in axes:
+        ax.set_xlabel("turn")
+        ax.legend()
+    axes[0].set_title("history kept")
+    axes[1].set_title("what the thread holds")
+    return axes

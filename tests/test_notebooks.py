@@ -58,6 +58,22 @@ MUST_SHOW = {
         "fakeredis": ["conflict ratio", "tier=", "tagged with a region outside", "memory was not sampled"],
         "redis": ["'kind': 'redis'", "conflict ratio", "tagged with a region outside"],
     },
+    "06_agent_frameworks": {
+        "fakeredis": [
+            "'kind': 'fakeredis'",
+            "interrupted: waiting for approval",
+            "resumed after a restart: refund issued",
+            "checkpoints kept with keep_last=3: 3",
+            "payload bytes (fakeredis has no MEMORY USAGE)",
+            "keys without a TTL: 0",
+        ],
+        "redis": [
+            "'kind': 'redis'",
+            "resumed after a restart: refund issued",
+            "memory (MEMORY USAGE)",
+            "keys without a TTL: 0",
+        ],
+    },
     "design_review": {
         "fakeredis": ["server-side session state", "Stateful or stateless", "under 1 in 1,000 after", "Phase 1"],
         "redis": ["backend redis (", "server-side session state", "under 1 in 1,000 after"],
@@ -65,7 +81,7 @@ MUST_SHOW = {
 }
 #: Notebooks that must render at least one plot.
 PLOTS = {"00_do_you_need_state", "01_graceful_degradation", "02_bounded_state", "03_consistency",
-         "05_observability", "design_review"}  # fmt: skip
+         "05_observability", "06_agent_frameworks", "design_review"}  # fmt: skip
 
 
 def _check(nb: Path, out: nbformat.NotebookNode, backend: str) -> None:
