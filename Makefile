@@ -14,7 +14,7 @@ help:
 	@echo "make test     run the whole test suite (real-Redis tests need redis-server on PATH)"
 	@echo "make lab      open JupyterLab on notebooks/"
 	@echo "make lint     ruff"
-	@echo "make bench    benchmarks against raw redis-py and langchain-community (starts its own redis-server)"
+	@echo "make bench    benchmarks against raw redis-py, langchain-community and LangGraph's savers (starts its own redis-server)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,7 @@ $(VENV)/.bench: pyproject.toml | $(BIN)/python
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/bench_store.py --iterations 5000
 	$(BIN)/python benchmarks/bench_resilience.py --iterations 5000
+	$(BIN)/python benchmarks/bench_aio.py --iterations 3000
 	$(BIN)/python benchmarks/bench_consistency.py
 	$(BIN)/python benchmarks/bench_migrate.py --sessions 100000
 	$(BIN)/python benchmarks/bench_observe.py --sessions 100000

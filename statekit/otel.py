@@ -137,9 +137,10 @@ class OpenTelemetryListener(StoreListener):
 
 
 def instrument(store: Any, **kwargs: Any) -> OpenTelemetryListener:
-    """Attach an OpenTelemetryListener to a SessionStore, or to a ResilientStore and the store
-    inside it (its degraded reads become `statekit.fallback` spans), with the server and
-    namespace read from the store. Returns the listener."""
+    """Attach an OpenTelemetryListener to a SessionStore or AsyncSessionStore, or to a
+    (Async)ResilientStore and the store inside it (its degraded reads become
+    `statekit.fallback` spans), with the server and namespace read from the store. Under
+    asyncio each span is a child of the span current in the calling task. Returns the listener."""
     inner = getattr(store, "store", store)
     attributes = {**_server(inner.client), "statekit.namespace": inner.namespace}
     listener = OpenTelemetryListener(attributes=attributes, **kwargs)

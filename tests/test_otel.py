@@ -92,3 +92,46 @@ def test_a_resilient_store_shows_the_failed_call_and_where_the_context_came_from
     assert failed and all(s.status.status_code == StatusCode.ERROR for s in failed)
     degraded = [s.attributes["statekit.degraded_source"] for s in finished if s.name == "statekit.fallback"]
     assert degraded == ["cache", "default"]
+
+
+def test_async_operations_get_spans_under_each_tasks_own_request_span(any_url, telemetry):
+    """Fifty requests at once on one event loop: each store span is the child of its own
+    request's span, with its own round-trip count (per task, not per thread)."""
+    import asyncio
+
+    from statekit.aio import AsyncResilientStore, AsyncSessionStore, connect_async
+
+    spans, _, tracer_provider, _ = telemetry
+    tracer = tracer_provider.get_tracer("app")
+
+    async def body():
+        store = AsyncResilientStore(AsyncSessionStore(connect_async(any_url), namespace="support"), timeout_ms=500)
+        instrument(store, **_providers(telemetry))
+        await store.append_turn("warm", {"role": "user", "content": "hi"})
+        await store.load_context("warm")
+        spans.clear()
+        parents = {}
+
+        async def request(n: int) -> None:
+            with tracer.start_as_current_span(f"request {n}") as parent:
+                parents[n] = parent.get_span_context().span_id
+                await store.append_turn(f"s{n}", {"role": "user", "content": "hi"})
+                await store.load_context(f"s{n}")
+
+        await asyncio.gather(*(request(n) for n in range(50)))
+        await store.aclose()
+        return parents
+
+    parents = asyncio.run(body())
+    finished = spans.get_finished_spans()
+    requests = {s.context.span_id: s.name for s in finished if s.name.startswith("request")}
+    ops = [s for s in finished if s.name in ("statekit.append_turn", "statekit.load_context")]
+    assert len(ops) == 100 and len(requests) == 50
+    for span in ops:
+        assert span.parent.span_id in requests
+        assert span.attributes["statekit.round_trips"] == 1
+    per_request = {}
+    for span in ops:
+        per_request.setdefault(span.parent.span_id, []).append(span.name)
+    assert set(per_request) == set(parents.values())
+    assert all(sorted(names) == ["statekit.append_turn", "statekit.load_context"] for names in per_request.values())
