@@ -8,10 +8,7 @@ import operator
 from typing import Annotated, TypedDict
 
 import pytest
-
-pytest.importorskip("langgraph.checkpoint.conformance")
-
-from langgraph.checkpoint.conformance import checkpointer_test, validate  # noqa: E402
+from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.conformance.capabilities import ALL_CAPABILITIES  # noqa: E402
 from langgraph.checkpoint.conformance.spec import (  # noqa: E402
     test_copy_thread,
