@@ -15,6 +15,7 @@ from . import codec, sizing  # noqa: E402
 from .assess import Assessment, CostModel, RubricAnswer, assess, what_if  # noqa: E402
 from .backends import check_reachable, connect, connect_async, redact_url  # noqa: E402
 from .errors import (  # noqa: E402
+    AccessDenied,
     ConflictError,
     ConnectionURLError,
     CorruptStateError,
@@ -25,6 +26,7 @@ from .errors import (  # noqa: E402
     ReplicationStalled,
     StatekitError,
     StateTooLarge,
+    StoreFull,
     StoreUnavailable,
     UnknownVersionError,
 )
@@ -69,6 +71,8 @@ __all__ = [
     "ProfileError",
     "ConnectionURLError",
     "StoreUnavailable",
+    "StoreFull",
+    "AccessDenied",
     "StateTooLarge",
     "CorruptStateError",
     "UnknownVersionError",

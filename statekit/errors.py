@@ -26,6 +26,16 @@ class StoreUnavailable(StatekitError):
     """The state store could not be reached (refused, timed out, or the breaker is open)."""
 
 
+class StoreFull(StoreUnavailable):
+    """Redis refused a write because it is at `maxmemory` with a `noeviction` policy (an OOM
+    reply). A ResilientStore degrades on it as on an outage; size the server (or let it evict)."""
+
+
+class AccessDenied(StatekitError):
+    """Redis refused the command to this user (NOPERM, NOAUTH, WRONGPASS): a permanent error
+    of the deployment, not an outage, so a ResilientStore raises it instead of degrading."""
+
+
 class StateTooLarge(StatekitError):
     """An update would take a session past its byte cap; nothing was written."""
 
@@ -59,3 +69,57 @@ class ReplicationStalled(StatekitError):
 
 class MissingExtra(StatekitError, ImportError):
     """A feature needs a package that only one of statekit's extras installs; the message names it."""
+
+
+#: Error replies that mean the store cannot serve right now but will again by itself: a
+#: failover under way (READONLY from a demoted primary, MASTERDOWN from a replica cut off,
+#: CLUSTERDOWN, TRYAGAIN during a slot move), a server loading its data (LOADING), a script
+#: running past busy-reply-threshold (BUSY), too few replicas for min-replicas-to-write.
+TRANSIENT_REPLIES = frozenset({"READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "BUSY", "NOREPLICAS"})
+#: Error replies of a server at maxmemory with noeviction.
+FULL_REPLIES = frozenset({"OOM"})
+#: Error replies that refuse this user: permanent until the deployment changes.
+DENIED_REPLIES = frozenset({"NOPERM", "NOAUTH", "WRONGPASS"})
+
+
+def reply_code(exc: BaseException) -> str:
+    """The error code of an error reply (`READONLY`, `OOM`...), or '' for none.
+
+    redis-py raises a class of its own for the codes it knows and strips the code from the
+    message (ReadOnlyError, OutOfMemoryError...); for the others (BUSY...) the message
+    starts with the code, inside a Lua script too."""
+    import redis.exceptions as rx
+
+    for cls, code in (
+        (rx.ReadOnlyError, "READONLY"),
+        (rx.MasterDownError, "MASTERDOWN"),  # a ClusterDownError in redis-py: ask first
+        (rx.ClusterDownError, "CLUSTERDOWN"),
+        (rx.TryAgainError, "TRYAGAIN"),
+        (rx.BusyLoadingError, "LOADING"),
+        (rx.OutOfMemoryError, "OOM"),
+        (rx.NoPermissionError, "NOPERM"),
+        (rx.AuthenticationError, "NOAUTH"),
+    ):
+        if isinstance(exc, cls):
+            return code
+    word = str(exc).lstrip("-").split(" ", 1)[0]
+    return word if word.isupper() and word.isalpha() else ""
+
+
+def classify_reply(exc: BaseException, what: str) -> StatekitError | None:
+    """The statekit error for an error reply `exc` of the call described by `what`: a
+    `StoreUnavailable` for a transient one, `StoreFull` for OOM, `AccessDenied` for a refused
+    user; None for any other reply (the caller decides: corrupt data, or a bug)."""
+    code = reply_code(exc)
+    reason = str(exc).split(" script: ")[0]
+    if not reason.startswith(code):
+        reason = f"{code} {reason}"
+    if code in TRANSIENT_REPLIES:
+        return StoreUnavailable(
+            f"{what} failed: Redis answered {reason!r} (transient: a failover, a load or a busy script)"
+        )
+    if code in FULL_REPLIES:
+        return StoreFull(f"{what} refused: Redis is at maxmemory and may not evict ({reason!r})")
+    if code in DENIED_REPLIES:
+        return AccessDenied(f"{what} refused to this Redis user: {reason!r}; grant it the commands statekit needs")
+    return None

@@ -55,7 +55,7 @@ from langgraph.checkpoint.base import (  # noqa: E402
 )
 
 from .backends import backend_kind, connect, connect_async, is_async  # noqa: E402
-from .errors import CorruptStateError, InvalidInput, StateTooLarge, StoreUnavailable  # noqa: E402
+from .errors import CorruptStateError, InvalidInput, StateTooLarge, StoreUnavailable, classify_reply  # noqa: E402
 from .keys import thread_id_of, thread_keys, thread_pattern, validate_namespace  # noqa: E402
 from .scripts import CHECKPOINT_SCRIPTS, CORRUPT_PREFIX  # noqa: E402
 from .store import _CONNECTION_ERRORS, _SCRIPT_SUFFIX, _Wire, drive  # noqa: E402
@@ -296,6 +296,9 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         if isinstance(exc, _CONNECTION_ERRORS):
             return StoreUnavailable(f"checkpoint store for thread {thread!r} unavailable: {exc}")
         if isinstance(exc, redis.exceptions.ResponseError):
+            classified = classify_reply(exc, f"checkpoint store call for thread {thread!r}")
+            if classified is not None:
+                return classified
             text = _SCRIPT_SUFFIX.sub("", str(exc))
             if text.startswith(CORRUPT_PREFIX) or text.startswith("WRONGTYPE") or "user_script" in text:
                 detail = text[len(CORRUPT_PREFIX) :] if text.startswith(CORRUPT_PREFIX) else text

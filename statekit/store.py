@@ -37,7 +37,14 @@ import redis
 
 from . import codec
 from .backends import backend_kind, is_async
-from .errors import ConflictError, CorruptStateError, InvalidInput, StateTooLarge, StoreUnavailable
+from .errors import (
+    ConflictError,
+    CorruptStateError,
+    InvalidInput,
+    StateTooLarge,
+    StoreUnavailable,
+    classify_reply,
+)
 from .keys import session_keys, valid_id, validate_namespace
 from .lifecycle import LifecyclePolicy, truncate_utf8
 from .scripts import (
@@ -475,12 +482,20 @@ class StoreCore:
             listener.on_event(kind, session_id, info)
 
     def _translate(self, op: str, session_id: str, exc: BaseException) -> BaseException | None:
-        """The error a caller sees for `exc`: StoreUnavailable for a connection failure or a
-        timeout, None when an error reply needs `_corrupt_steps` to name it, else `exc`."""
+        """The error a caller sees for `exc`: StoreUnavailable for a connection failure, a
+        timeout or a transient error reply (READONLY, CLUSTERDOWN, TRYAGAIN, MASTERDOWN,
+        LOADING, BUSY), StoreFull for OOM, AccessDenied for NOPERM; None when an error reply
+        needs `_corrupt_steps` to name it; else `exc`."""
+        if isinstance(exc, (redis.exceptions.ResponseError, redis.exceptions.AuthenticationError)):
+            classified = classify_reply(exc, f"{op} of session {session_id!r}")
+            if classified is not None or isinstance(exc, redis.exceptions.AuthenticationError):
+                return classified or StoreUnavailable(f"{op} of session {session_id!r} failed: {exc}")
         if isinstance(exc, _CONNECTION_ERRORS):
             return StoreUnavailable(f"{op} of session {session_id!r} failed: {exc}")
         if isinstance(exc, redis.exceptions.ResponseError):
-            return None
+            return classify_reply(exc, f"{op} of session {session_id!r}")
+        if isinstance(exc, redis.exceptions.RedisClusterException):
+            return StoreUnavailable(f"{op} of session {session_id!r} failed: the cluster could not route it ({exc})")
         return exc
 
     def _notify(self, op: str, session_id: str, elapsed: float, error: BaseException | None) -> None:
