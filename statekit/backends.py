@@ -42,6 +42,7 @@ URL_FORMS = (
     "rediss://[user[:password]@]host[:port][/db]  (TLS)",
     "unix://[user[:password]@]/path/to/redis.sock[?db=N]",
     "redis+cluster://[user[:password]@]host:port[,host:port...]",
+    "redis+sentinel://[user[:password]@]host:port[,host:port...]/service_name[/db]  (the primary Sentinel names)",
 )
 
 DEFAULT_SOCKET_TIMEOUT_S = 1.0
@@ -150,9 +151,35 @@ def _parse(url: str, socket_timeout: float, connect_timeout: float, retries: int
             raise _bad(url, f"database {db!r} is not a number")
     elif scheme == "redis+cluster":
         _cluster_nodes(url, parts.netloc)
+    elif scheme == "redis+sentinel":
+        _cluster_nodes(url, parts.netloc)
+        _sentinel_path(url, parts.path)
     elif scheme != "fakeredis":
         raise _bad(url, f"unknown scheme {parts.scheme!r}")
     return scheme, url, parts
+
+
+def _sentinel_path(url: str, path: str) -> tuple[str, int]:
+    """The service name and database of a Sentinel URL's path: `/service_name[/db]`."""
+    pieces = [p for p in path.split("/") if p]
+    if not pieces or len(pieces) > 2:
+        raise _bad(url, "a Sentinel URL names the service after the hosts: /service_name[/db]")
+    if len(pieces) == 2 and not pieces[1].isdigit():
+        raise _bad(url, f"database {pieces[1]!r} is not a number")
+    return pieces[0], int(pieces[1]) if len(pieces) == 2 else 0
+
+
+def _sentinel_client(module: Any, url: str, parts: Any, common: dict[str, Any]) -> Any:
+    """The primary of a Sentinel-managed service, through `module` (redis.sentinel or
+    redis.asyncio.sentinel): every new connection asks the Sentinels where the primary is,
+    so the client follows a failover. The URL's user and password are the data nodes'."""
+    nodes = _cluster_nodes(url, parts.netloc)
+    service, db = _sentinel_path(url, parts.path)
+    timeouts = {k: common[k] for k in ("socket_timeout", "socket_connect_timeout")}
+    sentinel = module.Sentinel([(n.host, n.port) for n in nodes], sentinel_kwargs=timeouts)
+    return sentinel.master_for(
+        service, db=db, username=parts.username or None, password=parts.password or None, **common
+    )
 
 
 def _fake_server(parts: Any) -> Any:
@@ -208,6 +235,10 @@ def connect(
             )
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
             raise StoreUnavailable(f"cannot reach Redis Cluster at {redact_url(url)}: {redact_url(str(exc))}") from None
+    if scheme == "redis+sentinel":
+        from redis import sentinel
+
+        return _sentinel_client(sentinel, url, parts, common)
     return _from_url(redis.Redis, url, common)
 
 
@@ -266,6 +297,10 @@ def connect_async(
             max_connections=max_connections,
             **common,
         )
+    if scheme == "redis+sentinel":
+        from redis.asyncio import sentinel as async_sentinel
+
+        return _sentinel_client(async_sentinel, url, parts, {**common, "max_connections": max_connections})
     try:
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=connect_timeout, **common
@@ -337,11 +372,19 @@ def _async_with_timeouts(client: Any, socket_timeout: float, connect_timeout: fl
 
 
 def _same_pool(pool: Any, connection_kwargs: dict[str, Any]) -> Any:
-    """A new pool of the same class and limits (max connections, a blocking pool's wait)."""
-    limits: dict[str, Any] = {"max_connections": pool.max_connections}
+    """A new pool of the same class with the user's settings: its limits (max connections, a
+    blocking pool's wait), its client-side cache configuration (in the connection kwargs), a
+    Sentinel pool's service and Sentinels."""
+    kwargs = {k: v for k, v in connection_kwargs.items() if k != "connection_pool"}
+    kwargs["max_connections"] = pool.max_connections
     if hasattr(pool, "timeout"):  # a BlockingConnectionPool
-        limits["timeout"] = pool.timeout
-    return type(pool)(connection_class=pool.connection_class, **limits, **connection_kwargs)
+        kwargs["timeout"] = pool.timeout
+    if getattr(pool, "_cache_factory", None) is not None:
+        kwargs["cache_factory"] = pool._cache_factory
+    if hasattr(pool, "service_name") and hasattr(pool, "sentinel_manager"):
+        kwargs.update(is_master=pool.is_master, check_connection=pool.check_connection)
+        return type(pool)(pool.service_name, pool.sentinel_manager, connection_class=pool.connection_class, **kwargs)
+    return type(pool)(connection_class=pool.connection_class, **kwargs)
 
 
 def is_async(client: Any) -> bool:

@@ -40,6 +40,7 @@ __all__ = [
     "OutageDrill",
     "RedisServer",
     "RedisReplicaPair",
+    "RedisSentinelGroup",
     "TcpProxy",
     "RedisClusterServers",
     "RoundTrips",
@@ -453,6 +454,122 @@ class RedisReplicaPair:
         self.stop()
 
 
+class RedisSentinelGroup:
+    """A primary, a replica and `sentinels` Redis Sentinel processes watching them as
+    `service`, all on loopback ports, each stopped by its own pid. `url` is the
+    `redis+sentinel://` URL of the group; `kill_primary()` kills whichever server is the
+    primary now, and `wait_for_failover(old)` waits until a Sentinel names a new one.
+
+    Sentinel runs from Debian's `redis-sentinel` when it is installed, else as
+    `redis-server <conf> --sentinel` (the same program in another mode).
+    """
+
+    def __init__(
+        self, sentinels: int = 1, service: str = "statekit", down_after_ms: int = 1000, failover_timeout_ms: int = 5000
+    ):
+        self.pair = RedisReplicaPair()
+        self.service = service
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.count = sentinels
+        self.ports: list[int] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._dir = tempfile.mkdtemp(prefix="statekit-sentinel-")
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def _servers(self) -> list[RedisServer]:
+        return [s for s in (self.pair.primary, self.pair.replica) if s is not None]
+
+    def start(self, timeout_s: float = 30.0) -> RedisSentinelGroup:
+        import redis
+
+        self.pair.start()
+        exe = shutil.which("redis-sentinel")
+        for n in range(self.count):
+            port = _free_port()
+            conf = Path(self._dir) / f"sentinel-{n}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndaemonize no\ndir {self._dir}\n"
+                f"logfile {self._dir}/sentinel-{n}.log\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.pair.primary.port} 1\n"
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {self.service} 1\n"
+            )
+            cmd = [exe, str(conf)] if exe else [self.pair.primary.executable, str(conf), "--sentinel"]
+            self.procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.ports.append(port)
+        deadline = time.monotonic() + timeout_s
+        for port in self.ports:  # each Sentinel answers and has found the replica
+            client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, decode_responses=True)
+            try:
+                while True:
+                    try:
+                        if client.sentinel_slaves(self.service):
+                            break
+                    except (redis.exceptions.ConnectionError, redis.exceptions.ResponseError):
+                        pass
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise RuntimeError(f"Sentinel on port {port} did not find the replica within {timeout_s} s")
+                    time.sleep(0.05)
+            finally:
+                client.close()
+        return self
+
+    def primary_port(self) -> int:
+        """The primary's port, as the first Sentinel reports it."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.ports[0], socket_timeout=1)
+        try:
+            return int(client.sentinel_get_master_addr_by_name(self.service)[1])
+        finally:
+            client.close()
+
+    def kill_primary(self) -> int:
+        """Kill the server that is the primary now; return its port."""
+        port = self.primary_port()
+        next(s for s in self._servers() if s.port == port).kill()
+        return port
+
+    def wait_for_failover(self, old_port: int, timeout_s: float = 60.0) -> int:
+        """Wait until a Sentinel names a primary other than `old_port`; return its port."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                port = self.primary_port()
+            except Exception:  # noqa: BLE001 - a Sentinel busy electing may not answer
+                port = old_port
+            if port != old_port:
+                return port
+            time.sleep(0.05)
+        raise RuntimeError(f"no failover within {timeout_s} s")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+        self.procs.clear()
+        self.pair.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisSentinelGroup:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 class FaultInjector:
     """An embedded (fakeredis) server whose clients fail, hang or slow down on demand.
 
@@ -855,6 +972,14 @@ if pytest is not None:
         pair = RedisReplicaPair().start()
         yield pair
         pair.stop()
+
+    @pytest.fixture
+    def redis_sentinel_group() -> Iterator[RedisSentinelGroup]:
+        """A primary, a replica and one Sentinel of their own for one test, free to fail over."""
+        _start_or_skip().stop()  # the same skip-or-fail rule as a single server
+        group = RedisSentinelGroup().start()
+        yield group
+        group.stop()
 
     @pytest.fixture
     def fresh_redis_server() -> Iterator[RedisServer]:

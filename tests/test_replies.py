@@ -3,6 +3,7 @@ answer reaches the caller as a statekit error, and a ResilientStore degrades on 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -10,7 +11,6 @@ import redis
 
 from statekit import (
     AccessDenied,
-    LifecyclePolicy,
     ResilientStore,
     SessionStore,
     StoreFull,
@@ -35,8 +35,10 @@ def turn(i: int) -> dict:
         (redis.exceptions.ResponseError("LOADING Redis is loading the dataset in memory"), StoreUnavailable),
         (redis.exceptions.ResponseError("BUSY Redis is busy running a script."), StoreUnavailable),
         (redis.exceptions.OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."), StoreFull),
-        (redis.exceptions.NoPermissionError("NOPERM User app has no permissions to run the 'evalsha' command"),
-         AccessDenied),  # fmt: skip
+        (
+            redis.exceptions.NoPermissionError("NOPERM User app has no permissions to run the 'evalsha' command"),
+            AccessDenied,
+        ),  # fmt: skip
     ],
 )
 def test_each_error_reply_has_its_statekit_error(exc, kind):
@@ -115,10 +117,8 @@ def test_a_busy_script_is_transient_and_the_store_recovers_after_script_kill():
 
 
 def _run_forever(client) -> None:
-    try:
+    with contextlib.suppress(redis.exceptions.ResponseError):  # killed by SCRIPT KILL
         client.eval("while true do end", 0)
-    except redis.exceptions.ResponseError:
-        pass  # killed by SCRIPT KILL
 
 
 @pytest.mark.realredis
