@@ -26,7 +26,7 @@ from typing import Any, Literal
 from . import codec
 from .errors import CorruptStateError, StatekitError, UnknownVersionError
 from .keys import key_pattern, sibling_key
-from .scripts import GET_STATE_LUA, KEEPTTL_CAS_LUA
+from .scripts import SCRIPTS
 
 __all__ = [
     "Migrations",
@@ -668,6 +668,9 @@ class MigrationReport:
     conflicts: int = 0
     by_source_version: dict[str, int] = field(default_factory=dict)
     cursor: int = 0
+    cursors: dict[str, int] = field(default_factory=dict)
+    passes: int = 1
+    topology: str | None = None
     finished: bool = False
     dry_run: bool = False
     seconds: float = 0.0
@@ -692,7 +695,8 @@ def migrate_namespace(
     progress: Callable[[int], None] | None = None,
     stop_after: int | None = None,
 ) -> MigrationReport:
-    """Walk every session's state with SCAN and migrate what is older than the current version.
+    """Walk every session's state with SCAN, on every node, and migrate what is older than the
+    current version.
 
     Each batch is read with one pipeline of scripts that read a session's state and its
     state version together, atomically (two separate reads could pair an old blob with the
@@ -700,41 +704,62 @@ def migrate_namespace(
     that update). Each batch is written with one pipeline of compare-and-set scripts that
     keep each key's remaining TTL, so a session a live request changed since it was read is
     left to that request (counted as a conflict, and already at the current version if that
-    request ran new code). The SCAN cursor and the counts are saved to `checkpoint` after
-    every batch; a run given the same checkpoint resumes there. Re-visiting a migrated
-    session finds it current and skips it, so a resumed or repeated run never migrates a
-    session twice. `stop_after` stops after that many sessions (for tests of resumption).
-    A checkpoint that cannot be read or lacks fields raises `MigrationError` naming it.
+    request ran new code). On a Redis Cluster each primary is walked in turn, batches go to
+    the node that holds their keys, and a key whose slot moved is followed (`statekit.walk`).
+    If the slot map changed during a pass (a reshard), keys may have moved past a node's
+    cursor, so the walk runs again (`passes` counts them): a session found current is
+    skipped, so none is migrated twice and none is missed. Each node's SCAN cursor and the
+    counts are saved to `checkpoint` after every batch; a run given the same checkpoint
+    resumes where each node stopped. `stop_after` stops after that many sessions (for tests
+    of resumption). A checkpoint that cannot be read or lacks fields raises `MigrationError`
+    naming it.
     """
-    if not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a whole number >= 1, got {batch!r}")
+    from .walk import DONE, Walker, evalsha
+
     report = MigrationReport(dry_run=dry_run)
+    walker = Walker(client, key_pattern(namespace, "state"), batch)
     path = Path(checkpoint) if checkpoint else None
     if path is not None and path.exists():
         _resume(report, path, namespace)
         if report.finished:
             return report
-    scripts = client.register_script(GET_STATE_LUA), client.register_script(KEEPTTL_CAS_LUA)
+        walker.cursors = dict(report.cursors)
     if path is not None:
         _save_checkpoint(path, report, namespace)  # an unwritable checkpoint fails before anything is migrated
-    cursor = report.cursor
+    walker.load_scripts([SCRIPTS["get_state"], SCRIPTS["keepttl_cas"]])
     start = time.perf_counter()
-    pattern = key_pattern(namespace, "state")
+    resumed_topology = report.topology if report.cursors else None
     while True:
-        cursor, keys = client.scan(cursor=cursor, match=pattern, count=batch)
-        keys = [k.decode() if isinstance(k, bytes) else k for k in keys]
-        if keys:
-            _migrate_batch(client, scripts, keys, migrations, report, dry_run)
+        # a resumed pass compares with the slot map its first part saw, saved in the checkpoint
+        before = resumed_topology or walker.topology()
+        resumed_topology = None
+        report.topology = before
+        redirected = walker.redirected
+        for node_batch in walker:
+            _migrate_batch(walker, node_batch.node, node_batch.keys, migrations, report, dry_run, evalsha)
             if progress is not None:
-                progress(len(keys))
-        report.cursor = cursor
-        report.finished = cursor == 0
-        report.seconds += time.perf_counter() - start
-        start = time.perf_counter()
-        if path is not None:
-            _save_checkpoint(path, report, namespace)
-        if cursor == 0 or (stop_after is not None and report.scanned >= stop_after):
-            return report
+                progress(len(node_batch.keys))
+            report.cursors = dict(walker.cursors)
+            report.cursor = max(0, walker.cursors.get("server", 0))
+            report.seconds += time.perf_counter() - start
+            start = time.perf_counter()
+            if path is not None:
+                _save_checkpoint(path, report, namespace)
+            if stop_after is not None and report.scanned >= stop_after:
+                return report
+        moved = walker.topology() != before or walker.redirected != redirected
+        if not moved:
+            break
+        walker.refresh()  # slots moved under this pass: walk again, now that they have settled
+        walker.restart()
+        report.passes += 1
+    report.cursors = {name: DONE for name, _ in walker.nodes()}
+    report.cursor = 0
+    report.finished = True
+    report.seconds += time.perf_counter() - start
+    if path is not None:
+        _save_checkpoint(path, report, namespace)
+    return report
 
 
 _CHECKPOINT_COUNTS = ("scanned", "migrated", "current", "skipped_newer", "failed", "conflicts", "cursor")
@@ -752,14 +777,22 @@ def _resume(report: MigrationReport, path: Path, namespace: str) -> None:
         raise MigrationError(f"checkpoint {path} belongs to namespace {saved.get('namespace')!r}, not {namespace!r}")
     missing = [k for k in (*_CHECKPOINT_COUNTS, "by_source_version") if k not in saved]
     wrong = [k for k in _CHECKPOINT_COUNTS if k in saved and not isinstance(saved[k], int)]
-    if missing or wrong or not isinstance(saved.get("by_source_version", {}), dict):
+    cursors = saved.get("cursors", {"server": saved.get("cursor", 0)})
+    bad_cursors = not isinstance(cursors, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) for k, v in cursors.items()
+    )
+    if missing or wrong or bad_cursors or not isinstance(saved.get("by_source_version", {}), dict):
         raise MigrationError(
-            f"checkpoint {path} is damaged (missing {missing}, not numbers {wrong}); "
+            f"checkpoint {path} is damaged (missing {missing}, not numbers {wrong}"
+            f"{', node cursors unreadable' if bad_cursors else ''}); "
             "delete it to start over (a new run skips sessions already migrated)"
         )
     for k in _CHECKPOINT_COUNTS:
         setattr(report, k, saved[k])
     report.by_source_version = saved["by_source_version"]
+    report.cursors = cursors
+    report.passes = int(saved.get("passes", 1))
+    report.topology = saved.get("topology") if isinstance(saved.get("topology"), str) else None
     report.finished = bool(saved.get("finished"))
 
 
@@ -770,26 +803,20 @@ def _save_checkpoint(path: Path, report: MigrationReport, namespace: str) -> Non
         raise MigrationError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
 
 
-def _read_states(client: Any, read: Any, keys: list[str]) -> list[Any]:
-    """(state version, blob) of each state key, each pair read atomically by one script, all
-    in one pipeline; an error reply (a corrupt meta field) comes back in its place."""
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        read(keys=[sibling_key(key, "meta"), key], client=pipe)
-    return pipe.execute(raise_on_error=False)
-
-
 def _migrate_batch(
-    client: Any,
-    scripts: tuple[Any, Any],
+    walker: Any,
+    node: str,
     keys: list[str],
     migrations: Migrations,
     report: MigrationReport,
     dry_run: bool,
+    evalsha: Any,
 ) -> None:
-    read, cas = scripts
+    # (state version, blob) of each state key, each pair read atomically by one script, all in
+    # one pipeline to the node; an error reply (a corrupt meta field) comes back in its place
+    reads = walker.execute(node, [evalsha(SCRIPTS["get_state"], [sibling_key(k, "meta"), k]) for k in keys])
     writes = []
-    for key, reply in zip(keys, _read_states(client, read, keys), strict=True):
+    for key, reply in zip(keys, reads, strict=True):
         if isinstance(reply, Exception):
             report.scanned += 1
             report.failed += 1
@@ -819,13 +846,13 @@ def _migrate_batch(
     if dry_run:
         report.migrated += len(writes)  # in a dry run: sessions that would be migrated
         return
-    if not writes:
-        return
-    pipe = client.pipeline(transaction=False)
-    for key, sv, blob in writes:
-        cas(keys=[sibling_key(key, "meta"), key], args=[sv, blob], client=pipe)
-    for ok in pipe.execute():
-        if ok == 1:
+    commands = [evalsha(SCRIPTS["keepttl_cas"], [sibling_key(key, "meta"), key], sv, blob) for key, sv, blob in writes]
+    for (key, _, _), ok in zip(writes, walker.execute(node, commands), strict=True):
+        if isinstance(ok, Exception):
+            report.failed += 1
+            if len(report.errors) < 20:
+                report.errors.append(f"{key}: {ok}")
+        elif ok == 1:
             report.migrated += 1
         else:
             report.conflicts += 1
@@ -838,22 +865,25 @@ def readable_by(
 
     Each stored state is unpacked (its version envelope removed), migrated when
     `migrations` is given, and validated with the pydantic `model`. Run it before a deploy:
-    `unreadable` is how many returning users would hit an error.
+    `unreadable` is how many returning users would hit an error. Walks every node of a
+    cluster (`statekit.walk`).
     """
     from pydantic import ValidationError
 
+    from .walk import Walker
+
     unpacker = migrations or Migrations(current=1)
     counts: dict[str, Any] = {"sessions": 0, "readable": 0, "unreadable": 0, "errors": []}
-    cursor = 0
-    while True:
-        cursor, keys = client.scan(cursor=cursor, match=key_pattern(namespace, "state"), count=batch)
-        values = client.mget(keys) if keys else []
-        for key, raw in zip(keys, values, strict=True):
+    walker = Walker(client, key_pattern(namespace, "state"), batch)
+    for node_batch in walker:
+        values = walker.execute(node_batch.node, [("GET", k) for k in node_batch.keys])
+        for name, raw in zip(node_batch.keys, values, strict=True):
             if raw is None:
                 continue
-            name = key.decode() if isinstance(key, bytes) else key
             counts["sessions"] += 1
             try:
+                if isinstance(raw, Exception):
+                    raise CorruptStateError(f"{name}: {raw}")
                 version, data = unpacker.unpack(raw, name)
                 if migrations is not None:
                     data = migrations.upgrade(data, version, name)
@@ -870,8 +900,7 @@ def readable_by(
                     counts["errors"].append(f"{name}: {why}")
                 continue
             counts["readable"] += 1
-        if cursor == 0:
-            return counts
+    return counts
 
 
 def version_census(client: Any, namespace: str, migrations: Migrations, *, batch: int = 500) -> dict[int, int]:

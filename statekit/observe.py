@@ -570,50 +570,46 @@ def health_scan(
     real = backend_kind(client) != "fakeredis"
     now_ms = time.time() * 1000
     cutoff_ms = now_ms - retention_days * 86_400_000 if retention_days else None
-    cursor, seen = 0, 0
-    while True:
-        cursor, keys = client.scan(cursor=cursor, match=key_pattern(namespace), count=batch)
-        keys = [k.decode() if isinstance(k, bytes) else k for k in keys]
-        if keys:
-            pipe = client.pipeline(transaction=False)
-            metas = [(k, sid) for k in keys if (sid := session_id_of(k, namespace, "meta")) is not None]
-            for k in keys:
-                pipe.pttl(k)
-            for k, _ in metas:
-                pipe.hmget(k, "b", "c", "rg")
-            replies = pipe.execute()
-            for k, ttl in zip(keys, replies[: len(keys)], strict=True):
-                if ttl == -1:
-                    report.keys_without_ttl.append(k)
-            sample = []
-            for (_, sid), (b, c, rg) in zip(metas, replies[len(keys) :], strict=True):
-                report.sessions += 1
-                size = int(b or 0)
-                sizes.append(size)
-                biggest.append((size, sid))
-                if cutoff_ms is not None and c is not None and int(c) < cutoff_ms:
-                    report.retention_violations.append(sid)
-                if allowed_regions is not None and rg is not None:
-                    region = rg.decode() if isinstance(rg, bytes) else rg
-                    if region not in allowed_regions:
-                        report.residency_violations.append((sid, region))
-                if real and (report.sessions - 1) % sample_every == 0:
-                    sample.append(sid)
-            if sample:
-                pipe = client.pipeline(transaction=False)
-                for sid in sample:
-                    for key in session_keys(namespace, sid):
-                        pipe.memory_usage(key, samples=0)
-                usages = pipe.execute()
-                for i in range(len(sample)):
-                    memory.append(sum(u or 0 for u in usages[4 * i : 4 * i + 4]))
-            if len(biggest) > 4 * top:
-                biggest = sorted(biggest, reverse=True)[:top]
-            seen += len(keys)
-            if progress is not None:
-                progress(len(keys))
-        if cursor == 0:
-            break
+    from .walk import Walker
+
+    walker = Walker(client, key_pattern(namespace), batch)
+    for node_batch in walker:  # every primary of a cluster, in turn
+        keys = node_batch.keys
+        metas = [(k, sid) for k in keys if (sid := session_id_of(k, namespace, "meta")) is not None]
+        replies = walker.execute(
+            node_batch.node, [("PTTL", k) for k in keys] + [("HMGET", k, "b", "c", "rg") for k, _ in metas]
+        )
+        for k, ttl in zip(keys, replies[: len(keys)], strict=True):
+            if ttl == -1:
+                report.keys_without_ttl.append(k)
+        sample = []
+        for (_, sid), fields in zip(metas, replies[len(keys) :], strict=True):
+            if isinstance(fields, Exception):  # the key holds another type: counted, not read
+                fields = (None, None, None)
+            b, c, rg = fields
+            report.sessions += 1
+            size = int(b or 0)
+            sizes.append(size)
+            biggest.append((size, sid))
+            if cutoff_ms is not None and c is not None and int(c) < cutoff_ms:
+                report.retention_violations.append(sid)
+            if allowed_regions is not None and rg is not None:
+                region = rg.decode() if isinstance(rg, bytes) else rg
+                if region not in allowed_regions:
+                    report.residency_violations.append((sid, region))
+            if real and (report.sessions - 1) % sample_every == 0:
+                sample.append(sid)
+        if sample:
+            commands = [
+                ("MEMORY", "USAGE", key, "SAMPLES", 0) for sid in sample for key in session_keys(namespace, sid)
+            ]
+            usages = walker.execute(node_batch.node, commands)
+            for i in range(len(sample)):
+                memory.append(sum(u for u in usages[4 * i : 4 * i + 4] if isinstance(u, int)))
+        if len(biggest) > 4 * top:
+            biggest = sorted(biggest, reverse=True)[:top]
+        if progress is not None:
+            progress(len(keys))
     if sizes:
         ordered = sorted(sizes)
         report.size_percentiles = {f"p{q}": _percentile(ordered, q) for q in (50, 95, 99)} | {"max": float(ordered[-1])}

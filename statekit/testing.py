@@ -279,6 +279,57 @@ class RedisClusterServers:
         self.stop()
         raise RuntimeError(f"the cluster did not reach cluster_state:ok within {timeout_s} s")
 
+    def _client(self, server: RedisServer) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=10)
+
+    def owner(self, slot: int) -> RedisServer:
+        """The node that serves `slot` now."""
+        client = self._client(self.nodes[0])
+        try:
+            for first, last, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if first <= slot <= last:
+                    return next(n for n in self.nodes if n.port == int(primary[1]))
+        finally:
+            client.close()
+        raise ValueError(f"slot {slot} is not served")
+
+    def move_slot(self, slot: int, target: RedisServer, stop_after_keys: int | None = None) -> int:
+        """Move `slot` to `target` the way `redis-cli --cluster reshard` does: IMPORTING on the
+        target, MIGRATING on the source, MIGRATE its keys (TTLs kept), then SETSLOT NODE on
+        every primary. With `stop_after_keys`, stop once that many keys have moved and leave
+        the slot half-way (clients get ASK for the moved keys); `move_slot` again finishes it.
+        Returns the keys moved."""
+        source = self.owner(slot)
+        if source is target:
+            return 0
+        src, dst = self._client(source), self._client(target)
+        try:
+            src_id = src.execute_command("CLUSTER", "MYID")
+            dst_id = dst.execute_command("CLUSTER", "MYID")
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            moved = 0
+            while True:
+                keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 50)
+                if not keys:
+                    break
+                if stop_after_keys is not None and moved >= stop_after_keys:
+                    return moved
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 10000, "KEYS", *keys)
+                moved += len(keys)
+            for node in self.nodes:
+                client = self._client(node)
+                try:
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+                finally:
+                    client.close()
+            return moved
+        finally:
+            src.close()
+            dst.close()
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
@@ -944,6 +995,14 @@ if pytest is not None:
     @pytest.fixture(scope="session")
     def redis_cluster() -> Iterator[RedisClusterServers]:
         """A three-primary Redis Cluster on loopback ports for the whole test session."""
+        _start_or_skip().stop()  # the same skip-or-fail rule as a single server
+        cluster = RedisClusterServers(3).start()
+        yield cluster
+        cluster.stop()
+
+    @pytest.fixture
+    def fresh_redis_cluster() -> Iterator[RedisClusterServers]:
+        """A three-primary cluster of its own for one test, free to reshard."""
         _start_or_skip().stop()  # the same skip-or-fail rule as a single server
         cluster = RedisClusterServers(3).start()
         yield cluster
