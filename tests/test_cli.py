@@ -128,3 +128,44 @@ def test_a_user_without_scan_gets_one_line_naming_the_command(capsys, redis_url,
     assert main([command, url, "--namespace", "app", "-q", *extra]) == 2
     err = _error(capsys)
     assert "may not run a command statekit needs" in err and "scan" in err.lower() and "s3cret-pw" not in err
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster", "redis+sentinel"])
+@pytest.mark.parametrize("command", ["health", "migrate"])
+def test_an_unreachable_server_of_any_kind_is_one_line_and_exit_2(capsys, scheme, command):
+    """No traceback from redis-py's cluster or Sentinel exceptions, and no password."""
+    port = _closed_port()
+    url = f"{scheme}://app:s3cret@127.0.0.1:{port}" + ("/svc" if scheme == "redis+sentinel" else "")
+    args = [command, url, "--namespace", "app", "-q"]
+    if command == "migrate":
+        args += ["--migrations", "statekit.examples:support_agent_migrations"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "s3cret" not in err and err.strip().count("\n") == 0, err
+    assert err.startswith("statekit: ")
+
+
+@pytest.mark.realredis
+def test_health_and_migrate_walk_every_node_of_a_cluster(capsys, redis_cluster):
+    from statekit import Migrations, SessionStore, connect
+
+    client = connect(redis_cluster.url)
+    client.flushall(target_nodes="primaries")
+    v1 = SessionStore(client, namespace="cli", migrations=Migrations(current=1))
+    for i in range(60):
+        v1.update_state(f"s{i}", lambda s, i=i: {"ticket_id": f"T-{i}", "customer": str(i)})
+    main(["migrate", redis_cluster.url, "--namespace", "cli", "--migrations",
+          "statekit.examples:support_agent_migrations", "-q", "--json"])  # fmt: skip
+    out = capsys.readouterr().out
+    migrated = json.loads(out[out.index("{\n") :])  # the JSON report follows the summary lines
+    assert migrated["migrated"] == 60 and len(migrated["cursors"]) == 3
+    main(["health", redis_cluster.url, "--namespace", "cli", "-q", "--json"])
+    assert json.loads(capsys.readouterr().out)["sessions"] == 60
