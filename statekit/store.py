@@ -20,6 +20,7 @@ on read and written back lazily, keeping its TTL.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import logging
@@ -237,7 +238,12 @@ class _Wire:
         """
         self.count(1, len(packed))
         pool = self._pool(key)
-        conn = pool.get_connection()
+        try:
+            conn = pool.get_connection()  # connects (and checks health) on checkout
+        except _CONNECTION_ERRORS:
+            if self.cluster:
+                self._refresh()  # the node may be gone, and its replica promoted: ask the cluster
+            raise
         first_error: redis.exceptions.ResponseError | None = None
         reply = None
         try:
@@ -247,14 +253,23 @@ class _Wire:
                     reply = conn.read_response()
                 except redis.exceptions.ResponseError as exc:
                     first_error = first_error or exc
-        except BaseException:
+        except BaseException as exc:
             conn.disconnect()  # replies may still be in flight: never hand this connection back as is
+            if self.cluster and isinstance(exc, _CONNECTION_ERRORS):
+                self._refresh()  # the node may be gone, and its replica promoted: ask the cluster
             raise
         finally:
             pool.release(conn)
         if first_error is not None:
             raise first_error
         return reply
+
+    def _refresh(self) -> None:
+        """Read the slot map again after a node failed, as redis-py's own routing does (a
+        failover moves a shard to the promoted replica); a cluster that cannot answer now is
+        asked again after the next failure."""
+        with contextlib.suppress(redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError):
+            self.client.nodes_manager.initialize()
 
     def load_script(self, script: Script) -> None:
         """SCRIPT LOAD on the server, or on each primary of a cluster through that node's own

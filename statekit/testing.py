@@ -43,6 +43,8 @@ __all__ = [
     "RedisSentinelGroup",
     "TcpProxy",
     "RedisClusterServers",
+    "lost_writes_drill",
+    "store_failover_drill",
     "RoundTrips",
     "count_round_trips",
     "before_round_trip",
@@ -236,17 +238,20 @@ class RedisServer:
 
 
 class RedisClusterServers:
-    """A Redis Cluster of `primaries` redis-server processes on loopback, no replicas.
+    """A Redis Cluster of `primaries` redis-server processes on loopback, and `replicas`
+    replicas of each primary.
 
     Slots are split evenly with CLUSTER ADDSLOTSRANGE and the nodes joined with CLUSTER
-    MEET; `start()` returns once every node reports cluster_state:ok.
+    MEET; `start()` returns once every node reports cluster_state:ok and every replica's
+    link to its primary is up. `node_timeout_ms` is how long a primary may be unreachable
+    before its replica is promoted (plus about a second of election).
     """
 
-    def __init__(self, primaries: int = 3, args: Sequence[str] = ()):
-        self.nodes = [
-            RedisServer(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000", *args], cluster_port=True)
-            for _ in range(primaries)
-        ]
+    def __init__(self, primaries: int = 3, args: Sequence[str] = (), *, replicas: int = 0, node_timeout_ms: int = 5000):
+        base = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms), *args]
+        self.nodes = [RedisServer(base, cluster_port=True) for _ in range(primaries)]
+        self.replicas = [RedisServer(base, cluster_port=True) for _ in range(primaries * replicas)]
+        self.replica_of: dict[int, RedisServer] = {}  # replica port -> its primary at start
 
     @property
     def url(self) -> str:
@@ -255,7 +260,7 @@ class RedisClusterServers:
     def start(self, timeout_s: float = 60.0) -> RedisClusterServers:
         import redis
 
-        for node in self.nodes:
+        for node in [*self.nodes, *self.replicas]:
             node.start()
         clients = [redis.Redis(host="127.0.0.1", port=n.port, socket_timeout=5) for n in self.nodes]
         count = len(self.nodes)
@@ -264,20 +269,53 @@ class RedisClusterServers:
             client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
         # every node meets every other: gossip then has nothing to spread, and the cluster
         # agrees in about 2 s instead of waiting on rounds of gossip
-        for i, client in enumerate(clients):
-            for node in self.nodes[i + 1 :]:
+        everyone = [*self.nodes, *self.replicas]
+        all_clients = [*clients, *(redis.Redis(host="127.0.0.1", port=r.port, socket_timeout=5) for r in self.replicas)]
+        for i, client in enumerate(all_clients):
+            for node in everyone[i + 1 :]:
                 client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
         deadline = time.monotonic() + timeout_s
+        try:
+            self._wait(all_clients, deadline, lambda t: f"cluster_known_nodes:{len(everyone)}" in t)
+            ids = [c.execute_command("CLUSTER", "MYID") for c in clients]
+            for n, replica in enumerate(self.replicas):
+                primary = n % count
+                client = all_clients[count + n]
+                while True:  # the replica must know the primary's id before it can follow it
+                    try:
+                        client.execute_command("CLUSTER", "REPLICATE", ids[primary])
+                        break
+                    except redis.exceptions.ResponseError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
+                self.replica_of[replica.port] = self.nodes[primary]
+            self._wait(all_clients, deadline, lambda t: "cluster_state:ok" in t)
+            for client in all_clients[count:]:
+                while client.info("replication").get("master_link_status") != "up":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("a replica did not connect to its primary")
+                    time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            for c in all_clients:
+                c.close()
+        return self
+
+    def _wait(self, clients: list[Any], deadline: float, ok: Any) -> None:
         while time.monotonic() < deadline:
             infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
             text = [i.decode() if isinstance(i, bytes) else str(i) for i in infos]
-            if all("cluster_state:ok" in t and f"cluster_known_nodes:{count}" in t for t in text):
-                for c in clients:
-                    c.close()
-                return self
+            if all(ok(t) for t in text):
+                return
             time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"the cluster did not reach cluster_state:ok within {timeout_s} s")
+        raise RuntimeError("the cluster did not reach the state it was waiting for")
+
+    def replica_for(self, primary: RedisServer) -> RedisServer:
+        """A replica of `primary` (as set up at start)."""
+        return next(r for r in self.replicas if self.replica_of[r.port] is primary)
 
     def _client(self, server: RedisServer) -> Any:
         import redis
@@ -286,11 +324,12 @@ class RedisClusterServers:
 
     def owner(self, slot: int) -> RedisServer:
         """The node that serves `slot` now."""
-        client = self._client(self.nodes[0])
+        alive = next(n for n in [*self.nodes, *self.replicas] if n.proc is not None and n.proc.poll() is None)
+        client = self._client(alive)
         try:
             for first, last, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
                 if first <= slot <= last:
-                    return next(n for n in self.nodes if n.port == int(primary[1]))
+                    return next(n for n in [*self.nodes, *self.replicas] if n.port == int(primary[1]))
         finally:
             client.close()
         raise ValueError(f"slot {slot} is not served")
@@ -331,7 +370,7 @@ class RedisClusterServers:
             dst.close()
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in [*self.nodes, *self.replicas]:
             node.stop()
 
     def __enter__(self) -> RedisClusterServers:
@@ -503,6 +542,122 @@ class RedisReplicaPair:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def lost_writes_drill(
+    cluster: RedisClusterServers, *, wait_replicas: int, writes: int = 300, lagging: int = 30, wait_timeout_ms: int = 50
+) -> dict[str, Any]:
+    """Kill a primary whose replica is behind, and count the acknowledged writes the
+    promoted replica does not have.
+
+    Writes go to one key of one shard on one connection, each followed, with
+    `wait_replicas` > 0, by `WAIT wait_replicas wait_timeout_ms` on that connection (a write
+    counts as acknowledged only if WAIT confirms it reached that many replicas). The replica
+    is cut off for the last `lagging` writes (SIGSTOP, and its replication link closed: a
+    partitioned replica); then the primary is killed (SIGKILL),
+    the replica thawed, and the cluster promotes it. Returns the figures: writes sent,
+    acknowledged, lost, and seconds from the kill to the promotion. `cluster` needs a
+    replica per primary and is left with one primary fewer. Runs on real processes only.
+    """
+    import redis
+
+    tag = f"drill-{os.urandom(4).hex()}"
+    key = f"{tag}:{{{tag}}}:log"
+    probe = redis.Redis(host="127.0.0.1", port=cluster.nodes[0].port, socket_timeout=5)
+    slot = int(probe.execute_command("CLUSTER", "KEYSLOT", key))
+    probe.close()
+    primary = cluster.owner(slot)
+    replica = cluster.replica_for(primary)
+    conn = redis.Redis(host="127.0.0.1", port=primary.port, socket_timeout=10)
+    acknowledged: list[int] = []
+
+    def write(i: int) -> None:
+        pipe = conn.pipeline(transaction=False)
+        pipe.rpush(key, i)
+        if wait_replicas:
+            pipe.execute_command("WAIT", wait_replicas, wait_timeout_ms)
+        replies = pipe.execute()
+        if not wait_replicas or replies[1] >= wait_replicas:
+            acknowledged.append(i)
+
+    for i in range(writes - lagging):
+        write(i)
+    replica.pause()
+    # and cut its link: a frozen replica would still find the stream in its socket buffer on
+    # waking, so the primary's writes from here on stay on the primary (a partitioned replica)
+    admin = redis.Redis(host="127.0.0.1", port=primary.port, socket_timeout=5)
+    admin.client_kill_filter(_type="replica")
+    admin.close()
+    try:
+        for i in range(writes - lagging, writes):
+            write(i)
+        conn.close()
+        killed = time.monotonic()
+        primary.kill()
+    finally:
+        replica.resume()
+    promoted = redis.Redis(host="127.0.0.1", port=replica.port, socket_timeout=5)
+    try:
+        while promoted.info("replication").get("role") != "master":
+            if time.monotonic() - killed > 60:
+                raise RuntimeError("the replica was not promoted within 60 s")
+            time.sleep(0.02)
+        failover_s = time.monotonic() - killed
+        present = {int(v) for v in promoted.lrange(key, 0, -1)}
+    finally:
+        promoted.close()
+    lost = [i for i in acknowledged if i not in present]
+    return {
+        "wait_replicas": wait_replicas,
+        "writes_sent": writes,
+        "acknowledged": len(acknowledged),
+        "lost": len(lost),
+        "failover_s": round(failover_s, 2),
+    }
+
+
+def store_failover_drill(
+    cluster: RedisClusterServers, *, turns_before: int = 50, turns_during: int = 20
+) -> dict[str, Any]:
+    """Kill the primary of a session's shard under a `ResilientStore` and let the cluster fail
+    over: the store degrades (reads from its cache, appends buffered in order), then recovers
+    on its own once the replica is promoted. Returns the figures: turns acknowledged before
+    the kill and found afterwards, turns buffered and replayed, seconds from the kill to the
+    promotion and to the store being normal with its buffer empty."""
+    from . import LifecyclePolicy, ResilientStore, SessionStore
+    from .backends import connect
+
+    store = SessionStore(connect(cluster.url), LifecyclePolicy(window_turns=1000, max_bytes=1 << 20))
+    resilient = ResilientStore(store, timeout_ms=200, fail_max=2, reset_timeout_s=0.5)
+    session = f"drill-{os.urandom(4).hex()}"
+    for i in range(turns_before):
+        resilient.append_turn(session, {"n": i}, turn_id=f"t{i}")
+    slot = store.client.keyslot(store.keys(session)[0])
+    primary = cluster.owner(slot)
+    replica = cluster.replica_for(primary)
+    killed = time.monotonic()
+    primary.kill()
+    for i in range(turns_before, turns_before + turns_during):
+        resilient.append_turn(session, {"n": i}, turn_id=f"t{i}")
+    degraded = resilient.mode == "degraded"
+    buffered = resilient.buffered
+    left = resilient.drain(timeout_s=60)
+    recovered_s = time.monotonic() - killed
+    ctx = resilient.load_context(session)
+    promoted = cluster.owner(slot) is replica
+    stored = set(ctx.turn_ids)
+    return {
+        "turns_before_kill": turns_before,
+        "lost_before_kill": sum(f"t{i}" not in stored for i in range(turns_before)),
+        "degraded_during_outage": degraded,
+        "buffered": buffered,
+        "replayed": resilient.stats.writes_replayed,
+        "lost_from_buffer": sum(f"t{i}" not in stored for i in range(turns_before, turns_before + turns_during)),
+        "still_buffered": left,
+        "replica_promoted": promoted,
+        "recovered_s": round(recovered_s, 2),
+        "mode_after": resilient.mode,
+    }
 
 
 class RedisSentinelGroup:
