@@ -40,3 +40,38 @@ def test_a_resilient_store_degrades_through_a_cluster_failover_and_recovers_on_i
     # the bound is the feature: node timeout 1 s + election + the breaker's 0.5 s reset, with a
     # margin of 20 s for a loaded machine
     assert figures["recovered_s"] < 25
+
+
+@pytest.mark.realredis
+def test_the_expiry_watcher_hears_every_primary_and_follows_a_failover(cluster_with_replicas):
+    from statekit import LifecyclePolicy, SessionStore, connect
+    from statekit.observe import ExpiryWatcher
+
+    cluster = cluster_with_replicas
+    client = connect(cluster.url)
+    store = SessionStore(client, LifecyclePolicy(ttl_seconds=1), namespace="exp")
+    watcher = ExpiryWatcher(client, "exp", refresh_s=0.2).start()
+    try:
+        assert len(watcher.nodes) == 3
+        sessions = [f"a{i}" for i in range(30)]
+        for sid in sessions:
+            store.append_turn(sid, {"n": 1})
+        nodes = {client.get_node_from_key(store.keys(sid)[0]).name for sid in sessions}
+        assert len(nodes) == 3, "the sessions live on every primary"
+        assert watcher.wait_for(30, timeout_s=30), f"heard {len(watcher.expired)} of 30"
+        primary = cluster.nodes[0]
+        replica = cluster.replica_for(primary)
+        primary.kill()
+        assert watcher.wait_for_node(f"127.0.0.1:{replica.port}", timeout_s=30), "follows the promoted replica"
+        later = [f"b{i}" for i in range(30)]
+        for sid in later:
+            SessionStore(connect(cluster.url), LifecyclePolicy(ttl_seconds=1), namespace="exp").append_turn(
+                sid, {"n": 2}
+            )
+        heard = watcher.wait_for(60, timeout_s=30)
+        missing = sorted(set(sessions + later) - set(watcher.expired))
+        where = {sid: client.get_node_from_key(store.keys(sid)[0]).name for sid in missing}
+        assert heard, f"heard {len(watcher.expired)} of 60; missing {where}, watching {watcher.nodes}"
+        assert sorted(watcher.expired) == sorted(sessions + later)
+    finally:
+        watcher.stop()

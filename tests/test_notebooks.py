@@ -47,11 +47,21 @@ MUST_SHOW = {
         "redis": ["'kind': 'redis'", "measured: INFO memory used_memory", "nothing was written"],
     },
     "03_consistency": {
-        "fakeredis": ["0.97", "R=1 W=1", "routing is not measured", "bounded staleness", "under 1 in 1,000 after",
-                      "Failover drill not run"],
-        "redis": ["'kind': 'redis'", "0.97", "version compare-and-set",
-                  "lost without WAIT: 30 of 300 acknowledged writes; with WAIT 1: 0 of 270",
-                  "buffered turns replayed, 0 lost"],
+        "fakeredis": [
+            "0.97",
+            "R=1 W=1",
+            "routing is not measured",
+            "bounded staleness",
+            "under 1 in 1,000 after",
+            "Failover drill not run",
+        ],
+        "redis": [
+            "'kind': 'redis'",
+            "0.97",
+            "version compare-and-set",
+            "lost without WAIT: 30 of 300 acknowledged writes; with WAIT 1: 0 of 270",
+            "buffered turns replayed, 0 lost",
+        ],
     },
     "04_migrations": {
         "fakeredis": ["100 of 200 returning users would see an error", "stored now at v3", "migrated 100"],
