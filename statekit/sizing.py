@@ -522,6 +522,14 @@ def plan_capacity(
         "nodes_without_policy_after_a_week": nodes_needed(unbounded_week, node_maxmemory_bytes, usable_fraction),
         "growth_over_days": days_growth,
         "growth_over_turns": long_session,
+        "cluster": plan_cluster(
+            policy,
+            active,
+            t.per_session,
+            t.bytes_per_turn,
+            node_maxmemory_bytes=node_maxmemory_bytes,
+            usable_fraction=usable_fraction,
+        ),
     }
 
 
@@ -610,3 +618,125 @@ def live_growth(
         "turn_bytes": turn_bytes,
         "source": "measured: INFO memory used_memory" if real else "estimated: fakeredis has no INFO memory",
     }
+
+
+# -- Redis Cluster -----------------------------------------------------------------------------
+
+#: Hash slots of a Redis Cluster.
+SLOTS = 16384
+#: One-sided z of the 99th percentile: a shard's session count stays under mean + Z99 * sd.
+Z99 = 2.326
+
+
+def plan_cluster(
+    policy: LifecyclePolicy,
+    sessions: int,
+    turns_per_session: int,
+    turn_bytes: int,
+    *,
+    shards: int | None = None,
+    slots_per_shard: list[int] | None = None,
+    node_maxmemory_bytes: int = DEFAULT_NODE_MAXMEMORY,
+    usable_fraction: float = 0.75,
+    session_id_bytes: int = 36,
+    baseline: int = BASELINE_USED_MEMORY,
+) -> dict[str, Any]:
+    """Memory per shard of a Redis Cluster holding `sessions` sessions, with its slot balance.
+
+    Sessions spread over the slots by hash, so a shard holds its share of the slots' worth of
+    sessions, give or take a binomial spread: each shard is sized for the 99th percentile of
+    that count (`sessions_p99`), with the model's cluster layout (`cluster=True`: Redis
+    7.0's larger dict entries) per session. `slots_per_shard` gives an uneven split (an even
+    one by default). Without `shards`, the fewest shards whose busiest one stays under
+    `usable_fraction` of `node_maxmemory_bytes` is chosen.
+    """
+    if sessions < 0:
+        raise ValueError("sessions must be >= 0")
+    one = estimate_memory(
+        policy, 1, turns_per_session, turn_bytes, cluster=True, session_id_bytes=session_id_bytes, baseline=baseline
+    )
+    budget = usable_fraction * node_maxmemory_bytes
+
+    def layout(n: int, slots: list[int] | None) -> list[dict[str, Any]]:
+        slots = slots or [SLOTS // n + (1 if i < SLOTS % n else 0) for i in range(n)]
+        if len(slots) != n or sum(slots) != SLOTS or min(slots) < 0:
+            raise ValueError(f"slots_per_shard must give each of {n} shards its slots, {SLOTS} in all")
+        rows = []
+        for i, owned in enumerate(slots):
+            share = owned / SLOTS
+            mean = sessions * share
+            p99 = math.ceil(mean + Z99 * math.sqrt(sessions * share * (1 - share))) if 0 < share < 1 else round(mean)
+            keys = p99 * one.keys_per_session
+            memory = baseline + p99 * one.per_session + 2 * _table(keys)
+            rows.append({
+                "shard": i, "slots": owned, "slot_share": share, "sessions_mean": mean, "sessions_p99": p99,
+                "memory_bytes": memory, "fill": memory / node_maxmemory_bytes,
+            })  # fmt: skip
+        return rows
+
+    if shards is None:
+        shards = len(slots_per_shard) if slots_per_shard else 1
+        while max(r["memory_bytes"] for r in layout(shards, None)) > budget and shards < SLOTS:
+            shards += 1
+    rows = layout(shards, slots_per_shard)
+    busiest = max(rows, key=lambda r: r["memory_bytes"])
+    return {
+        "shards": shards,
+        "per_session_bytes": one.per_session,
+        "per_shard": rows,
+        "busiest_shard_bytes": busiest["memory_bytes"],
+        "slot_imbalance": max(r["slots"] for r in rows) / min(max(1, r["slots"]) for r in rows),
+        "fits": busiest["memory_bytes"] <= budget,
+        "node_maxmemory_bytes": node_maxmemory_bytes,
+        "usable_fraction": usable_fraction,
+    }
+
+
+def measure_cluster(
+    client: Any,
+    policy: LifecyclePolicy,
+    sessions: int,
+    turns_per_session: int,
+    turn_bytes: int,
+    *,
+    namespace: str = "sk",
+    progress: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Write `sessions` synthetic sessions through SessionStore into an empty Redis Cluster and
+    compare, node by node, the growth of `INFO memory` used_memory with the model's: the
+    sessions the node holds (by the slots of their keys) times the model's per-session bytes
+    in the cluster layout, plus the growth of its key tables. Returns a row per primary with
+    the relative error. One writer connection per node, reused: no client buffers are added."""
+    from .store import SessionStore
+
+    if backend_kind(client) != "cluster":
+        raise ValueError("measure_cluster() needs a Redis Cluster client (redis+cluster://...); see measure()")
+    primaries = {n.name: client.get_redis_connection(n) for n in client.get_primaries()}
+    if any(node.dbsize() for node in primaries.values()):
+        raise ValueError("measure_cluster() needs an empty cluster: the model compares growth from empty")
+    store = SessionStore(client, policy, namespace=namespace)
+    before = {name: _used_memory(node) for name, node in primaries.items()}
+    turns = [synthetic_turn(i, turn_bytes) for i in range(turns_per_session)]
+    width = 10
+    on_node: dict[str, int] = dict.fromkeys(primaries, 0)
+    for index in range(sessions):
+        sid = f"s-{index:0{width - 2}d}"
+        for t in turns:
+            store.append_turn(sid, t)
+        on_node[client.get_node_from_key(store.keys(sid)[0]).name] += 1
+        if progress is not None:
+            progress(1)
+    time.sleep(0.3)  # let incremental rehashing of the key dicts finish
+    one = estimate_memory(
+        policy, 1, turns_per_session, turn_bytes, cluster=True, session_id_bytes=width, namespace=namespace
+    )
+    rows = []
+    for name, node in primaries.items():
+        grown = _used_memory(node) - before[name]
+        n = on_node[name]
+        modeled = n * one.per_session + 2 * _table(n * one.keys_per_session) - 2 * _table(0)
+        rows.append({
+            "node": name, "sessions": n, "measured_bytes": grown, "modeled_bytes": modeled,
+            "error": (modeled - grown) / grown if grown else 0.0,
+        })  # fmt: skip
+    return rows

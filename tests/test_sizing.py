@@ -134,3 +134,41 @@ def test_measure_needs_an_empty_database(redis_url):
     client.set("someone-else", "1")
     with pytest.raises(ValueError, match="empty database"):
         sizing.measure(client, LifecyclePolicy(), 10, 3, 100)
+
+
+def test_a_cluster_plan_sizes_each_shard_for_its_slots_and_picks_the_shard_count():
+    from statekit.sizing import plan_cluster
+
+    policy = LifecyclePolicy()
+    plan = plan_cluster(policy, 5_000_000, 10, 500, node_maxmemory_bytes=2 * 1024**3)
+    rows = plan["per_shard"]
+    assert plan["fits"] and len(rows) == plan["shards"] and sum(r["slots"] for r in rows) == 16384
+    assert all(r["memory_bytes"] <= 0.75 * 2 * 1024**3 for r in rows)
+    fewer = plan_cluster(policy, 5_000_000, 10, 500, shards=plan["shards"] - 1, node_maxmemory_bytes=2 * 1024**3)
+    assert not fewer["fits"], "one shard fewer would not fit: the count is the smallest that does"
+    assert all(r["sessions_p99"] > r["sessions_mean"] for r in rows), "sized for the spread of hashing"
+    uneven = plan_cluster(policy, 1_000_000, 10, 500, slots_per_shard=[8192, 4096, 4096])
+    assert (
+        uneven["slot_imbalance"] == 2
+        and uneven["per_shard"][0]["memory_bytes"] > uneven["per_shard"][1]["memory_bytes"]
+    )
+    with pytest.raises(ValueError, match="16384"):
+        plan_cluster(policy, 1000, 10, 500, slots_per_shard=[100, 100])
+
+
+@pytest.mark.realredis
+def test_the_cluster_model_against_info_memory_of_each_node(fresh_redis_cluster):
+    """2,000 sessions written through the store into an empty three-primary cluster: each
+    node's growth of used_memory against the model's, node by node. The model tracks every
+    node alike (the errors agree within 1 point) and stays within 6 % (measured: -4.8 % to
+    -5.1 % over several runs, the model low by the same ~240 bytes per session on every node)."""
+    from statekit import connect
+    from statekit.sizing import measure_cluster
+
+    rows = measure_cluster(connect(fresh_redis_cluster.url, socket_timeout=10), LifecyclePolicy(window_turns=6),
+                           2000, 8, 400)  # fmt: skip
+    print(rows)
+    assert len(rows) == 3 and sum(r["sessions"] for r in rows) == 2000
+    errors = [r["error"] for r in rows]
+    assert max(errors) - min(errors) < 0.01
+    assert all(abs(e) < 0.06 for e in errors)
