@@ -545,13 +545,26 @@ def measure_replica_lag(
     if role != "slave":
         raise ValueError(f"{replica_url} is not a replica (role {role!r})")
     stop = threading.Event()
+    # a node of a cluster serves only its own slots, and a replica of one answers reads only
+    # on a connection that said READONLY: the probe keys share a hash tag of the primary's
+    tag = _own_tag(primary) if _cluster_enabled(primary) else None
+    prefix = f"lag-probe:{{{tag}}}:" if tag else "lag-probe:"
+    load_prefix = f"lag-load:{{{tag}}}:" if tag else "lag-load:"
+
+    def read(key: str) -> Any:
+        if tag is None:
+            return replica.get(key)
+        pipe = replica.pipeline(transaction=False)
+        pipe.execute_command("READONLY")
+        pipe.get(key)
+        return pipe.execute()[1]
 
     def load() -> None:
         c = connect(primary_url, socket_timeout=5)
         blob = b"x" * 4096
         i = 0
         while not stop.is_set():
-            c.set(f"lag-load:{i % 1000}", blob)
+            c.set(f"{load_prefix}{i % 1000}", blob)
             i += 1
 
     loaders = [threading.Thread(target=load, daemon=True) for _ in range(load_writers)]
@@ -561,15 +574,15 @@ def measure_replica_lag(
     lags, stale = [], 0
     try:
         for i in range(writes):
-            key = f"lag-probe:{i}"
+            key = f"{prefix}{i}"
             primary.set(key, f"{i}:{value}")
             if wait:
                 primary.execute_command("WAIT", 1, 1000)
             acked = time.perf_counter()
-            if replica.get(key) is None:
+            if read(key) is None:
                 stale += 1
                 # poll as fast as round trips allow (the lag is sub-millisecond on a LAN), to a deadline
-                while replica.get(key) is None:
+                while read(key) is None:
                     if time.perf_counter() - acked > deadline_s:
                         link = replica.info("replication")
                         raise ReplicationStalled(
@@ -583,7 +596,9 @@ def measure_replica_lag(
         stop.set()
         for th in loaders:
             th.join()
-        primary.delete(*[f"lag-probe:{i}" for i in range(writes)])
+        primary.delete(*[f"{prefix}{i}" for i in range(writes)])
+        if load_writers:
+            primary.delete(*[f"{load_prefix}{i}" for i in range(1000)])
     arr = np.asarray(lags)
     return {
         "samples_ms": lags,
@@ -595,6 +610,50 @@ def measure_replica_lag(
         "p99_ms": float(np.percentile(arr, 99)),
         "max_ms": float(arr.max()),
     }
+
+
+def _cluster_enabled(client: Any) -> bool:
+    return bool(client.info("cluster").get("cluster_enabled"))
+
+
+def _own_tag(primary: Any) -> str:
+    """A hash tag whose slot the cluster node `primary` serves."""
+    from redis.crc import key_slot
+
+    me = primary.execute_command("CLUSTER", "MYID")
+    me = me.decode() if isinstance(me, bytes) else me
+    owned = [
+        (int(first), int(last))
+        for first, last, node, *_ in primary.execute_command("CLUSTER", "SLOTS")
+        if (node[2].decode() if isinstance(node[2], bytes) else node[2]) == me
+    ]
+    for n in range(100_000):
+        slot = key_slot(f"lag{n}".encode())
+        if any(first <= slot <= last for first, last in owned):
+            return f"lag{n}"
+    raise ValueError("this cluster node serves no slots: it is not a primary")
+
+
+def cluster_replica_lag(cluster_url: str, writes: int = 300, **options: Any) -> dict[str, dict[str, Any]]:
+    """`measure_replica_lag` on every shard of a Redis Cluster: each primary against its first
+    replica, keyed by the primary's host:port. A shard without a replica is reported as such."""
+    from .backends import connect
+
+    cluster = connect(cluster_url, socket_timeout=5)
+    out: dict[str, dict[str, Any]] = {}
+    for node in cluster.get_primaries():
+        client = cluster.get_redis_connection(node)
+        me = client.execute_command("CLUSTER", "MYID")
+        replicas = client.execute_command("CLUSTER", "REPLICAS", me)
+        if not replicas:
+            out[node.name] = {"replica": None}
+            continue
+        line = replicas[0].decode() if isinstance(replicas[0], bytes) else replicas[0]
+        address = line.split()[1].split("@")[0]
+        primary_url = f"redis://{node.host}:{node.port}/0"
+        result = measure_replica_lag(primary_url, f"redis://{address}/0", writes, **options)
+        out[node.name] = {"replica": address, **{k: v for k, v in result.items() if k != "samples_ms"}}
+    return out
 
 
 def replica_lag_runs(

@@ -75,3 +75,21 @@ def test_the_expiry_watcher_hears_every_primary_and_follows_a_failover(cluster_w
         assert sorted(watcher.expired) == sorted(sessions + later)
     finally:
         watcher.stop()
+
+
+@pytest.mark.realredis
+def test_replica_lag_is_measured_on_every_shard(cluster_with_replicas):
+    from statekit.consistency import cluster_replica_lag
+
+    shards = cluster_replica_lag(cluster_with_replicas.url, writes=100)
+    replicas = {f"127.0.0.1:{r.port}" for r in cluster_with_replicas.replicas}
+    assert len(shards) == 3 and {s["replica"] for s in shards.values()} == replicas
+    assert all(s["writes"] == 100 and 0 <= s["stale_fraction"] <= 1 and s["max_ms"] >= s["p50_ms"] > 0
+               for s in shards.values())  # fmt: skip
+
+
+@pytest.mark.realredis
+def test_a_shard_without_a_replica_says_so(redis_cluster):
+    from statekit.consistency import cluster_replica_lag
+
+    assert all(s == {"replica": None} for s in cluster_replica_lag(redis_cluster.url, writes=10).values())
