@@ -257,7 +257,7 @@ class RedisClusterServers:
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
-    def start(self, timeout_s: float = 60.0) -> RedisClusterServers:
+    def start(self, timeout_s: float = 120.0) -> RedisClusterServers:
         import redis
 
         for node in [*self.nodes, *self.replicas]:
@@ -292,9 +292,9 @@ class RedisClusterServers:
                 self.replica_of[replica.port] = self.nodes[primary]
             self._wait(all_clients, deadline, lambda t: "cluster_state:ok" in t)
             for client in all_clients[count:]:
-                while client.info("replication").get("master_link_status") != "up":
+                while (link := client.info("replication")).get("master_link_status") != "up":
                     if time.monotonic() > deadline:
-                        raise RuntimeError("a replica did not connect to its primary")
+                        raise RuntimeError(f"a replica did not connect to its primary: {link}")
                     time.sleep(0.05)
         except BaseException:
             self.stop()
@@ -305,13 +305,16 @@ class RedisClusterServers:
         return self
 
     def _wait(self, clients: list[Any], deadline: float, ok: Any) -> None:
+        text: list[str] = []
         while time.monotonic() < deadline:
             infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
             text = [i.decode() if isinstance(i, bytes) else str(i) for i in infos]
             if all(ok(t) for t in text):
                 return
             time.sleep(0.05)
-        raise RuntimeError("the cluster did not reach the state it was waiting for")
+        lagging = [line for t in text if not ok(t) for line in t.splitlines() if line.startswith(("cluster_state",
+                   "cluster_known_nodes", "cluster_slots_ok"))]  # fmt: skip
+        raise RuntimeError(f"the cluster did not reach the state it was waiting for: {sorted(set(lagging))}")
 
     def replica_for(self, primary: RedisServer) -> RedisServer:
         """A replica of `primary` (as set up at start)."""
