@@ -26,7 +26,13 @@ REVIEW_VERDICTS = typing.get_args(AssessVerdict) + typing.get_args(RolloutVerdic
 def _cmd_review(args: argparse.Namespace) -> int:
     from .review import run_review
 
-    reports = run_review(args.profiles, out_dir=args.out, redis_url=args.redis_url, progress=not args.quiet)
+    reports = run_review(
+        args.profiles,
+        out_dir=args.out,
+        redis_url=args.redis_url,
+        progress=not args.quiet,
+        failover_drill=args.failover_drill,
+    )
     failed = []
     for r in reports:
         rollout = f", schema rollout {r.rollout}" if r.rollout else ""
@@ -204,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-url", default="fakeredis://", help="Redis to run against (default: embedded fakeredis://)"
     )
     review.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    review.add_argument(
+        "--failover-drill",
+        action="store_true",
+        help="first run the failover drills (needs redis-server; starts and kills its own cluster) "
+        "and report the writes they lost",
+    )
     review.add_argument(
         "--fail-on",
         action="append",

@@ -214,6 +214,31 @@ def consistency(review: dict[str, Any]) -> Any:
     return _pd().DataFrame(rows).set_index("state class")
 
 
+def failover(review: dict[str, Any]) -> str:
+    """What a failover did to acknowledged writes, as measured by the drills, in Markdown; or
+    how to measure it when this review ran without them."""
+    f = review["consistency"].get("failover", {"measured": False, "how": "statekit review --failover-drill"})
+    if not f["measured"]:
+        return (
+            "**Failover: not measured for this review.** A primary that fails before its replica has a "
+            "write loses that write although it was acknowledged; `WAIT 1` makes the write wait for a "
+            f"replica. Measure it: `{f['how']}`."
+        )
+    no_wait, wait, store = f["wait_0"], f["wait_1"], f["store"]
+    return "\n".join([
+        f"**Failover, measured** ({f['setup']}, {f['measured_at']}); one replica cut off for the last "
+        f"{no_wait['writes_sent'] - wait['acknowledged']} of {no_wait['writes_sent']} writes, then its primary killed:",
+        "",
+        f"- without WAIT: **{no_wait['lost']} of {no_wait['acknowledged']} acknowledged writes lost**; the replica was "
+        f"promoted {no_wait['failover_s']} s after the kill;",
+        f"- with WAIT 1: {wait['lost']} of {wait['acknowledged']} acknowledged writes lost "
+        f"({wait['writes_sent'] - wait['acknowledged']} writes were never confirmed, so the caller knew);",
+        f"- a ResilientStore through the same failover: degraded, {store['buffered']} turns buffered and "
+        f"{store['replayed']} replayed, {store['lost_from_buffer']} lost, normal again {store['recovered_s']} s "
+        "after the kill.",
+    ])  # fmt: skip
+
+
 def consistency_limits(review: dict[str, Any]) -> str:
     """The honest limits of the recipes, once each, as Markdown bullets."""
     limits = sorted({limit for ch in review["consistency"]["classes"] for limit in ch["limits"]})

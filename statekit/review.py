@@ -52,7 +52,9 @@ def _as_profile(profile: WorkloadProfile | str | Path) -> WorkloadProfile:
     return WorkloadProfile.from_yaml(profile)
 
 
-def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakeredis://") -> dict[str, Any]:
+def build_review(
+    profile: WorkloadProfile | str | Path, redis_url: str = "fakeredis://", failover: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Build the review of `profile` as a JSON-serialisable dict.
 
     Sections:
@@ -64,7 +66,9 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
       with and without it, nodes needed, growth over turns and days (all modelled);
     - `resilience`: timeout, breaker, buffer and write policy per state class, with
       reasons, and what users see in degraded mode;
-    - `consistency`: a level, Redis recipe, routing and stale-read probability per class;
+    - `consistency`: a level, Redis recipe, routing and stale-read probability per class,
+      and `failover`: the lost-write figures of a failover drill when `failover` gives them
+      (`statekit.testing.failover_drills()`, measured), else how to measure them;
     - `migrations`: the state schema, its compatibility with the proposed next version,
       and the rollout plan;
     - `observability`: dashboards and alerts, with thresholds from the latency budget and
@@ -101,7 +105,7 @@ def build_review(profile: WorkloadProfile | str | Path, redis_url: str = "fakere
             "applies": keeps_server_state,
             **resilience,
         },
-        "consistency": _consistency_section(prof),
+        "consistency": _consistency_section(prof, failover),
         "migrations": _migrations_section(prof),
         "observability": recommend_observability(prof, rec.policy.max_bytes, resilience["timeout_ms"]),
     }
@@ -119,13 +123,19 @@ def _migrations_section(prof: WorkloadProfile) -> dict[str, Any]:
     return out
 
 
-def _consistency_section(prof: WorkloadProfile) -> dict[str, Any]:
+def _consistency_section(prof: WorkloadProfile, failover: dict[str, Any] | None = None) -> dict[str, Any]:
     gap_ms = prof.traffic.session_minutes * 60_000 / prof.traffic.requests_per_session
     choices = select_consistency(prof.state_classes, read_gap_ms=gap_ms)
     return {
         "read_gap_ms": gap_ms,
         "assumed_replica_lag": "exponential, mean 1 ms (replace with consistency.measure_replica_lag on your servers)",
         "classes": [ch.as_dict() for ch in choices],
+        "failover": {"measured": True, **failover}
+        if failover
+        else {
+            "measured": False,
+            "how": "statekit review PROFILE --failover-drill (needs redis-server: it starts and kills its own cluster)",
+        },
     }
 
 
@@ -135,6 +145,18 @@ def write_json(review: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(review, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return path
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON file written by statekit (a review, or failover drill figures); StatekitError
+    naming the file when it cannot be read."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StatekitError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise StatekitError(f"{path} does not hold a JSON object")
+    return data
 
 
 def write_monitoring(review: dict[str, Any], out_dir: str | Path, name: str) -> tuple[Path, Path]:
@@ -230,12 +252,14 @@ def run_review(
     progress: bool = True,
     kernel_name: str = "python3",
     timeout_s: int = 300,
+    failover_drill: bool = False,
 ) -> list[ReportFiles]:
     """Execute the design-review notebook for each profile and write its report files.
 
     Every profile is validated and the backend checked before any notebook runs, so a bad
     profile or an unreachable Redis fails fast and writes nothing. With several profiles an
-    `index.html` links the reports.
+    `index.html` links the reports. `failover_drill` runs the failover drills first (on
+    processes of their own; needs redis-server) and puts their figures in every report.
     """
     paths = [Path(p).resolve() for p in profiles]
     if not paths:
@@ -250,6 +274,17 @@ def run_review(
     finally:
         client.close()
     _check_writable(Path(out_dir))
+    drill_path = ""
+    if failover_drill:
+        from .testing import failover_drills, find_redis_server
+
+        if not find_redis_server():
+            raise StatekitError(
+                "--failover-drill needs redis-server on this machine (Debian: apt-get install redis-server)"
+            )
+        drill = Path(out_dir) / "failover_drill.json"
+        drill.write_text(json.dumps(failover_drills(), indent=2) + "\n", encoding="utf-8")
+        drill_path = str(drill.resolve())
 
     # A URL with a secret goes to the kernel through the environment, never into the
     # executed notebook's parameters cell, which is written to disk.
@@ -259,7 +294,7 @@ def run_review(
     if secret:
         os.environ[URL_ENV] = redis_url
     try:
-        return _run_notebooks(paths, verdicts, Path(out_dir), nb_url, progress, kernel_name, timeout_s)
+        return _run_notebooks(paths, verdicts, Path(out_dir), nb_url, progress, kernel_name, timeout_s, drill_path)
     finally:
         if secret:
             if saved_env is None:
@@ -302,6 +337,7 @@ def _run_notebooks(
     progress: bool,
     kernel_name: str,
     timeout_s: int,
+    failover_path: str = "",
 ) -> list[ReportFiles]:
     pm = require("papermill", what="statekit review")
     from tqdm.auto import tqdm
@@ -319,6 +355,7 @@ def _run_notebooks(
                     "profile_path": str(path),
                     "redis_url": redis_url,
                     "review_json_path": str(json_out.resolve()),
+                    "failover_path": failover_path,
                 },
                 kernel_name=kernel_name,
                 cwd=str(NOTEBOOK.parent),

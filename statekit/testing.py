@@ -45,6 +45,7 @@ __all__ = [
     "RedisClusterServers",
     "lost_writes_drill",
     "store_failover_drill",
+    "failover_drills",
     "RoundTrips",
     "count_round_trips",
     "before_round_trip",
@@ -661,6 +662,30 @@ def store_failover_drill(
         "recovered_s": round(recovered_s, 2),
         "mode_after": resilient.mode,
     }
+
+
+def failover_drills(writes: int = 300, lagging: int = 30) -> dict[str, Any]:
+    """The failover drills a design review reports, each on a cluster of its own (three
+    primaries with a replica each, started on loopback and stopped by their pids): lost
+    acknowledged writes without WAIT and with WAIT 1, and a ResilientStore through a
+    failover. Needs redis-server on this machine."""
+    import datetime as dt
+
+    import redis
+
+    figures: dict[str, Any] = {"measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    for wait_replicas in (0, 1):
+        with RedisClusterServers(3, replicas=1, node_timeout_ms=1000) as cluster:
+            probe = redis.Redis(host="127.0.0.1", port=cluster.nodes[0].port, socket_timeout=5)
+            version = probe.info("server")["redis_version"]
+            probe.close()
+            figures[f"wait_{wait_replicas}"] = lost_writes_drill(
+                cluster, wait_replicas=wait_replicas, writes=writes, lagging=lagging
+            )
+    with RedisClusterServers(3, replicas=1, node_timeout_ms=1000) as cluster:
+        figures["store"] = store_failover_drill(cluster)
+    figures["setup"] = f"Redis {version} Cluster, 3 primaries with a replica each, cluster-node-timeout 1000 ms"
+    return figures
 
 
 class RedisSentinelGroup:

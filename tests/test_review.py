@@ -107,3 +107,27 @@ def test_review_against_password_protected_redis_leaks_no_secret(tmp_path, profi
     data = json.loads(report.json.read_text())
     assert data["meta"]["backend"]["url"] == f"redis://:***@127.0.0.1:{server.port}/0"
     assert data["meta"]["backend"]["kind"] == "redis"
+
+
+def test_a_review_without_the_drill_says_failover_is_not_measured_and_how(profiles_dir):
+    from statekit import report
+    from statekit.review import build_review
+
+    review = build_review(profiles_dir / "support_agent.yaml")
+    assert review["consistency"]["failover"]["measured"] is False
+    text = report.failover(review)
+    assert "not measured" in text and "--failover-drill" in text
+
+
+@pytest.mark.realredis
+@pytest.mark.notebook
+def test_review_with_the_failover_drill_reports_the_writes_it_lost(tmp_path, profiles_dir):
+    from statekit.review import run_review
+
+    [files] = run_review([profiles_dir / "support_agent.yaml"], out_dir=tmp_path, progress=False, failover_drill=True)
+    review = json.loads(files.json.read_text())
+    failover = review["consistency"]["failover"]
+    assert failover["measured"] and failover["wait_0"]["lost"] == 30 and failover["wait_1"]["lost"] == 0
+    assert failover["store"]["lost_from_buffer"] == 0 and failover["store"]["mode_after"] == "normal"
+    html = files.html.read_text()
+    assert "30 of 300 acknowledged writes lost" in html and "Failover, measured" in html
