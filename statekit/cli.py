@@ -112,6 +112,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             checkpoint=args.checkpoint,
             progress=bar.update,
+            on_node=lambda name: bar.set_postfix_str(f"node {name}"),
         )
     verb = "would migrate" if args.dry_run else "migrated"
     print(
@@ -160,6 +161,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
             allowed_regions=regions,
             audit_stream=args.audit_stream,
             progress=bar.update,
+            on_node=lambda name: bar.set_postfix_str(f"node {name}"),
         )
     failing = 1 if args.fail_on == "findings" and report.findings else 0
     if args.json:

@@ -694,6 +694,7 @@ def migrate_namespace(
     checkpoint: str | Path | None = None,
     progress: Callable[[int], None] | None = None,
     stop_after: int | None = None,
+    on_node: Callable[[str], None] | None = None,
 ) -> MigrationReport:
     """Walk every session's state with SCAN, on every node, and migrate what is older than the
     current version.
@@ -711,13 +712,13 @@ def migrate_namespace(
     skipped, so none is migrated twice and none is missed. Each node's SCAN cursor and the
     counts are saved to `checkpoint` after every batch; a run given the same checkpoint
     resumes where each node stopped. `stop_after` stops after that many sessions (for tests
-    of resumption). A checkpoint that cannot be read or lacks fields raises `MigrationError`
-    naming it.
+    of resumption); `on_node(name)` is called as the walk reaches each node. A checkpoint
+    that cannot be read or lacks fields raises `MigrationError` naming it.
     """
     from .walk import DONE, Walker, evalsha
 
     report = MigrationReport(dry_run=dry_run)
-    walker = Walker(client, key_pattern(namespace, "state"), batch)
+    walker = Walker(client, key_pattern(namespace, "state"), batch, on_node=on_node)
     path = Path(checkpoint) if checkpoint else None
     if path is not None and path.exists():
         _resume(report, path, namespace)

@@ -619,6 +619,7 @@ def health_scan(
     top: int = 10,
     batch: int = 1000,
     progress: Callable[[int], None] | None = None,
+    on_node: Callable[[str], None] | None = None,
 ) -> HealthReport:
     """Scan a live Redis, read-only: sessions, sizes, keys without TTL, compliance.
 
@@ -643,7 +644,7 @@ def health_scan(
     cutoff_ms = now_ms - retention_days * 86_400_000 if retention_days else None
     from .walk import Walker
 
-    walker = Walker(client, key_pattern(namespace), batch)
+    walker = Walker(client, key_pattern(namespace), batch, on_node=on_node)
     for node_batch in walker:  # every primary of a cluster, in turn
         keys = node_batch.keys
         metas = [(k, sid) for k in keys if (sid := session_id_of(k, namespace, "meta")) is not None]

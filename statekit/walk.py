@@ -58,6 +58,7 @@ class Walker:
     batch: int = 500
     cursors: dict[str, int] = field(default_factory=dict)
     redirected: int = 0
+    on_node: Any = None  # called with a node's name when the walk reaches it (progress by node)
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch, int) or self.batch < 1:
@@ -98,6 +99,8 @@ class Walker:
         """Batches of keys, node by node; each node's cursor is saved after its batch."""
         for name, node in self.nodes():
             cursor = self.cursors.get(name, 0)
+            if cursor != DONE and self.on_node is not None:
+                self.on_node(name)
             while cursor != DONE:
                 cursor, keys = node.scan(cursor=cursor, match=self.pattern, count=self.batch)
                 cursor = DONE if cursor == 0 else cursor

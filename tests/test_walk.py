@@ -111,3 +111,15 @@ def test_ten_thousand_sessions_migrate_once_through_a_reshard_interrupted_and_re
     health = health_scan(client, "big")
     assert health.sessions == n
     assert sorted(health.keys_without_ttl) == sorted(persistent)
+
+
+@pytest.mark.realredis
+def test_the_walk_names_each_node_as_it_reaches_it(redis_cluster):
+    client = connect(redis_cluster.url)
+    client.flushall(target_nodes="primaries")
+    _write_v1(redis_cluster.url, "nodes", 30)
+    reached = []
+    migrate_namespace(client, "nodes", support_agent_migrations, on_node=reached.append)
+    health_scan(client, "nodes", on_node=reached.append)
+    primaries = sorted(n.name for n in client.get_primaries())
+    assert reached == primaries + primaries
