@@ -414,6 +414,38 @@ class BackendInfo:
         return {"url": self.url, "kind": self.kind, "server_version": self.server_version}
 
 
+def connection_hint(error: BaseException | str, tls: bool | None = None) -> str:
+    """What a connection error most likely means, in a sentence (or '' when nothing specific):
+    TLS certificates a client does not trust, a server that wants a client certificate, TLS
+    spoken to a plain-text port or the other way round. `tls` says whether the client spoke
+    TLS (None: unknown)."""
+    text = str(error)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        if "hostname" in text.lower() or "IP address mismatch" in text:
+            return "TLS: the server's certificate does not name this host (check the host, or ssl_check_hostname)"
+        return (
+            "TLS: the server's certificate is not signed by a CA this client trusts; "
+            "give the CA with ?ssl_ca_certs=/path/to/ca.pem"
+        )
+    if "certificate required" in text.lower() or (tls and "EOF occurred in violation of protocol" in text):
+        return (
+            "TLS: the server closed the connection after the handshake, as it does when it requires a client "
+            "certificate (tls-auth-clients); give one with ?ssl_certfile=...&ssl_keyfile=..."
+        )
+    if tls and ("WRONG_VERSION_NUMBER" in text or "Timeout connecting" in text or "record layer" in text):
+        return "TLS: the server did not answer the TLS handshake; if this is a plain-text port, use redis://"
+    if tls is False and ("Connection reset by peer" in text or "Connection closed by server" in text):
+        return "the server closed the connection at once: if it speaks TLS, use rediss://"
+    return ""
+
+
+def _speaks_tls(client: Any) -> bool | None:
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return None
+    return "SSL" in getattr(pool.connection_class, "__name__", "")
+
+
 def check_reachable(client: Any, url: str = "") -> BackendInfo:
     """PING the server; raise `StoreUnavailable` (URL redacted) when it cannot be reached.
 
@@ -425,10 +457,13 @@ def check_reachable(client: Any, url: str = "") -> BackendInfo:
     try:
         client.ping()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise StoreUnavailable(
-            f"cannot reach Redis at {shown}: {redact_url(str(exc)).rstrip('.')}. "
-            "Check that the server runs and the URL is right, or use fakeredis:// for an embedded one."
-        ) from None
+        hint = connection_hint(exc, _speaks_tls(client))
+        advice = (
+            f"{hint}."
+            if hint
+            else "Check that the server runs and the URL is right, or use fakeredis:// for an embedded one."
+        )
+        raise StoreUnavailable(f"cannot reach Redis at {shown}: {redact_url(str(exc)).rstrip('.')}. {advice}") from None
     except redis.exceptions.RedisError as exc:  # e.g. AUTH failures
         raise StoreUnavailable(f"Redis at {shown} refused the connection: {redact_url(str(exc))}") from None
     version = None
@@ -450,10 +485,13 @@ async def check_reachable_async(client: Any, url: str = "") -> BackendInfo:
     try:
         await client.ping()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise StoreUnavailable(
-            f"cannot reach Redis at {shown}: {redact_url(str(exc)).rstrip('.')}. "
-            "Check that the server runs and the URL is right, or use fakeredis:// for an embedded one."
-        ) from None
+        hint = connection_hint(exc, _speaks_tls(client))
+        advice = (
+            f"{hint}."
+            if hint
+            else "Check that the server runs and the URL is right, or use fakeredis:// for an embedded one."
+        )
+        raise StoreUnavailable(f"cannot reach Redis at {shown}: {redact_url(str(exc)).rstrip('.')}. {advice}") from None
     except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
         raise StoreUnavailable(f"Redis at {shown} refused the connection: {redact_url(str(exc))}") from None
     version = None

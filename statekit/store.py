@@ -37,7 +37,7 @@ import orjson
 import redis
 
 from . import codec
-from .backends import backend_kind, is_async
+from .backends import backend_kind, connection_hint, is_async
 from .errors import (
     ConflictError,
     CorruptStateError,
@@ -506,7 +506,8 @@ class StoreCore:
             if classified is not None or isinstance(exc, redis.exceptions.AuthenticationError):
                 return classified or StoreUnavailable(f"{op} of session {session_id!r} failed: {exc}")
         if isinstance(exc, _CONNECTION_ERRORS):
-            return StoreUnavailable(f"{op} of session {session_id!r} failed: {exc}")
+            hint = connection_hint(exc)
+            return StoreUnavailable(f"{op} of session {session_id!r} failed: {exc}" + (f" ({hint})" if hint else ""))
         if isinstance(exc, redis.exceptions.ResponseError):
             return classify_reply(exc, f"{op} of session {session_id!r}")
         if isinstance(exc, redis.exceptions.RedisClusterException):

@@ -41,6 +41,8 @@ __all__ = [
     "RedisServer",
     "RedisReplicaPair",
     "RedisSentinelGroup",
+    "TlsFiles",
+    "TlsRedisServer",
     "TcpProxy",
     "RedisClusterServers",
     "lost_writes_drill",
@@ -236,6 +238,98 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class TlsFiles:
+    """A throwaway certificate authority, a server certificate for 127.0.0.1 and localhost,
+    and a client certificate, made with the `openssl` command in a temporary directory; and a
+    second, unrelated CA, for tests of a certificate nobody here trusts. EC P-256 keys, valid
+    for two days."""
+
+    def __init__(self) -> None:
+        if not shutil.which("openssl"):
+            raise FileNotFoundError("openssl not found: install it (Debian: apt-get install openssl)")
+        self.dir = Path(tempfile.mkdtemp(prefix="statekit-tls-"))
+        self.ca_cert, self.ca_key = self._ca("ca")
+        self.other_ca_cert, other_key = self._ca("other-ca")
+        self.server_cert, self.server_key = self._signed("server", "localhost", self.ca_cert, self.ca_key)
+        self.client_cert, self.client_key = self._signed("client", "statekit-client", self.ca_cert, self.ca_key)
+        self.stranger_cert, self.stranger_key = self._signed("stranger", "localhost", self.other_ca_cert, other_key)
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=self.dir, check=True, capture_output=True)
+
+    def _ca(self, name: str) -> tuple[Path, Path]:
+        self._run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                  "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2",
+                  "-subj", f"/CN=statekit {name}")  # fmt: skip
+        return self.dir / f"{name}.crt", self.dir / f"{name}.key"
+
+    def _signed(self, name: str, cn: str, ca_cert: Path, ca_key: Path) -> tuple[Path, Path]:
+        (self.dir / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        self._run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                  "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")  # fmt: skip
+        self._run("x509", "-req", "-in", f"{name}.csr", "-CA", str(ca_cert), "-CAkey", str(ca_key),
+                  "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")  # fmt: skip
+        return self.dir / f"{name}.crt", self.dir / f"{name}.key"
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class TlsRedisServer(RedisServer):
+    """A redis-server that speaks only TLS (`--port 0 --tls-port N`), with `tls`'s server
+    certificate. `client_certs` is Redis's `tls-auth-clients`: "no", "optional" or "yes"
+    (a client must then present a certificate signed by the CA). `url` carries the CA file."""
+
+    def __init__(
+        self,
+        tls: TlsFiles,
+        args: Sequence[str] = (),
+        *,
+        client_certs: str = "no",
+        certificate: tuple[Path, Path] | None = None,
+    ) -> None:
+        super().__init__(args)
+        self.tls = tls
+        self.client_certs = client_certs
+        self.certificate = certificate or (tls.server_cert, tls.server_key)  # (cert, key) the server presents
+        self._user_args = list(args)
+
+    def _start_once(self, timeout_s: float) -> RedisServer:
+        t = self.tls
+        self.extra_args = [
+            "--port", "0", "--tls-port", str(self.port),
+            "--tls-cert-file", str(self.certificate[0]), "--tls-key-file", str(self.certificate[1]),
+            "--tls-ca-cert-file", str(t.ca_cert), "--tls-auth-clients", self.client_certs,
+            *self._user_args,
+        ]  # fmt: skip
+        return super()._start_once(timeout_s)
+
+    def _answers_ping(self) -> bool:
+        import ssl
+
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # is it up? (whether clients trust it is the tests' business)
+        context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw,
+                context.wrap_socket(raw, server_hostname="localhost") as s,
+            ):
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False
+
+    @property
+    def url(self) -> str:
+        return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca_cert}"
+
+    def client_url(self) -> str:
+        """`url` with the client certificate and key, for a server that asks for one."""
+        return f"{self.url}&ssl_certfile={self.tls.client_cert}&ssl_keyfile={self.tls.client_key}"
 
 
 class RedisClusterServers:
