@@ -159,9 +159,8 @@ def test_a_cluster_plan_sizes_each_shard_for_its_slots_and_picks_the_shard_count
 @pytest.mark.realredis
 def test_the_cluster_model_against_info_memory_of_each_node(fresh_redis_cluster):
     """2,000 sessions written through the store into an empty three-primary cluster: each
-    node's growth of used_memory against the model's, node by node. The model tracks every
-    node alike (the errors agree within 1 point) and stays within 6 % (measured: -4.8 % to
-    -5.1 % over several runs, the model low by the same ~240 bytes per session on every node)."""
+    node's growth of used_memory against the model's, node by node, within 5 %, and every
+    node alike (the errors agree within 1 point)."""
     from statekit import connect
     from statekit.sizing import measure_cluster
 
@@ -171,4 +170,4 @@ def test_the_cluster_model_against_info_memory_of_each_node(fresh_redis_cluster)
     assert len(rows) == 3 and sum(r["sessions"] for r in rows) == 2000
     errors = [r["error"] for r in rows]
     assert max(errors) - min(errors) < 0.01
-    assert all(abs(e) < 0.06 for e in errors)
+    assert all(abs(e) < 0.05 for e in errors)
