@@ -25,8 +25,10 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import orjson
 import pybreaker
 
 from .backends import with_timeouts
@@ -41,6 +43,7 @@ _CONTEXT_FIELDS = frozenset(f.name for f in dataclasses.fields(Context))
 __all__ = [
     "ResilientStore",
     "ResilienceStats",
+    "DurableBuffer",
     "WritePolicy",
     "Clock",
     "SystemClock",
@@ -96,6 +99,74 @@ class _Pending:
     turn: Mapping[str, Any] | None = None
     turn_id: str | None = None
     fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    seq: int | None = None  # its row in a DurableBuffer
+
+
+class DurableBuffer:
+    """The write buffer of one process, kept in a local SQLite file, so that buffered turns
+    survive the process being killed during an outage and are replayed on the next start.
+
+    SQLite in WAL mode with `synchronous=FULL`: a buffered turn is on disk (fsync'd) before
+    `append_turn` returns None to its caller. Appends and deletes are kept; an `update_state`
+    function is code, not data, so it stays in memory only (a `buffered` event says
+    `durable: False`). One process per file: a second one opening it gets `InvalidInput`
+    (the file is locked), so two processes never replay each other's turns. Written by hand:
+    no well-kept library offers a crash-safe, ordered, idempotent replay queue for Redis
+    writes; SQLite does the durable part.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        import fcntl
+        import sqlite3
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lockfile = open(self.path.with_suffix(self.path.suffix + ".lock"), "a")  # noqa: SIM115 - held open
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lockfile.close()
+            raise InvalidInput(
+                f"durable buffer {self.path} is in use by another process: give each process its own"
+            ) from None
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
+            "session_id TEXT NOT NULL, turn BLOB, turn_id TEXT)"
+        )
+        self._lock = threading.Lock()
+
+    def add(self, item: _Pending) -> int | None:
+        """Keep `item` on disk; its row number, or None for what cannot be kept (a function)."""
+        if item.kind == "state":
+            return None
+        turn = orjson.dumps(dict(item.turn)) if item.turn is not None else None
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO pending (kind, session_id, turn, turn_id) VALUES (?, ?, ?, ?)",
+                (item.kind, item.session_id, turn, item.turn_id),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def remove(self, seq: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM pending WHERE seq = ?", (seq,))
+
+    def load(self) -> list[_Pending]:
+        """What an earlier process of this file left buffered, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq, kind, session_id, turn, turn_id FROM pending ORDER BY seq").fetchall()
+        return [
+            _Pending(kind, sid, turn=orjson.loads(turn) if turn is not None else None, turn_id=tid, seq=seq)
+            for seq, kind, sid, turn, tid in rows
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+        self._lockfile.close()
 
 
 class _Unavailable(Exception):
@@ -122,7 +193,9 @@ class ResilientStore:
     its fields, or None) when no cached one exists. `buffer_max_turns` bounds the write
     buffer; `cache_max_sessions` the in-process cache of last-known contexts. `clock` is
     where the breaker reads the time (the system's monotonic clock unless a test gives
-    `statekit.testing.FakeClock`).
+    `statekit.testing.FakeClock`). `durable_buffer` (a file path, one per process) keeps
+    buffered appends and deletes on disk (`DurableBuffer`): a process killed during an
+    outage replays them, in order and once each, when it starts again with the same path.
     """
 
     def __init__(
@@ -137,6 +210,7 @@ class ResilientStore:
         cache_max_sessions: int = 10_000,
         listeners: Iterable[StoreListener] = (),
         clock: Clock | None = None,
+        durable_buffer: str | Path | None = None,
     ) -> None:
         if timeout_ms <= 0:
             raise ValueError(f"timeout_ms must be positive, got {timeout_ms!r}")
@@ -176,6 +250,10 @@ class ResilientStore:
         self._flushing = threading.Lock()
         self._lock = threading.RLock()
         self._buffer: deque[_Pending] = deque()
+        # with a durable buffer, what an earlier process left buffered comes first, in order
+        self.durable = DurableBuffer(durable_buffer) if durable_buffer is not None else None
+        if self.durable is not None:
+            self._buffer.extend(self.durable.load())
         # last context read per session, and the turns appended through this store since
         self._cache: OrderedDict[str, tuple[Context, list[dict[str, Any]]]] = OrderedDict()
         self._states: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
@@ -295,9 +373,14 @@ class ResilientStore:
                 self.stats.buffer_overflow += 1
                 self._emit("overflow", item.session_id, {"kind": item.kind, "buffered": len(self._buffer)})
                 return False
+            if self.durable is not None:
+                item.seq = self.durable.add(item)  # on disk before the caller hears "buffered"
             self._buffer.append(item)
             self.stats.writes_buffered += 1
-        self._emit("buffered", item.session_id, {"kind": item.kind, "buffered": len(self._buffer)})
+        info = {"kind": item.kind, "buffered": len(self._buffer)}
+        if self.durable is not None:
+            info["durable"] = item.seq is not None
+        self._emit("buffered", item.session_id, info)
         return True
 
     def flush(self) -> int:
@@ -334,6 +417,8 @@ class ResilientStore:
                 with self._lock:
                     if self._buffer and self._buffer[0] is item:
                         self._buffer.popleft()
+                        if self.durable is not None and item.seq is not None:
+                            self.durable.remove(item.seq)
                 replayed += 1
                 self.stats.writes_replayed += 1
         finally:
