@@ -111,6 +111,8 @@ def classify_reply(exc: BaseException, what: str) -> StatekitError | None:
     `StoreUnavailable` for a transient one, `StoreFull` for OOM, `AccessDenied` for a refused
     user; None for any other reply (the caller decides: corrupt data, or a bug)."""
     code = reply_code(exc)
+    if "user executing the script can't" in str(exc) or "NOPERM" in str(exc).split(" ", 1)[0]:
+        code = "NOPERM"  # an ACL refusal inside a Lua script comes back without its code
     reason = str(exc).split(" script: ")[0]
     if not reason.startswith(code):
         reason = f"{code} {reason}"
@@ -121,5 +123,11 @@ def classify_reply(exc: BaseException, what: str) -> StatekitError | None:
     if code in FULL_REPLIES:
         return StoreFull(f"{what} refused: Redis is at maxmemory and may not evict ({reason!r})")
     if code in DENIED_REPLIES:
-        return AccessDenied(f"{what} refused to this Redis user: {reason!r}; grant it the commands statekit needs")
+        from .acl import missing_rule
+
+        rule = missing_rule(exc)
+        grant = f"add {rule} to the user" if rule else "grant it what statekit needs"
+        return AccessDenied(
+            f"{what} refused to this Redis user: {reason!r}; {grant} (statekit.acl.setuser prints the full line)"
+        )
     return None

@@ -1,0 +1,145 @@
+"""Least privilege: the Redis ACL rules each statekit component needs, and nothing more.
+
+`rules(component, namespace)` gives the key patterns, commands and channels a component uses
+under its namespace, and `setuser(user, components, namespace)` the `ACL SETUSER` line that
+grants them (with `resetkeys`, `resetchannels` and `-@all` first, so the user starts with
+nothing). The tests run each component as such a user on a real server, and a user of one
+namespace cannot read or write another's sessions through statekit (Redis checks the keys a
+Lua script touches against the user's patterns too).
+
+A command a component needs but the user lacks comes back as `AccessDenied` naming the
+command; `missing_rule(error)` says which rule to add.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .keys import validate_namespace
+from .scripts import CHECKPOINT_SCRIPTS, SCRIPTS
+
+__all__ = ["COMPONENTS", "Rules", "rules", "setuser", "missing_rule"]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a component touches: key patterns (`~`), commands (`+`) and channels (`&`)."""
+
+    keys: tuple[str, ...]
+    commands: tuple[str, ...]
+    channels: tuple[str, ...] = ()
+    why: str = ""
+
+
+_SCRIPTS = ("evalsha", "eval", "script|load")
+
+
+def _called(scripts: dict[str, Any]) -> tuple[str, ...]:
+    """Every command the scripts call: Redis checks each `redis.call` against the user too, so
+    the rules are read off the scripts themselves rather than written twice."""
+    found: set[str] = set()
+    for script in scripts.values():
+        found.update(c.lower() for c in re.findall(r"redis\.call\('([A-Za-z]+)'", script.script))
+    return tuple(sorted(found))
+
+
+_STORE_CALLS = _called(SCRIPTS)
+_SAVER_CALLS = _called(CHECKPOINT_SCRIPTS)
+_STATE_CALLS = _called({k: SCRIPTS[k] for k in ("get_state", "keepttl_cas")})
+
+#: What each component sends, by the code that sends it (`{ns}` is the namespace).
+COMPONENTS: dict[str, Rules] = {
+    "session_store": Rules(
+        ("{ns}:*",),
+        (*_SCRIPTS, *_STORE_CALLS, "multi", "exec", "lrange", "del", "type", "ping"),
+        why="appends, folds, state and region scripts (and the commands inside them); load_context's "
+        "MULTI/HMGET/LRANGE/GET/EXEC; delete; TYPE only to name a key of the wrong type",
+    ),
+    "resilient_store": Rules(
+        ("{ns}:*",),
+        (*_SCRIPTS, *_STORE_CALLS, "multi", "exec", "lrange", "del", "type", "ping"),
+        why="the session store's commands, through a client of its own",
+    ),
+    "batch_migration": Rules(
+        ("{ns}:*",),
+        (*_SCRIPTS, *_STATE_CALLS, "scan", "get", "ping", "info", "cluster|slots"),
+        why="SCAN of the namespace, the state read and compare-and-set scripts (and the commands "
+        "inside them), GET for readable_by, PING and INFO to check the server (INFO is optional), "
+        "CLUSTER SLOTS to notice a reshard on a cluster",
+    ),
+    "health_scan": Rules(
+        ("{ns}:*",),
+        ("scan", "pttl", "hmget", "memory|usage", "ping", "info", "dbsize", "xrange", "cluster|slots"),
+        why="SCAN, PTTL and HMGET per batch; MEMORY USAGE on a sample (real servers); XRANGE of "
+        "the audit stream when given; DBSIZE for the progress bar and INFO are optional",
+    ),
+    "expiry_watcher": Rules(
+        ("{ns}:*",),
+        ("psubscribe", "punsubscribe", "config|get", "config|set", "scan", "ping"),
+        ("__keyevent@*__:expired",),
+        why="keyspace notifications: CONFIG SET notify-keyspace-events Ex (an operator may set it "
+        "instead and drop config|set), PSUBSCRIBE to the expired events, SCAN to reconcile",
+    ),
+    "audit_log": Rules(
+        ("{ns}:*",),
+        ("xadd", "xrange", "xtrim"),
+        why="XADD with MAXLEN/MINID trimming; XRANGE to read the trail (give the stream a name under the namespace)",
+    ),
+    "langgraph_saver": Rules(
+        ("{ns}:*",),
+        (*_SCRIPTS, *_SAVER_CALLS, "del", "scan", "pttl", "hkeys", "hget", "exists", "ping"),
+        why="one script per put, put_writes, get_tuple, list page, prune and copy (and the commands "
+        "inside them); DEL for delete_thread; SCAN for list(None) and delete_for_runs; PTTL, HKEYS, "
+        "HGET, EXISTS for keys_without_ttl and footprint",
+    ),
+}
+
+
+def rules(component: str, namespace: str) -> Rules:
+    """The ACL rules `component` needs under `namespace` (one of `COMPONENTS`)."""
+    validate_namespace(namespace)
+    if component not in COMPONENTS:
+        raise ValueError(f"unknown component {component!r}: one of {sorted(COMPONENTS)}")
+    r = COMPONENTS[component]
+    return Rules(tuple(k.format(ns=namespace) for k in r.keys), tuple(dict.fromkeys(r.commands)), r.channels, r.why)
+
+
+def setuser(user: str, components: list[str] | tuple[str, ...], namespace: str, password: str = "<password>") -> str:
+    """An `ACL SETUSER` line granting `user` what `components` need under `namespace`, and
+    nothing else."""
+    keys: dict[str, None] = {}
+    commands: dict[str, None] = {}
+    channels: dict[str, None] = {}
+    for component in components:
+        r = rules(component, namespace)
+        keys.update(dict.fromkeys(r.keys))
+        commands.update(dict.fromkeys(r.commands))
+        channels.update(dict.fromkeys(r.channels))
+    parts = [
+        "ACL SETUSER", user, "reset", "on", f">{password}", "resetkeys", "resetchannels", "-@all",
+        *(f"~{k}" for k in keys), *(f"&{c}" for c in channels), *(f"+{c}" for c in commands),
+    ]  # fmt: skip
+    return " ".join(parts)
+
+
+_NOPERM_COMMAND = re.compile(r"has no permissions to run the '([^']+)' command")
+_NOPERM_KEY = re.compile(r"no permissions to access (?:one of the keys|a key)")
+_NOPERM_CHANNEL = re.compile(r"no permissions to access (?:one of the channels|a channel)")
+
+
+def missing_rule(error: BaseException | str) -> str:
+    """The rule to add for a NOPERM reply, in ACL syntax, or '' when the reply names none."""
+    text = str(error)
+    if "user executing the script can't run this command" in text:
+        return "every command of the component's rules (a command inside a script was refused)"
+    if "user executing the script can't access" in text:
+        return "~<the namespace>:* (a key a script touches is outside the user's key patterns)"
+    if match := _NOPERM_COMMAND.search(text):
+        return f"+{match.group(1)}"
+    if _NOPERM_KEY.search(text):
+        return "~<the namespace>:* (the key is outside the user's key patterns)"
+    if _NOPERM_CHANNEL.search(text):
+        return "&<the channel>"
+    return ""
