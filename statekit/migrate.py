@@ -38,6 +38,7 @@ __all__ = [
     "load_migrations",
     "load_schema",
     "import_spec",
+    "MigrationStepFailed",
     "migrate_namespace",
     "MigrationReport",
     "readable_by",
@@ -47,6 +48,11 @@ __all__ = [
 
 class MigrationError(StatekitError):
     """A migration chain has a gap, or one of its steps failed."""
+
+
+class MigrationStepFailed(MigrationError, CorruptStateError):
+    """A migration step failed on a stored value: the value does not have the shape its
+    schema version promises, so to this code it is corrupt (and it was left as it was)."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +143,7 @@ class Migrations:
             try:
                 data = fn(data)
             except Exception as exc:
-                raise MigrationError(
+                raise MigrationStepFailed(
                     f"{key}: migration step {version} -> {to_version} failed: {type(exc).__name__}: {exc}; "
                     "the stored value was left as it was"
                 ) from exc
