@@ -9,6 +9,7 @@ the caller's back.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
@@ -327,36 +328,22 @@ def with_timeouts(client: Any, socket_timeout: float, connect_timeout: float | N
     connect_timeout = socket_timeout if connect_timeout is None else connect_timeout
     if socket_timeout <= 0 or connect_timeout <= 0:
         raise ValueError("timeouts must be positive seconds")
-    if is_async(client):
-        return _async_with_timeouts(client, socket_timeout, connect_timeout)
-    retry = Retry(NoBackoff(), 0)
+    asynchronous = is_async(client)
+    if asynchronous:
+        from redis.asyncio.retry import Retry as AsyncRetry
+
+        retry: Any = AsyncRetry(NoBackoff(), 0)
+    else:
+        retry = Retry(NoBackoff(), 0)
     if backend_kind(client) == "cluster":
-        from redis.cluster import ClusterNode, RedisCluster
+        if asynchronous:
+            from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-        kwargs = client.nodes_manager.connection_kwargs
-        return RedisCluster(
-            startup_nodes=[ClusterNode(n.host, n.port) for n in client.get_primaries()],
-            username=kwargs.get("username"),
-            password=kwargs.get("password"),
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=retry,
-        )
-    pool = client.connection_pool
-    kwargs = dict(pool.connection_kwargs)
-    kwargs.update(retry=retry, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout)
-    return type(client)(connection_pool=_same_pool(pool, kwargs))
+            kwargs, nodes = client.connection_kwargs, client.nodes_manager.startup_nodes.values()
+        else:
+            from redis.cluster import ClusterNode, RedisCluster  # type: ignore[assignment]
 
-
-def _async_with_timeouts(client: Any, socket_timeout: float, connect_timeout: float) -> Any:
-    from redis.asyncio.retry import Retry as AsyncRetry
-
-    retry = AsyncRetry(NoBackoff(), 0)
-    if backend_kind(client) == "cluster":
-        from redis.asyncio.cluster import ClusterNode, RedisCluster
-
-        kwargs = client.connection_kwargs
-        nodes = client.nodes_manager.startup_nodes.values()
+            kwargs, nodes = client.nodes_manager.connection_kwargs, client.get_primaries()
         return RedisCluster(
             startup_nodes=[ClusterNode(n.host, n.port) for n in nodes],
             username=kwargs.get("username"),
@@ -446,6 +433,30 @@ def _speaks_tls(client: Any) -> bool | None:
     return "SSL" in getattr(pool.connection_class, "__name__", "")
 
 
+_PING_FAILURES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+_PING_REFUSALS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)  # e.g. AUTH failures
+
+
+def _ping_failed(exc: BaseException, client: Any, shown: str) -> StoreUnavailable:
+    """The StoreUnavailable for a failed PING: the cause in a sentence where it is known."""
+    if not isinstance(exc, _PING_FAILURES):
+        return StoreUnavailable(f"Redis at {shown} refused the connection: {redact_url(str(exc))}")
+    hint = connection_hint(exc, _speaks_tls(client))
+    advice = (
+        f"{hint}."
+        if hint
+        else "Check that the server runs and the URL is right, or use fakeredis:// for an embedded one."
+    )
+    return StoreUnavailable(f"cannot reach Redis at {shown}: {redact_url(str(exc)).rstrip('.')}. {advice}")
+
+
+def _server_version(info: Any, kind: str) -> str | None:
+    """redis_version from INFO server (a dict per node on a cluster: the first one's)."""
+    if kind == "cluster" and info and isinstance(next(iter(info.values())), dict):
+        info = next(iter(info.values()))
+    return str(info.get("redis_version")) if isinstance(info, dict) else None
+
+
 def check_reachable(client: Any, url: str = "") -> BackendInfo:
     """PING the server; raise `StoreUnavailable` (URL redacted) when it cannot be reached.
 
@@ -456,26 +467,13 @@ def check_reachable(client: Any, url: str = "") -> BackendInfo:
     shown = redact_url(resolve_url(url)) if url else kind
     try:
         client.ping()
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        hint = connection_hint(exc, _speaks_tls(client))
-        advice = (
-            f"{hint}."
-            if hint
-            else "Check that the server runs and the URL is right, or use fakeredis:// for an embedded one."
-        )
-        raise StoreUnavailable(f"cannot reach Redis at {shown}: {redact_url(str(exc)).rstrip('.')}. {advice}") from None
-    except redis.exceptions.RedisError as exc:  # e.g. AUTH failures
-        raise StoreUnavailable(f"Redis at {shown} refused the connection: {redact_url(str(exc))}") from None
-    version = None
+    except (*_PING_FAILURES, *_PING_REFUSALS) as exc:
+        raise _ping_failed(exc, client, shown) from None
+    info = None
     if kind != "fakeredis":
-        try:
+        with contextlib.suppress(redis.exceptions.NoPermissionError):  # least privilege: reachable all the same
             info = client.info("server")
-        except redis.exceptions.NoPermissionError:
-            info = None  # a user without INFO (least privilege): the server is reachable all the same
-        if kind == "cluster" and info:  # a dict per node
-            info = next(iter(info.values())) if isinstance(next(iter(info.values())), dict) else info
-        version = str(info.get("redis_version")) if isinstance(info, dict) else None
-    return BackendInfo(url=shown, kind=kind, server_version=version)
+    return BackendInfo(url=shown, kind=kind, server_version=_server_version(info, kind))
 
 
 async def check_reachable_async(client: Any, url: str = "") -> BackendInfo:
@@ -484,23 +482,10 @@ async def check_reachable_async(client: Any, url: str = "") -> BackendInfo:
     shown = redact_url(resolve_url(url)) if url else kind
     try:
         await client.ping()
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        hint = connection_hint(exc, _speaks_tls(client))
-        advice = (
-            f"{hint}."
-            if hint
-            else "Check that the server runs and the URL is right, or use fakeredis:// for an embedded one."
-        )
-        raise StoreUnavailable(f"cannot reach Redis at {shown}: {redact_url(str(exc)).rstrip('.')}. {advice}") from None
-    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
-        raise StoreUnavailable(f"Redis at {shown} refused the connection: {redact_url(str(exc))}") from None
-    version = None
+    except (*_PING_FAILURES, *_PING_REFUSALS) as exc:
+        raise _ping_failed(exc, client, shown) from None
+    info = None
     if kind != "fakeredis":
-        try:
+        with contextlib.suppress(redis.exceptions.NoPermissionError):
             info = await client.info("server")
-        except redis.exceptions.NoPermissionError:
-            info = None
-        if kind == "cluster" and info and isinstance(next(iter(info.values())), dict):
-            info = next(iter(info.values()))
-        version = str(info.get("redis_version")) if isinstance(info, dict) else None
-    return BackendInfo(url=shown, kind=kind, server_version=version)
+    return BackendInfo(url=shown, kind=kind, server_version=_server_version(info, kind))

@@ -173,6 +173,7 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         serde: Any = None,
         page_size: int = 50,
         url: str | None = None,
+        socket_timeout: float = 1.0,
     ) -> None:
         super().__init__(serde=serde)
         validate_namespace(namespace)
@@ -195,6 +196,7 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         self.policy = policy
         self.page_size = page_size
         self.url = url
+        self._socket_timeout = socket_timeout  # of the clients made from `url`
         self._client = client
         self._wire = _Wire(client) if client is not None else None
         self._aclient = aclient
@@ -223,11 +225,9 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         if url.strip() in ("fakeredis://", "fakeredis:///"):
             url = f"fakeredis://statekit-saver-{uuid.uuid4().hex}"
         connect(url, socket_timeout=socket_timeout).close()  # validates the URL (lazy: no connection yet)
-        saver = cls(namespace=namespace, policy=policy, keep_last=keep_last, serde=serde, url=url)
-        saver._socket_timeout = socket_timeout
-        return saver
-
-    _socket_timeout = 1.0
+        return cls(
+            namespace=namespace, policy=policy, keep_last=keep_last, serde=serde, url=url, socket_timeout=socket_timeout
+        )
 
     # -- clients --------------------------------------------------------------------------
 

@@ -369,8 +369,9 @@ class ExpiryWatcher:
             return sorted(self._watched)
 
     def _primaries(self) -> dict[str, Any]:
+        """Clients of the primaries not watched yet (all of them at start)."""
         if not self.cluster:
-            return {"server": self.client}
+            return {} if "server" in self.nodes else {"server": self.client}
         with contextlib.suppress(Exception):  # a cluster mid-failover may not answer: next round
             self.client.nodes_manager.initialize()
         # a client of its own per node: re-reading the slot map may close the cluster client's
@@ -380,7 +381,12 @@ class ExpiryWatcher:
         kwargs = self.client.nodes_manager.connection_kwargs
         own = {k: kwargs[k] for k in ("username", "password", "ssl", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile",
                                       "ssl_cert_reqs", "socket_connect_timeout") if k in kwargs}  # fmt: skip
-        return {n.name: redis.Redis(host=n.host, port=n.port, **own) for n in self.client.get_primaries()}
+        watched = self.nodes
+        return {
+            n.name: redis.Redis(host=n.host, port=n.port, **own)
+            for n in self.client.get_primaries()
+            if n.name not in watched
+        }
 
     def _handler(self, message: dict[str, Any]) -> None:
         session_id = session_id_of(message["data"], self.namespace, "meta")
@@ -418,9 +424,8 @@ class ExpiryWatcher:
     def _follow(self) -> None:
         while not self._stopping.wait(self.refresh_s):
             for name, node in self._primaries().items():
-                if name not in self.nodes:
-                    with contextlib.suppress(Exception):  # not reachable yet: the next round
-                        self._subscribe(name, node)
+                with contextlib.suppress(Exception):  # not reachable yet: the next round
+                    self._subscribe(name, node)
 
     def start(self) -> ExpiryWatcher:
         for name, node in self._primaries().items():

@@ -784,19 +784,8 @@ class SessionStore(StoreCore):
             start = time.perf_counter()
             self._wire.reset()
         error: BaseException | None = None
-        wire = self._wire
         try:
-            # `drive`, inlined: this is the hot path of every blocking call
-            step = steps.send(None)
-            while True:
-                try:
-                    reply = getattr(wire, step[0])(*step[1:])
-                except BaseException as exc:
-                    step = steps.throw(exc)
-                else:
-                    step = steps.send(reply)
-        except StopIteration as stop:
-            return stop.value
+            return drive(steps, self._wire)
         except BaseException as exc:
             error = self._translate(op, session_id, exc)
             if error is None:

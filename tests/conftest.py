@@ -39,31 +39,6 @@ def redis_url(redis_server) -> str:  # noqa: ANN001 - statekit.testing.RedisServ
         pytest.param("cluster", marks=pytest.mark.realredis),
     ]
 )
-def any_client(request):
-    """A statekit client on each backend: embedded fakeredis, a real server, a real cluster."""
-    from statekit import connect
-
-    if request.param == "fakeredis":
-        client = connect("fakeredis://")
-    elif request.param == "redis":
-        server = request.getfixturevalue("redis_server")
-        client = connect(server.url)
-        client.flushall()
-    else:
-        cluster = request.getfixturevalue("redis_cluster")
-        client = connect(cluster.url)
-        client.flushall(target_nodes="primaries")
-    yield client
-    client.close()
-
-
-@pytest.fixture(
-    params=[
-        "fakeredis",
-        pytest.param("redis", marks=pytest.mark.realredis),
-        pytest.param("cluster", marks=pytest.mark.realredis),
-    ]
-)
 def any_url(request):
     """A URL of each backend, emptied: a named embedded server, a real server, a real cluster."""
     from statekit import connect
@@ -78,3 +53,13 @@ def any_url(request):
         url = request.getfixturevalue("redis_cluster").url
         connect(url).flushall(target_nodes="primaries")
     return url
+
+
+@pytest.fixture
+def any_client(any_url):
+    """A statekit client on each backend: embedded fakeredis, a real server, a real cluster."""
+    from statekit import connect
+
+    client = connect(any_url)
+    yield client
+    client.close()
