@@ -369,9 +369,19 @@ class RedisClusterServers:
         for i, client in enumerate(all_clients):
             for node in everyone[i + 1 :]:
                 client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+
+        def meet_again(lagging: list[int]) -> None:
+            # a handshake not answered within the node timeout (a loaded machine) is
+            # dropped, and gossip does not always bring the node back: a node that still
+            # misses some meets every node again (meeting a known node is harmless)
+            for i in lagging:
+                for node in everyone:
+                    if node is not everyone[i]:
+                        all_clients[i].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+
         deadline = time.monotonic() + timeout_s
         try:
-            self._wait(all_clients, deadline, lambda t: f"cluster_known_nodes:{len(everyone)}" in t)
+            self._wait(all_clients, deadline, lambda t: f"cluster_known_nodes:{len(everyone)}" in t, meet_again)
             ids = [c.execute_command("CLUSTER", "MYID") for c in clients]
             for n, replica in enumerate(self.replicas):
                 primary = n % count
@@ -399,13 +409,19 @@ class RedisClusterServers:
                 c.close()
         return self
 
-    def _wait(self, clients: list[Any], deadline: float, ok: Any) -> None:
+    def _wait(self, clients: list[Any], deadline: float, ok: Any, nudge: Any = None) -> None:
+        """Poll CLUSTER INFO on every node until `ok` holds for each; every 3 s, call
+        `nudge` with the indexes of the nodes for which it does not yet."""
         text: list[str] = []
+        next_nudge = time.monotonic() + 3.0
         while time.monotonic() < deadline:
             infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
             text = [i.decode() if isinstance(i, bytes) else str(i) for i in infos]
             if all(ok(t) for t in text):
                 return
+            if nudge is not None and time.monotonic() > next_nudge:
+                nudge([i for i, t in enumerate(text) if not ok(t)])
+                next_nudge = time.monotonic() + 3.0
             time.sleep(0.05)
         lagging = [line for t in text if not ok(t) for line in t.splitlines() if line.startswith(("cluster_state",
                    "cluster_known_nodes", "cluster_slots_ok"))]  # fmt: skip
