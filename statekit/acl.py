@@ -20,7 +20,7 @@ from typing import Any
 from .keys import validate_namespace
 from .scripts import CHECKPOINT_SCRIPTS, SCRIPTS
 
-__all__ = ["COMPONENTS", "Rules", "rules", "setuser", "missing_rule"]
+__all__ = ["COMPONENTS", "Rules", "rules", "setuser", "missing_rule", "USERS", "for_profile"]
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,10 @@ COMPONENTS: dict[str, Rules] = {
     "expiry_watcher": Rules(
         ("{ns}:*",),
         ("psubscribe", "punsubscribe", "config|get", "config|set", "scan", "ping"),
-        ("__keyevent@*__:expired",),
+        ("__keyevent@{db}__:expired",),
         why="keyspace notifications: CONFIG SET notify-keyspace-events Ex (an operator may set it "
-        "instead and drop config|set), PSUBSCRIBE to the expired events, SCAN to reconcile",
+        "instead and drop config|set), PSUBSCRIBE to the expired events of its database (Redis "
+        "matches a PSUBSCRIBE pattern literally against the user's channel rules), SCAN to reconcile",
     ),
     "audit_log": Rules(
         ("{ns}:*",),
@@ -97,23 +98,26 @@ COMPONENTS: dict[str, Rules] = {
 }
 
 
-def rules(component: str, namespace: str) -> Rules:
-    """The ACL rules `component` needs under `namespace` (one of `COMPONENTS`)."""
+def rules(component: str, namespace: str, db: int = 0) -> Rules:
+    """The ACL rules `component` needs under `namespace` (one of `COMPONENTS`), on database `db`."""
     validate_namespace(namespace)
     if component not in COMPONENTS:
         raise ValueError(f"unknown component {component!r}: one of {sorted(COMPONENTS)}")
     r = COMPONENTS[component]
-    return Rules(tuple(k.format(ns=namespace) for k in r.keys), tuple(dict.fromkeys(r.commands)), r.channels, r.why)
+    channels = tuple(c.format(db=db) for c in r.channels)
+    return Rules(tuple(k.format(ns=namespace) for k in r.keys), tuple(dict.fromkeys(r.commands)), channels, r.why)
 
 
-def setuser(user: str, components: list[str] | tuple[str, ...], namespace: str, password: str = "<password>") -> str:
-    """An `ACL SETUSER` line granting `user` what `components` need under `namespace`, and
-    nothing else."""
+def setuser(
+    user: str, components: list[str] | tuple[str, ...], namespace: str, password: str = "<password>", db: int = 0
+) -> str:
+    """An `ACL SETUSER` line granting `user` what `components` need under `namespace` (on
+    database `db`), and nothing else."""
     keys: dict[str, None] = {}
     commands: dict[str, None] = {}
     channels: dict[str, None] = {}
     for component in components:
-        r = rules(component, namespace)
+        r = rules(component, namespace, db)
         keys.update(dict.fromkeys(r.keys))
         commands.update(dict.fromkeys(r.commands))
         channels.update(dict.fromkeys(r.channels))
@@ -122,6 +126,34 @@ def setuser(user: str, components: list[str] | tuple[str, ...], namespace: str, 
         *(f"~{k}" for k in keys), *(f"&{c}" for c in channels), *(f"+{c}" for c in commands),
     ]  # fmt: skip
     return " ".join(parts)
+
+
+#: The Redis users a service runs as, one per kind of process, with the components each runs.
+USERS: dict[str, tuple[str, ...]] = {
+    "app": ("session_store", "resilient_store"),
+    "ops": ("batch_migration", "health_scan"),
+    "watcher": ("expiry_watcher",),
+    "audit": ("audit_log",),
+}
+
+
+def for_profile(service: str, namespace: str | None = None, db: int = 0) -> list[dict[str, Any]]:
+    """One Redis user per kind of process of `service` (its application, its operators'
+    batch jobs, its expiry watcher, its audit writer), each with the `ACL SETUSER` line that
+    grants what its components need under `namespace` (the service's name, made a valid
+    namespace, when not given) and nothing else."""
+    ns = namespace or re.sub(r"[^A-Za-z0-9_.-]+", "-", service).strip("-") or "statekit"
+    validate_namespace(ns)
+    return [
+        {
+            "user": f"{ns}-{kind}",
+            "components": list(components),
+            "namespace": ns,
+            "setuser": setuser(f"{ns}-{kind}", components, ns, db=db),
+            "why": "; ".join(f"{c}: {COMPONENTS[c].why}" for c in components),
+        }
+        for kind, components in USERS.items()
+    ]
 
 
 _NOPERM_COMMAND = re.compile(r"has no permissions to run the '([^']+)' command")

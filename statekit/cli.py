@@ -195,6 +195,32 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _cmd_network_drill(args: argparse.Namespace) -> int:
+    from .testing import NETWORK_DRILLS, network_drills
+
+    profile = WorkloadProfile.from_yaml(args.profile)
+    result = network_drills(profile, args.redis_url, drills=args.drill or NETWORK_DRILLS)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for name, d in result["drills"].items():
+        st, br, turns = d["settings"], d["breaker"], d["turns"]
+        print(f"{name}: {d['impairment']}")
+        print(f"  settings from {d['profile']}: timeout {st['timeout_ms']} ms, breaker opens after "
+              f"{st['fail_max']} failures, probes every {st['reset_timeout_s']} s")  # fmt: skip
+        for phase, ops in d["phases"].items():
+            for op, f in ops.items():
+                if f["calls"]:
+                    saw = ", ".join(f"{k} {v}" for k, v in sorted(f["saw"].items()))
+                    print(f"  {phase:<8} {op:<12} {f['calls']:>4} calls  p50 {f['p50_ms']:>8.2f} ms  "
+                          f"p99 {f['p99_ms']:>8.2f} ms  ({saw})")  # fmt: skip
+        print(f"  breaker opened {br['opened']}x, closed again {br['closed_again']}x; "
+              f"raised to the application: {len(d['raised_to_application'])}; turns acknowledged "
+              f"{turns['acknowledged']}, lost {turns['lost']}, duplicated {turns['duplicated']}; "
+              f"normal again {d['recovered_s']} s after the link healed")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="statekit",
@@ -277,6 +303,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     health.set_defaults(func=_cmd_health)
+
+    net = sub.add_parser(
+        "network-drill",
+        help="run the store, set up from a profile, through a slow, half-open and flapping link",
+        description="Put a TCP proxy between a ResilientStore (timeouts and breaker from the profile) and a "
+        "real redis-server, impair the link, and report p50/p99 per call, what the application saw, the "
+        "breaker's transitions and the turns lost or duplicated. Needs redis-server: without --redis-url "
+        "one is started on a loopback port and stopped by its pid.",
+    )
+    net.add_argument("profile", metavar="PROFILE", help="workload profile YAML file")
+    net.add_argument("--redis-url", help="a redis://host:port server to drill against (default: start one)")
+    net.add_argument("--drill", action="append", choices=["latency", "half_open", "flapping"], help="repeatable")
+    net.add_argument("--json", action="store_true", help="print the figures as JSON")
+    net.set_defaults(func=_cmd_network_drill)
     return parser
 
 

@@ -27,9 +27,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from hdrh.histogram import HdrHistogram
 
 from ._optional import require
+from .errors import AccessDenied
 from .keys import key_pattern, session_id_of, session_keys
 from .store import StoreListener
 
@@ -402,7 +404,16 @@ class ExpiryWatcher:
         flags = flags.decode() if isinstance(flags, bytes) else flags
         node.config_set("notify-keyspace-events", "".join(sorted(set(flags) | {"E", "x"})))
         pubsub = node.pubsub(ignore_subscribe_messages=True)
-        pubsub.psubscribe(**{f"__keyevent@{self.db}__:expired": self._handler})
+        channel = f"__keyevent@{self.db}__:expired"
+        pubsub.psubscribe(**{channel: self._handler})
+        try:  # the reply to PSUBSCRIBE: a refusal is raised here, not lost in the listening thread
+            pubsub.get_message(timeout=5)
+        except redis.exceptions.NoPermissionError as exc:
+            pubsub.close()
+            raise AccessDenied(
+                f"the expiry watcher may not subscribe to {channel} on {name}: {exc}; add &{channel} to the "
+                "user (Redis matches the pattern literally; statekit.acl.setuser prints the full line)"
+            ) from exc
 
         def lost(exc: BaseException, pubsub: Any, thread: Any) -> None:  # the node went away
             thread.stop()

@@ -239,6 +239,31 @@ def failover(review: dict[str, Any]) -> str:
     ])  # fmt: skip
 
 
+def access(review: dict[str, Any]) -> str:
+    """The Redis users of the service and the `ACL SETUSER` line for each, in Markdown."""
+    a = review.get("access")
+    if a is None:
+        return "**Least privilege:** this review predates the access section; render it again."
+    if not a["applies"]:
+        return "**Least privilege:** nothing to grant; this workload keeps no state on the server."
+    lines = [
+        "**Least privilege.** One Redis user per kind of process, each limited to the namespace "
+        f"`{a['users'][0]['namespace']}` and to the commands its components send (replace `<password>`):",
+        "",
+        "```",
+        *(u["setuser"] for u in a["users"]),
+        "```",
+        "",
+    ]
+    lines += [f"- `{u['user']}` runs {', '.join(u['components'])}" for u in a["users"]]
+    lines += [
+        "",
+        "A command a user lacks comes back as `AccessDenied` naming the rule to add "
+        "(`statekit.acl.missing_rule`); a user of one namespace cannot read another's sessions.",
+    ]
+    return "\n".join(lines)
+
+
 def consistency_limits(review: dict[str, Any]) -> str:
     """The honest limits of the recipes, once each, as Markdown bullets."""
     limits = sorted({limit for ch in review["consistency"]["classes"] for limit in ch["limits"]})

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__
 from ._optional import require
+from .acl import for_profile as acl_for_profile
 from .assess import SERVER_STATE_VERDICTS, assess
 from .backends import check_reachable, connect, redact_url
 from .consistency import select as select_consistency
@@ -72,7 +73,9 @@ def build_review(
     - `migrations`: the state schema, its compatibility with the proposed next version,
       and the rollout plan;
     - `observability`: dashboards and alerts, with thresholds from the latency budget and
-      the size cap.
+      the size cap;
+    - `access`: one Redis user per kind of process (application, batch jobs, expiry
+      watcher, audit writer) with the `ACL SETUSER` line of least privilege for each.
 
     `lifecycle` and `resilience` say whether they apply: only to verdicts that keep state
     on the server. Raises `ProfileError` for a bad profile and `StoreUnavailable` when `redis_url` cannot
@@ -108,6 +111,7 @@ def build_review(
         "consistency": _consistency_section(prof, failover),
         "migrations": _migrations_section(prof),
         "observability": recommend_observability(prof, rec.policy.max_bytes, resilience["timeout_ms"]),
+        "access": {"applies": keeps_server_state, "users": acl_for_profile(prof.service)},
     }
 
 

@@ -33,6 +33,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "FakeClock",
@@ -44,6 +45,9 @@ __all__ = [
     "TlsFiles",
     "TlsRedisServer",
     "TcpProxy",
+    "NETWORK_DRILLS",
+    "network_drill",
+    "network_drills",
     "RedisClusterServers",
     "lost_writes_drill",
     "store_failover_drill",
@@ -495,22 +499,43 @@ class RedisClusterServers:
 
 
 class TcpProxy:
-    """A TCP proxy on 127.0.0.1 in front of `upstream_port` that holds back what it forwards
-    by `delay_ms`, each way, in order.
+    """A TCP proxy on 127.0.0.1 in front of `upstream_port` that impairs the link on demand.
 
     Written here because the usual tool, the kernel's netem, is not available on every
     machine (it is missing here), and a proxy in user space needs no privileges. Each
     connection has a reader and a writer thread per direction; a chunk read at time t is
-    written at t + delay. `delay_ms` may be changed while connections are open.
+    written at t + delay (+ a uniform draw in [-jitter, +jitter], never reordering chunks).
+    Every impairment may be changed while connections are open:
+
+    - `delay_ms`, `jitter_ms`: added each way (a round trip pays twice);
+    - `stall()` / `resume()`: nothing passes either way, connections stay open (a frozen link);
+    - `drop("down")` / `drop("up")`: bytes from the server (or to it) are discarded while the
+      connection stays open: a half-open connection, where a request lands and its reply never
+      comes back;
+    - `cut()`: every open connection is reset, new ones are accepted (a link that flaps);
+    - `heal()`: no stall, no drop (delay and jitter stay as set).
     """
 
-    def __init__(self, upstream_port: int, delay_ms: float = 0.0, upstream_host: str = "127.0.0.1"):
+    DIRECTIONS = ("up", "down")  # up: client to server; down: server to client
+
+    def __init__(
+        self, upstream_port: int, delay_ms: float = 0.0, upstream_host: str = "127.0.0.1", jitter_ms: float = 0.0
+    ):
         self.upstream = (upstream_host, upstream_port)
         self.delay_ms = delay_ms
+        self.jitter_ms = jitter_ms
+        self.dropping: set[str] = set()
+        self.connections = 0  # accepted so far
+        self.cuts = 0
+        self.received = {"up": 0, "down": 0}  # bytes read from each side, dropped or not
         self._listener: socket.socket | None = None
         self._sockets: list[socket.socket] = []
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._threads: list[threading.Thread] = []
         self._closed = threading.Event()
+        self._flowing = threading.Condition()
+        self._stalled = False
+        self._rng = random.Random()
 
     @property
     def port(self) -> int:
@@ -521,6 +546,47 @@ class TcpProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._spawn(self._accept)
         return self
+
+    # -- impairments ----------------------------------------------------------------------
+
+    def stall(self) -> None:
+        with self._flowing:
+            self._stalled = True
+
+    def resume(self) -> None:
+        with self._flowing:
+            self._stalled = False
+            self._flowing.notify_all()
+
+    def drop(self, direction: str) -> None:
+        if direction not in self.DIRECTIONS:
+            raise ValueError(f"direction is one of {self.DIRECTIONS}, got {direction!r}")
+        self.dropping.add(direction)
+
+    def wait_received(self, direction: str, nbytes: int, timeout_s: float = 10.0) -> bool:
+        """Wait until the proxy has read `nbytes` in `direction` in all (a request is in flight)."""
+        with self._flowing:
+            return self._flowing.wait_for(lambda: self.received[direction] >= nbytes, timeout=timeout_s)
+
+    def heal(self) -> None:
+        self.dropping.clear()
+        self.resume()
+
+    def cut(self) -> int:
+        """Reset every open connection; return how many were open."""
+        with self._flowing:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for sock in pair:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()
+        self.cuts += 1
+        return len(pairs)
+
+    # -- forwarding -----------------------------------------------------------------------
 
     def _spawn(self, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
@@ -540,13 +606,16 @@ class TcpProxy:
                 client.close()
                 continue
             upstream.settimeout(None)
+            self.connections += 1
             self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
+            with self._flowing:
+                self._pairs.append((client, upstream))
+            for src, dst, direction in ((client, upstream, "up"), (upstream, client, "down")):
                 chunks: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
-                self._spawn(self._read, src, chunks)
+                self._spawn(self._read, src, chunks, direction)
                 self._spawn(self._write, dst, chunks)
 
-    def _read(self, src: socket.socket, chunks: queue.Queue[tuple[float, bytes] | None]) -> None:
+    def _read(self, src: socket.socket, chunks: queue.Queue[tuple[float, bytes] | None], direction: str) -> None:
         while True:
             try:
                 data = src.recv(65536)
@@ -555,7 +624,13 @@ class TcpProxy:
             if not data:
                 chunks.put(None)
                 return
-            chunks.put((time.monotonic() + self.delay_ms / 1000, data))
+            with self._flowing:
+                self.received[direction] += len(data)
+                self._flowing.notify_all()
+            if direction in self.dropping:
+                continue  # lost on the way; the connection stays up
+            delay = self.delay_ms + (self._rng.uniform(-self.jitter_ms, self.jitter_ms) if self.jitter_ms else 0.0)
+            chunks.put((time.monotonic() + max(0.0, delay) / 1000, data))
 
     def _write(self, dst: socket.socket, chunks: queue.Queue[tuple[float, bytes] | None]) -> None:
         while True:
@@ -568,6 +643,8 @@ class TcpProxy:
             wait = due - time.monotonic()
             if wait > 0:
                 time.sleep(wait)  # holding the chunk back is the proxy's whole purpose
+            with self._flowing:
+                self._flowing.wait_for(lambda: not self._stalled or self._closed.is_set())
             try:
                 dst.sendall(data)
             except OSError:
@@ -575,8 +652,11 @@ class TcpProxy:
 
     def close(self) -> None:
         self._closed.set()
+        self.resume()
         for sock in [self._listener, *self._sockets]:
             if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it; close() alone does not
                 with contextlib.suppress(OSError):
                     sock.close()
         for thread in self._threads:
@@ -798,6 +878,250 @@ def failover_drills(writes: int = 300, lagging: int = 30) -> dict[str, Any]:
     return figures
 
 
+#: The impairments `network_drills` puts on the link, by name.
+NETWORK_DRILLS = ("latency", "half_open", "flapping")
+
+
+def network_drill(
+    profile: Any,
+    drill: str,
+    *,
+    redis_url: str,
+    latency_ms: float = 200,
+    jitter_ms: float = 20,
+    before_s: float = 1.0,
+    impaired_s: float = 2.0,
+    interval_ms: float = 20,
+    flap_ms: float = 300,
+    reset_timeout_s: float | None = None,
+    sessions: int = 10,
+) -> dict[str, Any]:
+    """Run an application's requests (load the context, append a turn) through a
+    `ResilientStore` set up as `resilience.recommend(profile)` says, over a `TcpProxy` in
+    front of the redis-server at `redis_url` (`redis://`, same user and database), while the link is impaired by `drill`:
+
+    - `latency`: `latency_ms` more per round trip (half each way), jitter `jitter_ms`;
+    - `half_open`: replies from the server are lost, the connection stays up (requests land);
+    - `flapping`: the link goes down and comes back every `flap_ms`; connections open when
+      it comes back are reset.
+
+    Phases: `before_s` healthy, `impaired_s` impaired, then healed until the store is normal
+    with its buffer empty. Returns per phase and call the p50/p99/max latency (ms), what
+    the application saw (contexts from the store, the cache or the default; exceptions
+    raised to it), the breaker's transitions (`opened`: closed to open, the flaps), and the
+    turns it was told were stored against those found afterwards (lost, duplicated), read
+    by a client that does not go through the proxy.
+    """
+    import numpy as np
+
+    from . import LifecyclePolicy, ResilientStore, SessionStore
+    from .backends import connect
+    from .resilience import recommend
+
+    if drill not in NETWORK_DRILLS:
+        raise ValueError(f"drill is one of {NETWORK_DRILLS}, got {drill!r}")
+    settings = recommend(profile)
+    reset_s = settings["reset_timeout_s"] if reset_timeout_s is None else reset_timeout_s
+    events: list[tuple[float, str, str]] = []
+
+    class Transitions:
+        def on_event(self, kind: str, session_id: str, info: Any) -> None:
+            if kind == "breaker":
+                events.append((time.monotonic(), str(info["from"]), str(info["to"])))
+
+        def on_operation(self, *args: Any) -> None:
+            pass
+
+    namespace = f"net-{drill}-{os.urandom(3).hex()}"
+    policy = LifecyclePolicy(window_turns=1000, max_bytes=1 << 20, summarizer=None, summary_max_bytes=0)
+    parts = _drill_url(redis_url)
+    with TcpProxy(parts.port or 6379, upstream_host=parts.hostname or "127.0.0.1").start() as proxy:
+        auth = parts.netloc.rpartition("@")[0]
+        client = connect(urlunsplit(parts._replace(netloc=(auth + "@" if auth else "") + f"127.0.0.1:{proxy.port}")))
+        resilient = ResilientStore(
+            SessionStore(client, policy, namespace=namespace),
+            timeout_ms=settings["timeout_ms"],
+            fail_max=settings["fail_max"],
+            reset_timeout_s=reset_s,
+            buffer_max_turns=100_000,
+            listeners=[Transitions()],
+        )
+        calls: list[dict[str, Any]] = []
+        acked: list[str] = []
+        raised: list[str] = []
+        n = 0
+
+        def request(phase: str) -> None:
+            nonlocal n
+            sid, tid = f"s{n % sessions}", f"t{n}"
+            n += 1
+            for op in ("load_context", "append_turn"):
+                t0 = time.perf_counter()
+                try:
+                    if op == "load_context":
+                        out = resilient.load_context(sid).source
+                    else:
+                        resilient.append_turn(sid, {"n": n}, turn_id=tid)
+                        out = "buffered" if any(p.turn_id == tid for p in list(resilient._buffer)) else "store"
+                        acked.append(tid)
+                except Exception as exc:  # noqa: BLE001 - what reaches the application is the finding
+                    raised.append(f"{op}: {type(exc).__name__}: {exc}")
+                    out = "raised"
+                calls.append({"phase": phase, "op": op, "ms": (time.perf_counter() - t0) * 1000, "saw": out})
+
+        def run(phase: str, seconds: float) -> None:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                request(phase)
+                time.sleep(interval_ms / 1000)  # the application's pace between requests
+
+        run("before", before_s)
+        impaired_at = time.monotonic()
+        flapper: threading.Thread | None = None
+        stop_flapping = threading.Event()
+        if drill == "latency":
+            proxy.delay_ms, proxy.jitter_ms = latency_ms / 2, jitter_ms / 2
+        elif drill == "half_open":
+            proxy.drop("down")
+        else:
+
+            def flap() -> None:
+                while not stop_flapping.wait(flap_ms / 1000):
+                    proxy.stall()
+                    if stop_flapping.wait(flap_ms / 1000):
+                        break
+                    proxy.cut()
+                    proxy.resume()
+
+            flapper = threading.Thread(target=flap, daemon=True)
+            flapper.start()
+        run("impaired", impaired_s)
+        stop_flapping.set()
+        if flapper is not None:
+            flapper.join()
+        proxy.delay_ms = proxy.jitter_ms = 0
+        proxy.heal()
+        healed_at = time.monotonic()
+        # after: requests go on until the store is normal with its buffer empty (waits on that
+        # state, bounded by two probe intervals and ten seconds)
+        deadline = healed_at + 2 * reset_s + 10
+        while time.monotonic() < deadline and (resilient.mode != "normal" or resilient.buffered):
+            request("after")
+            time.sleep(interval_ms / 1000)
+        left = resilient.drain(timeout_s=max(1.0, deadline - time.monotonic()))
+        recovered_s = time.monotonic() - healed_at
+        mode_after = resilient.mode
+        client.close()
+
+    direct = connect(redis_url)
+    try:
+        reader = SessionStore(direct, policy, namespace=namespace)
+        stored = [tid for i in range(sessions) for tid in reader.load_context(f"s{i}").turn_ids]
+    finally:
+        direct.close()
+
+    def figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        ms = np.array([r["ms"] for r in rows]) if rows else np.array([0.0])
+        saw: dict[str, int] = {}
+        for r in rows:
+            saw[r["saw"]] = saw.get(r["saw"], 0) + 1
+        return {
+            "calls": len(rows),
+            "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "max_ms": round(float(ms.max()), 2),
+            "saw": saw,
+        }
+
+    phases = {
+        phase: {op: figures([r for r in calls if r["phase"] == phase and r["op"] == op]) for op in ("load_context", "append_turn")}
+        for phase in ("before", "impaired", "after")
+    }
+    opened = sum(1 for _, old, new in events if old == "closed" and new == "open")
+    return {
+        "drill": drill,
+        "impairment": {
+            "latency": f"+{latency_ms:g} ms per round trip, jitter +/-{jitter_ms:g} ms",
+            "half_open": "replies from the server lost, connections left open",
+            "flapping": f"link down and up every {flap_ms:g} ms, connections reset when it returns",
+        }[drill],
+        "profile": profile.name,
+        "settings": {
+            "timeout_ms": settings["timeout_ms"],
+            "fail_max": settings["fail_max"],
+            "reset_timeout_s": reset_s,
+        },
+        "phases": phases,
+        "breaker": {
+            "opened": opened,
+            "closed_again": sum(1 for _, old, new in events if old != "closed" and new == "closed"),
+            "transitions": [
+                {"at_s": round(t - impaired_at, 3), "from": old, "to": new} for t, old, new in events
+            ],
+        },
+        "raised_to_application": raised,
+        "turns": {
+            "acknowledged": len(acked),
+            "stored": len(set(stored)),
+            "lost": len(set(acked) - set(stored)),
+            "duplicated": len(stored) - len(set(stored)),
+            "still_buffered": left,
+        },
+        "connections": proxy.connections,
+        "recovered_s": round(recovered_s, 2),
+        "mode_after": mode_after,
+    }
+
+
+def _drill_url(redis_url: str) -> Any:
+    """The parts of a `redis://` URL the network drills can put a proxy in front of;
+    `InvalidInput` for any other."""
+    from .backends import resolve_url
+    from .errors import InvalidInput
+
+    url = resolve_url(redis_url)
+    parts = urlsplit(url)
+    if parts.scheme == "fakeredis":
+        raise InvalidInput(
+            "the network drills need a real redis-server: the proxy impairs a TCP connection, and an "
+            "embedded fakeredis has none (give no URL to start a server on loopback)"
+        )
+    if parts.scheme != "redis" or not parts.hostname or "," in parts.netloc:
+        raise InvalidInput(
+            f"the network drills put a proxy in front of one server, redis://[user:password@]host:port[/db]; "
+            f"got {redis_url!r} (TLS, cluster and Sentinel URLs are not proxied)"
+        )
+    return parts
+
+
+def network_drills(
+    profile: Any, redis_url: str | None = None, drills: Sequence[str] = NETWORK_DRILLS, **options: Any
+) -> dict[str, Any]:
+    """Every network drill in `drills` for `profile` (see `network_drill`), on the
+    redis-server at `redis_url`, or on one started here on loopback and stopped by its pid.
+
+    The drills need a TCP connection to impair: an embedded fakeredis (`fakeredis://`), a
+    TLS, cluster or Sentinel URL is refused with `InvalidInput` before anything starts.
+    """
+    import datetime as dt
+
+    unknown = sorted(set(drills) - set(NETWORK_DRILLS))
+    if unknown:
+        raise ValueError(f"unknown drills {unknown}; the drills are {list(NETWORK_DRILLS)}")
+    server: RedisServer | None = None
+    if redis_url is None:
+        server = RedisServer().start()
+        redis_url = server.url
+    else:
+        _drill_url(redis_url)
+    try:
+        results = {name: network_drill(profile, name, redis_url=redis_url, **options) for name in drills}
+    finally:
+        if server is not None:
+            server.stop()
+    return {"measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "drills": results}
+
+
 class RedisSentinelGroup:
     """A primary, a replica and `sentinels` Redis Sentinel processes watching them as
     `service`, all on loopback ports, each stopped by its own pid. `url` is the
@@ -997,6 +1321,11 @@ class FaultInjector:
         finally:
             with self._held_changed:
                 self._held -= 1
+
+    def wait_received(self, direction: str, nbytes: int, timeout_s: float = 10.0) -> bool:
+        """Wait until the proxy has read `nbytes` in `direction` in all (a request is in flight)."""
+        with self._flowing:
+            return self._flowing.wait_for(lambda: self.received[direction] >= nbytes, timeout=timeout_s)
 
     def heal(self) -> None:
         self.mode = "ok"

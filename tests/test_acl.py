@@ -133,3 +133,66 @@ def test_the_saver_and_the_audit_log_run_with_their_rules(as_user):
     store.append_turn("s", {"n": 1})
     audit.flush()
     assert len(audit_client.xrange("app:audit")) >= 1
+
+
+@pytest.mark.realredis
+def test_the_users_a_review_prints_run_their_processes(redis_server):
+    """Each `ACL SETUSER` line of `for_profile` (what the design review prints), applied as
+    printed, runs its process: the application, the batch jobs, the expiry watcher (hearing
+    a session expire) and the audit writer; and the application user cannot flush the data."""
+    from statekit.acl import for_profile
+    from statekit.migrate import migrate_namespace
+    from statekit.observe import AuditLog, ExpiryWatcher, health_scan
+
+    admin = redis_server.client()
+    admin.flushall()
+    users = {u["user"].rsplit("-", 1)[1]: u for u in for_profile("Support agent (EU)")}
+    assert {u["namespace"] for u in users.values()} == {"Support-agent-EU"}
+    urls = {}
+    for kind, user in users.items():
+        admin.execute_command(*user["setuser"].replace("<password>", "pw").split())
+        urls[kind] = redis_server.url.replace("redis://", f"redis://{user['user']}:pw@")
+    ns = "Support-agent-EU"
+    try:
+        watcher = ExpiryWatcher(connect(urls["watcher"]), ns).start()
+        try:
+            app = SessionStore(connect(urls["app"]), LifecyclePolicy(ttl_seconds=1), namespace=ns)
+            audit_client = connect(urls["audit"])
+            audit = AuditLog(audit_client, stream=f"{ns}:audit", flush_every=1)
+            app.listeners.append(audit)
+            app.append_turn("s1", {"n": 1})
+            app.update_state("s1", lambda s: {"ticket_id": "T-1", "customer": "1"})
+            audit.flush()
+            assert len(audit_client.xrange(f"{ns}:audit")) >= 1
+            ops = connect(urls["ops"])
+            assert health_scan(ops, ns).sessions == 1
+            assert migrate_namespace(ops, ns, support_agent_migrations).migrated == 1
+            assert watcher.wait_for(1, timeout_s=30), "the watcher user hears the session expire"
+            assert watcher.expired == ["s1"]
+        finally:
+            watcher.stop()
+        with pytest.raises(AccessDenied):
+            SessionStore(connect(urls["app"]), namespace="billing").load_context("s1")
+        import redis
+
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            connect(urls["app"]).flushall()
+    finally:
+        for user in users.values():
+            admin.acl_deluser(user["user"])
+
+
+@pytest.mark.realredis
+def test_a_watcher_without_its_channel_rule_is_refused_at_start_naming_it(redis_server):
+    """Found by running the watcher as its user: a refused PSUBSCRIBE used to end the
+    listening thread silently, and the watcher heard nothing."""
+    from statekit.observe import ExpiryWatcher
+
+    admin = redis_server.client()
+    line = setuser("nochan", ["expiry_watcher"], "app", password="pw").replace(" &__keyevent@0__:expired", "")
+    admin.execute_command(*line.split())
+    try:
+        with pytest.raises(AccessDenied, match=r"add &__keyevent@0__:expired to the user"):
+            ExpiryWatcher(connect(redis_server.url.replace("redis://", "redis://nochan:pw@")), "app").start()
+    finally:
+        admin.acl_deluser("nochan")
