@@ -44,7 +44,13 @@ URL_FORMS = (
     "unix://[user[:password]@]/path/to/redis.sock[?db=N]",
     "redis+cluster://[user[:password]@]host:port[,host:port...]",
     "redis+sentinel://[user[:password]@]host:port[,host:port...]/service_name[/db]  (the primary Sentinel names)",
+    "rediss+cluster://..., rediss+sentinel://...  (TLS to every node and Sentinel)",
+    "TLS query parameters (redis-py's names): ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_cert_reqs, "
+    "ssl_check_hostname",
 )
+
+#: The TLS settings a cluster or Sentinel URL may carry in its query, by redis-py's names.
+TLS_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
 
 DEFAULT_SOCKET_TIMEOUT_S = 1.0
 DEFAULT_CONNECT_TIMEOUT_S = 1.0
@@ -150,14 +156,46 @@ def _parse(url: str, socket_timeout: float, connect_timeout: float, retries: int
         db = parse_qs(parts.query).get("db", ["0"])[0]
         if not db.isdigit():
             raise _bad(url, f"database {db!r} is not a number")
-    elif scheme == "redis+cluster":
+    elif scheme in ("redis+cluster", "rediss+cluster"):
         _cluster_nodes(url, parts.netloc)
-    elif scheme == "redis+sentinel":
+        _tls_options(url, parts)
+    elif scheme in ("redis+sentinel", "rediss+sentinel"):
         _cluster_nodes(url, parts.netloc)
         _sentinel_path(url, parts.path)
+        _tls_options(url, parts)
     elif scheme != "fakeredis":
         raise _bad(url, f"unknown scheme {parts.scheme!r}")
     return scheme, url, parts
+
+
+def _tls_options(url: str, parts: Any) -> dict[str, Any]:
+    """redis-py's TLS keyword arguments for a cluster or Sentinel URL: `ssl=True` for the
+    `rediss+` schemes, and the query's TLS parameters (redis-py does not parse these URLs
+    itself). A parameter that is not a TLS one, or TLS parameters on a plain scheme, are a
+    `ConnectionURLError` rather than silently ignored."""
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - set(TLS_PARAMS))
+    if unknown:
+        raise _bad(url, f"unknown query parameters {unknown}; a cluster or Sentinel URL takes {list(TLS_PARAMS)}")
+    tls = parts.scheme.lower().startswith("rediss+")
+    if query and not tls:
+        raise _bad(url, "TLS parameters on a plain-text URL: use rediss+cluster:// or rediss+sentinel://")
+    if not tls:
+        return {}
+    options: dict[str, Any] = {"ssl": True}
+    for name, values in query.items():
+        value = values[-1]
+        if name == "ssl_check_hostname":
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise _bad(url, f"ssl_check_hostname={value!r} is not true or false")
+            options[name] = value.lower() in ("true", "1", "yes")
+        elif name == "ssl_cert_reqs":
+            if value not in ("none", "optional", "required"):
+                raise _bad(url, f"ssl_cert_reqs={value!r} is not none, optional or required")
+            options[name] = value
+        else:
+            options[name] = value
+    return options
 
 
 def _sentinel_path(url: str, path: str) -> tuple[str, int]:
@@ -176,10 +214,11 @@ def _sentinel_client(module: Any, url: str, parts: Any, common: dict[str, Any]) 
     so the client follows a failover. The URL's user and password are the data nodes'."""
     nodes = _cluster_nodes(url, parts.netloc)
     service, db = _sentinel_path(url, parts.path)
-    timeouts = {k: common[k] for k in ("socket_timeout", "socket_connect_timeout")}
-    sentinel = module.Sentinel([(n.host, n.port) for n in nodes], sentinel_kwargs=timeouts)
+    tls = _tls_options(url, parts)
+    sentinel_kwargs = {**{k: common[k] for k in ("socket_timeout", "socket_connect_timeout")}, **tls}
+    sentinel = module.Sentinel([(n.host, n.port) for n in nodes], sentinel_kwargs=sentinel_kwargs)
     return sentinel.master_for(
-        service, db=db, username=parts.username or None, password=parts.password or None, **common
+        service, db=db, username=parts.username or None, password=parts.password or None, **common, **tls
     )
 
 
@@ -222,7 +261,7 @@ def connect(
         retry=Retry(NoBackoff(), retries),
         decode_responses=decode_responses,
     )
-    if scheme == "redis+cluster":
+    if scheme.endswith("+cluster"):
         from redis.cluster import ClusterNode, RedisCluster
 
         nodes = _cluster_nodes(url, parts.netloc)
@@ -233,10 +272,11 @@ def connect(
                 username=parts.username or None,
                 password=parts.password or None,
                 **common,
+                **_tls_options(url, parts),
             )
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
             raise StoreUnavailable(f"cannot reach Redis Cluster at {redact_url(url)}: {redact_url(str(exc))}") from None
-    if scheme == "redis+sentinel":
+    if scheme.endswith("+sentinel"):
         from redis import sentinel
 
         return _sentinel_client(sentinel, url, parts, common)
@@ -287,7 +327,7 @@ def connect_async(
         retry=AsyncRetry(NoBackoff(), retries),
         decode_responses=decode_responses,
     )
-    if scheme == "redis+cluster":
+    if scheme.endswith("+cluster"):
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
         nodes = _cluster_nodes(url, parts.netloc)
@@ -297,8 +337,9 @@ def connect_async(
             password=parts.password or None,
             max_connections=max_connections,
             **common,
+            **_tls_options(url, parts),
         )
-    if scheme == "redis+sentinel":
+    if scheme.endswith("+sentinel"):
         from redis.asyncio import sentinel as async_sentinel
 
         return _sentinel_client(async_sentinel, url, parts, {**common, "max_connections": max_connections})
@@ -351,11 +392,21 @@ def with_timeouts(client: Any, socket_timeout: float, connect_timeout: float | N
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
             retry=retry,
+            **_cluster_tls(kwargs),
         )
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
     kwargs.update(retry=retry, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout)
     return type(client)(connection_pool=_same_pool(pool, kwargs))
+
+
+def _cluster_tls(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The TLS settings of a cluster client's connections, as keyword arguments for a new
+    RedisCluster (the blocking client keeps `ssl=True`, the asyncio one an SSLConnection class)."""
+    tls = kwargs.get("ssl") or "SSL" in getattr(kwargs.get("connection_class"), "__name__", "")
+    if not tls:
+        return {}
+    return {"ssl": True, **{k: v for k, v in kwargs.items() if k.startswith("ssl_") and v is not None}}
 
 
 def _same_pool(pool: Any, connection_kwargs: dict[str, Any]) -> Any:

@@ -293,8 +293,9 @@ class TlsRedisServer(RedisServer):
         *,
         client_certs: str = "no",
         certificate: tuple[Path, Path] | None = None,
+        cluster_port: bool = False,
     ) -> None:
-        super().__init__(args)
+        super().__init__(args, cluster_port=cluster_port)
         self.tls = tls
         self.client_certs = client_certs
         self.certificate = certificate or (tls.server_cert, tls.server_key)  # (cert, key) the server presents
@@ -343,25 +344,52 @@ class RedisClusterServers:
     Slots are split evenly with CLUSTER ADDSLOTSRANGE and the nodes joined with CLUSTER
     MEET; `start()` returns once every node reports cluster_state:ok and every replica's
     link to its primary is up. `node_timeout_ms` is how long a primary may be unreachable
-    before its replica is promoted (plus about a second of election).
+    before its replica is promoted (plus about a second of election). With `tls`, every node
+    speaks only TLS, to clients, on the cluster bus and for replication (`tls-cluster`,
+    `tls-replication`), and `url` is a `rediss+cluster://` URL carrying the CA file.
     """
 
-    def __init__(self, primaries: int = 3, args: Sequence[str] = (), *, replicas: int = 0, node_timeout_ms: int = 5000):
+    def __init__(
+        self,
+        primaries: int = 3,
+        args: Sequence[str] = (),
+        *,
+        replicas: int = 0,
+        node_timeout_ms: int = 5000,
+        tls: TlsFiles | None = None,
+    ):
         base = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms), *args]
-        self.nodes = [RedisServer(base, cluster_port=True) for _ in range(primaries)]
-        self.replicas = [RedisServer(base, cluster_port=True) for _ in range(primaries * replicas)]
+        self.tls = tls
+
+        def node() -> RedisServer:
+            if tls is None:
+                return RedisServer(base, cluster_port=True)
+            return TlsRedisServer(tls, [*base, "--tls-cluster", "yes", "--tls-replication", "yes"], cluster_port=True)
+
+        self.nodes = [node() for _ in range(primaries)]
+        self.replicas = [node() for _ in range(primaries * replicas)]
         self.replica_of: dict[int, RedisServer] = {}  # replica port -> its primary at start
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        hosts = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        if self.tls is None:
+            return "redis+cluster://" + hosts
+        return f"rediss+cluster://{hosts}?ssl_ca_certs={self.tls.ca_cert}"
+
+    def _node_client(self, server: RedisServer, socket_timeout: float = 5) -> Any:
+        """A plain redis-py client of one node (over TLS when the cluster uses it)."""
+        import redis
+
+        tls = {} if self.tls is None else {"ssl": True, "ssl_ca_certs": str(self.tls.ca_cert)}
+        return redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=socket_timeout, **tls)
 
     def start(self, timeout_s: float = 120.0) -> RedisClusterServers:
         import redis
 
         for node in [*self.nodes, *self.replicas]:
             node.start()
-        clients = [redis.Redis(host="127.0.0.1", port=n.port, socket_timeout=5) for n in self.nodes]
+        clients = [self._node_client(n) for n in self.nodes]
         count = len(self.nodes)
         for i, client in enumerate(clients):
             first, last = i * 16384 // count, (i + 1) * 16384 // count - 1
@@ -369,7 +397,7 @@ class RedisClusterServers:
         # every node meets every other: gossip then has nothing to spread, and the cluster
         # agrees in about 2 s instead of waiting on rounds of gossip
         everyone = [*self.nodes, *self.replicas]
-        all_clients = [*clients, *(redis.Redis(host="127.0.0.1", port=r.port, socket_timeout=5) for r in self.replicas)]
+        all_clients = [*clients, *(self._node_client(r) for r in self.replicas)]
         for i, client in enumerate(all_clients):
             for node in everyone[i + 1 :]:
                 client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
@@ -438,7 +466,7 @@ class RedisClusterServers:
     def _client(self, server: RedisServer) -> Any:
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=10)
+        return self._node_client(server, socket_timeout=10)
 
     def owner(self, slot: int) -> RedisServer:
         """The node that serves `slot` now."""

@@ -61,6 +61,11 @@ def test_run_review_writes_html_without_code_and_json(tmp_path, profiles_dir):
     assert "Stateful or stateless" in page and len(links) >= 6
     assert [link for link in links if html.unescape(link) not in targets] == []
     assert "text-align: left" in page, "text columns are left-aligned"
+    # least privilege: one user per kind of process, each line as statekit.acl prints it
+    users = data["access"]["users"]
+    assert [u["user"] for u in users] == [f"support_agent-{k}" for k in ("app", "ops", "watcher", "audit")]
+    for u in users:
+        assert html.escape(u["setuser"], quote=False) in page or u["setuser"] in page, u["user"]
 
 
 @pytest.mark.notebook

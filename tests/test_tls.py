@@ -90,3 +90,74 @@ def test_tls_to_a_plain_port_and_plain_to_a_tls_port_say_so(tls, tls_server):
     url = f"redis://127.0.0.1:{tls_server.port}/0"
     with pytest.raises(StoreUnavailable, match="use rediss://"):
         check_reachable(connect(url), url)
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tls):
+    from statekit.testing import RedisClusterServers
+
+    with RedisClusterServers(3, tls=tls) as cluster:
+        yield cluster
+
+
+@pytest.mark.realredis
+def test_every_client_runs_on_a_tls_cluster(tls_cluster):
+    """rediss+cluster://: TLS to clients, on the cluster bus and for replication. The
+    blocking, resilient (its own client with its deadline, TLS kept) and asyncio stores, and
+    the health scan's walk over every primary."""
+    from statekit.observe import health_scan
+
+    url = tls_cluster.url
+    assert url.startswith("rediss+cluster://")
+    client = connect(url)
+    assert check_reachable(client, url).kind == "cluster"
+    store = SessionStore(client, LifecyclePolicy(window_turns=3), namespace="tlsc")
+    for i in range(30):
+        store.append_turn(f"s{i}", {"n": i})
+    assert {client.get_node_from_key(store.keys(f"s{i}")[0]).name for i in range(30)} == {
+        f"127.0.0.1:{n.port}" for n in tls_cluster.nodes
+    }, "the sessions live on every primary"
+    resilient = ResilientStore(store, timeout_ms=1000)
+    resilient.append_turn("s0", {"n": 100})
+    ctx = resilient.load_context("s0")
+    assert (ctx.source, ctx.turns[-1]) == ("store", {"n": 100})
+    assert health_scan(client, "tlsc").sessions == 30
+
+    async def run_async():
+        aclient = connect_async(url)
+        try:
+            await check_reachable_async(aclient, url)
+            astore = AsyncSessionStore(aclient, LifecyclePolicy(window_turns=3), namespace="tlsc")
+            await astore.append_turn("s1", {"n": 101})
+            return await astore.load_context("s1")
+        finally:
+            await aclient.aclose()
+
+    assert asyncio.run(run_async()).turns[-1] == {"n": 101}
+
+
+@pytest.mark.realredis
+def test_a_tls_cluster_without_the_ca_or_over_plain_text_is_named(tls_cluster):
+    hosts = tls_cluster.url.split("://", 1)[1].split("?", 1)[0]
+    with pytest.raises(StoreUnavailable, match="cannot reach Redis Cluster"):
+        connect(f"redis+cluster://{hosts}", connect_timeout=0.5)
+    with pytest.raises(StoreUnavailable, match="certificate|CA"):
+        connect(f"rediss+cluster://{hosts}", connect_timeout=0.5)
+
+
+def test_cluster_and_sentinel_urls_take_tls_parameters_and_refuse_others():
+    from statekit.backends import ConnectionURLError, _parse, _tls_options
+
+    _, url, parts = _parse(
+        "rediss+sentinel://127.0.0.1:26379/svc?ssl_ca_certs=/ca.pem&ssl_check_hostname=false&ssl_cert_reqs=required",
+        1, 1, 0,
+    )  # fmt: skip
+    assert _tls_options(url, parts) == {
+        "ssl": True, "ssl_ca_certs": "/ca.pem", "ssl_check_hostname": False, "ssl_cert_reqs": "required"
+    }  # fmt: skip
+    with pytest.raises(ConnectionURLError, match="unknown query parameters"):
+        connect("rediss+cluster://127.0.0.1:7000?sslcacerts=/ca.pem")
+    with pytest.raises(ConnectionURLError, match="use rediss\\+cluster"):
+        connect("redis+cluster://127.0.0.1:7000?ssl_ca_certs=/ca.pem")
+    with pytest.raises(ConnectionURLError, match="is not true or false"):
+        connect("rediss+cluster://127.0.0.1:7000?ssl_check_hostname=maybe")
