@@ -7,11 +7,12 @@ REDIS_URL ?= fakeredis://
 OUT       ?= reports
 PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 
-.PHONY: help review test lab lint bench clean
+.PHONY: help review test app lab lint bench clean
 
 help:
 	@echo "make review   create .venv, install statekit, write the design review of $(PROFILE) to $(OUT)/"
 	@echo "make test     run the whole test suite (real-Redis tests need redis-server on PATH)"
+	@echo "make app      serve the live design review of $(PROFILE) on http://127.0.0.1:8866/ (Voila)"
 	@echo "make lab      open JupyterLab on notebooks/"
 	@echo "make lint     ruff"
 	@echo "make bench    benchmarks against raw redis-py, langchain-community and LangGraph's savers (starts its own redis-server)"
@@ -24,12 +25,19 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[workbook,otel,hiredis,langgraph,dev]'
-	@touch $@ $(VENV)/.core
+	$(PIP) install -e '.[workbook,app,otel,hiredis,langgraph,dev]'
+	@touch $@ $(VENV)/.core $(VENV)/.app
 
 $(VENV)/.lab: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[workbook,langgraph,lab]'
 	@touch $@ $(VENV)/.core
+
+$(VENV)/.app: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[workbook,app]'
+	@touch $@ $(VENV)/.core
+
+app: $(VENV)/.app
+	$(BIN)/statekit app $(PROFILE) --redis-url '$(REDIS_URL)'
 
 review: $(VENV)/.core
 	$(BIN)/statekit review $(PROFILE) --out $(OUT) --redis-url '$(REDIS_URL)'

@@ -221,6 +221,39 @@ def _cmd_network_drill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_app(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import subprocess
+
+    from ._optional import require
+    from .backends import check_reachable, connect
+
+    require("voila", what="statekit app (pip install 'statekit[workbook,app]')")
+    profile = Path(args.profile or "data/profiles/support_agent.yaml")
+    if not profile.exists():
+        raise StatekitError(f"{profile}: no such profile (give one: statekit app PROFILE.yaml)")
+    WorkloadProfile.from_yaml(profile)  # an invalid profile fails here, before a server starts
+    client = connect(args.redis_url)
+    try:
+        check_reachable(client, args.redis_url)
+    finally:
+        client.close()
+    notebook = Path(__file__).resolve().parent / "notebooks" / "live_review.ipynb"
+    env = {
+        **os.environ,
+        "STATEKIT_APP": "1",
+        "STATEKIT_APP_PROFILE": str(profile.resolve()),
+        "STATEKIT_APP_REDIS_URL": args.redis_url,
+        "STATEKIT_APP_OUT": str(Path(args.out).resolve()),
+    }
+    voila = shutil.which("voila", path=str(Path(sys.executable).parent)) or shutil.which("voila")
+    cmd = [voila or "voila", str(notebook), f"--port={args.port}", "--Voila.ip=127.0.0.1", "--no-browser",
+           "--show_tracebacks=True"]  # fmt: skip
+    print(f"statekit app: http://127.0.0.1:{args.port}/ ({profile}, {redact_url(args.redis_url)}); Ctrl-C stops it")
+    return subprocess.call(cmd, env=env)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="statekit",
@@ -303,6 +336,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     health.set_defaults(func=_cmd_health)
+
+    app = sub.add_parser(
+        "app",
+        help="the live design review: change the profile's assumptions and watch every decision follow (Voila)",
+        description="Serve the live review (statekit/notebooks/live_review.ipynb) with Voila on 127.0.0.1: "
+        "widgets for traffic, turns, bytes and tokens per turn, token price, window, TTL, whether the caller "
+        "can resend its history, staleness per state class and the latency budget; scenarios pinned side by "
+        "side; a scenario exported as a profile YAML and its static report.",
+    )
+    app.add_argument("profile", nargs="?", metavar="PROFILE", help="workload profile YAML "
+                     "(default: data/profiles/support_agent.yaml)")  # fmt: skip
+    app.add_argument(
+        "--redis-url", default="fakeredis://", help="Redis to run against (default: embedded fakeredis://)"
+    )
+    app.add_argument("--port", type=_positive_int, default=8866, help="port on 127.0.0.1 (default 8866)")
+    app.add_argument("--out", default="scenarios", help="where exported scenarios and their reports go")
+    app.set_defaults(func=_cmd_app)
 
     net = sub.add_parser(
         "network-drill",

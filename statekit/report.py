@@ -39,7 +39,10 @@ def _pd() -> Any:
 def left_aligned(frame: Any) -> Any:
     """A Styler that left-aligns text (pandas right-aligns every column, which makes long
     "why" and "recipe" columns hard to read) and keeps numbers to the right."""
-    text = [c for c in frame.columns if frame[c].dtype == object]
+    from pandas.api.types import is_numeric_dtype
+
+    # anything not numeric is text: object columns, and pandas 3's str columns too
+    text = [c for c in frame.columns if not is_numeric_dtype(frame[c])]
     styler = frame.style
     if text:
         styler = styler.set_properties(subset=text, **{"text-align": "left"})

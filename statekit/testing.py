@@ -464,7 +464,6 @@ class RedisClusterServers:
         return next(r for r in self.replicas if self.replica_of[r.port] is primary)
 
     def _client(self, server: RedisServer) -> Any:
-        import redis
 
         return self._node_client(server, socket_timeout=10)
 
@@ -926,7 +925,8 @@ def network_drill(
 ) -> dict[str, Any]:
     """Run an application's requests (load the context, append a turn) through a
     `ResilientStore` set up as `resilience.recommend(profile)` says, over a `TcpProxy` in
-    front of the redis-server at `redis_url` (`redis://`, same user and database), while the link is impaired by `drill`:
+    front of the redis-server at `redis_url` (`redis://`, same user and database), while the
+    link is impaired by `drill`:
 
     - `latency`: `latency_ms` more per round trip (half each way), jitter `jitter_ms`;
     - `half_open`: replies from the server are lost, the connection stays up (requests land);
@@ -1062,7 +1062,10 @@ def network_drill(
         }
 
     phases = {
-        phase: {op: figures([r for r in calls if r["phase"] == phase and r["op"] == op]) for op in ("load_context", "append_turn")}
+        phase: {
+            op: figures([r for r in calls if r["phase"] == phase and r["op"] == op])
+            for op in ("load_context", "append_turn")
+        }
         for phase in ("before", "impaired", "after")
     }
     opened = sum(1 for _, old, new in events if old == "closed" and new == "open")
@@ -1083,9 +1086,7 @@ def network_drill(
         "breaker": {
             "opened": opened,
             "closed_again": sum(1 for _, old, new in events if old != "closed" and new == "closed"),
-            "transitions": [
-                {"at_s": round(t - impaired_at, 3), "from": old, "to": new} for t, old, new in events
-            ],
+            "transitions": [{"at_s": round(t - impaired_at, 3), "from": old, "to": new} for t, old, new in events],
         },
         "raised_to_application": raised,
         "turns": {

@@ -169,3 +169,18 @@ def test_health_and_migrate_walk_every_node_of_a_cluster(capsys, redis_cluster):
     assert migrated["migrated"] == 60 and len(migrated["cursors"]) == 3
     main(["health", redis_cluster.url, "--namespace", "cli", "-q", "--json"])
     assert json.loads(capsys.readouterr().out)["sessions"] == 60
+
+
+def test_app_refuses_a_missing_profile_a_bad_profile_and_an_unreachable_server(capsys, tmp_path, profiles_dir):
+    """`statekit app` checks what it was given before it starts Voila (nothing is served)."""
+    assert main(["app", str(tmp_path / "nope.yaml")]) == 2
+    assert "no such profile" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("service: x\n")
+    assert main(["app", str(bad)]) == 2
+    assert "traffic" in capsys.readouterr().err
+    profile = str(profiles_dir / "support_agent.yaml")
+    assert main(["app", profile, "--redis-url", "redis://127.0.0.1:1/0"]) == 2
+    assert "127.0.0.1:1" in capsys.readouterr().err
+    assert main(["app", profile, "--redis-url", "redis//nope"]) == 2
+    assert "no scheme" in capsys.readouterr().err

@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from statekit import LifecyclePolicy, SessionStore, codec, connect
 from statekit.errors import StateTooLarge
@@ -242,7 +249,11 @@ def test_the_store_answers_as_the_model_says(any_url: str, request: pytest.Fixtu
 def test_a_replayed_turn_id_with_a_body_over_the_cap_is_refused_and_the_stored_turn_kept() -> None:
     """Found by the model test: an over-cap body under a turn id already stored is refused
     unsent (`StateTooLarge`) rather than answered as a duplicate; what was stored stays."""
-    store = SessionStore(connect("fakeredis://"), LifecyclePolicy(max_bytes=150, summary_max_bytes=0, summarizer=None), namespace="replay")
+    store = SessionStore(
+        connect("fakeredis://"),
+        LifecyclePolicy(max_bytes=150, summary_max_bytes=0, summarizer=None),
+        namespace="replay",
+    )
     size = store.append_turn("a", {"text": ""}, "t0")
     with pytest.raises(StateTooLarge):
         store.append_turn("a", {"text": "0" * 200}, "t0")

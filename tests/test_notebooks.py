@@ -87,6 +87,10 @@ MUST_SHOW = {
             "keys without a TTL: 0",
         ],
     },
+    "07_live_review": {
+        "fakeredis": ["backend fakeredis (fakeredis://)", "numbers updated in", "10x traffic, caller resends", "+900%"],
+        "redis": ["backend redis (redis://", "numbers updated in", "+900%"],
+    },
     "design_review": {
         "fakeredis": ["server-side session state", "Stateful or stateless", "under 1 in 1,000 after", "Phase 1"],
         "redis": ["backend redis (", "server-side session state", "under 1 in 1,000 after"],

@@ -136,3 +136,17 @@ def test_review_with_the_failover_drill_reports_the_writes_it_lost(tmp_path, pro
     assert failover["store"]["lost_from_buffer"] == 0 and failover["store"]["mode_after"] == "normal"
     html = files.html.read_text()
     assert "30 of 300 acknowledged writes lost" in html and "Failover, measured" in html
+
+
+def test_text_columns_are_left_aligned_and_numbers_stay_right():
+    """pandas 3 stores text as `str`, not `object`: the report's consistency table came out
+    right-aligned in a browser screenshot while this check only looked at headers."""
+    import pandas as pd
+
+    from statekit import report
+
+    html_text = report.left_aligned(pd.DataFrame({"why": ["a reason", "another"], "n": [1, 2]})).to_html()
+    rules = re.findall(r"([^{}]+)\{\s*text-align: left;\s*\}", html_text)
+    selectors = " ".join(rules)
+    assert "_row0_col0" in selectors and "_row1_col0" in selectors, "the text column"
+    assert "_col1" not in selectors, "the number column"
