@@ -989,8 +989,8 @@ def network_drill(
                     if op == "load_context":
                         out = resilient.load_context(sid).source
                     else:
-                        resilient.append_turn(sid, {"n": n}, turn_id=tid)
-                        out = "buffered" if any(p.turn_id == tid for p in list(resilient._buffer)) else "store"
+                        stored = resilient.append_turn(sid, {"n": n}, turn_id=tid)  # None: buffered
+                        out = "buffered" if stored is None else "store"
                         acked.append(tid)
                 except Exception as exc:  # noqa: BLE001 - what reaches the application is the finding
                     raised.append(f"{op}: {type(exc).__name__}: {exc}")
