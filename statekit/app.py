@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import io
+import math
+import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -20,7 +22,7 @@ from typing import Any
 import yaml
 
 from ._optional import require
-from .errors import ProfileError
+from .errors import ProfileError, StatekitError
 from .profile import WorkloadProfile
 
 __all__ = ["ASSUMPTIONS", "apply", "assumptions_of", "decisions", "compare", "export_yaml", "ReviewApp", "review_app"]
@@ -84,7 +86,11 @@ def apply(profile: WorkloadProfile, values: dict[str, Any]) -> WorkloadProfile:
         ratio = profile.traffic.requests_per_session / profile.turns.per_session
         t["requests_per_session"] = max(1, round(turns * ratio))
     data["costs"]["token_price_per_million"] = float(v["token_price_per_million"])
-    data["state"]["context_window_turns"] = min(int(v["context_window_turns"]), turns)
+    window = int(v["context_window_turns"])
+    if profile.state.context_window_turns is None and window == base["context_window_turns"]:
+        data["state"]["context_window_turns"] = None  # untouched: still every turn of a session
+    else:
+        data["state"]["context_window_turns"] = min(window, turns)
     data["client"]["can_send_full_context"] = bool(v["can_send_full_context"])
     data["latency_budget_ms"] = float(v["latency_budget_ms"])
     for c in data["state_classes"]:
@@ -205,7 +211,6 @@ class _Scenario:
     name: str
     values: dict[str, Any]
     review: dict[str, Any]
-    profile: WorkloadProfile
 
 
 @dataclass
@@ -248,8 +253,6 @@ class ReviewApp:
             elif kind == "int":
                 control = w.IntSlider(value=int(value), min=int(lo), max=int(max(hi, value)), step=int(step), **common)
             elif kind == "log":
-                import math
-
                 control = w.FloatLogSlider(
                     value=max(float(value), lo), base=10, min=math.log10(lo), max=math.log10(max(hi, value)),
                     step=0.05, readout_format=".3g", **common,
@@ -310,17 +313,18 @@ class ReviewApp:
             self._recompute()
 
     def _recompute(self) -> None:
-        import re
-
         from . import report
 
         values = self.current_values()
         start = time.perf_counter()
         try:
-            profile = apply(self.profile, {k: v for k, v in values.items()})
+            profile = apply(self.profile, values)
             review = _review(profile, self.redis_url, int(values["ttl_minutes"]))
         except ProfileError as exc:
             self.status.value = f'<span class="statekit-error">Not a valid profile: {exc}</span>'
+            return
+        except StatekitError as exc:  # Redis gone, say: shown where the reviewer looks, not lost in a timer thread
+            self.status.value = f'<span class="statekit-error">Could not recompute: {exc}</span>'
             return
         self.review, self.values, self._current_profile = review, values, profile
         s = self.sections
@@ -365,7 +369,7 @@ class ReviewApp:
         """Keep the current settings as a scenario (at most three: the oldest goes first)."""
         name = name or self.scenario_name.value or f"scenario {len(self.scenarios) + 1}"
         self.scenarios = [s for s in self.scenarios if s.name != name][-2:]
-        self.scenarios.append(_Scenario(name, dict(self.values), self.review, self._current_profile))
+        self.scenarios.append(_Scenario(name, dict(self.values), self.review))
         self.scenario_name.value = f"scenario {len(self.scenarios) + 1}"
         self.sections["scenarios"].value = _html(self.comparison())
 

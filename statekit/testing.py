@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -945,6 +946,7 @@ def network_drill(
     from . import LifecyclePolicy, ResilientStore, SessionStore
     from .backends import connect
     from .resilience import recommend
+    from .store import StoreListener
 
     if drill not in NETWORK_DRILLS:
         raise ValueError(f"drill is one of {NETWORK_DRILLS}, got {drill!r}")
@@ -952,13 +954,10 @@ def network_drill(
     reset_s = settings["reset_timeout_s"] if reset_timeout_s is None else reset_timeout_s
     events: list[tuple[float, str, str]] = []
 
-    class Transitions:
+    class Transitions(StoreListener):
         def on_event(self, kind: str, session_id: str, info: Any) -> None:
             if kind == "breaker":
                 events.append((time.monotonic(), str(info["from"]), str(info["to"])))
-
-        def on_operation(self, *args: Any) -> None:
-            pass
 
     namespace = f"net-{drill}-{os.urandom(3).hex()}"
     policy = LifecyclePolicy(window_turns=1000, max_bytes=1 << 20, summarizer=None, summary_max_bytes=0)
@@ -1050,9 +1049,7 @@ def network_drill(
 
     def figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
         ms = np.array([r["ms"] for r in rows]) if rows else np.array([0.0])
-        saw: dict[str, int] = {}
-        for r in rows:
-            saw[r["saw"]] = saw.get(r["saw"], 0) + 1
+        saw = dict(Counter(r["saw"] for r in rows))
         return {
             "calls": len(rows),
             "p50_ms": round(float(np.percentile(ms, 50)), 2),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from statekit.app import apply, assumptions_of, compare, export_yaml, review_app
@@ -9,14 +11,22 @@ from statekit.errors import ProfileError
 from statekit.profile import WorkloadProfile
 from statekit.review import run_review
 
+PROFILES = Path(__file__).resolve().parent.parent / "data" / "profiles"
+
 
 @pytest.fixture
 def profile(profiles_dir):
     return WorkloadProfile.from_yaml(profiles_dir / "support_agent.yaml")
 
 
-def test_the_profile_as_is_round_trips_through_its_assumptions(profile):
-    # a staleness of 0 stays 0 (a log-scale slider once clamped it to 0.01 and flipped a decision)
+@pytest.mark.parametrize("name", [p.stem for p in sorted(PROFILES.glob("*.yaml"))])
+def test_every_example_profile_round_trips_through_the_apps_controls(name):
+    """The controls as they start say the profile as it is: a staleness of 0 stays 0 (a
+    log-scale slider once clamped it to 0.01 and flipped a decision), and a window left at
+    every turn stays so."""
+    profile = WorkloadProfile.from_yaml(PROFILES / f"{name}.yaml")
+    app = review_app(profile)
+    assert apply(profile, app.current_values()).model_dump() == profile.model_dump()
     assert apply(profile, assumptions_of(profile)).model_dump() == profile.model_dump()
 
 
@@ -84,3 +94,13 @@ def test_compare_flags_a_decision_that_flips(profile):
     assert table.loc["assumed: staleness.conversation"].tolist()[:2] == [0.0, 5.0]
     assert table.loc["memory, MB", "change vs first"] == ""
     assert export_yaml(profile).startswith("service: support_agent")
+
+
+def test_a_store_that_goes_away_is_shown_in_the_status_line(profile):
+    app = review_app(profile, debounce_s=0.01)
+    memory = app.review["lifecycle"]["capacity"]["total_bytes"]
+    app.redis_url = "redis://127.0.0.1:1/0"  # nothing listens there
+    app.set(traffic_x=3.0)
+    assert app.wait_idle(30)
+    assert "Could not recompute" in app.status.value and "127.0.0.1:1" in app.status.value
+    assert app.review["lifecycle"]["capacity"]["total_bytes"] == memory, "the last good numbers stay"
