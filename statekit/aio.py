@@ -215,10 +215,16 @@ class AsyncSessionStore(StoreCore):
         """The session's structured state and its version (an empty dict and 0 when unset)."""
         return await self._run("get_state", session_id, self._get_state_steps(session_id))
 
-    async def update_state(self, session_id: str, fn: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+    async def update_state(
+        self, session_id: str, fn: Callable[[dict[str, Any]], Any], update_id: str | None = None
+    ) -> dict[str, Any]:
         """Compare-and-set update of the structured state, retried on conflict (as
-        `SessionStore.update_state`); `fn` may be a coroutine function."""
-        return await self._run("update_state", session_id, self._update_state_steps(session_id, fn))
+        `SessionStore.update_state`, `update_id` included); `fn` may be a coroutine function."""
+        return await self._run("update_state", session_id, self._update_state_steps(session_id, fn, update_id))
+
+    async def _append_encoded(self, session_id: str, turn_id: str, record: bytes) -> int:
+        """`append_turn` for a turn that `prepare_turn` checked and encoded (AsyncResilientStore's replay)."""
+        return await self._run("append_turn", session_id, self._append_record_steps(session_id, turn_id, record))
 
     async def tag_region(self, session_id: str, region: str) -> bool:
         """Record an existing session's region, keeping its TTL; False for a missing session."""
@@ -259,6 +265,8 @@ class AsyncResilientStore(ResilientStore):
     replay the buffer. The breaker and buffer are shared by every coroutine of the process
     that uses this object."""
 
+    _awaits = True
+
     def _check_store(self, store: Any) -> None:
         if not isinstance(store, AsyncSessionStore):
             raise InvalidInput(f"AsyncResilientStore wraps an AsyncSessionStore, got {type(store).__name__}")
@@ -298,6 +306,17 @@ class AsyncResilientStore(ResilientStore):
         """Replay the buffer, waiting for the store for at most `timeout_s`; how many writes remain."""
         return await adrive(self._drain_steps(timeout_s), self._io)
 
+    def close(self) -> None:  # type: ignore[override]
+        raise InvalidInput("AsyncResilientStore closes with `await store.aclose()`")
+
     async def aclose(self) -> None:
-        """Close the connections of the resilient store's own client."""
+        """Release the durable buffer's file and lock (what it holds stays on disk for the next
+        start) and close the connections of the resilient store's own client."""
+        self._release()
         await self.store.aclose()
+
+    async def __aenter__(self) -> AsyncResilientStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

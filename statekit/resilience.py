@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
+import os
+import sqlite3
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -32,7 +36,7 @@ import orjson
 import pybreaker
 
 from .backends import with_timeouts
-from .errors import InvalidInput, StatekitError, StoreUnavailable
+from .errors import AccessDenied, CorruptStateError, InvalidInput, StatekitError, StoreUnavailable
 from .store import Context, SessionStore, Steps, StoreListener, _new_turn_id, drive
 
 log = logging.getLogger(__name__)
@@ -87,6 +91,8 @@ class ResilienceStats:
     writes_dropped: int = 0
     buffer_overflow: int = 0
     degraded_episodes: int = 0
+    replays_rejected: int = 0
+    durable_failures: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -96,10 +102,37 @@ class ResilienceStats:
 class _Pending:
     kind: Literal["append", "state", "delete"]
     session_id: str
-    turn: Mapping[str, Any] | None = None
+    turn: Mapping[str, Any] | None = None  # an append's turn, as a load returns it
     turn_id: str | None = None
     fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     seq: int | None = None  # its row in a DurableBuffer
+    record: bytes | None = None  # an append's record, checked and encoded as the store writes it
+    update_id: str | None = None  # an update's identity: its replay is not applied twice
+
+
+class _DurableError(Exception):
+    """Internal: the durable buffer's file refused a write (a full disk, a damaged file)."""
+
+
+#: Every DurableBuffer and ResilientStore of this process, for the fork handler below.
+_LIVE_BUFFERS: weakref.WeakSet[DurableBuffer] = weakref.WeakSet()
+_LIVE_STORES: weakref.WeakSet[ResilientStore] = weakref.WeakSet()
+#: SQLite connections a forked child inherited: kept referenced and never closed there, since
+#: closing one in the child could checkpoint the parent's write-ahead log under it.
+_INHERITED: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    """A forked child owns nothing of its parent's write buffer: the parent replays it. (Two
+    workers replaying one buffer store turns twice, and a delete replayed by the second can
+    erase what the first stored after it.)"""
+    for buffer in list(_LIVE_BUFFERS):
+        buffer._detach()
+    for store in list(_LIVE_STORES):
+        store._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class DurableBuffer:
@@ -107,20 +140,23 @@ class DurableBuffer:
     survive the process being killed during an outage and are replayed on the next start.
 
     SQLite in WAL mode with `synchronous=FULL`: a buffered turn is on disk (fsync'd) before
-    `append_turn` returns None to its caller. Appends and deletes are kept; an `update_state`
+    `append_turn` returns None to its caller. Appends and deletes are kept, each append as the
+    record the store writes (checked and encoded before it was buffered); an `update_state`
     function is code, not data, so it stays in memory only (a `buffered` event says
     `durable: False`). One process per file: a second one opening it gets `InvalidInput`
-    (the file is locked), so two processes never replay each other's turns. Written by hand:
-    no well-kept library offers a crash-safe, ordered, idempotent replay queue for Redis
+    (the file is locked), so two processes never replay each other's turns; a child forked
+    from the process that holds it is detached from it (see `ResilientStore`). A file that is
+    not a SQLite database is a `CorruptStateError` naming it, and is left as it is. Written by
+    hand: no well-kept library offers a crash-safe, ordered, idempotent replay queue for Redis
     writes; SQLite does the durable part.
     """
 
     def __init__(self, path: str | Path) -> None:
         import fcntl
-        import sqlite3
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._pid = os.getpid()
         self._lockfile = open(self.path.with_suffix(self.path.suffix + ".lock"), "a")  # noqa: SIM115 - held open
         try:
             fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -129,41 +165,98 @@ class DurableBuffer:
             raise InvalidInput(
                 f"durable buffer {self.path} is in use by another process: give each process its own"
             ) from None
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
-            "session_id TEXT NOT NULL, turn BLOB, turn_id TEXT)"
-        )
+        try:
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
+                "session_id TEXT NOT NULL, turn BLOB, turn_id TEXT)"
+            )
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(pending)")}
+            if "record" not in columns:  # files written before turns were kept as encoded records
+                self._db.execute("ALTER TABLE pending ADD COLUMN record BLOB")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(Exception):
+                self._db.close()
+            self._lockfile.close()
+            raise CorruptStateError(
+                f"durable buffer {self.path} cannot be used ({exc}); it was left as it is: move it aside "
+                "(or recover it with sqlite3's .recover) to start with an empty buffer"
+            ) from None
         self._lock = threading.Lock()
+        self._closed = False
+        _LIVE_BUFFERS.add(self)
+
+    @property
+    def detached(self) -> bool:
+        """True in a process forked from the one that opened the file: it must not write to it."""
+        return os.getpid() != self._pid
+
+    def _detach(self) -> None:
+        """In a forked child: let go of the parent's file without touching it."""
+        _INHERITED.append(self._db)
+        self._lock = threading.Lock()  # one held at fork time stays held in the child
 
     def add(self, item: _Pending) -> int | None:
-        """Keep `item` on disk; its row number, or None for what cannot be kept (a function)."""
-        if item.kind == "state":
+        """Keep `item` on disk; its row number, or None for what cannot be kept (a function,
+        or anything in a forked child). Raises `_DurableError` when the file refuses it."""
+        if item.kind == "state" or self.detached or self._closed:
             return None
-        turn = orjson.dumps(dict(item.turn)) if item.turn is not None else None
-        with self._lock:
-            cursor = self._db.execute(
-                "INSERT INTO pending (kind, session_id, turn, turn_id) VALUES (?, ?, ?, ?)",
-                (item.kind, item.session_id, turn, item.turn_id),
-            )
-            return int(cursor.lastrowid or 0)
+        turn = orjson.dumps(dict(item.turn)) if item.turn is not None and item.record is None else None
+        try:
+            with self._lock:
+                cursor = self._db.execute(
+                    "INSERT INTO pending (kind, session_id, turn, turn_id, record) VALUES (?, ?, ?, ?, ?)",
+                    (item.kind, item.session_id, turn, item.turn_id, item.record),
+                )
+                return int(cursor.lastrowid or 0)
+        except sqlite3.Error as exc:
+            raise _DurableError(f"{self.path}: {exc}") from exc
 
     def remove(self, seq: int) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM pending WHERE seq = ?", (seq,))
+        """Forget a replayed row. Raises `_DurableError` when the file refuses it."""
+        if self.detached or self._closed:
+            return
+        try:
+            with self._lock:
+                self._db.execute("DELETE FROM pending WHERE seq = ?", (seq,))
+        except sqlite3.Error as exc:
+            raise _DurableError(f"{self.path}: {exc}") from exc
 
     def load(self) -> list[_Pending]:
         """What an earlier process of this file left buffered, oldest first."""
-        with self._lock:
-            rows = self._db.execute("SELECT seq, kind, session_id, turn, turn_id FROM pending ORDER BY seq").fetchall()
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT seq, kind, session_id, turn, turn_id, record FROM pending ORDER BY seq"
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise CorruptStateError(
+                f"durable buffer {self.path} cannot be read ({exc}); it was left as it is: move it aside "
+                "(or recover it with sqlite3's .recover) to start with an empty buffer"
+            ) from None
         return [
-            _Pending(kind, sid, turn=orjson.loads(turn) if turn is not None else None, turn_id=tid, seq=seq)
-            for seq, kind, sid, turn, tid in rows
+            _Pending(
+                kind,
+                sid,
+                turn=SessionStore.record_turn(record) if record is not None else orjson.loads(turn) if turn else None,
+                turn_id=tid,
+                seq=seq,
+                record=record,
+            )
+            for seq, kind, sid, turn, tid, record in rows
         ]
 
     def close(self) -> None:
+        """Close the file and release its lock (what it holds stays for the next start)."""
+        if self._closed:
+            return
+        self._closed = True
+        _LIVE_BUFFERS.discard(self)
+        if self.detached:  # the parent's: its lock and connection stay the parent's
+            self._lockfile.close()  # a flock is released only when its last holder closes it
+            return
         with self._lock:
             self._db.close()
         self._lockfile.close()
@@ -182,6 +275,8 @@ class _BreakerBridge(pybreaker.CircuitBreakerListener):
             self.owner._opened_at = self.owner.clock.now()
         old = old_state.name if old_state is not None else None
         self.owner._emit("breaker", "", {"from": old, "to": new_state.name})
+        if new_state.name == pybreaker.STATE_OPEN:  # calls now fail fast: the service is degraded
+            self.owner._set_degraded(True, "circuit breaker open")
 
 
 class ResilientStore:
@@ -196,7 +291,21 @@ class ResilientStore:
     `statekit.testing.FakeClock`). `durable_buffer` (a file path, one per process) keeps
     buffered appends and deletes on disk (`DurableBuffer`): a process killed during an
     outage replays them, in order and once each, when it starts again with the same path.
+
+    Every write is checked and encoded as the plain store would before it is buffered, so a
+    degraded call refuses what a healthy one refuses. Every update carries an id that the
+    compare-and-set script records, so an update whose reply was lost after it landed is not
+    applied again when it is replayed. A buffered write that cannot be applied at replay
+    (over the cap by then, or its function raises) is reported (`replay_rejected` event,
+    `stats.replays_rejected`) and dropped. A delete, buffered or not, removes the session from
+    every fallback at once. A process forked from the one that made this store starts with
+    an empty buffer and without the durable file (`durable_detached` event): the parent
+    replays what it buffered. `close()` (or `with`) releases the durable file and the
+    store's own connections.
     """
+
+    #: Whether update functions may be coroutine functions (the asyncio store awaits them).
+    _awaits = False
 
     def __init__(
         self,
@@ -255,9 +364,61 @@ class ResilientStore:
         if self.durable is not None:
             self._buffer.extend(self.durable.load())
         # last context read per session, and the turns appended through this store since
-        self._cache: OrderedDict[str, tuple[Context, list[dict[str, Any]]]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[Context, list[bytes]]] = OrderedDict()
         self._states: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
         self._degraded = False
+        self._deletes = 0  # deletes begun: a read that began before one must not fill a cache
+        self._forked_from: int | None = None
+        _LIVE_STORES.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the buffer is the parent's to replay; locks held at fork time
+        would stay held here."""
+        self._buffer.clear()
+        self._lock = threading.RLock()
+        self._probe = threading.Lock()
+        self._flushing = threading.Lock()
+        self._forked_from = os.getppid()
+
+    @property
+    def durable_detached(self) -> bool:
+        """True when this store's durable buffer belongs to the process it was forked from:
+        writes buffered here are kept in memory only."""
+        return self.durable is not None and self.durable.detached
+
+    def _note_fork(self) -> None:
+        if self._forked_from is not None:
+            parent, self._forked_from = self._forked_from, None
+            if self.durable is not None:
+                log.warning(
+                    "ResilientStore in forked process %d: the durable buffer %s belongs to process %d; "
+                    "writes buffered here are kept in memory only. Make the store after the fork "
+                    "(gunicorn post_fork, Celery worker_process_init), with a file per worker.",
+                    os.getpid(),
+                    self.durable.path,
+                    parent,
+                )
+                self._emit("durable_detached", "", {"parent_pid": parent, "path": str(self.durable.path)})
+
+    def close(self) -> None:
+        """Release the durable buffer's file and lock (what it holds stays on disk for the next
+        start) and close the connections of this store's own client. Writes buffered in
+        memory only are lost: `drain()` first for a graceful shutdown."""
+        self._release()
+        self.store.client.close()
+
+    def _release(self) -> None:
+        memory_only = sum(1 for p in self._buffer if p.seq is None)
+        if memory_only:
+            log.warning("ResilientStore closed with %d writes buffered in memory only: they are lost", memory_only)
+        if self.durable is not None:
+            self.durable.close()
+
+    def __enter__(self) -> ResilientStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _check_store(self, store: Any) -> None:
         if not isinstance(store, SessionStore):
@@ -325,6 +486,7 @@ class ResilientStore:
 
         The call itself is a step, `("store", name, args)`: the blocking store's wire calls
         it, the asyncio one awaits it; everything around it is shared."""
+        self._note_fork()
         try:
             probing = self._gate()
         except _Unavailable:
@@ -362,21 +524,31 @@ class ResilientStore:
             self.breaker.call(outcome)
 
     def _after_success(self) -> None:
-        if self._degraded and not self._buffer:
+        # a call that began before the breaker opened may answer after: still degraded then
+        if self._degraded and not self._buffer and self._storage.state == pybreaker.STATE_CLOSED:
             self._set_degraded(False, "store answered")
 
     # -- the write buffer -----------------------------------------------------------------
 
     def _enqueue(self, item: _Pending) -> bool:
+        self._note_fork()
+        failure = None
         with self._lock:
             if len(self._buffer) >= self.buffer_max_turns:
                 self.stats.buffer_overflow += 1
                 self._emit("overflow", item.session_id, {"kind": item.kind, "buffered": len(self._buffer)})
                 return False
             if self.durable is not None:
-                item.seq = self.durable.add(item)  # on disk before the caller hears "buffered"
+                try:
+                    item.seq = self.durable.add(item)  # on disk before the caller hears "buffered"
+                except _DurableError as exc:  # a full disk, a damaged file: keep it in memory
+                    failure = str(exc)
+                    self.stats.durable_failures += 1
             self._buffer.append(item)
             self.stats.writes_buffered += 1
+        if failure is not None:
+            log.error("durable buffer refused a write, kept in memory only: %s", failure)
+            self._emit("durable_failed", item.session_id, {"kind": item.kind, "error": failure})
         info = {"kind": item.kind, "buffered": len(self._buffer)}
         if self.durable is not None:
             info["durable"] = item.seq is not None
@@ -387,9 +559,11 @@ class ResilientStore:
         """Replay buffered writes in order; return how many were replayed.
 
         Stops at the first store failure, leaving the rest buffered in order. Appends are
-        replayed with their turn ids, so a write whose first attempt did land (a timeout
-        after the server applied it) is stored once. One flush runs at a time: a call that
-        finds another flush under way replays nothing (so no buffered update runs twice).
+        replayed with their turn ids and updates with their update ids, so a write whose
+        first attempt did land (a timeout after the server applied it) is applied once. A
+        write that cannot be applied (over the cap by now, or its function raises) is
+        reported and dropped; an `AccessDenied` stops the flush and is raised, the write kept.
+        One flush runs at a time: a call that finds another flush under way replays nothing.
         """
         return drive(self._flush_steps(), self._io)
 
@@ -404,21 +578,29 @@ class ResilientStore:
                         break
                     item = self._buffer[0]
                 try:
-                    if item.kind == "append":
+                    if item.kind == "append" and item.record is not None:
+                        yield from self._call("replay", "_append_encoded", item.session_id, item.turn_id, item.record)
+                    elif item.kind == "append":
                         yield from self._call("replay", "append_turn", item.session_id, item.turn, item.turn_id)
                     elif item.kind == "state":
-                        yield from self._call("replay", "update_state", item.session_id, item.fn)
+                        yield from self._call("replay", "update_state", item.session_id, item.fn, item.update_id)
                     else:
                         yield from self._call("replay", "delete", item.session_id)
                 except _Unavailable:
                     return replayed
-                except StatekitError as exc:  # e.g. over the cap by now: it cannot be stored, report it
-                    self._emit("replay_rejected", item.session_id, {"kind": item.kind, "error": str(exc)})
+                except AccessDenied:
+                    raise  # the deployment refuses this user: no fallback hides it, the write stays
+                except Exception as exc:  # noqa: BLE001 - over the cap by now, or the update's function raises
+                    # it can never be applied: report it and drop it, so it cannot block what follows
+                    why = f"{type(exc).__name__}: {exc}"
+                    log.warning("buffered %s of session %r dropped at replay: %s", item.kind, item.session_id, why)
+                    self.stats.replays_rejected += 1
+                    self._emit("replay_rejected", item.session_id, {"kind": item.kind, "error": why})
                 with self._lock:
                     if self._buffer and self._buffer[0] is item:
                         self._buffer.popleft()
                         if self.durable is not None and item.seq is not None:
-                            self.durable.remove(item.seq)
+                            self._forget(item.seq)
                 replayed += 1
                 self.stats.writes_replayed += 1
         finally:
@@ -427,6 +609,14 @@ class ResilientStore:
             self._emit("replayed", "", {"writes": replayed})
         self._after_success()
         return replayed
+
+    def _forget(self, seq: int) -> None:
+        try:
+            self.durable.remove(seq)  # type: ignore[union-attr]
+        except _DurableError as exc:  # the write is stored; a restart would replay it, idempotently
+            self.stats.durable_failures += 1
+            log.error("durable buffer could not forget a replayed write: %s", exc)
+            self._emit("durable_failed", "", {"kind": "remove", "error": str(exc)})
 
     def drain(self, timeout_s: float) -> int:
         """Replay the write buffer, waiting for the store to come back, for at most `timeout_s`;
@@ -462,18 +652,27 @@ class ResilientStore:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def _remember(self, ctx: Context) -> None:
+    def _remember(self, ctx: Context, deletes: int) -> None:
         if self.cache_max_sessions == 0:
             return
         with self._lock:
+            if self._deletes != deletes:  # a delete began after this read: it may be stale
+                return
             self._cache[ctx.session_id] = (ctx, [])
             self._cache.move_to_end(ctx.session_id)
             while len(self._cache) > self.cache_max_sessions:
                 self._cache.popitem(last=False)
 
     def _pending_turns(self, session_id: str) -> list[dict[str, Any]]:
+        """The turns buffered for the session since its last buffered delete."""
+        turns: list[Mapping[str, Any]] = []
         with self._lock:
-            return [dict(p.turn) for p in self._buffer if p.kind == "append" and p.session_id == session_id]
+            for p in self._buffer:
+                if p.session_id == session_id and p.kind == "delete":
+                    turns = []
+                elif p.session_id == session_id and p.kind == "append" and p.turn is not None:
+                    turns.append(p.turn)
+        return [dict(t) for t in turns]
 
     def _fallback_context(self, session_id: str) -> Context:
         self.store.keys(session_id)  # a bad session id is the caller's error, degraded or not
@@ -483,7 +682,8 @@ class ResilientStore:
         if entry is not None:
             cached, since = entry
             self.stats.reads_from_cache += 1
-            turns = (cached.turns + since + pending)[-self.store.policy.window_turns :]
+            stored = [self.store.record_turn(r) for r in since]
+            turns = (cached.turns + stored + pending)[-self.store.policy.window_turns :]
             ctx = replace(cached, turns=turns, degraded=True, source="cache")
         else:
             self.stats.reads_from_default += 1
@@ -532,6 +732,7 @@ class ResilientStore:
         return drive(self._load_steps(session_id), self._io)
 
     def _load_steps(self, session_id: str) -> Steps[Context]:
+        deletes = self._deletes
         try:
             if not (yield from self._flush_first()):
                 raise _Unavailable("buffered writes are still waiting")
@@ -539,7 +740,7 @@ class ResilientStore:
         except _Unavailable:
             return self._fallback_context(session_id)
         self.stats.reads_from_store += 1
-        self._remember(ctx)
+        self._remember(ctx, deletes)
         self._after_success()
         return ctx
 
@@ -548,6 +749,7 @@ class ResilientStore:
         return drive(self._get_state_steps(session_id), self._io)
 
     def _get_state_steps(self, session_id: str) -> Steps[tuple[dict[str, Any], int]]:
+        deletes = self._deletes
         try:
             if not (yield from self._flush_first()):
                 raise _Unavailable("buffered writes are still waiting")
@@ -557,7 +759,8 @@ class ResilientStore:
             with self._lock:
                 return self._states.get(session_id, ({}, 0))
         with self._lock:
-            self._states[session_id] = result
+            if self._deletes == deletes:  # no delete began since the read
+                self._states[session_id] = result
             while len(self._states) > self.cache_max_sessions:
                 self._states.popitem(last=False)
         self._after_success()
@@ -582,18 +785,23 @@ class ResilientStore:
         return drive(self._append_steps(session_id, turn, turn_id), self._io)
 
     def _append_steps(self, session_id: str, turn: Mapping[str, Any], turn_id: str | None) -> Steps[int | None]:
-        turn_id = turn_id or _new_turn_id()
+        # checked and encoded now, as the store would: a degraded append refuses what a healthy one does
+        turn_id, record = self.store.prepare_turn(session_id, turn, turn_id)
+        return self._append_record_steps(session_id, turn_id, record)
+
+    def _append_record_steps(self, session_id: str, turn_id: str, record: bytes) -> Steps[int | None]:
         try:
             if not (yield from self._flush_first()):
                 raise _Unavailable("earlier writes are still buffered; this one keeps its place after them")
-            result = yield from self._call("append_turn", "append_turn", session_id, turn, turn_id)
+            result = yield from self._call("append_turn", "_append_encoded", session_id, turn_id, record)
         except _Unavailable as exc:
-            self._unavailable_write(_Pending("append", session_id, turn=dict(turn), turn_id=turn_id), str(exc))
+            item = _Pending("append", session_id, turn=self.store.record_turn(record), turn_id=turn_id, record=record)
+            self._unavailable_write(item, str(exc))
             return None
         entry = self._cache.get(session_id)
         if entry is not None:  # keep the cached context current, so a later fallback is not stale
             since = entry[1]
-            since.append(dict(turn))
+            since.append(record)
             if len(since) > self.store.policy.window_turns:
                 del since[0]
         self._after_success()
@@ -605,12 +813,24 @@ class ResilientStore:
         return drive(self._update_state_steps(session_id, fn), self._io)
 
     def _update_state_steps(self, session_id: str, fn: Callable[[dict[str, Any]], Any]) -> Steps[dict[str, Any] | None]:
+        self.store.keys(session_id)
+        if not callable(fn):
+            raise InvalidInput(f"update_state takes a function of the state, got {type(fn).__name__}")
+        if inspect.iscoroutinefunction(fn) and not self._awaits:
+            raise InvalidInput(
+                "update_state's function is a coroutine function: async update functions need "
+                "statekit.aio.AsyncResilientStore"
+            )
+        update_id = _new_turn_id()  # recorded by the script that applies it: a replay is applied once
+        return self._update_io(session_id, fn, update_id)
+
+    def _update_io(self, session_id: str, fn: Callable[[dict[str, Any]], Any], update_id: str) -> Steps[Any]:
         try:
             if not (yield from self._flush_first()):
                 raise _Unavailable("earlier writes are still buffered")
-            result = yield from self._call("update_state", "update_state", session_id, fn)
+            result = yield from self._call("update_state", "update_state", session_id, fn, update_id)
         except _Unavailable as exc:
-            self._unavailable_write(_Pending("state", session_id, fn=fn), str(exc))
+            self._unavailable_write(_Pending("state", session_id, fn=fn, update_id=update_id), str(exc))
             return None
         self._after_success()
         return result
@@ -621,7 +841,8 @@ class ResilientStore:
 
     def _delete_steps(self, session_id: str) -> Steps[bool | None]:
         self.store.keys(session_id)  # before touching the caches
-        with self._lock:
+        with self._lock:  # out of every fallback at once, whether the delete lands now or is buffered
+            self._deletes += 1
             self._cache.pop(session_id, None)
             self._states.pop(session_id, None)
         return self._delete_io(session_id)

@@ -29,6 +29,11 @@ __all__ = [
 CORRUPT_PREFIX = "CORRUPT "
 
 # Returns an error message when m[i] is present but not a number, for the fields named.
+# `expire_all(ttl)` gives every key of the session one deadline, read once from the server's
+# clock: separate PEXPIREs could give the keys deadlines a millisecond apart, and in that
+# window a script that found the meta hash gone (HINCRBY, HSET) would recreate it without a
+# TTL. With one deadline the keys expire together; the scripts also treat a session whose
+# meta hash (its anchor) is gone as expired as a whole, and never recreate a key by accident.
 _CHECK = """
 local function corrupt(key, m, fields)
   for i, name in pairs(fields) do
@@ -36,6 +41,20 @@ local function corrupt(key, m, fields)
       return 'CORRUPT ' .. key .. ' field ' .. name .. ' is not a number'
     end
   end
+end
+-- No meta hash: a new session, or one that expired (or lost its meta to eviction). What is
+-- left of an earlier one is not carried over; a key of the wrong type is not the store's,
+-- so it is left for the command that meets it to name (WRONGTYPE: CorruptStateError).
+local function forget_leftovers()
+  if redis.call('EXISTS', KEYS[2], KEYS[3], KEYS[4]) == 0 then return end
+  for i, kind in pairs({[2] = 'list', [3] = 'string', [4] = 'string'}) do
+    if redis.call('TYPE', KEYS[i]).ok == kind then redis.call('DEL', KEYS[i]) end
+  end
+end
+local function expire_all(ttl)
+  local t = redis.call('TIME')
+  local at = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ttl)
+  for i = 1, #KEYS do redis.call('PEXPIREAT', KEYS[i], at) end
 end
 """
 
@@ -54,14 +73,12 @@ local bad = corrupt(meta, m, {[1] = 'b', [2] = 'v', [4] = 'fv', [5] = 'sv'})
 if bad then return redis.error_reply(bad) end
 local bytes, v = tonumber(m[1]) or 0, tonumber(m[2]) or 0
 if m[3] then
-  redis.call('PEXPIRE', meta, ttl)
-  redis.call('PEXPIRE', log, ttl)
-  if m[4] then redis.call('PEXPIRE', KEYS[3], ttl) end
-  if m[5] then redis.call('PEXPIRE', KEYS[4], ttl) end
+  expire_all(ttl)
   return {0, bytes, v, 0, 0}
 end
 local size = bytes + #rec
 if size > cap then return {-1, size, cap, 0, 0} end
+if v == 0 then forget_leftovers() end
 local n = redis.call('RPUSH', log, rec)
 local created = 0
 if v == 0 then
@@ -84,11 +101,8 @@ if ARGV[8] == 'drop' and n > window then
   redis.call('HSET', meta, 'b', size)
   evicted = #old
 end
--- slide the TTL of every key that can exist: a summary after a fold, state after a CAS
-redis.call('PEXPIRE', meta, ttl)
-redis.call('PEXPIRE', log, ttl)
-if m[4] then redis.call('PEXPIRE', KEYS[3], ttl) end
-if m[5] then redis.call('PEXPIRE', KEYS[4], ttl) end
+-- slide the TTL of every key of the session, to one deadline
+expire_all(ttl)
 local parked = n - window
 if ARGV[8] == 'park' and parked >= tonumber(ARGV[6]) then
   local out = {1, size, v, created, parked, m[4] or '0', redis.call('GET', KEYS[3]) or ''}
@@ -109,6 +123,7 @@ local meta, log = KEYS[1], KEYS[2]
 local m = redis.call('HMGET', meta, 'fv', 'b', 'v')
 local bad = corrupt(meta, m, {'fv', 'b', 'v'})
 if bad then return redis.error_reply(bad) end
+if not m[3] then return {0} end -- the session expired since the append: nothing to fold into
 if (m[1] or '0') ~= ARGV[1] then return {0} end
 local n = tonumber(ARGV[2])
 local recs = redis.call('LRANGE', log, 0, n - 1)
@@ -125,7 +140,7 @@ local old = redis.call('STRLEN', KEYS[3])
 if #ARGV[4] > 0 then redis.call('SET', KEYS[3], ARGV[4]) else redis.call('DEL', KEYS[3]) end
 local size = (tonumber(m[2]) or 0) - freed - old + #ARGV[4]
 redis.call('HSET', meta, 'b', size, 'fv', tonumber(m[1] or '0') + 1, 'v', (tonumber(m[3]) or 0) + 1)
-for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[5])) end
+expire_all(ARGV[5])
 return {1, size}
 """
 )
@@ -137,48 +152,77 @@ LOAD_LUA = """
 return {redis.call('HMGET', KEYS[1], 'v', 'b'), redis.call('LRANGE', KEYS[2], 0, -1), redis.call('GET', KEYS[3])}
 """
 
-# Read structured state and its version atomically. KEYS: meta state.
-# Returns {state version, blob or false}.
+# Read structured state and its version atomically. KEYS: meta state. ARGV: optionally an
+# update id. Returns {state version, blob or false}, and with an update id a third element:
+# 1 when that update was applied already. A session without its meta hash has expired (or
+# is expiring) as a whole: {'0', false}.
 GET_STATE_LUA = (
     _CHECK
     + """
-local m = redis.call('HMGET', KEYS[1], 'sv')
+local m = redis.call('HMGET', KEYS[1], 'sv', 'v', 'ops')
 local bad = corrupt(KEYS[1], m, {'sv'})
 if bad then return redis.error_reply(bad) end
+if not m[2] then
+  if ARGV[1] then return {'0', false, 0} end
+  return {'0', false}
+end
+if ARGV[1] then
+  local seen = 0
+  if m[3] and string.find(' ' .. m[3] .. ' ', ' ' .. ARGV[1] .. ' ', 1, true) then seen = 1 end
+  return {m[1] or '0', redis.call('GET', KEYS[2]), seen}
+end
 return {m[1] or '0', redis.call('GET', KEYS[2])}
 """
 )
 
+#: How many update ids a session's meta hash remembers (field `ops`): a buffered update is
+#: recognised as applied while fewer than this many other updates of its session landed
+#: between its first attempt and its replay.
+UPDATE_IDS_KEPT = 32
+
 # Compare-and-set structured state. KEYS: meta log summary state. ARGV: expected state
-# version, blob, cap, ttl ms, now ms. Returns {1, new sv, bytes}, {0, current sv} on a
-# conflict, {-1, size, cap} over the cap (nothing written).
+# version, blob, cap, ttl ms, now ms, update id ('' for none). Returns {1, new sv, bytes},
+# {0, current sv} on a conflict, {-1, size, cap} over the cap (nothing written), {2, sv}
+# when the update id is among those applied already (nothing written). The update id is
+# recorded in the same script as the write, so a replay after a lost reply finds it.
 CAS_STATE_LUA = (
     _CHECK
     + """
 local meta, state = KEYS[1], KEYS[4]
-local m = redis.call('HMGET', meta, 'sv', 'b', 'v')
+local m = redis.call('HMGET', meta, 'sv', 'b', 'v', 'ops')
 local bad = corrupt(meta, m, {'sv', 'b', 'v'})
 if bad then return redis.error_reply(bad) end
+local op, ops = ARGV[6] or '', m[4] or ''
+if op ~= '' and string.find(' ' .. ops .. ' ', ' ' .. op .. ' ', 1, true) then return {2, tonumber(m[1]) or 0} end
 local sv = tonumber(m[1]) or 0
 if sv ~= tonumber(ARGV[1]) then return {0, sv} end
+if not m[3] then forget_leftovers() end
 local size = (tonumber(m[2]) or 0) - redis.call('STRLEN', state) + #ARGV[2]
 if size > tonumber(ARGV[3]) then return {-1, size, tonumber(ARGV[3])} end
 redis.call('SET', state, ARGV[2])
 if not m[3] then redis.call('HSET', meta, 'c', ARGV[5]) end
 redis.call('HSET', meta, 'sv', sv + 1, 'b', size, 'v', (tonumber(m[3]) or 0) + 1)
-for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[4])) end
+if op ~= '' then
+  local kept = {}
+  for id in string.gmatch(ops, '%S+') do kept[#kept + 1] = id end
+  kept[#kept + 1] = op
+  redis.call('HSET', meta, 'ops', table.concat(kept, ' ', math.max(1, #kept - UPDATE_IDS_KEPT + 1)))
+end
+expire_all(ARGV[4])
 return {1, sv + 1, size}
-"""
+""".replace("UPDATE_IDS_KEPT", str(UPDATE_IDS_KEPT))
 )
 
 # Write migrated state back, keeping the key's TTL, only if nobody wrote it since it was
-# read. KEYS: meta state. ARGV: state version read, blob. Returns 1 written, 0 changed since.
+# read and the session has not expired. KEYS: meta state. ARGV: state version read, blob.
+# Returns 1 written, 0 changed or expired since.
 KEEPTTL_CAS_LUA = (
     _CHECK
     + """
-local m = redis.call('HMGET', KEYS[1], 'sv', 'b')
+local m = redis.call('HMGET', KEYS[1], 'sv', 'b', 'v')
 local bad = corrupt(KEYS[1], m, {'sv', 'b'})
 if bad then return redis.error_reply(bad) end
+if not m[3] then return 0 end -- the session expired since it was read: HINCRBY would recreate meta
 if (tonumber(m[1]) or 0) ~= tonumber(ARGV[1]) then return 0 end
 local old = redis.call('STRLEN', KEYS[2])
 if old == 0 then return 0 end

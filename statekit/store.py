@@ -578,24 +578,48 @@ class StoreCore:
 
     # -- the operations, as steps ---------------------------------------------------------
 
-    def _append_steps(self, session_id: str, turn: Mapping[str, Any], turn_id: str | None) -> Steps[int]:
-        """Check the input now (a bad id or turn raises before any step), then the steps."""
-        keys = self.keys(session_id)
+    def prepare_turn(self, session_id: str, turn: Mapping[str, Any], turn_id: str | None) -> tuple[str, bytes]:
+        """Check and encode a turn as `append_turn` stores it: its turn id (a fresh one when
+        None) and its record. Raises what `append_turn` raises before any round trip:
+        `InvalidInput` for a bad session id, turn id or a turn that cannot be serialised,
+        `StateTooLarge` for a record over the cap on its own. `ResilientStore` checks a turn
+        here before it buffers it, so a degraded append refuses exactly what a healthy one does."""
+        turn_id, record = self._encode_turn(session_id, turn, turn_id)
+        self._check_record(session_id, record)
+        return turn_id, record
+
+    def _encode_turn(self, session_id: str, turn: Mapping[str, Any], turn_id: str | None) -> tuple[str, bytes]:
+        self.keys(session_id)
         if not isinstance(turn, Mapping):
             raise InvalidInput(
                 f"a turn is a mapping such as {{'role': ..., 'content': ...}}, got {type(turn).__name__}"
             )
         turn_id = _new_turn_id() if turn_id is None else validate_turn_id(turn_id)
-        record = turn_id.encode() + SEP + codec.encode(dict(turn), what="the turn")
-        p = self.policy
-        args = [record, turn_id, p.window_turns, p.max_bytes, p.ttl_ms, p.fold_batch, int(time.time() * 1000), p.mode]
-        return self._append_io(session_id, keys, turn_id, record, args)
+        return turn_id, turn_id.encode() + SEP + codec.encode(dict(turn), what="the turn")
 
-    def _append_io(self, session_id: str, keys: list[str], turn_id: str, record: bytes, args: list[Any]) -> Steps[int]:
+    def _check_record(self, session_id: str, record: bytes) -> None:
         cap = self.policy.max_bytes
         if len(record) > cap:  # over the cap whatever the session holds: no round trip
             self._event("rejected", session_id, size=len(record), cap=cap)
             raise StateTooLarge(session_id, len(record), cap)
+
+    @staticmethod
+    def record_turn(record: bytes) -> dict[str, Any]:
+        """The turn a record made by `prepare_turn` holds, as a load would return it."""
+        return orjson.loads(record[record.index(SEP) + 2 :])
+
+    def _append_steps(self, session_id: str, turn: Mapping[str, Any], turn_id: str | None) -> Steps[int]:
+        """Check the input now (a bad id or turn raises before any step), then the steps."""
+        turn_id, record = self._encode_turn(session_id, turn, turn_id)
+        return self._append_record_steps(session_id, turn_id, record)
+
+    def _append_record_steps(self, session_id: str, turn_id: str, record: bytes) -> Steps[int]:
+        p = self.policy
+        args = [record, turn_id, p.window_turns, p.max_bytes, p.ttl_ms, p.fold_batch, int(time.time() * 1000), p.mode]
+        return self._append_io(session_id, self.keys(session_id), turn_id, record, args)
+
+    def _append_io(self, session_id: str, keys: list[str], turn_id: str, record: bytes, args: list[Any]) -> Steps[int]:
+        self._check_record(session_id, record)  # in the steps: the operation's listeners see the refusal
         reply = yield ("evalsha", self._append, keys, args)
         status = reply[0]
         if status == -1:
@@ -648,6 +672,8 @@ class StoreCore:
 
     def _load_io(self, session_id: str, keys: list[str]) -> Steps[Context]:
         (version, size), records, summary = yield ("read_context", keys)
+        if version is None:  # no meta hash: the session is gone (or expiring) as a whole
+            return Context(session_id=session_id, summary_label=self.summary_label)
         ids, turns = self._decode_records(records, keys[1])
         cut = max(0, len(turns) - self.policy.window_turns)
         return Context(
@@ -669,16 +695,26 @@ class StoreCore:
         version, blob = yield ("evalsha", self._get_state, [keys[0], keys[3]], [])
         return (yield from self._decode_state(session_id, keys, blob, int(version))), int(version)
 
-    def _update_state_steps(self, session_id: str, fn: Callable[[dict[str, Any]], Any]) -> Steps[dict[str, Any]]:
+    def _update_state_steps(
+        self, session_id: str, fn: Callable[[dict[str, Any]], Any], update_id: str | None = None
+    ) -> Steps[dict[str, Any]]:
         keys = self.keys(session_id)
-        return self._update_state_io(session_id, keys, fn)
+        if not callable(fn):
+            raise InvalidInput(f"update_state takes a function of the state, got {type(fn).__name__}")
+        if update_id is not None:
+            validate_turn_id(update_id)
+        return self._update_state_io(session_id, keys, fn, update_id)
 
     def _update_state_io(
-        self, session_id: str, keys: list[str], fn: Callable[[dict[str, Any]], Any]
+        self, session_id: str, keys: list[str], fn: Callable[[dict[str, Any]], Any], update_id: str | None = None
     ) -> Steps[dict[str, Any]]:
+        op = [update_id] if update_id is not None else []
         for attempt in range(self.max_update_retries + 1):
-            version, blob = yield ("evalsha", self._get_state, [keys[0], keys[3]], [])
+            version, blob, *seen = yield ("evalsha", self._get_state, [keys[0], keys[3]], op)
             current = yield from self._decode_state(session_id, keys, blob, int(version), write_back=False)
+            if seen and seen[0]:  # applied already: its reply was lost, and this is a replay
+                self._event("duplicate_update", session_id, update_id=update_id)
+                return current
             new = fn(current)
             if inspect.isawaitable(new):
                 new = yield ("await_", new)
@@ -695,8 +731,10 @@ class StoreCore:
                 "evalsha",
                 self._cas_state,
                 keys,
-                [int(version), encoded, self.policy.max_bytes, self.policy.ttl_ms, int(time.time() * 1000)],
+                [int(version), encoded, self.policy.max_bytes, self.policy.ttl_ms, int(time.time() * 1000), *op],
             )
+            if reply[0] == 2:  # it landed meanwhile (a late copy of a lost attempt): read what it made
+                continue
             if reply[0] == 1:
                 self._event("state_updated", session_id, version=reply[1], attempts=attempt + 1)
                 return new
@@ -825,15 +863,26 @@ class SessionStore(StoreCore):
         """The session's structured state and its version (an empty dict and 0 when unset)."""
         return self._run("get_state", session_id, self._get_state_steps(session_id))
 
-    def update_state(self, session_id: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    def update_state(
+        self, session_id: str, fn: Callable[[dict[str, Any]], dict[str, Any]], update_id: str | None = None
+    ) -> dict[str, Any]:
         """Apply `fn` to the structured state with optimistic concurrency; return the new state.
 
         Reads the state and its version, computes `fn(state)`, and writes only if nobody
         wrote in between (compare-and-set in one script); otherwise re-reads and retries, up
         to `max_update_retries` times with jittered backoff, then raises `ConflictError`.
         `fn` may run more than once, so it must not have side effects.
+
+        `update_id` makes the update idempotent, as a turn id makes an append: the script that
+        writes records it, so the same id sent again (a retry after a lost reply) is not
+        applied again, and the state as it stands is returned. A session remembers its last
+        32 update ids. `ResilientStore` gives every update one.
         """
-        return self._run("update_state", session_id, self._update_state_steps(session_id, fn))
+        return self._run("update_state", session_id, self._update_state_steps(session_id, fn, update_id))
+
+    def _append_encoded(self, session_id: str, turn_id: str, record: bytes) -> int:
+        """`append_turn` for a turn that `prepare_turn` checked and encoded (ResilientStore's replay)."""
+        return self._run("append_turn", session_id, self._append_record_steps(session_id, turn_id, record))
 
     def tag_region(self, session_id: str, region: str) -> bool:
         """Record where a session's data lives (its residency), for `statekit health`.

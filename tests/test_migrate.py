@@ -286,6 +286,8 @@ def test_mixed_versions_failures_and_newer_blobs_are_counted():
     SessionStore(client, namespace="app", migrations=support_agent_migrations).update_state(
         "current", lambda s: {"ticket_id": "T", "customer_id": 1}
     )
+    for sid in ("future", "broken"):  # sessions as the store writes them: a meta hash beside the state
+        client.hset(f"app:{{{sid}}}:meta", mapping={"v": 1, "sv": 1})
     client.set("app:{future}:state", Migrations(current=9).dump({"x": 1}))
     client.set("app:{broken}:state", Migrations(current=1).dump({"ticket_id": "T", "customer": "not-a-number"}))
     report = migrate_namespace(client, "app", support_agent_migrations, batch=4)

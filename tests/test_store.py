@@ -295,6 +295,8 @@ def test_corrupt_record_names_the_key_and_leaves_other_sessions_alone(any_client
 
 def test_corrupt_or_foreign_state_blob(any_client):
     store = SessionStore(any_client)
+    for sid in ("s", "r"):  # a session as the store writes it: a meta hash, then foreign values beside it
+        any_client.hset(store.keys(sid)[0], mapping={"v": 1, "sv": 1})
     any_client.set(store.keys("s")[3], b'{"plain": "json, no envelope"}')
     with pytest.raises(CorruptStateError, match="unknown encoding byte 0x7b"):
         store.get_state("s")
