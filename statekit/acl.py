@@ -7,8 +7,15 @@ nothing). The tests run each component as such a user on a real server, and a us
 namespace cannot read or write another's sessions through statekit (Redis checks the keys a
 Lua script touches against the user's patterns too).
 
+Every component's rules include what redis-py's cluster client sends before any command of
+the component (`CLUSTER_CLIENT`), so that one printed line serves a single server, Sentinel
+and a cluster alike: a review does not know which the user will apply it to, and a service
+that moves to a cluster keeps its users. Those commands read only metadata (the slot map,
+the command table), never a key.
+
 A command a component needs but the user lacks comes back as `AccessDenied` naming the
-command; `missing_rule(error)` says which rule to add.
+command; `missing_rule(error)` says which rule to add. On a cluster that includes what the
+client sends at start: `connect` (or an asyncio client's first command) raises it.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 from .keys import validate_namespace
 from .scripts import CHECKPOINT_SCRIPTS, SCRIPTS
 
-__all__ = ["COMPONENTS", "Rules", "rules", "setuser", "missing_rule", "USERS", "for_profile"]
+__all__ = ["COMPONENTS", "CLUSTER_CLIENT", "Rules", "rules", "setuser", "missing_rule", "USERS", "for_profile"]
 
 
 @dataclass(frozen=True)
@@ -98,14 +105,25 @@ COMPONENTS: dict[str, Rules] = {
 }
 
 
+#: What redis-py's cluster client (blocking and asyncio) sends before a component's first
+#: command, read off redis/cluster.py, redis/asyncio/cluster.py and redis/_parsers/commands.py:
+#: CLUSTER SLOTS for the slot map (at start, and again after a MOVED or a lost node) and
+#: COMMAND for the command table that routes a command by its keys (COMMAND GETKEYS for a
+#: command whose keys move, which `+command` grants with it). A user refused them cannot
+#: connect to a cluster; on a single server they are never sent.
+CLUSTER_CLIENT = ("cluster|slots", "command")
+
+
 def rules(component: str, namespace: str, db: int = 0) -> Rules:
-    """The ACL rules `component` needs under `namespace` (one of `COMPONENTS`), on database `db`."""
+    """The ACL rules `component` needs under `namespace` (one of `COMPONENTS`), on database `db`:
+    its own and `CLUSTER_CLIENT`'s."""
     validate_namespace(namespace)
     if component not in COMPONENTS:
         raise ValueError(f"unknown component {component!r}: one of {sorted(COMPONENTS)}")
     r = COMPONENTS[component]
     channels = tuple(c.format(db=db) for c in r.channels)
-    return Rules(tuple(k.format(ns=namespace) for k in r.keys), tuple(dict.fromkeys(r.commands)), channels, r.why)
+    commands = tuple(dict.fromkeys((*r.commands, *CLUSTER_CLIENT)))
+    return Rules(tuple(k.format(ns=namespace) for k in r.keys), commands, channels, r.why)
 
 
 def setuser(

@@ -9,20 +9,27 @@ the caller's back.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import os
 import re
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+import redis.cluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import ConnectionURLError, StoreUnavailable
+from .errors import AccessDenied, ConnectionURLError, StoreUnavailable, classify_reply
 
 __all__ = [
     "connect",
@@ -35,6 +42,10 @@ __all__ = [
     "check_reachable",
     "BackendInfo",
     "URL_FORMS",
+    "PoolExhausted",
+    "WaitingConnectionPool",
+    "WaitingSentinelConnectionPool",
+    "WaitingRedisCluster",
 ]
 
 URL_FORMS = (
@@ -74,6 +85,176 @@ def redact_url(url: str) -> str:
     text = _SECRET_PARAM.sub(r"\1***", text)
     # "redis://secret@host" is redis-py's password-only form: the userinfo is the password.
     return re.sub(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<pw>[^:@/\[\]]+)@", r"\g<scheme>***@", text)
+
+
+class PoolExhausted(redis.exceptions.MaxConnectionsError):
+    """No connection of an asyncio client's pool came free within its wait (`connect_timeout`):
+    more requests ran at once, for longer, than `max_connections` serve. A store reports it as
+    `StoreUnavailable`."""
+
+
+def _exhausted(limit: int, wait_s: float | None, what: str) -> PoolExhausted:
+    return PoolExhausted(
+        f"no connection of the {what} (max_connections={limit}) was free within {wait_s:g} s: every one "
+        "stayed busy with other requests; raise max_connections, or connect_timeout to wait longer"
+    )
+
+
+class WaitingConnectionPool(redis.asyncio.BlockingConnectionPool):
+    """redis.asyncio's BlockingConnectionPool (a request that finds every connection busy waits
+    up to `timeout` seconds for one), whose error when the wait runs out says so
+    (`PoolExhausted`) rather than redis-py's "No connection available."."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)
+        except redis.exceptions.ConnectionError as exc:
+            if isinstance(exc.__cause__, TimeoutError) and str(exc) == "No connection available.":
+                raise _exhausted(self.max_connections, self.timeout, "pool") from exc
+            raise
+
+
+class WaitingSentinelConnectionPool(redis.asyncio.sentinel.SentinelConnectionPool, WaitingConnectionPool):
+    """redis.asyncio's Sentinel pool (every new connection asks the Sentinels where the primary
+    is) with the waiting of `WaitingConnectionPool`: redis.asyncio's own Sentinel pool fails a
+    request at once with "Too many connections" when a burst passes `max_connections`."""
+
+
+class _WaitingClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
+    """A cluster pipeline whose execution takes one of its client's permits (it uses at most
+    one connection per node at a time, as a command does)."""
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.cluster_client.permit():
+            return await super().execute(*args, **kwargs)
+
+
+class WaitingRedisCluster(redis.asyncio.cluster.RedisCluster):
+    """redis.asyncio's cluster client, whose `max_connections` makes a burst wait rather than fail.
+
+    redis-py's per-node pools cannot wait: a command that finds its node's `max_connections`
+    connections busy fails at once with an empty `MaxConnectionsError`. Here every command (and
+    pipeline execution) first takes one of `max_connections` permits, waiting up to
+    `pool_timeout` seconds for one (then `PoolExhausted`). A command uses at most one
+    connection per node at a time, so no node's pool runs out; the limit counts commands in
+    flight across the cluster. A WATCH transaction holds its connection between WATCH and
+    EXEC outside this count.
+
+    A user refused what a cluster client sends at start (CLUSTER SLOTS, COMMAND) gets
+    `AccessDenied` naming the rule to add from the first command, instead of redis-py's
+    "Cluster mode is not enabled on this node".
+    """
+
+    def __init__(self, *args: Any, pool_timeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pool_timeout = pool_timeout
+        self.shown = ",".join(f"{n.host}:{n.port}" for n in self.startup_nodes)  # for messages; no secret
+        self._permits = asyncio.Semaphore(self.connection_kwargs["max_connections"])
+
+    @contextlib.asynccontextmanager
+    async def permit(self) -> AsyncIterator[None]:
+        """Hold one of the client's `max_connections` permits (waiting up to `pool_timeout`)."""
+        try:
+            async with asyncio.timeout(self.pool_timeout):
+                await self._permits.acquire()
+        except TimeoutError:
+            limit = self.connection_kwargs["max_connections"]
+            raise _exhausted(limit, self.pool_timeout, "cluster client, counted in commands in flight") from None
+        try:
+            yield
+        finally:
+            self._permits.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.permit():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
+        if shard_hint:
+            raise redis.exceptions.RedisClusterException("shard_hint is deprecated in cluster mode")
+        return _WaitingClusterPipeline(self, transaction)
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+            denied = None
+            if _MASKED_REFUSAL in str(exc):
+                denied = await _probe_cluster_async(self.startup_nodes, self.connection_kwargs, self.shown)
+            denied = denied or _refusal_in(exc, self.shown)
+            if denied is not None:
+                raise denied from exc
+            raise
+
+
+#: What redis-py's cluster client says when a startup node answers CLUSTER SLOTS with an error
+#: reply, a NOPERM among them: the refusal is then found by asking again with a plain client
+#: (a refused COMMAND comes back as the NOPERM reply itself, found in the chain of causes).
+_MASKED_REFUSAL = "Cluster mode is not enabled"
+
+
+def _cluster_start(shown: str) -> str:
+    return f"connecting to Redis Cluster at {shown} (a cluster client first reads the slot map and the command table)"
+
+
+def _refusal_in(exc: BaseException, shown: str) -> AccessDenied | None:
+    """AccessDenied for a NOPERM reply anywhere in `exc`'s chain of causes, else None."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, redis.exceptions.NoPermissionError):
+            denied = classify_reply(cause, _cluster_start(shown))
+            if isinstance(denied, AccessDenied):
+                return denied
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _probe_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A plain client's keyword arguments for a cluster node: the cluster client's user,
+    timeouts and TLS, no retries."""
+    options = {k: kwargs.get(k) for k in ("username", "password", "socket_timeout", "socket_connect_timeout")}
+    return {**options, **_cluster_tls(kwargs)}
+
+
+def _probe_cluster(nodes: Any, kwargs: dict[str, Any], shown: str) -> AccessDenied | None:
+    """Ask the startup nodes, with a plain client, for what the cluster client asked first
+    (CLUSTER SLOTS): AccessDenied when one refuses it to this user, else None."""
+    for node in nodes:
+        probe = redis.Redis(host=node.host, port=node.port, retry=Retry(NoBackoff(), 0), **_probe_options(kwargs))
+        try:
+            probe.execute_command("CLUSTER SLOTS")
+            return None
+        except redis.exceptions.NoPermissionError as exc:
+            return _refusal_in(exc, shown)
+        except redis.exceptions.ResponseError:
+            return None  # a real answer: not a refusal (a server without cluster mode)
+        except (redis.exceptions.RedisError, OSError):
+            continue
+        finally:
+            probe.close()
+    return None
+
+
+async def _probe_cluster_async(nodes: Any, kwargs: dict[str, Any], shown: str) -> AccessDenied | None:
+    """`_probe_cluster` with an asyncio client."""
+    for node in nodes:
+        probe = redis.asyncio.Redis(
+            host=node.host, port=node.port, retry=AsyncRetry(NoBackoff(), 0), **_probe_options(kwargs)
+        )
+        try:
+            await probe.execute_command("CLUSTER SLOTS")
+            return None
+        except redis.exceptions.NoPermissionError as exc:
+            return _refusal_in(exc, shown)
+        except redis.exceptions.ResponseError:
+            return None
+        except (redis.exceptions.RedisError, OSError):
+            continue
+        finally:
+            await probe.aclose()
+    return None
 
 
 def _bad(url: str, why: str) -> ConnectionURLError:
@@ -208,17 +389,65 @@ def _sentinel_path(url: str, path: str) -> tuple[str, int]:
     return pieces[0], int(pieces[1]) if len(pieces) == 2 else 0
 
 
-def _sentinel_client(module: Any, url: str, parts: Any, common: dict[str, Any]) -> Any:
+def _sentinel_manager(
+    cls: Any, addresses: list[tuple[str, int]], options: dict[str, Any], socket_timeout: float,
+    connect_timeout: float, **manager_kwargs: Any,
+) -> Any:  # fmt: skip
+    """A Sentinel manager (`cls`: redis.sentinel.Sentinel or its asyncio twin) whose
+    connections to the Sentinels have no retries and a share of the caller's timeouts.
+
+    A new data connection asks the Sentinels where the primary is, one after the other until
+    one answers (redis-py then asks that one first). Each Sentinel gets the timeouts divided
+    by the number of Sentinels, so that asking all of them, when none answers, still costs at
+    most the caller's deadline; a frozen or unreachable first Sentinel leaves the others
+    their share of it. `options` are the other settings of the Sentinel connections (TLS).
+    """
+    retry = (AsyncRetry if cls is redis.asyncio.sentinel.Sentinel else Retry)(NoBackoff(), 0)
+    share = len(addresses)
+    sentinel_kwargs = {
+        **options,
+        "socket_timeout": socket_timeout / share,
+        "socket_connect_timeout": connect_timeout / share,
+        "retry": retry,
+    }
+    return cls(addresses, sentinel_kwargs=sentinel_kwargs, **manager_kwargs)
+
+
+def _renewed_sentinel_manager(manager: Any, socket_timeout: float, connect_timeout: float) -> Any:
+    """A Sentinel manager like `manager` (its Sentinels, their other settings, its options)
+    with these timeouts: the Sentinel connections of the manager of a client that
+    `with_timeouts` copies keep their old timeouts."""
+    addresses = []
+    for sentinel in manager.sentinels:
+        kwargs = sentinel.connection_pool.connection_kwargs
+        addresses.append((kwargs["host"], kwargs["port"]))
+    options = {k: v for k, v in manager.sentinel_kwargs.items() if k not in ("retry", "retry_on_timeout")}
+    return _sentinel_manager(
+        type(manager),
+        addresses,
+        options,
+        socket_timeout,
+        connect_timeout,
+        min_other_sentinels=manager.min_other_sentinels,
+        force_master_ip=getattr(manager, "_force_master_ip", None),
+        **manager.connection_kwargs,
+    )
+
+
+def _sentinel_client(module: Any, url: str, parts: Any, common: dict[str, Any], **pool: Any) -> Any:
     """The primary of a Sentinel-managed service, through `module` (redis.sentinel or
     redis.asyncio.sentinel): every new connection asks the Sentinels where the primary is,
-    so the client follows a failover. The URL's user and password are the data nodes'."""
+    so the client follows a failover. The URL's user and password are the data nodes'.
+    `pool` are the options of the connection pool (its class, limit and wait)."""
     nodes = _cluster_nodes(url, parts.netloc)
     service, db = _sentinel_path(url, parts.path)
     tls = _tls_options(url, parts)
-    sentinel_kwargs = {**{k: common[k] for k in ("socket_timeout", "socket_connect_timeout")}, **tls}
-    sentinel = module.Sentinel([(n.host, n.port) for n in nodes], sentinel_kwargs=sentinel_kwargs)
+    sentinel = _sentinel_manager(
+        module.Sentinel, [(n.host, n.port) for n in nodes], tls, common["socket_timeout"],
+        common["socket_connect_timeout"],
+    )  # fmt: skip
     return sentinel.master_for(
-        service, db=db, username=parts.username or None, password=parts.password or None, **common, **tls
+        service, db=db, username=parts.username or None, password=parts.password or None, **common, **tls, **pool
     )
 
 
@@ -265,22 +494,28 @@ def connect(
         from redis.cluster import ClusterNode, RedisCluster
 
         nodes = _cluster_nodes(url, parts.netloc)
-        try:
-            # RedisCluster reads the slot map at construction, so an unreachable cluster fails here.
-            return RedisCluster(
-                startup_nodes=[ClusterNode(n.host, n.port) for n in nodes],
-                username=parts.username or None,
-                password=parts.password or None,
-                **common,
-                **_tls_options(url, parts),
-            )
-        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
-            raise StoreUnavailable(f"cannot reach Redis Cluster at {redact_url(url)}: {redact_url(str(exc))}") from None
+        options = dict(username=parts.username or None, password=parts.password or None, **common)
+        return _blocking_cluster(RedisCluster, [ClusterNode(n.host, n.port) for n in nodes], options,
+                                 _tls_options(url, parts), redact_url(url))  # fmt: skip
     if scheme.endswith("+sentinel"):
         from redis import sentinel
 
         return _sentinel_client(sentinel, url, parts, common)
     return _from_url(redis.Redis, url, common)
+
+
+def _blocking_cluster(cls: Any, nodes: list[Any], options: dict[str, Any], tls: dict[str, Any], shown: str) -> Any:
+    """A blocking RedisCluster: it reads the slot map and the command table at construction,
+    so an unreachable cluster fails here (`StoreUnavailable`), and so does a user refused
+    those commands (`AccessDenied` naming the rule to add)."""
+    try:
+        return cls(startup_nodes=nodes, **options, **tls)
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+        denied = _probe_cluster(nodes, {**options, **tls}, shown) if _MASKED_REFUSAL in str(exc) else None
+        denied = denied or _refusal_in(exc, shown)
+        if denied is not None:
+            raise denied from None
+        raise StoreUnavailable(f"cannot reach Redis Cluster at {shown}: {redact_url(str(exc))}") from None
 
 
 def connect_async(
@@ -301,26 +536,26 @@ def connect_async(
 
     The pool holds at most `max_connections` connections, and a coroutine that finds them
     all busy waits for one for up to `connect_timeout` (redis.asyncio's default pool would
-    fail it at once with "Too many connections" when a burst of requests passes its limit).
+    fail it at once with "Too many connections" when a burst of requests passes its limit);
+    when the wait runs out, `PoolExhausted` says so. So on every backend: a single server and
+    Sentinel (`WaitingConnectionPool`, `WaitingSentinelConnectionPool`) and a cluster, where
+    the limit counts commands in flight (`WaitingRedisCluster`). A cluster user refused what
+    a cluster client sends first gets `AccessDenied` from the first command.
     """
     scheme, url, parts = _parse(url, socket_timeout, connect_timeout, retries)
     if max_connections < 1:
         raise ValueError("max_connections must be >= 1")
-    import redis.asyncio
-
     if scheme == "fakeredis":
         import fakeredis
 
         client = fakeredis.FakeAsyncRedis(
             server=_fake_server(parts),
             decode_responses=decode_responses,
-            connection_pool_class=redis.asyncio.BlockingConnectionPool,
+            connection_pool_class=WaitingConnectionPool,
             max_connections=max_connections,
         )
         client.connection_pool.timeout = connect_timeout
         return client
-    from redis.asyncio.retry import Retry as AsyncRetry
-
     common = dict(
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
@@ -328,25 +563,27 @@ def connect_async(
         decode_responses=decode_responses,
     )
     if scheme.endswith("+cluster"):
-        from redis.asyncio.cluster import ClusterNode, RedisCluster
-
         nodes = _cluster_nodes(url, parts.netloc)
-        return RedisCluster(
-            startup_nodes=[ClusterNode(n.host, n.port) for n in nodes],
+        cluster = WaitingRedisCluster(
+            startup_nodes=[redis.asyncio.cluster.ClusterNode(n.host, n.port) for n in nodes],
             username=parts.username or None,
             password=parts.password or None,
             max_connections=max_connections,
+            pool_timeout=connect_timeout,
             **common,
             **_tls_options(url, parts),
         )
+        cluster.shown = redact_url(url)
+        return cluster
     if scheme.endswith("+sentinel"):
-        from redis.asyncio import sentinel as async_sentinel
-
-        return _sentinel_client(async_sentinel, url, parts, {**common, "max_connections": max_connections})
-    try:
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=connect_timeout, **common
+        pool_options = dict(
+            connection_pool_class=WaitingSentinelConnectionPool,
+            max_connections=max_connections,
+            timeout=connect_timeout,
         )
+        return _sentinel_client(redis.asyncio.sentinel, url, parts, common, **pool_options)
+    try:
+        pool = WaitingConnectionPool.from_url(url, max_connections=max_connections, timeout=connect_timeout, **common)
     except ValueError as exc:
         raise _bad(url, f"a query parameter is not valid ({str(exc).rstrip('.')})") from None
     return redis.asyncio.Redis(connection_pool=pool)
@@ -370,34 +607,41 @@ def with_timeouts(client: Any, socket_timeout: float, connect_timeout: float | N
     if socket_timeout <= 0 or connect_timeout <= 0:
         raise ValueError("timeouts must be positive seconds")
     asynchronous = is_async(client)
-    if asynchronous:
-        from redis.asyncio.retry import Retry as AsyncRetry
-
-        retry: Any = AsyncRetry(NoBackoff(), 0)
-    else:
-        retry = Retry(NoBackoff(), 0)
+    retry = AsyncRetry(NoBackoff(), 0) if asynchronous else Retry(NoBackoff(), 0)
     if backend_kind(client) == "cluster":
-        if asynchronous:
-            from redis.asyncio.cluster import ClusterNode, RedisCluster
-
-            kwargs, nodes = client.connection_kwargs, client.nodes_manager.startup_nodes.values()
-        else:
-            from redis.cluster import ClusterNode, RedisCluster  # type: ignore[assignment]
-
-            kwargs, nodes = client.nodes_manager.connection_kwargs, client.get_primaries()
-        return RedisCluster(
-            startup_nodes=[ClusterNode(n.host, n.port) for n in nodes],
-            username=kwargs.get("username"),
-            password=kwargs.get("password"),
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=retry,
-            **_cluster_tls(kwargs),
+        options: dict[str, Any] = dict(
+            socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout, retry=retry
         )
+        if asynchronous:
+            kwargs, nodes = client.connection_kwargs, client.nodes_manager.startup_nodes.values()
+            options.update(
+                username=kwargs.get("username"),
+                password=kwargs.get("password"),
+                max_connections=kwargs["max_connections"],
+            )
+            waiting = isinstance(client, WaitingRedisCluster)
+            if waiting:  # its wait for a permit, as its limit
+                options["pool_timeout"] = client.pool_timeout
+            copy = (type(client) if waiting else redis.asyncio.cluster.RedisCluster)(
+                startup_nodes=[redis.asyncio.cluster.ClusterNode(n.host, n.port) for n in nodes],
+                **options,
+                **_cluster_tls(kwargs),
+            )
+            if waiting:
+                copy.shown = client.shown
+            return copy
+        kwargs, nodes = client.nodes_manager.connection_kwargs, client.get_primaries()
+        options.update(username=kwargs.get("username"), password=kwargs.get("password"))
+        startup = [redis.cluster.ClusterNode(n.host, n.port) for n in nodes]
+        shown = ",".join(f"{n.host}:{n.port}" for n in nodes)
+        return _blocking_cluster(redis.cluster.RedisCluster, startup, options, _cluster_tls(kwargs), shown)
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
     kwargs.update(retry=retry, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout)
-    return type(client)(connection_pool=_same_pool(pool, kwargs))
+    manager = getattr(pool, "sentinel_manager", None)
+    if manager is not None:  # its Sentinel connections get the new timeouts too
+        manager = _renewed_sentinel_manager(manager, socket_timeout, connect_timeout)
+    return type(client)(connection_pool=_same_pool(pool, kwargs, manager))
 
 
 def _cluster_tls(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -409,10 +653,10 @@ def _cluster_tls(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"ssl": True, **{k: v for k, v in kwargs.items() if k.startswith("ssl_") and v is not None}}
 
 
-def _same_pool(pool: Any, connection_kwargs: dict[str, Any]) -> Any:
+def _same_pool(pool: Any, connection_kwargs: dict[str, Any], sentinel_manager: Any = None) -> Any:
     """A new pool of the same class with the user's settings: its limits (max connections, a
     blocking pool's wait), its client-side cache configuration (in the connection kwargs), a
-    Sentinel pool's service and Sentinels."""
+    Sentinel pool's service and Sentinels (through `sentinel_manager` when given)."""
     kwargs = {k: v for k, v in connection_kwargs.items() if k != "connection_pool"}
     kwargs["max_connections"] = pool.max_connections
     if hasattr(pool, "timeout"):  # a BlockingConnectionPool
@@ -421,7 +665,8 @@ def _same_pool(pool: Any, connection_kwargs: dict[str, Any]) -> Any:
         kwargs["cache_factory"] = pool._cache_factory
     if hasattr(pool, "service_name") and hasattr(pool, "sentinel_manager"):
         kwargs.update(is_master=pool.is_master, check_connection=pool.check_connection)
-        return type(pool)(pool.service_name, pool.sentinel_manager, connection_class=pool.connection_class, **kwargs)
+        manager = sentinel_manager if sentinel_manager is not None else pool.sentinel_manager
+        return type(pool)(pool.service_name, manager, connection_class=pool.connection_class, **kwargs)
     return type(pool)(connection_class=pool.connection_class, **kwargs)
 
 
@@ -435,7 +680,7 @@ def backend_kind(client: Any) -> str:
     module = type(client).__module__
     if module.startswith("fakeredis"):
         return "fakeredis"
-    if type(client).__name__ == "RedisCluster":
+    if isinstance(client, (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster)):
         return "cluster"
     return "redis"
 

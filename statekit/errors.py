@@ -71,6 +71,21 @@ class MissingExtra(StatekitError, ImportError):
     """A feature needs a package that only one of statekit's extras installs; the message names it."""
 
 
+class CheckpointPruned(StatekitError, LookupError):
+    """A LangGraph checkpoint asked for by id was pruned (`keep_last`, `prune`): it cannot be
+    read, resumed or forked from. A checkpoint that never existed is not an error (None)."""
+
+    def __init__(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, newest_pruned: str) -> None:
+        self.thread_id, self.checkpoint_ns, self.checkpoint_id = thread_id, checkpoint_ns, checkpoint_id
+        self.newest_pruned = newest_pruned
+        where = f" (checkpoint namespace {checkpoint_ns!r})" if checkpoint_ns else ""
+        super().__init__(
+            f"checkpoint {checkpoint_id} of thread {thread_id!r}{where} was pruned: the thread keeps only its "
+            f"newest checkpoints (keep_last, prune), and those up to {newest_pruned} are gone. List the thread "
+            "for the checkpoints it holds; to travel further back, raise keep_last."
+        )
+
+
 #: Error replies that mean the store cannot serve right now but will again by itself: a
 #: failover under way (READONLY from a demoted primary, MASTERDOWN from a replica cut off,
 #: CLUSTERDOWN, TRYAGAIN during a slot move), a server loading its data (LOADING), a script

@@ -5,12 +5,18 @@ LangGraph persists an agent's state through a checkpointer. This one needs no Re
 Cluster. What it adds to the contract:
 
 - **Every key of a thread has a TTL**, refreshed on every write by the same script that
-  writes (sliding expiry): a thread is two keys under one hash tag (`<ns>:{<thread>}:cp`, a
-  hash of checkpoints, channel values, writes and reference counts, and `:cx`, its ordered
-  index), so no write can leave a key without one.
+  writes (sliding expiry), one deadline for both keys: a thread is two keys under one hash
+  tag (`<ns>:{<thread>}:cp`, a hash of checkpoints, channel values, writes and reference
+  counts, and `:cx`, its ordered index), so no write can leave a key without one. The hash
+  is the thread's anchor: an index whose hash expired (or was evicted) is a thread that is
+  gone as a whole (reads answer None; the next write starts afresh).
 - **History is bounded when asked**: with `keep_last=K`, the script that writes a
   checkpoint also removes the namespace's checkpoints older than the K newest, with their
-  writes and any channel value no remaining checkpoint references.
+  writes and any channel value no remaining checkpoint references; a root checkpoint
+  removed takes the subgraph checkpoints that ran under it (their metadata's
+  `parents[""]`). Each namespace pruned keeps a watermark (the newest id pruned: ids are
+  time-ordered), so writes LangGraph saves later for a pruned checkpoint are not stored,
+  and asking for a pruned checkpoint by id raises `CheckpointPruned`.
 - **Bytes are capped**: a write that would take a thread past `max_bytes` raises
   `StateTooLarge` and writes nothing.
 - **One round trip** per `put`, `put_writes`, `get_tuple` and `delete_thread`; `list` reads
@@ -55,12 +61,19 @@ from langgraph.checkpoint.base import (  # noqa: E402
 )
 
 from .backends import backend_kind, connect, connect_async, is_async  # noqa: E402
-from .errors import CorruptStateError, InvalidInput, StateTooLarge, StoreUnavailable, classify_reply  # noqa: E402
+from .errors import (  # noqa: E402
+    CheckpointPruned,
+    CorruptStateError,
+    InvalidInput,
+    StateTooLarge,
+    StoreUnavailable,
+    classify_reply,
+)
 from .keys import thread_id_of, thread_keys, thread_pattern, validate_namespace  # noqa: E402
 from .scripts import CHECKPOINT_SCRIPTS, CORRUPT_PREFIX  # noqa: E402
 from .store import _CONNECTION_ERRORS, _SCRIPT_SUFFIX, _Wire, drive  # noqa: E402
 
-__all__ = ["StatekitSaver", "ThreadPolicy", "support_graph", "growth"]
+__all__ = ["CheckpointPruned", "StatekitSaver", "ThreadPolicy", "support_graph", "growth"]
 
 Steps = Generator[tuple[Any, ...], Any, Any]
 _S = CHECKPOINT_SCRIPTS
@@ -102,6 +115,60 @@ def _token(value: Any, what: str) -> str:
     if "\0" in text:
         raise InvalidInput(f"{what} {text!r} holds a NUL character, which the checkpoint layout reserves")
     return text
+
+
+def _root_of(conf: dict[str, Any], ns: str, metadata: Any = None) -> str:
+    """The root checkpoint a subgraph checkpoint runs under ('' in the root namespace): its
+    metadata's `parents[""]`, else the config's `checkpoint_map[""]` (LangGraph passes both)."""
+    if not ns:
+        return ""
+    root = ((metadata or {}).get("parents") or {}).get("") or (conf.get("checkpoint_map") or {}).get("")
+    return _token(root, "root checkpoint id") if root else ""
+
+
+def _too_large(thread: str, size: int, cap: int) -> StateTooLarge:
+    """StateTooLarge, in the saver's words (the class says it in the session store's)."""
+    error = StateTooLarge(thread, size, cap)
+    error.args = (
+        f"thread {thread!r} would hold {size} bytes of checkpoints, channel values and writes, over the "
+        f"saver's cap of {cap} bytes (max_bytes); nothing was written. Bound its history with keep_last "
+        "(StatekitSaver.from_url(url, keep_last=K) or ThreadPolicy(keep_last=K)), raise max_bytes, or prune "
+        f"the thread (saver.prune([{thread!r}])).",
+    )
+    return error
+
+
+def _close_sockets(client: Any) -> None:
+    """Close the sockets of an asyncio client whose event loop has ended. redis.asyncio
+    closes a connection through the loop it was made in, which a closed loop refuses, so
+    the transports are torn down here without it."""
+    conns: dict[int, Any] = {}
+    pool = getattr(client, "connection_pool", None)
+    for attr in ("_available_connections", "_in_use_connections"):
+        for conn in list(getattr(pool, attr, None) or ()):
+            conns[id(conn)] = conn
+    manager = getattr(client, "nodes_manager", None)  # a cluster: each node's connections
+    for nodes in (getattr(manager, "nodes_cache", None) or {}, getattr(manager, "startup_nodes", None) or {}):
+        for node in list(nodes.values()):
+            for conn in list(getattr(node, "_connections", None) or ()):
+                conns[id(conn)] = conn
+    for conn in conns.values():
+        writer = getattr(conn, "_writer", None)
+        transport = getattr(writer, "transport", None)
+        if transport is None:
+            continue
+        inner = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None) or transport  # TLS
+        sock = getattr(inner, "_sock", None)
+        with contextlib.suppress(Exception):
+            transport.close()  # marks it closing; the closed loop refuses to finish the job
+        with contextlib.suppress(Exception):
+            inner._call_connection_lost(None)  # what the loop would have run: closes and drops the socket
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+        conn._reader = conn._writer = None
+    if manager is not None and getattr(client, "_initialize", True) is False:
+        client._initialize = True  # what the cluster client's aclose() marks: closed (no warning when collected)
 
 
 def _frame(tokens: Sequence[str]) -> bytes:
@@ -202,7 +269,8 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         self._aclient = aclient
         self._awire: Any = None
         self._loop: Any = None
-        self._owned: list[Any] = []  # clients this saver made, and closes
+        self._owned: list[Any] = []  # the blocking client this saver made, and closes
+        self._aowned: list[tuple[Any, Any]] = []  # (event loop, asyncio client) this saver made
         if aclient is not None:
             from .aio import _AsyncWire
 
@@ -249,30 +317,64 @@ class StatekitSaver(BaseCheckpointSaver[str]):
                 raise InvalidInput("this saver has only a blocking client: use put/get_tuple/..., or pass aclient=")
             return self._awire
         if self._awire is None or self._loop is not loop:  # an asyncio client serves one event loop
-            self._aclient = connect_async(self.url, socket_timeout=self._socket_timeout)
-            self._owned.append(self._aclient)
-            self._awire = _AsyncWire(self._aclient)
-            self._loop = loop
+            self._release_ended_loops()
+            client = next((c for owner, c in self._aowned if owner is loop), None)
+            if client is None:
+                client = connect_async(self.url, socket_timeout=self._socket_timeout)
+                self._aowned.append((loop, client))
+            self._aclient, self._awire, self._loop = client, _AsyncWire(client), loop
         return self._awire
 
+    def _release_ended_loops(self) -> None:
+        """Release the asyncio clients made in event loops that are closed (each
+        `asyncio.run` closes its own): nothing can use them again, and their loop cannot
+        close them, so their sockets are closed here."""
+        for loop, client in [pair for pair in self._aowned if pair[0].is_closed()]:
+            _close_sockets(client)
+            self._aowned.remove((loop, client))
+            if client is self._aclient:
+                self._aclient = self._awire = self._loop = None
+
     def close(self) -> None:
-        """Close the blocking client this saver made (asyncio ones need `await aclose()`)."""
-        for client in [c for c in self._owned if not is_async(c)]:
+        """Close the blocking client this saver made, and release the asyncio ones of event
+        loops that have ended (those of running loops need `await aclose()`)."""
+        for client in list(self._owned):
             client.close()
             self._owned.remove(client)
         self._wire = None if self.url is not None else self._wire
+        self._release_ended_loops()
 
     async def aclose(self) -> None:
-        """Close every client this saver made."""
-        for client in list(self._owned):
-            if is_async(client):
-                with contextlib.suppress(RuntimeError):  # made in an event loop that has ended
+        """Close every client this saver made: the blocking one, and the asyncio one of each
+        event loop it was used from (closed in its own loop when that still runs)."""
+        current = asyncio.get_running_loop()
+        for loop, client in list(self._aowned):
+            with contextlib.suppress(RuntimeError, redis.exceptions.RedisError, OSError):
+                if loop is current:
                     await client.aclose()
-            else:
-                client.close()
+                elif loop.is_running():  # another thread's loop: closed there
+                    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(client.aclose(), loop))
+            if loop is not current:
+                _close_sockets(client)  # a loop that has ended cannot close it
+            self._aowned.remove((loop, client))
+        for client in list(self._owned):
+            client.close()
             self._owned.remove(client)
         if self.url is not None:
-            self._wire = self._awire = self._loop = None
+            self._wire = self._awire = self._aclient = self._loop = None
+
+    def setup(self) -> None:
+        """For code written for LangGraph's PostgresSaver or SqliteSaver, whose `setup()`
+        creates their tables: this saver has nothing to create (a thread's keys are made by
+        its first write), so `setup()` only checks that the server answers (a PING), raising
+        StoreUnavailable or AccessDenied when it does not. Calling it is optional."""
+        with self._translated("*"):
+            self._sync_wire().client.ping()
+
+    async def asetup(self) -> None:
+        """`setup`, awaited."""
+        with self._translated("*"):
+            await self._async_wire().client.ping()
 
     def __enter__(self) -> StatekitSaver:
         return self
@@ -293,17 +395,34 @@ class StatekitSaver(BaseCheckpointSaver[str]):
     # -- running steps ----------------------------------------------------------------------
 
     def _translate(self, thread: str, exc: BaseException) -> BaseException:
-        if isinstance(exc, _CONNECTION_ERRORS):
-            return StoreUnavailable(f"checkpoint store for thread {thread!r} unavailable: {exc}")
-        if isinstance(exc, redis.exceptions.ResponseError):
+        """The error a caller sees for `exc`: an error reply classified first (AccessDenied for
+        NOPERM and a wrong password, which redis-py raises as a ConnectionError; StoreUnavailable
+        for a transient one; StoreFull for OOM), then StoreUnavailable for a connection failure,
+        CorruptStateError for data the scripts did not write; else `exc`."""
+        if isinstance(exc, (redis.exceptions.ResponseError, redis.exceptions.AuthenticationError)):
             classified = classify_reply(exc, f"checkpoint store call for thread {thread!r}")
             if classified is not None:
                 return classified
+        if isinstance(exc, _CONNECTION_ERRORS):
+            return StoreUnavailable(f"checkpoint store for thread {thread!r} unavailable: {exc}")
+        if isinstance(exc, redis.exceptions.ResponseError):
             text = _SCRIPT_SUFFIX.sub("", str(exc))
             if text.startswith(CORRUPT_PREFIX) or text.startswith("WRONGTYPE") or "user_script" in text:
                 detail = text[len(CORRUPT_PREFIX) :] if text.startswith(CORRUPT_PREFIX) else text
                 return CorruptStateError(f"thread {thread!r}: {detail}; the thread was left as is")
+        if isinstance(exc, redis.exceptions.RedisClusterException):
+            return StoreUnavailable(f"checkpoint store for thread {thread!r}: the cluster could not route it ({exc})")
         return exc
+
+    @contextlib.contextmanager
+    def _translated(self, thread: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            error = self._translate(thread, exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     def _run(self, thread: str, steps: Steps) -> Any:
         try:
@@ -343,6 +462,7 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         versions = {
             _token(ch, "channel"): _token(v, "channel version") for ch, v in checkpoint["channel_versions"].items()
         }
+        root = _root_of(conf, ns, meta)
         run_id = meta.get("run_id")
         refs = _frame([_token(run_id, "run id") if run_id else "", *(x for pair in versions.items() for x in pair)])
         blobs: list[Any] = []
@@ -355,22 +475,23 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         size = len(record) + len(refs) + sum(len(b) for b in blobs[1::2])
         cap = self.policy.max_bytes
         if size > cap:  # over the cap on its own: nothing sent
-            raise StateTooLarge(thread, size, cap)
+            raise _too_large(thread, size, cap)
         keep = self.policy.keep_last or 0
-        args = [self.policy.ttl_ms, cap, keep, ns, cid, record, refs, len(blobs) // 2, *blobs]
+        args = [self.policy.ttl_ms, cap, keep, ns, cid, record, refs, root, len(blobs) // 2, *blobs]
         return self._put_io(thread, keys, ns, cid, args)
 
     def _put_io(self, thread: str, keys: list[str], ns: str, cid: str, args: list[Any]) -> Steps:
         reply = yield ("evalsha", _S["checkpoint_put"], keys, args)
         if reply[0] == -1:
-            raise StateTooLarge(thread, reply[1], reply[2])
+            raise _too_large(thread, reply[1], reply[2])
         return {"configurable": {"thread_id": thread, "checkpoint_ns": ns, "checkpoint_id": cid}}
 
     def put(
         self, config: Any, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
     ) -> Any:
         """Store a checkpoint in one round trip (pruning beyond `keep_last` in the same script);
-        the config that points at it. `StateTooLarge` (nothing written) past `max_bytes`."""
+        the config that points at it. `StateTooLarge` (nothing written) past `max_bytes`. A
+        subgraph checkpoint whose root checkpoint was pruned is not stored."""
         steps = self._put_steps(config, checkpoint, metadata, new_versions)
         return self._run(str(config["configurable"]["thread_id"]), steps)
 
@@ -390,28 +511,37 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         ns = _token(conf.get("checkpoint_ns", ""), "checkpoint namespace")
         cid = _token(conf["checkpoint_id"], "checkpoint id")
         task = _token(task_id, "task id")
+        # LangGraph's PostgresSaver and SqliteSaver: a batch of special writes only (ERROR,
+        # INTERRUPT, RESUME, SCHEDULED) replaces stored ones; any other batch keeps them
+        upsert = all(channel in WRITES_IDX_MAP for channel, _ in writes)
         groups: list[Any] = []
+        stored: dict[int, int] = {}  # what the batch stores per idx (a special one may repeat)
         for idx, (channel, value) in enumerate(writes):
             widx = WRITES_IDX_MAP.get(channel, idx)
             record = ormsgpack.packb([task, channel, *self.serde.dumps_typed(value), task_path, widx])
-            groups += [task, str(widx), record, "1" if widx < 0 else "0"]
-        size = sum(len(r) for r in groups[2::4])
+            groups += [task, str(widx), record]
+            if upsert or widx not in stored:
+                stored[widx] = len(record)
+        size = sum(stored.values())
         if size > self.policy.max_bytes:
-            raise StateTooLarge(thread, size, self.policy.max_bytes)
-        args = [self.policy.ttl_ms, self.policy.max_bytes, ns, cid, len(groups) // 4, *groups]
-        return self._writes_io(thread, keys, args, bool(groups))
+            raise _too_large(thread, size, self.policy.max_bytes)
+        root = _root_of(conf, ns)
+        args = [self.policy.ttl_ms, self.policy.max_bytes, ns, cid, root, "1" if upsert else "0", len(groups) // 3]
+        return self._writes_io(thread, keys, [*args, *groups], bool(groups))
 
     def _writes_io(self, thread: str, keys: list[str], args: list[Any], any_writes: bool) -> Steps:
         if not any_writes:
             return None
         reply = yield ("evalsha", _S["checkpoint_writes"], keys, args)
         if reply[0] == -1:
-            raise StateTooLarge(thread, reply[1], reply[2])
+            raise _too_large(thread, reply[1], reply[2])
         return None
 
     def put_writes(self, config: Any, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "") -> None:
-        """Store a task's pending writes in one round trip (a special write, such as an
-        interrupt, replaces an earlier one; a regular one is stored once)."""
+        """Store a task's pending writes in one round trip. As LangGraph's PostgresSaver and
+        SqliteSaver: a batch whose writes are all special (an interrupt, a resume...) replaces
+        the task's stored ones; any other batch stores only writes not stored yet. Writes of
+        a checkpoint that was pruned are not stored."""
         self._run(str(config["configurable"]["thread_id"]), self._writes_steps(config, writes, task_id, task_path))
 
     async def aput_writes(
@@ -459,15 +589,18 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         keys = self.keys(thread)
         ns = _token(conf.get("checkpoint_ns", ""), "checkpoint namespace")
         cid = _token(get_checkpoint_id(config) or "", "checkpoint id")
-        return self._get_io(thread, keys, ns, cid)
+        return self._get_io(thread, keys, ns, cid, _root_of(conf, ns))
 
-    def _get_io(self, thread: str, keys: list[str], ns: str, cid: str) -> Steps:
-        entry = yield ("evalsha", _S["checkpoint_get"], keys, [ns, cid])
+    def _get_io(self, thread: str, keys: list[str], ns: str, cid: str, root: str = "") -> Steps:
+        entry = yield ("evalsha", _S["checkpoint_get"], keys, [ns, cid, root])
+        if entry and len(entry) == 2 and entry[0] == b"pruned":
+            raise CheckpointPruned(thread, ns, cid, entry[1].decode())
         return None if not entry else self._tuple(thread, entry)
 
     def get_tuple(self, config: Any) -> CheckpointTuple | None:
         """The checkpoint `config` names (or the thread's newest in its namespace), with its
-        channel values and pending writes, in one round trip; None when there is none."""
+        channel values and pending writes, in one round trip; None when there is none.
+        `CheckpointPruned` for one asked for by id that `keep_last` or `prune` removed."""
         return self._run(str(config["configurable"]["thread_id"]), self._get_steps(config))
 
     async def aget_tuple(self, config: Any) -> CheckpointTuple | None:
@@ -521,11 +654,8 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         """Checkpoints newest first: of the config's thread (and namespace, when it names
         one), or of every thread for `config=None`; matching `filter` (metadata equality),
         older than `before`, at most `limit`. A page of `page_size` per round trip."""
-        wire = self._sync_wire()
-        try:
-            yield from _Iterate.sync(self._list_steps(config, filter, before, limit), wire)
-        except _CONNECTION_ERRORS as exc:
-            raise self._translate("*", exc) from exc
+        with self._translated(_thread_of(config)):
+            yield from _Iterate.sync(self._list_steps(config, filter, before, limit), self._sync_wire())
 
     async def alist(
         self,
@@ -536,11 +666,9 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
         """`list`, as an async iterator."""
-        try:
+        with self._translated(_thread_of(config)):
             async for tup in _Iterate.asynchronous(self._list_steps(config, filter, before, limit), self._async_wire()):
                 yield tup
-        except _CONNECTION_ERRORS as exc:
-            raise self._translate("*", exc) from exc
 
     # -- removal and copies ---------------------------------------------------------------
 
@@ -587,8 +715,11 @@ class StatekitSaver(BaseCheckpointSaver[str]):
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Keep only each namespace's newest checkpoint of these threads (`keep_latest`), or
-        remove the threads (`delete`); one script per thread. Not for graphs that use
-        LangGraph's DeltaChannel, whose values live in the dropped ancestors' writes."""
+        remove the threads (`delete`); one script per thread. The root namespace goes first:
+        a root checkpoint dropped takes the subgraph checkpoints that ran under it, so a
+        subgraph namespace survives only with the root checkpoint it belongs to. Not for
+        graphs that use LangGraph's DeltaChannel, whose values live in the dropped ancestors'
+        writes."""
         self._run("*", self._prune_steps(thread_ids, strategy))
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
@@ -609,7 +740,7 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         args = [self.policy.ttl_ms, self.policy.max_bytes, len(pairs) // 2, *pairs, *members]
         reply = yield ("evalsha", _S["checkpoint_copy"], target, args)
         if reply[0] == -1:
-            raise StateTooLarge(str(target_thread_id), reply[1], reply[2])
+            raise _too_large(str(target_thread_id), reply[1], reply[2])
         return None
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
@@ -638,16 +769,22 @@ class StatekitSaver(BaseCheckpointSaver[str]):
     def keys_without_ttl(self) -> list[str]:
         """Every key of this saver's namespace that has no TTL (on each primary of a cluster).
         Empty unless something other than this saver wrote there."""
-        wire = self._sync_wire()
-        found = drive(_scan_steps(f"{thread_pattern(self.namespace)[:-3]}:*"), wire)
-        client = wire.client
-        return [k.decode() for k in found if client.pttl(k) == -1]
+        with self._translated("*"):
+            wire = self._sync_wire()
+            found = drive(_scan_steps(f"{thread_pattern(self.namespace)[:-3]}:*"), wire)
+            client = wire.client
+            return [k.decode() for k in found if client.pttl(k) == -1]
 
     def footprint(self, thread_id: str) -> dict[str, Any]:
         """What a thread holds now: checkpoints, pending writes, channel values, the payload
         bytes the cap counts, the shortest TTL of its keys, and (on a real server) the memory
-        Redis reports for its keys (`MEMORY USAGE`); fakeredis has no such command, so there
-        `memory_bytes` is None."""
+        Redis reports for its keys (`MEMORY USAGE key SAMPLES 0`: every field counted, not
+        five extrapolated); fakeredis has no such command, so there `memory_bytes` is None.
+        A user without `memory|usage` gets AccessDenied naming the rule."""
+        with self._translated(str(thread_id)):
+            return self._footprint(thread_id)
+
+    def _footprint(self, thread_id: str) -> dict[str, Any]:
         wire = self._sync_wire()
         client = wire.client
         h, z = self.keys(thread_id)
@@ -657,7 +794,7 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         ttls = [t for t in (client.pttl(h), client.pttl(z)) if t != -2]
         memory = None
         if backend_kind(client) != "fakeredis":
-            memory = sum(client.memory_usage(k) or 0 for k in (h, z))
+            memory = sum(client.memory_usage(k, samples=0) or 0 for k in (h, z))
         return {
             "thread_id": str(thread_id),
             "checkpoints": kinds.get(b"c\0", 0),
@@ -668,6 +805,11 @@ class StatekitSaver(BaseCheckpointSaver[str]):
             "ttl_s": min(ttls) / 1000 if ttls else None,
             "keys": sum(client.exists(k) for k in (h, z)),
         }
+
+
+def _thread_of(config: Any) -> str:
+    conf = (config or {}).get("configurable", {})
+    return str(conf["thread_id"]) if "thread_id" in conf else "*"
 
 
 def _scan_steps(pattern: str) -> Steps:

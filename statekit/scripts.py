@@ -285,11 +285,19 @@ SCRIPTS = {
 #   KEYS[1] hash  `c\0<ns>\0<id>` checkpoint record; `v\0<ns>\0<id>` its run id and the
 #                 blobs it references (every token ends in \0); `b\0<ns>\0<channel>\0<version>`
 #                 a channel value; `r\0...` how many checkpoints reference that value;
-#                 `w\0<ns>\0<id>\0<task>\0<idx>` a pending write; `bytes` payload bytes held.
+#                 `w\0<ns>\0<id>\0<task>\0<idx>` a pending write; `p\0<ns>\0<id>` the root
+#                 checkpoint a subgraph checkpoint ran under (its metadata's parents['']);
+#                 `x\0<ns>` the newest checkpoint id pruned from a namespace (its watermark:
+#                 ids are time-ordered); `bytes` payload bytes held (c, v, b and w fields).
 #   KEYS[2] zset  (all scores 0, ordered by member) `c\0<ns>\0<id>` per checkpoint,
-#                 `w\0<ns>\0<id>\0<task>\0<idx>` per write, `u\0<run>\0<ns>\0<id>` per run.
+#                 `w\0<ns>\0<id>\0<task>\0<idx>` per write, `u\0<run>\0<ns>\0<id>` per run,
+#                 `p\0<root id>\0<ns>\0<id>` per subgraph checkpoint.
 # Checkpoint namespaces, ids, channels, versions, task and run ids hold no \0 (checked
-# before a script runs). Every write refreshes both keys' TTL in the same script.
+# before a script runs). The hash is the thread's anchor: an index without its hash (the
+# hash expired or was evicted) is what is left of a thread that is gone, so a script that
+# writes deletes it first and one that reads answers as for a missing thread; no script
+# creates a key it did not mean to. Every write gives both keys one deadline (PEXPIREAT,
+# from the server's TIME) in the same script.
 
 _CHECKPOINT_LIB = r"""
 local h, z = KEYS[1], KEYS[2]
@@ -304,6 +312,13 @@ local function used_bytes()
   if not n then return nil, 'CORRUPT ' .. h .. ' field bytes is not a number' end
   return n
 end
+-- Whether the thread is there. Its hash is its anchor: an index left without it belongs to
+-- a thread that expired as a whole, and is deleted when clear (the caller starts afresh).
+local function present(clear)
+  if redis.call('EXISTS', h) == 1 then return true end
+  if clear then redis.call('DEL', z) end
+  return false
+end
 -- Release the blobs that refs (a `v` field's value) point at, into delta.
 local function release(ns, refs, delta, sign)
   local t = split(refs)
@@ -313,11 +328,37 @@ local function release(ns, refs, delta, sign)
   end
   return t[1]
 end
--- One checkpoint, its writes and its run entry: the payload bytes they hold; removed when
--- apply. Its blob references are released into delta (blobs go in settle).
+-- Whether root checkpoint `root` was pruned (the subgraph checkpoints that ran under it
+-- went with it).
+local function root_pruned(root)
+  if root == '' then return false end
+  local wm = redis.call('HGET', h, 'x\0')
+  return wm and root <= wm and redis.call('HEXISTS', h, 'c\0\0' .. root) == 0
+end
+-- Whether a subgraph checkpoint (or its writes) under root checkpoint `root` arrives at a
+-- thread that was not there (`alive` false): the thread expired under the running turn, so
+-- the root it ran under is gone with it, and a subgraph checkpoint without its root would
+-- outlive every prune. (LangGraph saves a root checkpoint before the steps that run its
+-- subgraphs.)
+local function orphaned(alive, root)
+  return not alive and root ~= ''
+end
+-- For a checkpoint (ns, id) that is not stored: the watermark that says it was pruned (its
+-- namespace's, or the root namespace's when its root checkpoint `root` was), or nil.
+local function pruned(ns, id, root)
+  local wm = redis.call('HGET', h, 'x\0' .. ns)
+  if wm and id <= wm then return wm end
+  if ns ~= '' and root_pruned(root) then return redis.call('HGET', h, 'x\0') end
+  return nil
+end
+-- One checkpoint, its writes, its run entry, its link to its root and, for a root
+-- checkpoint, the subgraph checkpoints that ran under it: the payload bytes they hold and
+-- how many checkpoints they are; removed when apply. Blob references are released into
+-- delta (blobs go in settle).
 local function drop(ns, id, delta, apply)
   local p = ns .. '\0' .. id
   local freed = redis.call('HSTRLEN', h, 'c\0' .. p)
+  local count = freed > 0 and 1 or 0
   local refs = redis.call('HGET', h, 'v\0' .. p)
   local run = ''
   if refs then
@@ -335,6 +376,47 @@ local function drop(ns, id, delta, apply)
       redis.call('HDEL', h, unpack(ws, i, math.min(i + 999, #ws)))
     end
     if #ws > 0 then redis.call('ZREMRANGEBYLEX', z, lo, hi) end
+    local root = redis.call('HGET', h, 'p\0' .. p)
+    if root then
+      redis.call('HDEL', h, 'p\0' .. p)
+      redis.call('ZREM', z, 'p\0' .. root .. '\0' .. p)
+    end
+  end
+  if ns == '' then
+    local emptied = {}
+    for _, m in ipairs(redis.call('ZRANGEBYLEX', z, '[p\0' .. id .. '\0', '(p\0' .. id .. '\1')) do
+      local sns, sid = string.match(m, '^p%z[^%z]*%z(.*)%z([^%z]*)$')
+      local f, n = drop(sns, sid, delta, apply)
+      freed, count = freed + f, count + n
+      emptied[sns] = true
+    end
+    if apply then  -- a namespace left empty needs no watermark
+      for sns in pairs(emptied) do
+        if #redis.call('ZRANGEBYLEX', z, '[c\0' .. sns .. '\0', '(c\0' .. sns .. '\1', 'LIMIT', 0, 1) == 0 then
+          redis.call('HDEL', h, 'x\0' .. sns)
+        end
+      end
+    end
+  end
+  return freed, count
+end
+-- Writes of namespace ns to checkpoint ids at or below wm that no stored checkpoint owns
+-- (saved after their checkpoint was pruned): the payload bytes they hold; removed when apply.
+local function sweep(ns, wm, apply)
+  local freed, gone, prefix = 0, {}, 'w\0' .. ns .. '\0'
+  for _, w in ipairs(redis.call('ZRANGEBYLEX', z, '[' .. prefix, '(' .. prefix .. wm .. '\1')) do
+    local id = string.match(string.sub(w, #prefix + 1), '^[^%z]*')
+    if redis.call('HEXISTS', h, 'c\0' .. ns .. '\0' .. id) == 0 then
+      freed = freed + redis.call('HSTRLEN', h, w)
+      gone[#gone + 1] = w
+    end
+  end
+  if apply then
+    for i = 1, #gone, 1000 do
+      local part = {unpack(gone, i, math.min(i + 999, #gone))}
+      redis.call('HDEL', h, unpack(part))
+      redis.call('ZREM', z, unpack(part))
+    end
   end
   return freed
 end
@@ -355,9 +437,12 @@ local function settle(delta, apply)
   end
   return freed
 end
+-- Both keys expire at one deadline, computed once from the server's clock.
 local function expire(ttl)
-  redis.call('PEXPIRE', h, ttl)
-  redis.call('PEXPIRE', z, ttl)
+  local now = redis.call('TIME')
+  local at = string.format('%.0f', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + ttl)
+  redis.call('PEXPIREAT', h, at)
+  redis.call('PEXPIREAT', z, at)
 end
 local function id_of(member)
   return string.match(member, '([^%z]*)$')
@@ -381,21 +466,28 @@ end
 """
 
 # Write a checkpoint. ARGV: ttl ms, cap bytes, keep_last (0: all), ns, id, record, refs,
-# n blobs, then n pairs (channel\0version, value). Returns {1, bytes, pruned} or
-# {-1, bytes it would hold, cap} (nothing written).
+# root (for a subgraph checkpoint, the root checkpoint it ran under, else ''), n blobs,
+# then n pairs (channel\0version, value). Returns {1, bytes, pruned} or {-1, bytes it
+# would hold, cap} (nothing written); {0, bytes} (nothing written) for a subgraph
+# checkpoint whose root checkpoint was pruned. Pruning a namespace (keep_last) raises its
+# watermark and removes the writes stored for checkpoints at or below it; a root
+# checkpoint pruned takes its subgraph checkpoints with it.
 CHECKPOINT_PUT_LUA = (
     _CHECKPOINT_LIB
     + r"""
 local ttl, cap, keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local ns, id, record, refs = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local nb = tonumber(ARGV[8])
+local ns, id, record, refs, root = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local nb = tonumber(ARGV[9])
+local alive = present(true)
 local used, bad = used_bytes()
 if not used then return redis.error_reply(bad) end
+if ns ~= '' and (root_pruned(root) or orphaned(alive, root)) then return {0, used} end
 local p = ns .. '\0' .. id
 local old_refs = redis.call('HGET', h, 'v\0' .. p)
+local old_root = redis.call('HGET', h, 'p\0' .. p)
 local add = #record + #refs - redis.call('HSTRLEN', h, 'c\0' .. p) - (old_refs and #old_refs or 0)
 for i = 0, nb - 1 do
-  add = add + #ARGV[10 + 2 * i] - redis.call('HSTRLEN', h, 'b\0' .. ns .. '\0' .. ARGV[9 + 2 * i])
+  add = add + #ARGV[11 + 2 * i] - redis.call('HSTRLEN', h, 'b\0' .. ns .. '\0' .. ARGV[10 + 2 * i])
 end
 local victims = {}
 if keep > 0 then
@@ -405,6 +497,8 @@ if keep > 0 then
   end
   for i = 1, #others + 1 - keep do victims[#victims + 1] = others[i] end
 end
+local wm = redis.call('HGET', h, 'x\0' .. ns)
+if #victims > 0 and (not wm or wm < victims[#victims]) then wm = victims[#victims] end
 local function plan(apply)
   local delta, freed = {}, 0
   release(ns, refs, delta, 1)
@@ -413,13 +507,25 @@ local function plan(apply)
     if apply and old_run ~= '' then redis.call('ZREM', z, 'u\0' .. old_run .. '\0' .. p) end
   end
   for _, v in ipairs(victims) do freed = freed + drop(ns, v, delta, apply) end
+  if #victims > 0 then
+    freed = freed + sweep(ns, wm, apply)
+    if apply then redis.call('HSET', h, 'x\0' .. ns, wm) end
+  end
   if apply then
     redis.call('HSET', h, 'c\0' .. p, record, 'v\0' .. p, refs)
     redis.call('ZADD', z, 0, 'c\0' .. p)
     local run = split(refs)[1]
     if run ~= '' then redis.call('ZADD', z, 0, 'u\0' .. run .. '\0' .. p) end
     for i = 0, nb - 1 do
-      redis.call('HSET', h, 'b\0' .. ns .. '\0' .. ARGV[9 + 2 * i], ARGV[10 + 2 * i])
+      redis.call('HSET', h, 'b\0' .. ns .. '\0' .. ARGV[10 + 2 * i], ARGV[11 + 2 * i])
+    end
+    if old_root and old_root ~= root then
+      redis.call('HDEL', h, 'p\0' .. p)
+      redis.call('ZREM', z, 'p\0' .. old_root .. '\0' .. p)
+    end
+    if ns ~= '' and root ~= '' then
+      redis.call('HSET', h, 'p\0' .. p, root)
+      redis.call('ZADD', z, 0, 'p\0' .. root .. '\0' .. p)
     end
   end
   return freed + settle(delta, apply)
@@ -433,23 +539,32 @@ return {1, total, #victims}
 """
 )
 
-# Store pending writes of one checkpoint. ARGV: ttl ms, cap, ns, id, n, then n groups of
-# (task id, idx, value, overwrite 1|0). A write whose (task, idx) is stored already is kept
-# unless overwrite. Returns {1, bytes} or {-1, bytes it would hold, cap}.
+# Store pending writes of one checkpoint. ARGV: ttl ms, cap, ns, id, root (as for a
+# checkpoint), upsert 1|0, n, then n groups of (task id, idx, value). With upsert a write
+# replaces the one of the same (task, idx); without, a stored one (or an earlier one of the
+# batch) is kept. Writes of a checkpoint that was pruned are not stored ({0, bytes}).
+# Returns {1, bytes} or {-1, bytes it would hold, cap}; bytes count what is stored.
 CHECKPOINT_WRITES_LUA = (
     _CHECKPOINT_LIB
     + r"""
-local ttl, cap, ns, id, n = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
+local ttl, cap, ns, id, root = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local upsert, n = ARGV[6] == '1', tonumber(ARGV[7])
+local alive = present(true)
 local used, bad = used_bytes()
 if not used then return redis.error_reply(bad) end
-local add, todo = 0, {}
+if ns ~= '' and orphaned(alive, root) then return {0, used} end
+if redis.call('HEXISTS', h, 'c\0' .. ns .. '\0' .. id) == 0 and pruned(ns, id, root) then return {0, used} end
+local add, held, todo = 0, {}, {}
 for i = 0, n - 1 do
-  local f = 'w\0' .. ns .. '\0' .. id .. '\0' .. ARGV[6 + 4 * i] .. '\0' .. ARGV[7 + 4 * i]
-  local v = ARGV[8 + 4 * i]
-  local old = redis.call('HSTRLEN', h, f)
-  if old == 0 or ARGV[9 + 4 * i] == '1' then
+  local f = 'w\0' .. ns .. '\0' .. id .. '\0' .. ARGV[8 + 3 * i] .. '\0' .. ARGV[9 + 3 * i]
+  local v = ARGV[10 + 3 * i]
+  local old = held[f] or redis.call('HSTRLEN', h, f)
+  if old == 0 or upsert then
     add = add + #v - old
+    held[f] = #v
     todo[#todo + 1] = {f, v}
+  else
+    held[f] = old
   end
 end
 if used + add > cap then return {-1, used + add, cap} end
@@ -463,18 +578,24 @@ return {1, used + add}
 """
 )
 
-# Read one checkpoint (ARGV: ns, id) or the newest of a namespace (id ''). Returns
-# {member, record, refs, blobs, writes} or nil.
+# Read one checkpoint (ARGV: ns, id, root as for put_writes) or the newest of a namespace
+# (id ''). Returns {member, record, refs, blobs, writes}; {'pruned', watermark} for a
+# checkpoint asked for by id that was pruned; nil for none.
 CHECKPOINT_GET_LUA = (
     _CHECKPOINT_LIB
     + r"""
 local ns, id = ARGV[1], ARGV[2]
+if not present(false) then return nil end
 if id == '' then
   local last = redis.call('ZREVRANGEBYLEX', z, '(c\0' .. ns .. '\1', '[c\0' .. ns .. '\0', 'LIMIT', 0, 1)
   if #last == 0 then return nil end
-  id = id_of(last[1])
+  return fetch(ns, id_of(last[1]))
 end
-return fetch(ns, id)
+local entry = fetch(ns, id)
+if entry then return entry end
+local wm = pruned(ns, id, ARGV[3])
+if wm then return {'pruned', wm} end
+return nil
 """
 )
 
@@ -483,6 +604,7 @@ return fetch(ns, id)
 CHECKPOINT_LIST_LUA = (
     _CHECKPOINT_LIB
     + r"""
+if not present(false) then return {'', 0} end
 local members = redis.call('ZREVRANGEBYLEX', z, ARGV[1], ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 local before = ARGV[4]
 local out = {members[#members] or '', #members}
@@ -497,11 +619,13 @@ return out
 """
 )
 
-# Remove the checkpoints (and writes, and blobs no longer referenced) of some runs.
-# ARGV: run ids. Returns how many checkpoints were removed.
+# Remove the checkpoints (and writes, and blobs no longer referenced) of some runs, and the
+# subgraph checkpoints that ran under a root checkpoint removed. ARGV: run ids. Returns how
+# many checkpoints were removed.
 CHECKPOINT_DELETE_RUNS_LUA = (
     _CHECKPOINT_LIB
     + r"""
+if not present(true) then return 0 end
 local used, bad = used_bytes()
 if not used then return redis.error_reply(bad) end
 local delta, freed, removed = {}, 0, 0
@@ -509,11 +633,11 @@ for _, run in ipairs(ARGV) do
   local lo, hi = '[u\0' .. run .. '\0', '(u\0' .. run .. '\1'
   for _, m in ipairs(redis.call('ZRANGEBYLEX', z, lo, hi)) do
     local ns, id = string.match(m, '^u%z[^%z]*%z(.*)%z([^%z]*)$')
-    freed = freed + drop(ns, id, delta, true)
-    removed = removed + 1
+    local f, n = drop(ns, id, delta, true)
+    freed, removed = freed + f, removed + n
   end
 end
-if removed > 0 then
+if removed > 0 or freed > 0 then
   freed = freed + settle(delta, true)
   redis.call('HSET', h, 'bytes', used - freed)
 end
@@ -522,7 +646,9 @@ return removed
 )
 
 # Keep only the newest checkpoint of each namespace (ARGV[1] 'keep_latest'), or remove the
-# thread ('delete'). Returns how many checkpoints were removed.
+# thread ('delete'). The root namespace goes first: a root checkpoint dropped takes the
+# subgraph checkpoints that ran under it. Each namespace pruned gets its watermark. Returns
+# how many checkpoints were removed.
 CHECKPOINT_PRUNE_LUA = (
     _CHECKPOINT_LIB
     + r"""
@@ -531,19 +657,37 @@ if ARGV[1] == 'delete' then
   redis.call('DEL', h, z)
   return n
 end
+if not present(true) then return 0 end
 local used, bad = used_bytes()
 if not used then return redis.error_reply(bad) end
-local members = redis.call('ZRANGEBYLEX', z, '[c\0', '(c\1')
 local delta, freed, removed = {}, 0, 0
-for i, m in ipairs(members) do
+local function keep_newest(ns, ids)
+  if #ids < 2 then return end
+  for i = 1, #ids - 1 do
+    local f, n = drop(ns, ids[i], delta, true)
+    freed, removed = freed + f, removed + n
+  end
+  local wm = redis.call('HGET', h, 'x\0' .. ns)
+  if not wm or wm < ids[#ids - 1] then wm = ids[#ids - 1] end
+  freed = freed + sweep(ns, wm, true)
+  redis.call('HSET', h, 'x\0' .. ns, wm)
+end
+local roots = {}
+for _, m in ipairs(redis.call('ZRANGEBYLEX', z, '[c\0\0', '(c\0\1')) do roots[#roots + 1] = id_of(m) end
+keep_newest('', roots)
+local by_ns, order = {}, {}
+for _, m in ipairs(redis.call('ZRANGEBYLEX', z, '[c\0', '(c\1')) do
   local ns, id = string.match(m, '^c%z(.*)%z([^%z]*)$')
-  local nxt = members[i + 1]
-  if nxt and string.match(nxt, '^c%z(.*)%z[^%z]*$') == ns then
-    freed = freed + drop(ns, id, delta, true)
-    removed = removed + 1
+  if ns ~= '' then
+    if not by_ns[ns] then
+      by_ns[ns] = {}
+      order[#order + 1] = ns
+    end
+    table.insert(by_ns[ns], id)
   end
 end
-if removed > 0 then
+for _, ns in ipairs(order) do keep_newest(ns, by_ns[ns]) end
+if removed > 0 or freed > 0 then
   freed = freed + settle(delta, true)
   redis.call('HSET', h, 'bytes', used - freed)
 end
@@ -553,24 +697,33 @@ return removed
 
 # Everything of a thread, for copying it: {hash fields and values, zset members}.
 CHECKPOINT_READ_ALL_LUA = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {{}, {}} end
 return {redis.call('HGETALL', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1)}
 """
 
 # Merge a copied thread into this one. ARGV: ttl ms, cap, n fields, n (field, value) pairs,
-# then zset members. Reference counts and bytes are recounted. Returns {1, bytes} or
-# {-1, bytes it would hold, cap} (nothing written).
+# then zset members. Reference counts and bytes are recounted; a watermark is the newer of
+# the two. Returns {1, bytes} or {-1, bytes it would hold, cap} (nothing written).
 CHECKPOINT_COPY_LUA = (
     _CHECKPOINT_LIB
     + r"""
 local ttl, cap, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+present(true)
 local used, bad = used_bytes()
 if not used then return redis.error_reply(bad) end
 local add = 0
 for i = 0, n - 1 do
-  add = add + #ARGV[5 + 2 * i] - redis.call('HSTRLEN', h, ARGV[4 + 2 * i])
+  local kind = string.sub(ARGV[4 + 2 * i], 1, 1)
+  if kind ~= 'x' and kind ~= 'p' then
+    add = add + #ARGV[5 + 2 * i] - redis.call('HSTRLEN', h, ARGV[4 + 2 * i])
+  end
 end
 if used + add > cap then return {-1, used + add, cap} end
-for i = 0, n - 1 do redis.call('HSET', h, ARGV[4 + 2 * i], ARGV[5 + 2 * i]) end
+for i = 0, n - 1 do
+  local f, v = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  local cur = string.sub(f, 1, 1) == 'x' and redis.call('HGET', h, f)
+  if not cur or cur < v then redis.call('HSET', h, f, v) end
+end
 for i = 4 + 2 * n, #ARGV do redis.call('ZADD', z, 0, ARGV[i]) end
 local counts = {}
 for _, f in ipairs(redis.call('HKEYS', h)) do

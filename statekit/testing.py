@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import queue
 import random
@@ -53,6 +54,7 @@ __all__ = [
     "lost_writes_drill",
     "store_failover_drill",
     "failover_drills",
+    "Nemesis",
     "RoundTrips",
     "count_round_trips",
     "before_round_trip",
@@ -1244,7 +1246,39 @@ class RedisSentinelGroup:
             time.sleep(0.05)
         raise RuntimeError(f"no failover within {timeout_s} s")
 
+    def pause_sentinels(self, which: Sequence[int] | None = None) -> None:
+        """Freeze Sentinels (SIGSTOP, each by its own pid): all of them, or those at the indexes
+        in `which` (the order of `ports` and of the URL). The kernel still accepts connections
+        on their ports; nothing is answered until `resume_sentinels()`."""
+        for n in range(self.count) if which is None else which:
+            if self.procs[n].poll() is None:
+                os.kill(self.procs[n].pid, signal.SIGSTOP)
+
+    def resume_sentinels(self) -> None:
+        """Thaw every frozen Sentinel (SIGCONT)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def sentinels_frozen(self, which: Sequence[int] | None = None) -> Iterator[None]:
+        """`pause_sentinels(which)` for the block, thawed on the way out whatever happens."""
+        self.pause_sentinels(which)
+        try:
+            yield
+        finally:
+            self.resume_sentinels()
+
+    def kill_sentinels(self) -> None:
+        """Kill every Sentinel (SIGKILL, by pid): nothing listens on their ports any more."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+                proc.wait(timeout=10)
+
     def stop(self) -> None:
+        self.resume_sentinels()  # a frozen process would hold SIGTERM until thawed
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()
@@ -1611,6 +1645,202 @@ def before_round_trip(n: int, action: Any) -> Iterator[RoundTrips]:
 
     with _on_send(hook):
         yield counter
+
+
+def _commands(packed: Any) -> list[list[bytes]]:
+    """The commands in a packed RESP request (one or several arrays of bulk strings)."""
+    if isinstance(packed, str):
+        data = packed.encode()
+    elif isinstance(packed, bytes | bytearray | memoryview):
+        data = bytes(packed)
+    else:
+        data = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in packed)
+    out, i = [], 0
+    while i < len(data):
+        end = data.index(b"\r\n", i)
+        count, i, args = int(data[i + 1 : end]), end + 2, []
+        for _ in range(count):
+            end = data.index(b"\r\n", i)
+            size = int(data[i + 1 : end])
+            args.append(data[end + 2 : end + 2 + size])
+            i = end + 2 + size + 2
+        out.append(args)
+    return out
+
+
+#: Commands a late delivery replays: the writes statekit sends (reads landing late change nothing).
+_LATE_WRITES = frozenset({b"EVALSHA", b"EVAL", b"DEL", b"UNLINK", b"SCRIPT"})
+
+
+class Nemesis:
+    """Faults that production brings, injected where every redis-py client meets the
+    network, on any backend (fakeredis, a real server, a cluster; blocking and asyncio), in
+    the manner of Jepsen's nemesis. Active inside `with nemesis:`.
+
+    - `lose_replies(n)`: the next `n` round trips reach the server and are applied, and
+      their replies are lost: the caller gets TimeoutError, as after a deadline.
+    - `freeze()` / `thaw()`: round trips time out without reaching the server; `thaw()`
+      delivers the writes among them late, in order, as a frozen server applies what sat in
+      its sockets when it thaws.
+    - `kill()` / `restart()`: round trips are refused (ConnectionError) until `restart()`;
+      the data stays, as on a server that fsyncs every write (appendfsync always).
+    - `before(n, action)`: run `action()` just before the `n`-th round trip from now (an
+      anchor key expiring between two commands of an operation, say).
+
+    `admin` is a client of the same server (or cluster) that the faults never touch: the
+    late deliveries and whatever `action` sends go through it, and so does anything inside
+    `with nemesis.spared():`. Written by hand: fault-injection proxies (toxiproxy) need a
+    server process and cannot reach the embedded fakeredis; this works on every backend.
+    """
+
+    def __init__(self, admin: Any) -> None:
+        self.admin = admin
+        self.mode = "ok"
+        self.lost = 0  # replies still to lose
+        self.late: list[list[bytes]] = []
+        self.round_trips = 0
+        self.faulted = 0  # round trips a fault touched
+        self._hooks: list[tuple[int, Any]] = []
+        # per thread and per asyncio task: an asyncio task's handshake must not spare another's call
+        self._depth: contextvars.ContextVar[int] = contextvars.ContextVar("nemesis_depth", default=0)
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    # -- faults -----------------------------------------------------------------------
+
+    def lose_replies(self, n: int = 1) -> None:
+        self.lost += n
+
+    def freeze(self) -> None:
+        self.mode = "frozen"
+
+    def thaw(self) -> list[list[bytes]]:
+        """End a freeze; deliver the frozen writes, in order. Returns what was delivered."""
+        self.mode = "ok"
+        late, self.late = self.late, []
+        with self.spared():
+            for args in late:
+                with contextlib.suppress(Exception):  # a late write's error reply goes nowhere
+                    self.admin.execute_command(*args)
+        return late
+
+    def kill(self) -> None:
+        self.mode = "down"
+
+    def restart(self) -> None:
+        self.mode = "ok"
+
+    def heal(self) -> None:
+        """Every fault off: thaw (delivering what was frozen), restart, lose no more replies."""
+        self.lost = 0
+        self.thaw()
+        self._hooks.clear()
+
+    def before(self, n: int, action: Any) -> None:
+        if n < 1:
+            raise ValueError(f"n counts round trips from 1, got {n!r}")
+        self._hooks.append((self.round_trips + n, action))
+
+    def cancel_hooks(self) -> int:
+        """Drop the `before` actions that have not run; returns how many there were."""
+        n, self._hooks = len(self._hooks), []
+        return n
+
+    @contextlib.contextmanager
+    def spared(self) -> Iterator[None]:
+        """Commands sent inside are not faulted, counted or hooked (the test's own reads)."""
+        token = self._depth.set(self._depth.get() + 1)
+        try:
+            yield
+        finally:
+            self._depth.reset(token)
+
+    # -- the interception ---------------------------------------------------------------
+
+    def _decide(self) -> tuple[str, list[Any]]:
+        """What happens to this round trip: 'pass', 'lose', 'frozen' or 'down'; and the
+        hooks to run first."""
+        self.round_trips += 1
+        due = [a for at, a in self._hooks if at == self.round_trips]
+        self._hooks = [(at, a) for at, a in self._hooks if at != self.round_trips]
+        if self.mode == "frozen":
+            return "frozen", due
+        if self.mode == "down":
+            return "down", due
+        if self.lost:
+            self.lost -= 1
+            return "lose", due
+        return "pass", due
+
+    def _run_hooks(self, due: list[Any]) -> None:
+        with self.spared():
+            for action in due:
+                action()
+
+    def _fault(self, verdict: str, command: Any) -> BaseException:
+        import redis
+
+        self.faulted += 1
+        if verdict == "frozen":
+            self.late.extend(c for c in _commands(command) if c and c[0].upper() in _LATE_WRITES)
+            return redis.exceptions.TimeoutError("Timeout reading from socket (nemesis: the server is frozen)")
+        return redis.exceptions.ConnectionError("Connection refused (nemesis: the server is down)")
+
+    def __enter__(self) -> Nemesis:
+        import redis.asyncio.connection
+        import redis.connection
+
+        nemesis = self
+        sync_send = redis.connection.AbstractConnection.send_packed_command
+        async_send = redis.asyncio.connection.AbstractConnection.send_packed_command
+
+        def send(conn: Any, command: Any, check_health: bool = True) -> Any:
+            if nemesis._depth.get():
+                return sync_send(conn, command, check_health)
+            verdict, due = nemesis._decide()
+            nemesis._run_hooks(due)
+            with nemesis.spared():  # the connection's own handshake, and its replies
+                if verdict in ("frozen", "down"):
+                    conn.disconnect()
+                    raise nemesis._fault(verdict, command)
+                sync_send(conn, command, check_health)
+                if verdict == "lose":
+                    nemesis.faulted += 1
+                    for _ in _commands(command):  # applied: read each reply, then lose it
+                        with contextlib.suppress(redis.exceptions.ResponseError):
+                            conn.read_response()
+                    conn.disconnect()
+                    raise redis.exceptions.TimeoutError("Timeout reading from socket (nemesis: the reply was lost)")
+
+        async def asend(conn: Any, command: Any, check_health: bool = True) -> Any:
+            if nemesis._depth.get():
+                return await async_send(conn, command, check_health)
+            verdict, due = nemesis._decide()
+            nemesis._run_hooks(due)
+            with nemesis.spared():  # this task's handshake and replies only
+                if verdict in ("frozen", "down"):
+                    await conn.disconnect(nowait=True)
+                    raise nemesis._fault(verdict, command)
+                await async_send(conn, command, check_health)
+                if verdict == "lose":
+                    nemesis.faulted += 1
+                    for _ in _commands(command):
+                        with contextlib.suppress(redis.exceptions.ResponseError):
+                            await conn.read_response()
+                    await conn.disconnect(nowait=True)
+                    raise redis.exceptions.TimeoutError("Timeout reading from socket (nemesis: the reply was lost)")
+
+        self._saved = [
+            (redis.connection.AbstractConnection, "send_packed_command", sync_send),
+            (redis.asyncio.connection.AbstractConnection, "send_packed_command", async_send),
+        ]
+        redis.connection.AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+        redis.asyncio.connection.AbstractConnection.send_packed_command = asend  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for cls, name, original in self._saved:
+            setattr(cls, name, original)
+        self._saved = []
 
 
 try:

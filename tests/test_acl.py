@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from statekit import AccessDenied, LifecyclePolicy, Migrations, ResilientStore, SessionStore, connect
-from statekit.acl import COMPONENTS, missing_rule, rules, setuser
+from statekit.acl import CLUSTER_CLIENT, COMPONENTS, missing_rule, rules, setuser
 from statekit.examples import support_agent_migrations
 
 
@@ -15,6 +15,7 @@ def test_every_component_has_rules_under_its_namespace_only():
     for component in COMPONENTS:
         r = rules(component, "app")
         assert r.keys == ("app:*",) and r.commands and r.why
+        assert set(CLUSTER_CLIENT) <= set(r.commands), "what a cluster client sends at start"
     line = setuser("svc", ["session_store", "health_scan"], "app", password="pw")
     assert line.startswith("ACL SETUSER svc reset on >pw resetkeys resetchannels -@all ~app:* ")
     assert line.count("+evalsha") == 1 and "+scan" in line and "+memory|usage" in line

@@ -272,7 +272,7 @@ def test_a_session_whose_meta_expired_first_is_expired_as_a_whole(any_client):
                 namespace="exp",
             )
 
-            def expire_meta():
+            def expire_meta(meta=meta):
                 any_client.delete(meta)
 
             folding.append_turn(sid, {"n": 2})
@@ -417,3 +417,58 @@ def test_the_sqlite_error_classes_are_what_a_full_disk_raises():
     with pytest.raises(sqlite3.OperationalError, match="full"):
         for _ in range(100):
             db.execute("INSERT INTO t VALUES (?)", (b"x" * 4000,))
+
+
+@pytest.mark.realredis
+def test_ten_thousand_sessions_expire_under_readers_and_a_migration_with_no_key_left_without_a_ttl(redis_url):
+    """Sessions with a 1 s TTL expire while four threads read them (their state through a
+    newer deploy's migrations, which writes it back) and a batch migration walks them: every
+    key expires, none is left without a TTL. Waits on the keys themselves, not on a clock.
+    10,000 sessions with STATEKIT_EXPIRY_SESSIONS=10000 (the figure in docs/guarantees.md);
+    2,000 in the suite, where it takes about 7 s."""
+    import threading
+
+    from statekit.migrate import migrate_namespace
+
+    client = connect(redis_url)
+    policy = LifecyclePolicy(window_turns=5, ttl_seconds=1, max_bytes=50_000, summary_max_bytes=2_000)
+    v1 = SessionStore(client, policy, namespace="exp10k")
+    v2 = SessionStore(connect(redis_url), policy, namespace="exp10k", migrations=_v1_to_v2())
+    sessions = [f"s{i}" for i in range(int(os.environ.get("STATEKIT_EXPIRY_SESSIONS", "2000")))]
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def read(offset: int) -> None:
+        reader = v2.with_client(connect(redis_url))
+        i = offset
+        try:
+            while not done.is_set():
+                sid = sessions[i % len(sessions)]
+                reader.get_state(sid)  # migrates a v1 blob and writes it back, keeping its TTL
+                reader.load_context(sid)
+                i += 7
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read, args=(k * len(sessions) // 4,)) for k in range(4)]
+    for thread in readers:
+        thread.start()
+    try:
+        for sid in sessions:
+            v1.append_turn(sid, {"role": "user", "content": "hello"})
+            v1.update_state(sid, lambda s: {"a": 1})
+        migrate_namespace(connect(redis_url), "exp10k", _v1_to_v2(), batch=500)
+        # every key expires within its TTL of the last write; one left without a TTL never does
+        without: list[bytes] = []
+        while client.dbsize():
+            without = _keys_without_ttl(client, "exp10k:*")
+            if without:
+                break
+    finally:
+        done.set()
+        for thread in readers:
+            thread.join()
+    print(f"\n{len(sessions):,} sessions expired under 4 readers and a migration: keys without a TTL {len(without)}")
+    assert not errors, errors[:3]
+    assert without == []
+    assert client.dbsize() == 0

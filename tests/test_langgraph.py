@@ -151,7 +151,8 @@ def test_keep_last_bounds_a_thread_and_frees_unreferenced_values(any_url):
     client = connect(any_url)
     fields = client.hgetall(StatekitSaver.from_url(any_url).keys("t")[0])
     kinds = sorted(f[:1].decode() for f in fields if f != b"bytes")
-    assert kinds == ["b"] * 4 + ["c"] * 3 + ["r"] * 4 + ["v"] * 3 + ["w"] * 3  # a x3 and b x1
+    assert kinds == ["b"] * 4 + ["c"] * 3 + ["r"] * 4 + ["v"] * 3 + ["w"] * 3 + ["x"]  # a x3 and b x1
+    assert fields[b"x\0"] == stored[-4]["configurable"]["checkpoint_id"].encode()  # the newest pruned
     payload = sum(len(v) for f, v in fields.items() if f[:2] in (b"c\0", b"v\0", b"b\0", b"w\0"))
     assert int(fields[b"bytes"]) == payload
 
