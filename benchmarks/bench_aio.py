@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import statekit as sk  # noqa: E402
 from statekit.aio import AsyncSessionStore, connect_async  # noqa: E402
 from statekit.scripts import SCRIPTS  # noqa: E402
-from statekit.store import SEP  # noqa: E402
+from statekit.store.core import SEP  # noqa: E402
 from statekit.testing import RedisServer, count_round_trips  # noqa: E402
 
 FLOORS = {

@@ -22,9 +22,9 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import statekit as sk  # noqa: E402
-from statekit.examples import support_agent_migrations  # noqa: E402
 from statekit.migrate import Migrations, migrate_namespace  # noqa: E402
 from statekit.testing import RedisServer  # noqa: E402
+from statekit.workbook.examples import support_agent_migrations  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,17 +4,20 @@ Decide: `assess(profile)` says whether a workload needs state at all, and where 
 Run: `connect(url)` (or `connect_async(url)` for asyncio) gives a Redis client (embedded
 fakeredis by default) with explicit timeouts and retries; `SessionStore` (`AsyncSessionStore`)
 keeps bounded session state on it.
-`review.run_review(...)` renders a design review for a profile.
+`statekit.workbook.review.run_review(...)` renders a design review for a profile.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from . import codec, sizing  # noqa: E402
-from .assess import Assessment, CostModel, RubricAnswer, assess, what_if  # noqa: E402
-from .backends import check_reachable, connect, connect_async, redact_url  # noqa: E402
-from .errors import (  # noqa: E402
+from statekit import codec
+from statekit._version import __version__
+from statekit.backends import check_reachable, connect, connect_async, redact_url
+from statekit.decide import sizing
+from statekit.decide.assess import Assessment, CostModel, RubricAnswer, assess, what_if
+from statekit.decide.compat import check_compatibility
+from statekit.decide.lifecycle import recommend
+from statekit.decide.profile import StateClass, WorkloadProfile
+from statekit.errors import (
     AccessDenied,
     ConflictError,
     ConnectionURLError,
@@ -30,12 +33,11 @@ from .errors import (  # noqa: E402
     StoreUnavailable,
     UnknownVersionError,
 )
-from .lifecycle import ExtractiveSummarizer, LifecyclePolicy, LLMSummarizer, recommend  # noqa: E402
-from .migrate import Migrations, check_compatibility  # noqa: E402
-from .observe import StateMetrics  # noqa: E402
-from .profile import StateClass, WorkloadProfile  # noqa: E402
-from .resilience import ResilientStore  # noqa: E402
-from .store import Context, SessionStore, StoreListener  # noqa: E402
+from statekit.lifecycle import ExtractiveSummarizer, LifecyclePolicy, LLMSummarizer
+from statekit.migrate import Migrations
+from statekit.observe import StateMetrics
+from statekit.resilience import ResilientStore
+from statekit.store import Context, SessionStore, StoreListener
 
 __all__ = [
     "__version__",
@@ -89,9 +91,9 @@ def __getattr__(name: str) -> object:
     if name == "consistency":
         import importlib
 
-        return importlib.import_module(".consistency", __name__)
+        return importlib.import_module("statekit.decide.consistency")
     if name in ("AsyncSessionStore", "AsyncResilientStore"):
-        from . import aio
+        from statekit import aio
 
         return getattr(aio, name)
     raise AttributeError(f"module 'statekit' has no attribute {name!r}")

@@ -24,8 +24,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .keys import validate_namespace
-from .scripts import CHECKPOINT_SCRIPTS, SCRIPTS
+from statekit.errors import missing_rule
+from statekit.keys import validate_namespace
+from statekit.scripts import CHECKPOINT_SCRIPTS, SCRIPTS
 
 __all__ = ["COMPONENTS", "CLUSTER_CLIENT", "Rules", "rules", "setuser", "missing_rule", "USERS", "for_profile"]
 
@@ -172,24 +173,3 @@ def for_profile(service: str, namespace: str | None = None, db: int = 0) -> list
         }
         for kind, components in USERS.items()
     ]
-
-
-_NOPERM_COMMAND = re.compile(r"has no permissions to run the '([^']+)' command")
-_NOPERM_KEY = re.compile(r"no permissions to access (?:one of the keys|a key)")
-_NOPERM_CHANNEL = re.compile(r"no permissions to access (?:one of the channels|a channel)")
-
-
-def missing_rule(error: BaseException | str) -> str:
-    """The rule to add for a NOPERM reply, in ACL syntax, or '' when the reply names none."""
-    text = str(error)
-    if "user executing the script can't run this command" in text:
-        return "every command of the component's rules (a command inside a script was refused)"
-    if "user executing the script can't access" in text:
-        return "~<the namespace>:* (a key a script touches is outside the user's key patterns)"
-    if match := _NOPERM_COMMAND.search(text):
-        return f"+{match.group(1)}"
-    if _NOPERM_KEY.search(text):
-        return "~<the namespace>:* (the key is outside the user's key patterns)"
-    if _NOPERM_CHANNEL.search(text):
-        return "&<the channel>"
-    return ""

@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from ._optional import require
-from .errors import ProfileError, StatekitError
-from .profile import WorkloadProfile
+from statekit._optional import require
+from statekit.decide.profile import WorkloadProfile
+from statekit.errors import ProfileError, StatekitError
 
 __all__ = ["ASSUMPTIONS", "apply", "assumptions_of", "decisions", "compare", "export_yaml", "ReviewApp", "review_app"]
 
@@ -101,9 +101,9 @@ def apply(profile: WorkloadProfile, values: dict[str, Any]) -> WorkloadProfile:
 def _review(profile: WorkloadProfile, redis_url: str, ttl_minutes: int = 0) -> dict[str, Any]:
     """The review of `profile`; with `ttl_minutes`, the lifecycle policy's TTL set by the
     reviewer and the capacity planned again with it."""
-    from .lifecycle import recommend
-    from .review import build_review
-    from .sizing import plan_capacity
+    from statekit.decide.lifecycle import recommend
+    from statekit.decide.sizing import plan_capacity
+    from statekit.workbook.review import build_review
 
     review = build_review(profile, redis_url)
     if ttl_minutes:
@@ -188,7 +188,7 @@ def _html(part: Any) -> str:
         mistune = require("mistune", what="the review app")
         return str(mistune.html(part)) if part else ""
     if hasattr(part, "style"):  # a DataFrame: text left-aligned, as in the static report
-        from .report import left_aligned
+        from statekit.workbook.report import left_aligned
 
         part = left_aligned(part).format(lambda v: f"{v:,.6g}" if isinstance(v, float) else v)
     if hasattr(part, "to_html"):
@@ -313,7 +313,7 @@ class ReviewApp:
             self._recompute()
 
     def _recompute(self) -> None:
-        from . import report
+        from statekit.workbook import report
 
         values = self.current_values()
         start = time.perf_counter()
@@ -336,7 +336,7 @@ class ReviewApp:
         cap = review["lifecycle"]["capacity"]
 
         def draw(plt: Any) -> Any:
-            from .plots import memory_over_days, memory_over_turns
+            from statekit.workbook.plots import memory_over_days, memory_over_turns
 
             fig, axes = plt.subplots(1, 2, figsize=(11, 3))
             memory_over_turns(cap["growth_over_turns"], ax=axes[0])
@@ -379,7 +379,7 @@ class ReviewApp:
     def export(self, render: bool = False) -> dict[str, Path]:
         """Write the current settings as a profile YAML under `out_dir` (and, with `render`,
         its static report next to it); return the paths."""
-        from .review import run_review
+        from statekit.workbook.review import run_review
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
         stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in self.scenario_name.value) or "scenario"

@@ -29,7 +29,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import AccessDenied, ConnectionURLError, StoreUnavailable, classify_reply
+from statekit.errors import AccessDenied, ConnectionURLError, StoreUnavailable, classify_reply
 
 __all__ = [
     "connect",

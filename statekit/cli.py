@@ -11,20 +11,20 @@ from pathlib import Path
 
 import redis
 
-from . import __version__
-from .assess import Verdict as AssessVerdict
-from .assess import assess
-from .backends import URL_FORMS, redact_url
-from .errors import StatekitError
-from .migrate import Verdict as RolloutVerdict
-from .profile import WorkloadProfile
+from statekit._version import __version__
+from statekit.backends import URL_FORMS, redact_url
+from statekit.decide.assess import Verdict as AssessVerdict
+from statekit.decide.assess import assess
+from statekit.decide.compat import Verdict as RolloutVerdict
+from statekit.decide.profile import WorkloadProfile
+from statekit.errors import StatekitError
 
 #: What `statekit review --fail-on` accepts: the assessment's verdicts, then the schema rollout's.
 REVIEW_VERDICTS = typing.get_args(AssessVerdict) + typing.get_args(RolloutVerdict)
 
 
 def _cmd_review(args: argparse.Namespace) -> int:
-    from .review import run_review
+    from statekit.workbook.review import run_review
 
     reports = run_review(
         args.profiles,
@@ -49,7 +49,7 @@ COMPAT_EXIT = {"safe": 0, "multi-phase": 1, "breaking": 3}
 
 
 def _cmd_compat(args: argparse.Namespace) -> int:
-    from .migrate import check_compatibility, load_schema
+    from statekit.decide.compat import check_compatibility, load_schema
 
     comp = check_compatibility(load_schema(args.old), load_schema(args.new))
     if args.json:
@@ -71,7 +71,7 @@ def _cmd_compat(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from .profile import profile_template, schema_json
+    from statekit.decide.profile import profile_template, schema_json
 
     if args.action == "schema":
         sys.stdout.write(schema_json())
@@ -96,8 +96,8 @@ def _cmd_assess(args: argparse.Namespace) -> int:
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .backends import check_reachable, connect
-    from .migrate import load_migrations, migrate_namespace
+    from statekit.backends import check_reachable, connect
+    from statekit.migrate import load_migrations, migrate_namespace
 
     migrations = load_migrations(args.migrations)
     client = connect(args.redis_url, socket_timeout=30)
@@ -133,8 +133,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 def _cmd_health(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .backends import check_reachable, connect
-    from .observe import health_scan
+    from statekit.backends import check_reachable, connect
+    from statekit.observe.health import health_scan
 
     retention, regions = args.retention_days, args.allowed_region or None
     if args.profile:
@@ -196,7 +196,7 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_network_drill(args: argparse.Namespace) -> int:
-    from .testing import NETWORK_DRILLS, network_drills
+    from statekit.drills.network import NETWORK_DRILLS, network_drills
 
     profile = WorkloadProfile.from_yaml(args.profile)
     result = network_drills(profile, args.redis_url, drills=args.drill or NETWORK_DRILLS)
@@ -226,8 +226,8 @@ def _cmd_app(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
-    from ._optional import require
-    from .backends import check_reachable, connect
+    from statekit._optional import require
+    from statekit.backends import check_reachable, connect
 
     require("voila", what="statekit app (pip install 'statekit[workbook,app]')")
     profile = Path(args.profile or "data/profiles/support_agent.yaml")
@@ -239,7 +239,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
         check_reachable(client, args.redis_url)
     finally:
         client.close()
-    notebook = Path(__file__).resolve().parent / "notebooks" / "live_review.ipynb"
+    notebook = Path(__file__).resolve().parent / "workbook" / "notebooks" / "live_review.ipynb"
     env = {
         **os.environ,
         "STATEKIT_APP": "1",
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     app = sub.add_parser(
         "app",
         help="the live design review: change the profile's assumptions and watch every decision follow (Voila)",
-        description="Serve the live review (statekit/notebooks/live_review.ipynb) with Voila on 127.0.0.1: "
+        description="Serve the live review (statekit/workbook/notebooks/live_review.ipynb) with Voila on 127.0.0.1: "
         "widgets for traffic, turns, bytes and tokens per turn, token price, window, TTL, whether the caller "
         "can resend its history, staleness per state class and the latency budget; scenarios pinned side by "
         "side; a scenario exported as a profile YAML and its static report.",

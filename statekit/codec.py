@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from .errors import CorruptStateError, InvalidInput
+from statekit.errors import CorruptStateError, InvalidInput
 
 __all__ = ["encode", "decode", "FORMAT_ORJSON"]
 

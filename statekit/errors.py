@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class StatekitError(Exception):
     """Base class of every error statekit raises on purpose."""
@@ -138,11 +140,32 @@ def classify_reply(exc: BaseException, what: str) -> StatekitError | None:
     if code in FULL_REPLIES:
         return StoreFull(f"{what} refused: Redis is at maxmemory and may not evict ({reason!r})")
     if code in DENIED_REPLIES:
-        from .acl import missing_rule
-
         rule = missing_rule(exc)
         grant = f"add {rule} to the user" if rule else "grant it what statekit needs"
         return AccessDenied(
             f"{what} refused to this Redis user: {reason!r}; {grant} (statekit.acl.setuser prints the full line)"
         )
     return None
+
+
+_NOPERM_COMMAND = re.compile(r"has no permissions to run the '([^']+)' command")
+
+_NOPERM_KEY = re.compile(r"no permissions to access (?:one of the keys|a key)")
+
+_NOPERM_CHANNEL = re.compile(r"no permissions to access (?:one of the channels|a channel)")
+
+
+def missing_rule(error: BaseException | str) -> str:
+    """The rule to add for a NOPERM reply, in ACL syntax, or '' when the reply names none."""
+    text = str(error)
+    if "user executing the script can't run this command" in text:
+        return "every command of the component's rules (a command inside a script was refused)"
+    if "user executing the script can't access" in text:
+        return "~<the namespace>:* (a key a script touches is outside the user's key patterns)"
+    if match := _NOPERM_COMMAND.search(text):
+        return f"+{match.group(1)}"
+    if _NOPERM_KEY.search(text):
+        return "~<the namespace>:* (the key is outside the user's key patterns)"
+    if _NOPERM_CHANNEL.search(text):
+        return "&<the channel>"
+    return ""

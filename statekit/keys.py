@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidInput
+from statekit.errors import InvalidInput
 
 __all__ = [
     "PARTS",

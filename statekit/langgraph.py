@@ -39,11 +39,11 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
 import redis
 
-from ._optional import require
+from statekit._optional import require
 
 require("langgraph.checkpoint.base", "langgraph", "statekit.langgraph")
 
@@ -60,8 +60,8 @@ from langgraph.checkpoint.base import (  # noqa: E402
     writes_sort_key,
 )
 
-from .backends import backend_kind, connect, connect_async, is_async  # noqa: E402
-from .errors import (  # noqa: E402
+from statekit.backends import backend_kind, connect, connect_async, is_async  # noqa: E402
+from statekit.errors import (  # noqa: E402
     CheckpointPruned,
     CorruptStateError,
     InvalidInput,
@@ -69,11 +69,12 @@ from .errors import (  # noqa: E402
     StoreUnavailable,
     classify_reply,
 )
-from .keys import thread_id_of, thread_keys, thread_pattern, validate_namespace  # noqa: E402
-from .scripts import CHECKPOINT_SCRIPTS, CORRUPT_PREFIX  # noqa: E402
-from .store import _CONNECTION_ERRORS, _SCRIPT_SUFFIX, _Wire, drive  # noqa: E402
+from statekit.keys import thread_id_of, thread_keys, thread_pattern, validate_namespace  # noqa: E402
+from statekit.scripts import CHECKPOINT_SCRIPTS, CORRUPT_PREFIX  # noqa: E402
+from statekit.store.blocking import _Wire, drive  # noqa: E402
+from statekit.store.core import _CONNECTION_ERRORS, _SCRIPT_SUFFIX  # noqa: E402
 
-__all__ = ["CheckpointPruned", "StatekitSaver", "ThreadPolicy", "support_graph", "growth"]
+__all__ = ["CheckpointPruned", "StatekitSaver", "ThreadPolicy"]
 
 Steps = Generator[tuple[Any, ...], Any, Any]
 _S = CHECKPOINT_SCRIPTS
@@ -272,7 +273,7 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         self._owned: list[Any] = []  # the blocking client this saver made, and closes
         self._aowned: list[tuple[Any, Any]] = []  # (event loop, asyncio client) this saver made
         if aclient is not None:
-            from .aio import _AsyncWire
+            from statekit.store.aio import _AsyncWire
 
             self._awire = _AsyncWire(aclient)
 
@@ -309,7 +310,7 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         return self._wire
 
     def _async_wire(self) -> Any:
-        from .aio import _AsyncWire
+        from statekit.store.aio import _AsyncWire
 
         loop = asyncio.get_running_loop()
         if self.url is None:
@@ -434,7 +435,7 @@ class StatekitSaver(BaseCheckpointSaver[str]):
             raise error from exc
 
     async def _arun(self, thread: str, steps: Steps) -> Any:
-        from .aio import adrive
+        from statekit.store.aio import adrive
 
         try:
             return await adrive(steps, self._async_wire())
@@ -818,81 +819,3 @@ def _scan_steps(pattern: str) -> Steps:
 
 
 # -- a small deterministic graph, for workshops and tests -------------------------------------
-
-
-#: Messages the support desk's state keeps (a rolling window, lesson 2 of the workbook).
-SUPPORT_WINDOW = 6
-
-
-def _window(left: list[str], right: list[str]) -> list[str]:
-    """LangGraph reducer: append, then keep the last SUPPORT_WINDOW messages."""
-    return (list(left or []) + list(right or []))[-SUPPORT_WINDOW:]
-
-
-class SupportState(TypedDict, total=False):
-    """The support desk's state: the last messages (a rolling window), the last message's
-    intent, an approval."""
-
-    messages: Annotated[list[str], _window]
-    intent: str
-    approved: bool
-
-
-def support_graph() -> Any:
-    """A support desk as a LangGraph `StateGraph` (uncompiled), with no model in it: classify
-    the last message; a refund needs a human's approval (an `interrupt`); then reply. Every
-    node is deterministic, so a workshop runs it anywhere and a test can assert on it."""
-    from langgraph.graph import END, START, StateGraph
-    from langgraph.types import interrupt
-
-    def classify(state: SupportState) -> dict[str, Any]:
-        return {"intent": "refund" if "refund" in state["messages"][-1].lower() else "question"}
-
-    def approve(state: SupportState) -> dict[str, Any]:
-        answer = interrupt({"approve": state["messages"][-1]})
-        return {"approved": answer == "yes"}
-
-    def reply(state: SupportState) -> dict[str, Any]:
-        if state["intent"] == "refund":
-            text = "refund issued" if state.get("approved") else "refund declined"
-        else:
-            text = f"answer to {state['messages'][-1]!r}"
-        return {"messages": [text], "approved": False}
-
-    builder = StateGraph(SupportState)
-    builder.add_node("classify", classify)
-    builder.add_node("approve", approve)
-    builder.add_node("reply", reply)
-    builder.add_edge(START, "classify")
-    builder.add_conditional_edges("classify", lambda s: "approve" if s["intent"] == "refund" else "reply")
-    builder.add_edge("approve", "reply")
-    builder.add_edge("reply", END)
-    return builder
-
-
-def growth(
-    url: str,
-    turns: int,
-    *,
-    keep_last: int | None = None,
-    namespace: str = "lg",
-    thread_id: str = "growth",
-    policy: ThreadPolicy | None = None,
-) -> list[dict[str, Any]]:
-    """Run `support_graph` for `turns` questions on one thread and return the thread's
-    `footprint` after each: how checkpoints, bytes and memory grow without `keep_last` and
-    stay flat with it."""
-    from tqdm.auto import tqdm
-
-    saver = StatekitSaver.from_url(url, namespace=namespace, policy=policy, keep_last=keep_last)
-    try:
-        saver.delete_thread(thread_id)
-        graph = support_graph().compile(checkpointer=saver)
-        config = {"configurable": {"thread_id": thread_id}}
-        rows = []
-        for turn in tqdm(range(1, turns + 1), desc=f"keep_last={keep_last}", leave=False):
-            graph.invoke({"messages": [f"question {turn}"]}, config)
-            rows.append({"turn": turn, "keep_last": keep_last or "all", **saver.footprint(thread_id)})
-        return rows
-    finally:
-        saver.close()

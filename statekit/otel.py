@@ -23,11 +23,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import __version__
-from ._optional import require
-from .backends import backend_kind
-from .errors import ConflictError, CorruptStateError, StateTooLarge, StoreUnavailable
-from .store import StoreListener
+from statekit._optional import require
+from statekit._version import __version__
+from statekit.backends import backend_kind
+from statekit.errors import ConflictError, CorruptStateError, StateTooLarge, StoreUnavailable
+from statekit.store.core import StoreListener
 
 trace = require("opentelemetry.trace", extra="otel", what="statekit.otel")
 metrics = require("opentelemetry.metrics", extra="otel", what="statekit.otel")

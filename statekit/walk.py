@@ -23,8 +23,8 @@ from typing import Any
 
 import redis
 
-from .backends import backend_kind
-from .scripts import Script
+from statekit.backends import backend_kind
+from statekit.scripts import Script
 
 __all__ = ["Walker", "NodeBatch", "SINGLE_NODE"]
 

@@ -8,7 +8,7 @@ import pytest
 
 from statekit import AccessDenied, LifecyclePolicy, Migrations, ResilientStore, SessionStore, connect
 from statekit.acl import CLUSTER_CLIENT, COMPONENTS, missing_rule, rules, setuser
-from statekit.examples import support_agent_migrations
+from statekit.workbook.examples import support_agent_migrations
 
 
 def test_every_component_has_rules_under_its_namespace_only():
@@ -107,7 +107,7 @@ def test_migration_and_health_run_with_their_rules(as_user, redis_server):
     client = connect(as_user(["batch_migration"], "app"))
     report = migrate_namespace(client, "app", support_agent_migrations)
     assert (report.migrated, report.failed) == (20, 0)
-    from statekit.examples import SupportAgentStateV3
+    from statekit.workbook.examples import SupportAgentStateV3
 
     assert readable_by(client, "app", SupportAgentStateV3)["readable"] == 20
     health = health_scan(connect(as_user(["health_scan"], "app")), "app")

@@ -21,7 +21,7 @@ from statekit import (
 )
 from statekit.aio import AsyncResilientStore, AsyncSessionStore, check_reachable_async, connect_async
 from statekit.errors import ConnectionURLError
-from statekit.resilience import _Pending
+from statekit.resilience.buffer import _Pending
 from statekit.testing import FakeClock, count_round_trips
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from statekit.app import apply, assumptions_of, compare, export_yaml, review_app
+from statekit.decide.profile import WorkloadProfile
 from statekit.errors import ProfileError
-from statekit.profile import WorkloadProfile
-from statekit.review import run_review
+from statekit.workbook.review import run_review
 
 PROFILES = Path(__file__).resolve().parent.parent / "data" / "profiles"
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statekit import WorkloadProfile, assess
-from statekit.assess import SESSION_ID_BYTES, cost_model, what_if
+from statekit.decide.assess import SESSION_ID_BYTES, cost_model, what_if
 
 
 def load(profiles_dir, name) -> WorkloadProfile:

@@ -327,7 +327,7 @@ def test_the_app_answers_a_dragged_slider_and_compares_scenarios(app_server, pag
     page.wait_for_selector(".statekit-exported:has-text('report:')", timeout=180_000)
     exported = sorted((tmp / "scenarios").glob("*.yaml"))
     assert len(exported) == 1
-    from statekit.profile import WorkloadProfile
+    from statekit.decide.profile import WorkloadProfile
 
     assert WorkloadProfile.from_yaml(exported[0]).traffic.peak_concurrent_sessions > 0
     report = next((tmp / "scenarios" / "reports").glob("*.html"))

@@ -93,7 +93,7 @@ def test_a_damaged_checkpoint_is_named(capsys, tmp_path):
     checkpoint.write_text('{"namespace": "app"}')
     code = main(
         ["migrate", "fakeredis://", "--namespace", "app", "--migrations",
-         "statekit.examples:support_agent_migrations", "--checkpoint", str(checkpoint), "-q"]
+         "statekit.workbook.examples:support_agent_migrations", "--checkpoint", str(checkpoint), "-q"]
     )  # fmt: skip
     assert code == 2 and f"checkpoint {checkpoint} is damaged" in _error(capsys)
 
@@ -115,7 +115,7 @@ def test_a_user_without_info_runs_health_and_migrate(capsys, redis_url):
     url = _acl_user(redis_url, "no-info", "~* +@all -info -dbsize")
     assert main(["health", url, "--namespace", "app", "-q"]) == 0
     assert main(["migrate", url, "--namespace", "app", "--migrations",
-                 "statekit.examples:support_agent_migrations", "-q"]) == 0  # fmt: skip
+                 "statekit.workbook.examples:support_agent_migrations", "-q"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "1 sessions in 'app'" in out and "migrated 1" in out
 
@@ -124,7 +124,7 @@ def test_a_user_without_info_runs_health_and_migrate(capsys, redis_url):
 @pytest.mark.parametrize("command", ["health", "migrate"])
 def test_a_user_without_scan_gets_one_line_naming_the_command(capsys, redis_url, command):
     url = _acl_user(redis_url, "no-scan", "~* +@all -scan")
-    extra = ["--migrations", "statekit.examples:support_agent_migrations"] if command == "migrate" else []
+    extra = ["--migrations", "statekit.workbook.examples:support_agent_migrations"] if command == "migrate" else []
     assert main([command, url, "--namespace", "app", "-q", *extra]) == 2
     err = _error(capsys)
     assert "may not run a command statekit needs" in err and "scan" in err.lower() and "s3cret-pw" not in err
@@ -146,7 +146,7 @@ def test_an_unreachable_server_of_any_kind_is_one_line_and_exit_2(capsys, scheme
     url = f"{scheme}://app:s3cret@127.0.0.1:{port}" + ("/svc" if scheme == "redis+sentinel" else "")
     args = [command, url, "--namespace", "app", "-q"]
     if command == "migrate":
-        args += ["--migrations", "statekit.examples:support_agent_migrations"]
+        args += ["--migrations", "statekit.workbook.examples:support_agent_migrations"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "s3cret" not in err and err.strip().count("\n") == 0, err
@@ -163,7 +163,7 @@ def test_health_and_migrate_walk_every_node_of_a_cluster(capsys, redis_cluster):
     for i in range(60):
         v1.update_state(f"s{i}", lambda s, i=i: {"ticket_id": f"T-{i}", "customer": str(i)})
     main(["migrate", redis_cluster.url, "--namespace", "cli", "--migrations",
-          "statekit.examples:support_agent_migrations", "-q", "--json"])  # fmt: skip
+          "statekit.workbook.examples:support_agent_migrations", "-q", "--json"])  # fmt: skip
     out = capsys.readouterr().out
     migrated = json.loads(out[out.index("{\n") :])  # the JSON report follows the summary lines
     assert migrated["migrated"] == 60 and len(migrated["cursors"]) == 3

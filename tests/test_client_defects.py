@@ -273,7 +273,7 @@ def cluster_user(redis_cluster):
 
 def _run_component(component: str, url: str, ns: str) -> None:
     """The basic operation of `component`, as its user, on the cluster at `url`."""
-    from statekit.examples import support_agent_migrations
+    from statekit.workbook.examples import support_agent_migrations
 
     policy = LifecyclePolicy(window_turns=2, fold_batch=1, ttl_seconds=1)
     if component == "session_store":

@@ -10,7 +10,8 @@ import textwrap
 import pytest
 
 from statekit import InvalidInput, LifecyclePolicy, ResilientStore, SessionStore, connect
-from statekit.resilience import DurableBuffer, _Pending
+from statekit.resilience import DurableBuffer
+from statekit.resilience.buffer import _Pending
 
 CHILD = textwrap.dedent(
     """

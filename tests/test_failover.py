@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from statekit.testing import RedisClusterServers, lost_writes_drill, start_redis_server, store_failover_drill
+from statekit.drills.failover import lost_writes_drill, store_failover_drill
+from statekit.testing import RedisClusterServers, start_redis_server
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ def test_the_expiry_watcher_hears_every_primary_and_follows_a_failover(cluster_w
 
 @pytest.mark.realredis
 def test_replica_lag_is_measured_on_every_shard(cluster_with_replicas):
-    from statekit.consistency import cluster_replica_lag
+    from statekit.decide.consistency import cluster_replica_lag
 
     shards = cluster_replica_lag(cluster_with_replicas.url, writes=100)
     replicas = {f"127.0.0.1:{r.port}" for r in cluster_with_replicas.replicas}
@@ -90,6 +91,6 @@ def test_replica_lag_is_measured_on_every_shard(cluster_with_replicas):
 
 @pytest.mark.realredis
 def test_a_shard_without_a_replica_says_so(redis_cluster):
-    from statekit.consistency import cluster_replica_lag
+    from statekit.decide.consistency import cluster_replica_lag
 
     assert all(s == {"replica": None} for s in cluster_replica_lag(redis_cluster.url, writes=10).values())

@@ -14,11 +14,12 @@ import yaml
 
 from statekit import WorkloadProfile, assess, connect
 from statekit.cli import main
-from statekit.observe import EXPORTED_METRICS, StateMetrics
-from statekit.profile import SCHEMA_FILE, schema_json
-from statekit.review import build_review, write_monitoring
+from statekit.decide.observability import EXPORTED_METRICS
+from statekit.decide.profile import SCHEMA_FILE, schema_json
+from statekit.observe import StateMetrics
 from statekit.store import SessionStore
 from statekit.testing import require_real_redis
+from statekit.workbook.review import build_review, write_monitoring
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = sorted((ROOT / "data" / "profiles").glob("*.yaml"))
@@ -36,8 +37,13 @@ def _schema_file(tmp_path: Path, name: str, kind: str) -> Path:
 @pytest.mark.parametrize(
     "old, new, code, verdict",
     [
-        ("statekit.examples:SupportAgentStateV1", "statekit.examples:SupportAgentStateV2", 0, "safe"),
-        ("statekit.examples:SupportAgentStateV3", "statekit.examples:SupportAgentStateV4", 1, "multi-phase"),
+        ("statekit.workbook.examples:SupportAgentStateV1", "statekit.workbook.examples:SupportAgentStateV2", 0, "safe"),
+        (
+            "statekit.workbook.examples:SupportAgentStateV3",
+            "statekit.workbook.examples:SupportAgentStateV4",
+            1,
+            "multi-phase",
+        ),
         ("string", "integer", 3, "breaking"),
     ],
 )
@@ -67,11 +73,11 @@ def test_compat_through_the_installed_console_script(tmp_path):
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("no.such.module:Model", "cannot load"), ("statekit.examples:MIGRATIONS", "not a pydantic model"),
+    [("no.such.module:Model", "cannot load"), ("statekit.workbook.examples:MIGRATIONS", "not a pydantic model"),
      ("missing.json", "cannot read schema")],
 )  # fmt: skip
 def test_compat_with_a_schema_it_cannot_load_exits_2(capsys, spec, message):
-    assert main(["compat", spec, "statekit.examples:SupportAgentStateV1"]) == 2
+    assert main(["compat", spec, "statekit.workbook.examples:SupportAgentStateV1"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 

@@ -101,5 +101,5 @@ def test_the_wheel_writes_a_report_outside_the_source_tree(wheel, tmp_path):
     assert "support_agent: server-side session state" in done.stdout
     html = (tmp_path / "out" / "support_agent.html").read_text()
     assert "Stateful or stateless" in html and "under 1 in 1,000 after" in html
-    location = _run([python, "-c", "import statekit.review as r; print(r.NOTEBOOK)"], cwd=tmp_path).stdout
+    location = _run([python, "-c", "import statekit.workbook.review as r; print(r.NOTEBOOK)"], cwd=tmp_path).stdout
     assert str(ROOT) not in location, "the report notebook came from the source tree, not the wheel"

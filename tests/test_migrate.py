@@ -10,17 +10,11 @@ import redis
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from statekit import CorruptStateError, SessionStore, UnknownVersionError, connect
-from statekit.examples import MIGRATIONS, MODELS, SupportAgentStateV3, support_agent_migrations
-from statekit.migrate import (
-    MigrationError,
-    Migrations,
-    check_compatibility,
-    load_migrations,
-    migrate_namespace,
-    version_census,
-)
+from statekit.decide.compat import check_compatibility
+from statekit.migrate import MigrationError, Migrations, load_migrations, migrate_namespace, version_census
 from statekit.scripts import GET_STATE_LUA, KEEPTTL_CAS_LUA
 from statekit.store import drive
+from statekit.workbook.examples import MIGRATIONS, MODELS, SupportAgentStateV3, support_agent_migrations
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "sessions"
 
@@ -323,7 +317,7 @@ def test_checkpoint_of_another_namespace_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "spec", ["nocolon", "no.such.module:x", "statekit.examples:nothing", "statekit.examples:MODELS"]
+    "spec", ["nocolon", "no.such.module:x", "statekit.workbook.examples:nothing", "statekit.workbook.examples:MODELS"]
 )
 def test_bad_migrations_spec(spec):
     with pytest.raises(ValueError):
@@ -341,7 +335,7 @@ def test_migrate_command(redis_url, capsys):
         "--namespace",
         "app",
         "--migrations",
-        "statekit.examples:support_agent_migrations",
+        "statekit.workbook.examples:support_agent_migrations",
         "-q",
     ]
     assert main([*args, "--dry-run"]) == 0
@@ -672,7 +666,7 @@ def test_recursive_models_and_json_schema_refs_are_walked_once():
 
 
 def test_workflow_v1_to_v2_lists_nested_changes_and_warns_of_the_replaced_flag():
-    from statekit.examples import WorkflowStateV1, WorkflowStateV2
+    from statekit.workbook.examples import WorkflowStateV1, WorkflowStateV2
 
     comp = check_compatibility(WorkflowStateV1, WorkflowStateV2)
     assert _kinds(comp) == [

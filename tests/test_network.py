@@ -9,9 +9,10 @@ import pytest
 import redis
 
 from statekit import connect
+from statekit.decide.profile import WorkloadProfile
+from statekit.drills.network import network_drills
 from statekit.errors import InvalidInput
-from statekit.profile import WorkloadProfile
-from statekit.testing import TcpProxy, network_drills
+from statekit.testing import TcpProxy
 
 pytestmark = pytest.mark.realredis
 

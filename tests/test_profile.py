@@ -128,6 +128,6 @@ def test_yaml_merge_keys_may_override():
     text = "base: &b {a: 1}\nother:\n  <<: *b\n  a: 2\n"
     import yaml
 
-    from statekit.profile import _UniqueKeyLoader
+    from statekit.decide.profile import _UniqueKeyLoader
 
     assert yaml.load(text, Loader=_UniqueKeyLoader)["other"] == {"a": 2}

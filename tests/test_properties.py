@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from statekit import codec
+from statekit.decide.profile import WorkloadProfile
 from statekit.errors import CorruptStateError, InvalidInput, ProfileError, UnknownVersionError
-from statekit.examples import support_agent_migrations
 from statekit.keys import key_pattern, session_id_of, session_keys, thread_keys, validate_namespace
-from statekit.profile import WorkloadProfile
+from statekit.workbook.examples import support_agent_migrations
 
 # JSON-like values orjson writes and reads back equal (integers within 64 bits, finite floats)
 json_values = st.recursive(

@@ -9,14 +9,7 @@ import threading
 import pytest
 import redis
 
-from statekit import (
-    AccessDenied,
-    ResilientStore,
-    SessionStore,
-    StoreFull,
-    StoreUnavailable,
-    connect,
-)
+from statekit import AccessDenied, ResilientStore, SessionStore, StoreFull, StoreUnavailable, connect
 from statekit.errors import classify_reply, reply_code
 from statekit.testing import RedisReplicaPair, start_redis_server
 

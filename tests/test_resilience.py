@@ -7,15 +7,7 @@ import time
 
 import pytest
 
-from statekit import (
-    Context,
-    LifecyclePolicy,
-    SessionStore,
-    StateTooLarge,
-    StoreListener,
-    StoreUnavailable,
-    connect,
-)
+from statekit import Context, LifecyclePolicy, SessionStore, StateTooLarge, StoreListener, StoreUnavailable, connect
 from statekit.resilience import ResilientStore
 from statekit.testing import FakeClock, FaultInjector, count_round_trips
 
@@ -347,7 +339,7 @@ def test_client_pause_write_degrades_writes_not_reads(fresh_redis_server):
 
 def test_recommended_settings_for_the_support_agent(profiles_dir):
     from statekit import WorkloadProfile
-    from statekit.resilience import recommend
+    from statekit.decide.resilience import recommend
 
     r = recommend(WorkloadProfile.from_yaml(profiles_dir / "support_agent.yaml"))
     assert r["timeout_ms"] == 25  # half the 50 ms budget
@@ -365,14 +357,14 @@ def test_recommended_settings_for_the_support_agent(profiles_dir):
 
 def test_fail_max_is_bounded(profiles_dir):
     from statekit import WorkloadProfile
-    from statekit.resilience import recommend
+    from statekit.decide.resilience import recommend
 
     assert recommend(WorkloadProfile.from_yaml(profiles_dir / "quota_enforcement.yaml"))["fail_max"] == 20
     assert recommend(WorkloadProfile.from_yaml(profiles_dir / "agentic_workflow.yaml"))["fail_max"] == 3
 
 
 def _timeline_checks(records):
-    from statekit.resilience import summarize_timeline
+    from statekit.drills.outage import summarize_timeline
 
     rows = {(r["series"], r["phase"]): r for r in summarize_timeline(records)}
     statekit = [r for r in records if r["series"].startswith("statekit")]
@@ -386,14 +378,14 @@ def _timeline_checks(records):
 
 
 def test_outage_timeline_on_fakeredis():
-    from statekit.resilience import outage_timeline
+    from statekit.drills.outage import outage_timeline
 
     _timeline_checks(outage_timeline(before_s=0.3, outage_s=1.0, after_s=1.5, reset_timeout_s=0.5))
 
 
 @pytest.mark.realredis
 def test_outage_timeline_with_client_pause(fresh_redis_server):
-    from statekit.resilience import outage_timeline
+    from statekit.drills.outage import outage_timeline
 
     _timeline_checks(
         outage_timeline(fresh_redis_server.url, before_s=0.3, outage_s=1.0, after_s=1.5, reset_timeout_s=0.5)
@@ -414,7 +406,7 @@ def test_drain_waits_for_the_breakers_probe_and_replays_everything():
 
 
 def test_the_walkthrough_reads_cache_then_default_then_store_with_each_turn_once():
-    from statekit.resilience import degraded_walkthrough
+    from statekit.drills.outage import degraded_walkthrough
 
     steps = degraded_walkthrough()["steps"]
     assert [(s["source"], s["mode"]) for s in steps] == [

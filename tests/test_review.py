@@ -8,7 +8,7 @@ import nbformat
 import pytest
 
 from statekit import ProfileError, StoreUnavailable
-from statekit.review import build_review, run_review
+from statekit.workbook.review import build_review, run_review
 
 
 def test_build_review_has_profile_and_assessment(profiles_dir):
@@ -115,8 +115,8 @@ def test_review_against_password_protected_redis_leaks_no_secret(tmp_path, profi
 
 
 def test_a_review_without_the_drill_says_failover_is_not_measured_and_how(profiles_dir):
-    from statekit import report
-    from statekit.review import build_review
+    from statekit.workbook import report
+    from statekit.workbook.review import build_review
 
     review = build_review(profiles_dir / "support_agent.yaml")
     assert review["consistency"]["failover"]["measured"] is False
@@ -127,7 +127,7 @@ def test_a_review_without_the_drill_says_failover_is_not_measured_and_how(profil
 @pytest.mark.realredis
 @pytest.mark.notebook
 def test_review_with_the_failover_drill_reports_the_writes_it_lost(tmp_path, profiles_dir):
-    from statekit.review import run_review
+    from statekit.workbook.review import run_review
 
     [files] = run_review([profiles_dir / "support_agent.yaml"], out_dir=tmp_path, progress=False, failover_drill=True)
     review = json.loads(files.json.read_text())
@@ -143,7 +143,7 @@ def test_text_columns_are_left_aligned_and_numbers_stay_right():
     right-aligned in a browser screenshot while this check only looked at headers."""
     import pandas as pd
 
-    from statekit import report
+    from statekit.workbook import report
 
     html_text = report.left_aligned(pd.DataFrame({"why": ["a reason", "another"], "n": [1, 2]})).to_html()
     rules = re.findall(r"([^{}]+)\{\s*text-align: left;\s*\}", html_text)

@@ -31,8 +31,9 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
 from statekit import AccessDenied, CorruptStateError, StateTooLarge, StoreUnavailable, connect
+from statekit.drills.agent_graph import support_graph
 from statekit.errors import StatekitError
-from statekit.langgraph import StatekitSaver, ThreadPolicy, support_graph
+from statekit.langgraph import StatekitSaver, ThreadPolicy
 
 
 def run(coro):

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from statekit import LifecyclePolicy, NeedsRealRedis, WorkloadProfile, connect, sizing
-from statekit.lifecycle import recommend
+from statekit.decide.lifecycle import recommend
 
 
 @pytest.mark.parametrize(
@@ -137,7 +137,7 @@ def test_measure_needs_an_empty_database(redis_url):
 
 
 def test_a_cluster_plan_sizes_each_shard_for_its_slots_and_picks_the_shard_count():
-    from statekit.sizing import plan_cluster
+    from statekit.decide.sizing import plan_cluster
 
     policy = LifecyclePolicy()
     plan = plan_cluster(policy, 5_000_000, 10, 500, node_maxmemory_bytes=2 * 1024**3)
@@ -162,7 +162,7 @@ def test_the_cluster_model_against_info_memory_of_each_node(fresh_redis_cluster)
     node's growth of used_memory against the model's, node by node, within 5 %, and every
     node alike (the errors agree within 1 point)."""
     from statekit import connect
-    from statekit.sizing import measure_cluster
+    from statekit.decide.sizing import measure_cluster
 
     rows = measure_cluster(connect(fresh_redis_cluster.url, socket_timeout=10), LifecyclePolicy(window_turns=6),
                            2000, 8, 400)  # fmt: skip

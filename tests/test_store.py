@@ -499,9 +499,9 @@ _RESP_ARGS = st.one_of(
 
 def _packers():
     """The store's packer over each byte packer this install has: pure Python, and hiredis."""
-    from statekit import store
+    from statekit.store import wire
 
-    yield "python", store._pack_py
+    yield "python", wire._pack_py
     try:
         from hiredis import pack_command
     except ImportError:
@@ -525,7 +525,7 @@ def test_pack_encodes_every_argument_as_redis_py_does(rest, encoding):
     import redis
     from redis.connection import Encoder, PythonRespSerializer
 
-    from statekit.store import _packer
+    from statekit.store.wire import _packer
 
     args = ["EVALSHA", *rest]  # redis-py splits its first argument, the command name, on spaces
     encoder = Encoder(encoding[0], encoding[1], False)
@@ -616,7 +616,7 @@ def test_ids_at_the_byte_limits_are_accepted():
 @pytest.mark.realredis
 def test_forked_workers_store_every_turn_with_generated_ids(redis_url):
     """Two workers forked from one parent append 1,000 turns each to one session."""
-    from statekit.store import _new_turn_id
+    from statekit.store.core import _new_turn_id
 
     _new_turn_id()  # the parent has drawn ids before it forks, as a preloaded app has
     policy = LifecyclePolicy(window_turns=2_500, max_bytes=5_000_000, summary_max_bytes=0, summarizer=None)

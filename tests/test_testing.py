@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from statekit import testing
+from statekit.testing import fixtures
 
 
 @pytest.mark.realredis
@@ -38,7 +39,7 @@ def test_listens_on_loopback_only(fresh_redis_server):
 
 @pytest.mark.realredis
 def test_stop_removes_process_and_directory():
-    server = testing._start_or_skip()
+    server = fixtures._start_or_skip()
     pid, directory = server.pid, server._dir
     server.stop()
     assert not os.path.exists(directory)
@@ -52,8 +53,8 @@ def test_missing_server_skips_by_default_and_fails_when_required(monkeypatch, tm
 
     monkeypatch.delenv(testing.REQUIRE_ENV, raising=False)
     with pytest.raises(pytest.skip.Exception):
-        testing._start_or_skip()
+        fixtures._start_or_skip()
 
     monkeypatch.setenv(testing.REQUIRE_ENV, "1")
     with pytest.raises(pytest.fail.Exception, match="forbids skipping"):
-        testing._start_or_skip()
+        fixtures._start_or_skip()

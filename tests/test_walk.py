@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from statekit import Migrations, SessionStore, connect
-from statekit.examples import SupportAgentStateV3, support_agent_migrations
 from statekit.keys import key_pattern
 from statekit.migrate import migrate_namespace, readable_by, version_census
 from statekit.observe import health_scan
 from statekit.walk import Walker
+from statekit.workbook.examples import SupportAgentStateV3, support_agent_migrations
 
 
 def _write_v1(url: str, namespace: str, n: int) -> None:

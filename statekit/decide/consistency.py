@@ -26,10 +26,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from ._optional import require
-from .lifecycle import LifecyclePolicy
+from statekit._optional import require
+from statekit.lifecycle import LifecyclePolicy
 
-np = require("numpy", what="statekit.consistency")
+np = require("numpy", what="statekit.decide.consistency")
 
 __all__ = [
     "LatencyFit",
@@ -532,8 +532,8 @@ def measure_replica_lag(
     not shown after `deadline_s` raises `ReplicationStalled` with the replica's link status
     (replication stopped, or lag beyond the deadline); the probe keys are removed either way.
     """
-    from .backends import backend_kind, connect, redact_url
-    from .errors import NeedsRealRedis, ReplicationStalled
+    from statekit.backends import backend_kind, connect, redact_url
+    from statekit.errors import NeedsRealRedis, ReplicationStalled
 
     if deadline_s <= 0:
         raise ValueError(f"deadline_s must be positive, got {deadline_s!r}")
@@ -637,7 +637,7 @@ def _own_tag(primary: Any) -> str:
 def cluster_replica_lag(cluster_url: str, writes: int = 300, **options: Any) -> dict[str, dict[str, Any]]:
     """`measure_replica_lag` on every shard of a Redis Cluster: each primary against its first
     replica, keyed by the primary's host:port. A shard without a replica is reported as such."""
-    from .backends import connect
+    from statekit.backends import connect
 
     cluster = connect(cluster_url, socket_timeout=5)
     out: dict[str, dict[str, Any]] = {}
@@ -729,9 +729,9 @@ def simulate_routing(
     written before the request (the driver knows how many). Needs a real primary and
     replica; fakeredis has no replication.
     """
-    from .backends import backend_kind, connect
-    from .errors import NeedsRealRedis
-    from .store import SessionStore
+    from statekit.backends import backend_kind, connect
+    from statekit.errors import NeedsRealRedis
+    from statekit.store.blocking import SessionStore
 
     clients = [(connect(primary_url), connect(replica_url)) for _ in range(instances)]
     if "fakeredis" in {backend_kind(c) for pair in clients for c in pair}:
@@ -797,9 +797,10 @@ def concurrent_increments(
     """
     import uuid
 
-    from .backends import connect, resolve_url
-    from .codec import decode, encode
-    from .store import SessionStore, StoreListener
+    from statekit.backends import connect, resolve_url
+    from statekit.codec import decode, encode
+    from statekit.store.blocking import SessionStore
+    from statekit.store.core import StoreListener
 
     if resolve_url(redis_url).rstrip("/") == "fakeredis:":
         redis_url = f"fakeredis://occ-demo-{uuid.uuid4().hex}"

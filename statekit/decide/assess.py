@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from .profile import AUTHORITATIVE_PURPOSES, WorkloadProfile
+from statekit.decide.profile import AUTHORITATIVE_PURPOSES, WorkloadProfile
 
 __all__ = [
     "assess",
@@ -38,7 +38,7 @@ SERVER_STATE_VERDICTS: frozenset[str] = frozenset({"server-side session state", 
 SESSION_ID_BYTES = 64
 
 #: Redis spends more memory than the text it stores (keys, list nodes, allocator rounding).
-#: 1.3 is a planning factor for assess(); statekit.sizing models the real overhead.
+#: 1.3 is a planning factor for assess(); statekit.decide.sizing models the real overhead.
 _MEMORY_FACTOR = 1.3
 
 

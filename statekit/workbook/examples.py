@@ -2,7 +2,7 @@
 
 Used by the replay corpus in `data/sessions/` (blobs written by each earlier version),
 the migrations notebook, and as a worked example for `statekit migrate --migrations
-statekit.examples:support_agent_migrations`.
+statekit.workbook.examples:support_agent_migrations`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from .migrate import Migrations
+from statekit.migrate import Migrations
 
 __all__ = [
     "SupportAgentStateV1",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._optional import require
-from .assess import assess, what_if
-from .errors import ProfileError
-from .profile import WorkloadProfile
+from statekit._optional import require
+from statekit.decide.assess import assess, what_if
+from statekit.decide.profile import WorkloadProfile
+from statekit.errors import ProfileError
 
 __all__ = ["questionnaire"]
 
@@ -21,7 +21,7 @@ def questionnaire(profile: WorkloadProfile) -> Any:
     w = require("ipywidgets", what="the questionnaire")
     plt = require("matplotlib.pyplot", what="the questionnaire")
 
-    from .plots import payload_growth
+    from statekit.workbook.plots import payload_growth
 
     style = {"description_width": "initial"}
     controls = {

@@ -20,11 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import codec
-from .backends import backend_kind
-from .errors import NeedsRealRedis
-from .keys import key_name_bytes, session_keys
-from .lifecycle import ExtractiveSummarizer, LifecyclePolicy, truncate_utf8
+from statekit import codec
+from statekit.backends import backend_kind
+from statekit.errors import NeedsRealRedis
+from statekit.keys import key_name_bytes, session_keys
+from statekit.lifecycle import ExtractiveSummarizer, LifecyclePolicy, truncate_utf8
 
 __all__ = [
     "estimate_memory",
@@ -422,7 +422,7 @@ def measure(
     The database must be empty (the model's baseline is an empty server). Raises
     `NeedsRealRedis` on fakeredis, which has no INFO memory to measure.
     """
-    from .store import SessionStore
+    from statekit.store.blocking import SessionStore
 
     if backend_kind(client) == "cluster":
         raise ValueError(
@@ -568,7 +568,7 @@ def live_growth(
     On fakeredis the data is written all the same, but memory comes from `estimate_memory`
     and `source` says so.
     """
-    from .store import SessionStore
+    from statekit.store.blocking import SessionStore
 
     real = backend_kind(client) != "fakeredis"
     store = SessionStore(client, policy, namespace=namespace)
@@ -715,7 +715,7 @@ def measure_cluster(
     the model's per-session bytes in the cluster layout, and the growth of its key tables.
     Returns a row per primary with the relative error. One writer connection per node,
     reused: no client buffers are added."""
-    from .store import SessionStore
+    from statekit.store.blocking import SessionStore
 
     if backend_kind(client) != "cluster":
         raise ValueError("measure_cluster() needs a Redis Cluster client (redis+cluster://...); see measure()")

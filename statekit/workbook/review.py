@@ -16,19 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from ._optional import require
-from .acl import for_profile as acl_for_profile
-from .assess import SERVER_STATE_VERDICTS, assess
-from .backends import check_reachable, connect, redact_url
-from .consistency import select as select_consistency
-from .errors import ProfileError, StatekitError
-from .lifecycle import recommend
-from .migrate import check_compatibility
-from .observe import recommend as recommend_observability
-from .profile import WorkloadProfile
-from .resilience import recommend as recommend_resilience
-from .sizing import plan_capacity
+from statekit._optional import require
+from statekit._version import __version__
+from statekit.acl import for_profile as acl_for_profile
+from statekit.backends import check_reachable, connect, redact_url
+from statekit.decide.assess import SERVER_STATE_VERDICTS, assess
+from statekit.decide.compat import check_compatibility
+from statekit.decide.consistency import select as select_consistency
+from statekit.decide.lifecycle import recommend
+from statekit.decide.observability import recommend as recommend_observability
+from statekit.decide.profile import WorkloadProfile
+from statekit.decide.resilience import recommend as recommend_resilience
+from statekit.decide.sizing import plan_capacity
+from statekit.errors import ProfileError, StatekitError
 
 __all__ = [
     "build_review",
@@ -168,7 +168,7 @@ def write_monitoring(review: dict[str, Any], out_dir: str | Path, name: str) -> 
     dashboard as Grafana JSON (`<name>.dashboard.json`); return both paths."""
     import yaml
 
-    from .observe import grafana_dashboard, prometheus_rules
+    from statekit.decide.observability import grafana_dashboard, prometheus_rules
 
     out = Path(out_dir)
     service = review["profile"]["service"]
@@ -280,7 +280,8 @@ def run_review(
     _check_writable(Path(out_dir))
     drill_path = ""
     if failover_drill:
-        from .testing import failover_drills, find_redis_server
+        from statekit.drills.failover import failover_drills
+        from statekit.testing.servers import find_redis_server
 
         if not find_redis_server():
             raise StatekitError(

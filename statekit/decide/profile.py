@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ProfileError
+from statekit.errors import ProfileError
 
 __all__ = ["WorkloadProfile", "StateClass", "Purpose", "AUTHORITATIVE_PURPOSES"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._optional import require
+from statekit._optional import require
 
 __all__ = [
     "decision_summary",
@@ -33,7 +33,7 @@ __all__ = [
 
 
 def _pd() -> Any:
-    return require("pandas", what="statekit.report")
+    return require("pandas", what="statekit.workbook.report")
 
 
 def left_aligned(frame: Any) -> Any:

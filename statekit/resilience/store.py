@@ -22,7 +22,6 @@ import dataclasses
 import inspect
 import logging
 import os
-import sqlite3
 import threading
 import time
 import weakref
@@ -32,30 +31,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import orjson
 import pybreaker
 
-from .backends import with_timeouts
-from .errors import AccessDenied, CorruptStateError, InvalidInput, StatekitError, StoreUnavailable
-from .store import Context, SessionStore, Steps, StoreListener, _new_turn_id, drive
+from statekit.backends import with_timeouts
+from statekit.errors import AccessDenied, InvalidInput, StatekitError, StoreUnavailable
+from statekit.resilience.buffer import DurableBuffer, _DurableError, _Pending
+from statekit.store.blocking import SessionStore, drive
+from statekit.store.core import Context, Steps, StoreListener, _new_turn_id
 
 log = logging.getLogger(__name__)
 
 #: The fields a fallback's mapping may hold (session_id, degraded and source are then set by the store).
 _CONTEXT_FIELDS = frozenset(f.name for f in dataclasses.fields(Context))
 
-__all__ = [
-    "ResilientStore",
-    "ResilienceStats",
-    "DurableBuffer",
-    "WritePolicy",
-    "Clock",
-    "SystemClock",
-    "recommend",
-    "outage_timeline",
-    "summarize_timeline",
-    "degraded_walkthrough",
-]
+__all__ = ["ResilientStore", "ResilienceStats", "WritePolicy", "Clock", "SystemClock"]
 
 WritePolicy = Literal["buffer", "drop", "raise"]
 
@@ -98,168 +87,18 @@ class ResilienceStats:
         return dict(self.__dict__)
 
 
-@dataclass
-class _Pending:
-    kind: Literal["append", "state", "delete"]
-    session_id: str
-    turn: Mapping[str, Any] | None = None  # an append's turn, as a load returns it
-    turn_id: str | None = None
-    fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-    seq: int | None = None  # its row in a DurableBuffer
-    record: bytes | None = None  # an append's record, checked and encoded as the store writes it
-    update_id: str | None = None  # an update's identity: its replay is not applied twice
-
-
-class _DurableError(Exception):
-    """Internal: the durable buffer's file refused a write (a full disk, a damaged file)."""
-
-
-#: Every DurableBuffer and ResilientStore of this process, for the fork handler below.
-_LIVE_BUFFERS: weakref.WeakSet[DurableBuffer] = weakref.WeakSet()
 _LIVE_STORES: weakref.WeakSet[ResilientStore] = weakref.WeakSet()
-#: SQLite connections a forked child inherited: kept referenced and never closed there, since
-#: closing one in the child could checkpoint the parent's write-ahead log under it.
-_INHERITED: list[Any] = []
 
 
 def _after_fork_in_child() -> None:
     """A forked child owns nothing of its parent's write buffer: the parent replays it. (Two
     workers replaying one buffer store turns twice, and a delete replayed by the second can
     erase what the first stored after it.)"""
-    for buffer in list(_LIVE_BUFFERS):
-        buffer._detach()
     for store in list(_LIVE_STORES):
         store._after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class DurableBuffer:
-    """The write buffer of one process, kept in a local SQLite file, so that buffered turns
-    survive the process being killed during an outage and are replayed on the next start.
-
-    SQLite in WAL mode with `synchronous=FULL`: a buffered turn is on disk (fsync'd) before
-    `append_turn` returns None to its caller. Appends and deletes are kept, each append as the
-    record the store writes (checked and encoded before it was buffered); an `update_state`
-    function is code, not data, so it stays in memory only (a `buffered` event says
-    `durable: False`). One process per file: a second one opening it gets `InvalidInput`
-    (the file is locked), so two processes never replay each other's turns; a child forked
-    from the process that holds it is detached from it (see `ResilientStore`). A file that is
-    not a SQLite database is a `CorruptStateError` naming it, and is left as it is. Written by
-    hand: no well-kept library offers a crash-safe, ordered, idempotent replay queue for Redis
-    writes; SQLite does the durable part.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        import fcntl
-
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._pid = os.getpid()
-        self._lockfile = open(self.path.with_suffix(self.path.suffix + ".lock"), "a")  # noqa: SIM115 - held open
-        try:
-            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lockfile.close()
-            raise InvalidInput(
-                f"durable buffer {self.path} is in use by another process: give each process its own"
-            ) from None
-        try:
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
-                "session_id TEXT NOT NULL, turn BLOB, turn_id TEXT)"
-            )
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(pending)")}
-            if "record" not in columns:  # files written before turns were kept as encoded records
-                self._db.execute("ALTER TABLE pending ADD COLUMN record BLOB")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(Exception):
-                self._db.close()
-            self._lockfile.close()
-            raise CorruptStateError(
-                f"durable buffer {self.path} cannot be used ({exc}); it was left as it is: move it aside "
-                "(or recover it with sqlite3's .recover) to start with an empty buffer"
-            ) from None
-        self._lock = threading.Lock()
-        self._closed = False
-        _LIVE_BUFFERS.add(self)
-
-    @property
-    def detached(self) -> bool:
-        """True in a process forked from the one that opened the file: it must not write to it."""
-        return os.getpid() != self._pid
-
-    def _detach(self) -> None:
-        """In a forked child: let go of the parent's file without touching it."""
-        _INHERITED.append(self._db)
-        self._lock = threading.Lock()  # one held at fork time stays held in the child
-
-    def add(self, item: _Pending) -> int | None:
-        """Keep `item` on disk; its row number, or None for what cannot be kept (a function,
-        or anything in a forked child). Raises `_DurableError` when the file refuses it."""
-        if item.kind == "state" or self.detached or self._closed:
-            return None
-        turn = orjson.dumps(dict(item.turn)) if item.turn is not None and item.record is None else None
-        try:
-            with self._lock:
-                cursor = self._db.execute(
-                    "INSERT INTO pending (kind, session_id, turn, turn_id, record) VALUES (?, ?, ?, ?, ?)",
-                    (item.kind, item.session_id, turn, item.turn_id, item.record),
-                )
-                return int(cursor.lastrowid or 0)
-        except sqlite3.Error as exc:
-            raise _DurableError(f"{self.path}: {exc}") from exc
-
-    def remove(self, seq: int) -> None:
-        """Forget a replayed row. Raises `_DurableError` when the file refuses it."""
-        if self.detached or self._closed:
-            return
-        try:
-            with self._lock:
-                self._db.execute("DELETE FROM pending WHERE seq = ?", (seq,))
-        except sqlite3.Error as exc:
-            raise _DurableError(f"{self.path}: {exc}") from exc
-
-    def load(self) -> list[_Pending]:
-        """What an earlier process of this file left buffered, oldest first."""
-        try:
-            with self._lock:
-                rows = self._db.execute(
-                    "SELECT seq, kind, session_id, turn, turn_id, record FROM pending ORDER BY seq"
-                ).fetchall()
-        except sqlite3.Error as exc:
-            raise CorruptStateError(
-                f"durable buffer {self.path} cannot be read ({exc}); it was left as it is: move it aside "
-                "(or recover it with sqlite3's .recover) to start with an empty buffer"
-            ) from None
-        return [
-            _Pending(
-                kind,
-                sid,
-                turn=SessionStore.record_turn(record) if record is not None else orjson.loads(turn) if turn else None,
-                turn_id=tid,
-                seq=seq,
-                record=record,
-            )
-            for seq, kind, sid, turn, tid, record in rows
-        ]
-
-    def close(self) -> None:
-        """Close the file and release its lock (what it holds stays for the next start)."""
-        if self._closed:
-            return
-        self._closed = True
-        _LIVE_BUFFERS.discard(self)
-        if self.detached:  # the parent's: its lock and connection stay the parent's
-            self._lockfile.close()  # a flock is released only when its last holder closes it
-            return
-        with self._lock:
-            self._db.close()
-        self._lockfile.close()
 
 
 class _Unavailable(Exception):
@@ -874,264 +713,5 @@ class _StoreIO:
 
 # -- decide: settings from a profile ------------------------------------------------------
 
-#: Store calls a request makes: one load and one append, plus a fold every fourth append.
-STORE_CALLS_PER_REQUEST = 2.25
-#: How long the breaker should tolerate consecutive failures at peak before it opens.
-TRIP_WITHIN_S = 0.5
-#: The outage the write buffer is sized to ride out.
-OUTAGE_TO_SURVIVE_S = 30
-
-
-def recommend(profile: Any, outage_s: float = OUTAGE_TO_SURVIVE_S) -> dict[str, Any]:
-    """ResilientStore settings for a WorkloadProfile, each with its number and reason.
-
-    Timeout: half the state latency budget, since a request makes two store calls that can
-    each hit it. Breaker: open after about half a second of consecutive failures at peak
-    (never fewer than 3, never more than 20), probe every 10 s. Buffer: the peak write rate
-    times the outage to ride out, plus half again. Write policy per kind of state:
-    authoritative state (quota, approval, financial) fails closed ("raise") instead of
-    being buffered, because acting on an unconfirmed approval or balance is worse than
-    refusing; everything else is buffered.
-    """
-    import math
-
-    from .profile import AUTHORITATIVE_PURPOSES
-
-    t = profile.traffic
-    budget = profile.latency_budget_ms
-    timeout_ms = max(1, math.floor(budget / 2))
-    requests_per_s = t.peak_concurrent_sessions * t.requests_per_session / (t.session_minutes * 60)
-    calls_per_s = requests_per_s * STORE_CALLS_PER_REQUEST
-    fail_max = int(min(20, max(3, math.ceil(calls_per_s * TRIP_WITHIN_S))))
-    writes_per_s = requests_per_s  # one append per request
-    buffer = math.ceil(writes_per_s * outage_s * 1.5)
-    policies = {c.name: ("raise" if c.purpose in AUTHORITATIVE_PURPOSES else "buffer") for c in profile.state_classes}
-    worst_wait_ms = 2 * timeout_ms
-    return {
-        "timeout_ms": timeout_ms,
-        "fail_max": fail_max,
-        "reset_timeout_s": 10,
-        "buffer_max_turns": buffer,
-        "write_policy_by_state_class": policies,
-        "peak_requests_per_second": round(requests_per_s, 2),
-        "peak_store_calls_per_second": round(calls_per_s, 2),
-        "outage_to_survive_s": outage_s,
-        "reasons": {
-            "timeout_ms": (
-                f"half the {budget:g} ms state budget: a request makes two store calls (load, append), "
-                f"so a hung store costs it at most {worst_wait_ms} ms before the breaker opens, then nothing"
-            ),
-            "fail_max": (
-                f"at peak the fleet makes {calls_per_s:,.1f} store calls a second; {fail_max} consecutive "
-                f"failures is about {TRIP_WITHIN_S:g} s of them (bounded to 3..20), so one slow call does not "
-                "trip it and a real outage trips it fast"
-            ),
-            "reset_timeout_s": "probe a failed store every 10 s with one call; the rest fail fast meanwhile",
-            "buffer_max_turns": (
-                f"{writes_per_s:,.1f} appends a second at peak x {outage_s:g} s of outage x 1.5 = {buffer:,} "
-                "turns for the fleet; divide by the number of app instances for each process's buffer"
-            ),
-            "write_policy_by_state_class": (
-                "authoritative state fails closed (raise): an approval, quota or balance must not be "
-                "acted on unconfirmed; conversation and caches are buffered and replayed in order"
-            ),
-        },
-        "degraded_experience": [
-            "replies keep coming: the model gets the last context this instance saw, plus turns "
-            "written since, or a default context for a session it has never seen",
-            'a reply built on a default context should say so ("I may have lost the start of our '
-            "conversation\"): Context.source is 'default'",
-            "actions on authoritative state are refused with a retry-later message",
-            "no 500s: ResilientStore never raises StoreUnavailable except for write_policy='raise'",
-        ],
-    }
-
 
 # -- run: a live outage, timed ------------------------------------------------------------
-
-
-def outage_timeline(
-    redis_url: str = "fakeredis://",
-    *,
-    before_s: float = 1.0,
-    outage_s: float = 3.0,
-    after_s: float = 3.0,
-    interval_ms: float = 50,
-    timeout_ms: float = 100,
-    fail_max: int = 3,
-    reset_timeout_s: float = 1.0,
-) -> list[dict[str, Any]]:
-    """Drive a ResilientStore and a plain redis-py client through the same outage; time every call.
-
-    On fakeredis the outage is a FaultInjector hang (calls never answer until it ends); on
-    a real server it is `CLIENT PAUSE ALL`, which freezes every client but the admin one.
-    The plain client uses redis-py's defaults (no socket timeout, its own retries), as a
-    first version of a service would. Returns one record per call: series, time since
-    start, latency, whether it raised, and for statekit the mode and the context's source.
-    """
-    import redis as redis_lib
-
-    from .testing import OutageDrill
-
-    drill = OutageDrill(redis_url)
-    plain = drill.plain_client()
-    store_client = drill.client()
-    store = SessionStore(store_client, namespace="outage-demo")
-    rs = ResilientStore(store, timeout_ms=timeout_ms, fail_max=fail_max, reset_timeout_s=reset_timeout_s)
-    records: list[dict[str, Any]] = []
-    lock = threading.Lock()
-    start = time.monotonic()
-    end = start + before_s + outage_s + after_s
-
-    def record(**fields: Any) -> None:
-        with lock:
-            records.append(fields)
-
-    def drive_statekit() -> None:
-        i = 0
-        while time.monotonic() < end:
-            t0 = time.monotonic()
-            ctx = rs.load_context("demo")
-            t1 = time.monotonic()
-            record(
-                series="statekit ResilientStore",
-                op="load_context",
-                t_s=t0 - start,
-                latency_ms=(t1 - t0) * 1000,
-                raised=False,
-                mode=rs.mode,
-                source=ctx.source,
-            )
-            rs.append_turn("demo", {"role": "user", "content": f"turn {i}"})
-            record(
-                series="statekit ResilientStore",
-                op="append_turn",
-                t_s=t1 - start,
-                latency_ms=(time.monotonic() - t1) * 1000,
-                raised=False,
-                mode=rs.mode,
-                source=None,
-            )
-            i += 1
-            time.sleep(max(0.0, interval_ms / 1000 - (time.monotonic() - t0)))
-
-    def drive_plain() -> None:
-        i = 0
-        while time.monotonic() < end:
-            t0 = time.monotonic()
-            for op, call in (
-                ("load_context", lambda: plain.lrange("plain-demo", -10, -1)),
-                ("append_turn", lambda n=i: plain.rpush("plain-demo", f"turn {n}")),
-            ):
-                t1 = time.monotonic()
-                raised = False
-                try:
-                    call()
-                except redis_lib.exceptions.RedisError:
-                    raised = True
-                record(
-                    series="plain redis-py",
-                    op=op,
-                    t_s=t1 - start,
-                    latency_ms=(time.monotonic() - t1) * 1000,
-                    raised=raised,
-                    mode=None,
-                    source=None,
-                )
-            i += 1
-            time.sleep(max(0.0, interval_ms / 1000 - (time.monotonic() - t0)))
-
-    threads = [threading.Thread(target=drive_statekit), threading.Thread(target=drive_plain)]
-    for th in threads:
-        th.start()
-    time.sleep(before_s)
-    with drill.outage(outage_s):
-        pass  # the drivers keep calling; the drill waits the outage out
-    for th in threads:
-        th.join()
-    rs.flush()
-    for rec in records:
-        rec["outage"] = before_s <= rec["t_s"] < before_s + outage_s
-        rec["outage_start_s"], rec["outage_end_s"] = before_s, before_s + outage_s
-    return sorted(records, key=lambda r: (r["series"], r["t_s"]))
-
-
-def summarize_timeline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per series and phase (before, during, after the outage): calls, p50/max latency, raised."""
-    from .observe import _percentile
-
-    out = []
-    for series in sorted({r["series"] for r in records}):
-        for phase in ("before", "during", "after"):
-            rows = [r for r in records if r["series"] == series and _phase(r) == phase]
-            if not rows:
-                continue
-            lat = sorted(r["latency_ms"] for r in rows)
-            out.append(
-                {
-                    "series": series,
-                    "phase": phase,
-                    "calls": len(rows),
-                    "p50_ms": round(_percentile(lat, 50), 3),
-                    "p99_ms": round(_percentile(lat, 99), 3),
-                    "max_ms": round(lat[-1], 1),
-                    "raised": sum(r["raised"] for r in rows),
-                }
-            )
-    return out
-
-
-def _phase(record: dict[str, Any]) -> str:
-    if record["t_s"] < record["outage_start_s"]:
-        return "before"
-    return "during" if record["t_s"] < record["outage_end_s"] else "after"
-
-
-def degraded_walkthrough(*, timeout_ms: float = 50, reset_timeout_s: float = 0.5) -> dict[str, Any]:
-    """What an application sees through a hang, step by step, on an embedded server.
-
-    A turn is stored; the server hangs, and a write times out but still lands late (as a
-    frozen server applies what was in its socket buffer when it thaws); the application
-    reads a session it saw (from its cache, with the buffered turn) and one it never saw
-    (the fallback's default); the server heals, the breaker's reset timeout passes (on a
-    `FakeClock`, so the walkthrough takes no time), and the next read replays the buffer:
-    each turn once, in order. Returns `{"steps": [...], "stats": {...}}`.
-    """
-    from .testing import FakeClock, FaultInjector
-
-    injector, clock = FaultInjector(), FakeClock()
-    rs = ResilientStore(
-        SessionStore(injector.client()),
-        timeout_ms=timeout_ms,
-        fail_max=2,
-        reset_timeout_s=reset_timeout_s,
-        fallback=lambda sid: {"summary": "(context unavailable: ask the user to recap)"},
-        clock=clock,
-    )
-    steps: list[dict[str, Any]] = []
-
-    def read(step: str, session_id: str) -> None:
-        ctx = rs.load_context(session_id)
-        steps.append(
-            {
-                "step": step,
-                "session": session_id,
-                "source": ctx.source,
-                "degraded": ctx.degraded,
-                "mode": rs.mode,
-                "buffered writes": rs.buffered,
-                "turns": [t["content"] for t in ctx.turns],
-                "summary": ctx.summary,
-            }
-        )
-
-    rs.append_turn("s-1", {"role": "user", "content": "My order 1009 has not arrived."})
-    read("before the outage", "s-1")
-    injector.hang(deliver_late=True)  # writes time out, but a late one still lands on the server
-    rs.append_turn("s-1", {"role": "assistant", "content": "Sorry to hear that: let me check."})
-    read("outage: a session this process has seen", "s-1")
-    read("outage: a session it has never seen", "s-2")
-    injector.heal()
-    clock.advance(reset_timeout_s)
-    read("after recovery", "s-1")
-    return {"steps": steps, "stats": rs.stats.as_dict()}

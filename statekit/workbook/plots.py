@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._optional import require
-from .assess import Assessment
+from statekit._optional import require
+from statekit.decide.assess import Assessment
 
 __all__ = [
     "payload_growth",
@@ -25,7 +25,7 @@ def payload_growth(assessment: Assessment | dict[str, Any], ax: Any = None) -> A
 
     Takes an `Assessment` or its `as_dict()` form (the `assessment` section of a review).
     """
-    plt = require("matplotlib.pyplot", what="statekit.plots")
+    plt = require("matplotlib.pyplot", what="statekit.workbook.plots")
 
     a = assessment.as_dict() if isinstance(assessment, Assessment) else assessment
     c = a["cost"]
@@ -50,7 +50,7 @@ def payload_growth(assessment: Assessment | dict[str, Any], ax: Any = None) -> A
 
 def verdict_overview(assessments: list[Assessment], ax: Any = None) -> Any:
     """Bar chart of each profile's largest full-replay request, coloured by verdict."""
-    plt = require("matplotlib.pyplot", what="statekit.plots")
+    plt = require("matplotlib.pyplot", what="statekit.workbook.plots")
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
@@ -77,7 +77,7 @@ def _mb(values: list[float]) -> list[float]:
 
 def memory_over_turns(growth: dict[str, Any], ax: Any = None) -> Any:
     """One session's memory as turns accumulate: with the lifecycle policy and without."""
-    plt = require("matplotlib.pyplot", what="statekit.plots")
+    plt = require("matplotlib.pyplot", what="statekit.workbook.plots")
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
@@ -92,7 +92,7 @@ def memory_over_turns(growth: dict[str, Any], ax: Any = None) -> Any:
 
 def memory_over_days(growth: dict[str, Any], node_maxmemory_bytes: int | None = None, ax: Any = None) -> Any:
     """Total Redis memory at the end of each day: TTL and window against neither."""
-    plt = require("matplotlib.pyplot", what="statekit.plots")
+    plt = require("matplotlib.pyplot", what="statekit.workbook.plots")
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
@@ -110,7 +110,7 @@ def memory_over_days(growth: dict[str, Any], node_maxmemory_bytes: int | None = 
 
 def live_memory(growth: dict[str, Any], ax: Any = None) -> Any:
     """Memory of N sessions turn by turn, unbounded against bounded, labelled measured or estimated."""
-    plt = require("matplotlib.pyplot", what="statekit.plots")
+    plt = require("matplotlib.pyplot", what="statekit.workbook.plots")
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
@@ -126,7 +126,7 @@ def live_memory(growth: dict[str, Any], ax: Any = None) -> Any:
 def outage_timeline(records: list[dict[str, Any]], axes: Any = None) -> Any:
     """Each call's latency over time through an outage, statekit against a plain client,
     and below it what statekit answered from (store, cache, default)."""
-    plt = require("matplotlib.pyplot", what="statekit.plots")
+    plt = require("matplotlib.pyplot", what="statekit.workbook.plots")
 
     if axes is None:
         _, axes = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -166,8 +166,8 @@ def outage_timeline(records: list[dict[str, Any]], axes: Any = None) -> Any:
 
 def latency_histograms(metrics: Any, ax: Any = None) -> Any:
     """Latency distribution of each operation (log-spaced microseconds)."""
-    plt = require("matplotlib.pyplot", what="statekit.plots")
-    np = require("numpy", what="statekit.plots")
+    plt = require("matplotlib.pyplot", what="statekit.workbook.plots")
+    np = require("numpy", what="statekit.workbook.plots")
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
@@ -187,7 +187,7 @@ def latency_histograms(metrics: Any, ax: Any = None) -> Any:
 
 def size_distribution(metrics: Any, cap: int | None = None, ax: Any = None) -> Any:
     """Session sizes seen after each append, against the byte cap."""
-    plt = require("matplotlib.pyplot", what="statekit.plots")
+    plt = require("matplotlib.pyplot", what="statekit.workbook.plots")
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
@@ -206,7 +206,7 @@ def size_distribution(metrics: Any, cap: int | None = None, ax: Any = None) -> A
 
 def hit_rates(metrics: Any, ax: Any = None) -> Any:
     """Share of context reads served by each tier."""
-    plt = require("matplotlib.pyplot", what="statekit.plots")
+    plt = require("matplotlib.pyplot", what="statekit.workbook.plots")
 
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 3.5))
@@ -219,7 +219,7 @@ def hit_rates(metrics: Any, ax: Any = None) -> Any:
 
 def events_timeline(metrics: Any, ax: Any = None) -> Any:
     """Lifecycle events over time, one row per kind, with the workload's phases marked."""
-    plt = require("matplotlib.pyplot", what="statekit.plots")
+    plt = require("matplotlib.pyplot", what="statekit.workbook.plots")
 
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 3.5))
@@ -245,7 +245,7 @@ def events_timeline(metrics: Any, ax: Any = None) -> Any:
 def visibility_curves(curves: dict[str, dict[str, tuple[Any, Any]]], axes: Any = None) -> Any:
     """One panel per latency fit: P(consistent read) against ms after commit, a line per quorum
     (the output of `consistency.visibility_curves`)."""
-    plt = require("matplotlib.pyplot", what="statekit.plots")
+    plt = require("matplotlib.pyplot", what="statekit.workbook.plots")
 
     if axes is None:
         _, axes = plt.subplots(1, len(curves), figsize=(4.7 * len(curves), 3.5), squeeze=False)
@@ -264,10 +264,10 @@ def visibility_curves(curves: dict[str, dict[str, tuple[Any, Any]]], axes: Any =
 def replica_staleness(lag_samples_ms: Any, ax: Any = None, title: str = "replica reads, measured") -> Any:
     """P(a replica read misses a write) against the time between the write's acknowledgement
     and the read, from measured replica lag."""
-    plt = require("matplotlib.pyplot", what="statekit.plots")
-    np = require("numpy", what="statekit.plots")
+    plt = require("matplotlib.pyplot", what="statekit.workbook.plots")
+    np = require("numpy", what="statekit.workbook.plots")
 
-    from .consistency import replica_stale_probability
+    from statekit.decide.consistency import replica_stale_probability
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
@@ -283,7 +283,7 @@ def thread_growth(rows: list[dict[str, Any]], axes: Any = None) -> Any:
     """Two panels from `statekit.langgraph.growth` rows of one or more runs: checkpoints kept,
     and the thread's size (Redis's MEMORY USAGE on a real server, the saver's payload bytes on
     fakeredis), per turn, one line per `keep_last`."""
-    plt = require("matplotlib.pyplot", what="statekit.plots")
+    plt = require("matplotlib.pyplot", what="statekit.workbook.plots")
 
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(13, 3.5))

@@ -1,0 +1,85 @@
+"""A small deterministic LangGraph agent, for workshops and tests: the support desk graph and
+how its thread grows with and without `keep_last`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypedDict
+
+from statekit.langgraph import StatekitSaver, ThreadPolicy
+
+#: Messages the support desk's state keeps (a rolling window, lesson 2 of the workbook).
+SUPPORT_WINDOW = 6
+
+
+def _window(left: list[str], right: list[str]) -> list[str]:
+    """LangGraph reducer: append, then keep the last SUPPORT_WINDOW messages."""
+    return (list(left or []) + list(right or []))[-SUPPORT_WINDOW:]
+
+
+class SupportState(TypedDict, total=False):
+    """The support desk's state: the last messages (a rolling window), the last message's
+    intent, an approval."""
+
+    messages: Annotated[list[str], _window]
+    intent: str
+    approved: bool
+
+
+def support_graph() -> Any:
+    """A support desk as a LangGraph `StateGraph` (uncompiled), with no model in it: classify
+    the last message; a refund needs a human's approval (an `interrupt`); then reply. Every
+    node is deterministic, so a workshop runs it anywhere and a test can assert on it."""
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.types import interrupt
+
+    def classify(state: SupportState) -> dict[str, Any]:
+        return {"intent": "refund" if "refund" in state["messages"][-1].lower() else "question"}
+
+    def approve(state: SupportState) -> dict[str, Any]:
+        answer = interrupt({"approve": state["messages"][-1]})
+        return {"approved": answer == "yes"}
+
+    def reply(state: SupportState) -> dict[str, Any]:
+        if state["intent"] == "refund":
+            text = "refund issued" if state.get("approved") else "refund declined"
+        else:
+            text = f"answer to {state['messages'][-1]!r}"
+        return {"messages": [text], "approved": False}
+
+    builder = StateGraph(SupportState)
+    builder.add_node("classify", classify)
+    builder.add_node("approve", approve)
+    builder.add_node("reply", reply)
+    builder.add_edge(START, "classify")
+    builder.add_conditional_edges("classify", lambda s: "approve" if s["intent"] == "refund" else "reply")
+    builder.add_edge("approve", "reply")
+    builder.add_edge("reply", END)
+    return builder
+
+
+def growth(
+    url: str,
+    turns: int,
+    *,
+    keep_last: int | None = None,
+    namespace: str = "lg",
+    thread_id: str = "growth",
+    policy: ThreadPolicy | None = None,
+) -> list[dict[str, Any]]:
+    """Run `support_graph` for `turns` questions on one thread and return the thread's
+    `footprint` after each: how checkpoints, bytes and memory grow without `keep_last` and
+    stay flat with it."""
+    from tqdm.auto import tqdm
+
+    saver = StatekitSaver.from_url(url, namespace=namespace, policy=policy, keep_last=keep_last)
+    try:
+        saver.delete_thread(thread_id)
+        graph = support_graph().compile(checkpointer=saver)
+        config = {"configurable": {"thread_id": thread_id}}
+        rows = []
+        for turn in tqdm(range(1, turns + 1), desc=f"keep_last={keep_last}", leave=False):
+            graph.invoke({"messages": [f"question {turn}"]}, config)
+            rows.append({"turn": turn, "keep_last": keep_last or "all", **saver.footprint(thread_id)})
+        return rows
+    finally:
+        saver.close()
