@@ -601,7 +601,9 @@ def with_timeouts(client: Any, socket_timeout: float, connect_timeout: float | N
     """A client for the same server as `client` with its own pool, these timeouts and no retries.
 
     ResilientStore uses it so that its deadline is enforced by the socket, not by a timer
-    around a call that may still be running.
+    around a call that may still be running. The wait for a free connection of a pool that
+    waits (a burst past `max_connections`) is bounded by `connect_timeout` too: a call that
+    queues for a connection costs no more than one that gets one.
     """
     connect_timeout = socket_timeout if connect_timeout is None else connect_timeout
     if socket_timeout <= 0 or connect_timeout <= 0:
@@ -620,8 +622,8 @@ def with_timeouts(client: Any, socket_timeout: float, connect_timeout: float | N
                 max_connections=kwargs["max_connections"],
             )
             waiting = isinstance(client, WaitingRedisCluster)
-            if waiting:  # its wait for a permit, as its limit
-                options["pool_timeout"] = client.pool_timeout
+            if waiting:  # its wait for a permit, as its limit, within the deadline
+                options["pool_timeout"] = min(client.pool_timeout or connect_timeout, connect_timeout)
             copy = (type(client) if waiting else redis.asyncio.cluster.RedisCluster)(
                 startup_nodes=[redis.asyncio.cluster.ClusterNode(n.host, n.port) for n in nodes],
                 **options,
@@ -641,7 +643,7 @@ def with_timeouts(client: Any, socket_timeout: float, connect_timeout: float | N
     manager = getattr(pool, "sentinel_manager", None)
     if manager is not None:  # its Sentinel connections get the new timeouts too
         manager = _renewed_sentinel_manager(manager, socket_timeout, connect_timeout)
-    return type(client)(connection_pool=_same_pool(pool, kwargs, manager))
+    return type(client)(connection_pool=_same_pool(pool, kwargs, manager, wait_s=connect_timeout))
 
 
 def _cluster_tls(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -653,14 +655,18 @@ def _cluster_tls(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"ssl": True, **{k: v for k, v in kwargs.items() if k.startswith("ssl_") and v is not None}}
 
 
-def _same_pool(pool: Any, connection_kwargs: dict[str, Any], sentinel_manager: Any = None) -> Any:
+def _same_pool(
+    pool: Any, connection_kwargs: dict[str, Any], sentinel_manager: Any = None, wait_s: float | None = None
+) -> Any:
     """A new pool of the same class with the user's settings: its limits (max connections, a
-    blocking pool's wait), its client-side cache configuration (in the connection kwargs), a
-    Sentinel pool's service and Sentinels (through `sentinel_manager` when given)."""
+    blocking pool's wait, at most `wait_s`), its client-side cache configuration (in the
+    connection kwargs), a Sentinel pool's service and Sentinels (through `sentinel_manager`
+    when given)."""
     kwargs = {k: v for k, v in connection_kwargs.items() if k != "connection_pool"}
     kwargs["max_connections"] = pool.max_connections
     if hasattr(pool, "timeout"):  # a BlockingConnectionPool
-        kwargs["timeout"] = pool.timeout
+        waits = [w for w in (pool.timeout, wait_s) if w is not None]
+        kwargs["timeout"] = min(waits) if waits else None
     if getattr(pool, "_cache_factory", None) is not None:
         kwargs["cache_factory"] = pool._cache_factory
     if hasattr(pool, "service_name") and hasattr(pool, "sentinel_manager"):

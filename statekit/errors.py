@@ -91,8 +91,11 @@ class CheckpointPruned(StatekitError, LookupError):
 #: Error replies that mean the store cannot serve right now but will again by itself: a
 #: failover under way (READONLY from a demoted primary, MASTERDOWN from a replica cut off,
 #: CLUSTERDOWN, TRYAGAIN during a slot move), a server loading its data (LOADING), a script
-#: running past busy-reply-threshold (BUSY), too few replicas for min-replicas-to-write.
-TRANSIENT_REPLIES = frozenset({"READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "BUSY", "NOREPLICAS"})
+#: running past busy-reply-threshold (BUSY), too few replicas for min-replicas-to-write
+#: (NOREPLICAS), a server that stopped accepting writes because it could not persist (MISCONF).
+TRANSIENT_REPLIES = frozenset(
+    {"READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "BUSY", "NOREPLICAS", "MISCONF"}
+)
 #: Error replies of a server at maxmemory with noeviction.
 FULL_REPLIES = frozenset({"OOM"})
 #: Error replies that refuse this user: permanent until the deployment changes.

@@ -348,7 +348,13 @@ end
 local function pruned(ns, id, root)
   local wm = redis.call('HGET', h, 'x\0' .. ns)
   if wm and id <= wm then return wm end
-  if ns ~= '' and root_pruned(root) then return redis.call('HGET', h, 'x\0') end
+  if ns ~= '' then
+    if root_pruned(root) then return redis.call('HGET', h, 'x\0') end
+    -- older than a pruned root checkpoint: so is the root it ran under (roots are pruned oldest
+    -- first), and its namespace went with that root (a config from list() names no root)
+    local rwm = redis.call('HGET', h, 'x\0')
+    if rwm and id <= rwm then return rwm end
+  end
   return nil
 end
 -- One checkpoint, its writes, its run entry, its link to its root and, for a root

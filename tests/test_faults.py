@@ -472,3 +472,193 @@ def test_ten_thousand_sessions_expire_under_readers_and_a_migration_with_no_key_
     assert not errors, errors[:3]
     assert without == []
     assert client.dbsize() == 0
+
+
+# -- found by attacking the fixes ----------------------------------------------------------
+
+
+def test_an_update_function_that_raises_oserror_is_the_callers_error_not_an_outage():
+    """An OSError of the caller's (a file it reads) is not a connection failure: the healthy
+    call raises it, nothing is buffered, the breaker counts nothing, later writes land."""
+    injector = FaultInjector()
+    rs = resilient(injector, fail_max=1)
+
+    def reads_a_missing_file(state):
+        raise FileNotFoundError("/etc/app/limits.json")
+
+    with pytest.raises(FileNotFoundError):
+        rs.update_state("s", reads_a_missing_file)
+    assert (rs.buffered, rs.mode, rs.breaker_state, rs.stats.store_failures) == (0, "normal", "closed", 0)
+    assert rs.append_turn("s", {"n": 1}) is not None
+    with pytest.raises(FileNotFoundError):
+        SessionStore(injector.client()).update_state("s", reads_a_missing_file)  # the plain store too
+
+
+def test_a_load_racing_a_delete_on_another_thread_leaves_nothing_in_the_fallback():
+    """Another thread's load reads the session after the delete cleared the caches but before
+    the delete reached Redis: what it read must not be served once the session is deleted."""
+    injector = FaultInjector()
+    rs = resilient(injector, fail_max=1)
+    rs.append_turn("s", {"content": "my card number is 4111"})
+    seen = []
+    # the other thread's load runs just before the delete's round trip goes out
+    with before_round_trip(1, lambda: seen.append(rs.load_context("s"))):
+        assert rs.delete("s") is True
+    assert [t["content"] for t in seen[0].turns] == ["my card number is 4111"]  # it did read it
+    injector.fail()
+    ctx = rs.load_context("s")
+    assert (ctx.source, ctx.turns) == ("default", [])
+
+
+def test_a_replayed_write_the_durable_file_could_not_forget_is_not_replayed_after_a_restart(tmp_path):
+    """The disk refuses to remove the row of a replayed delete; later turns are stored; the
+    process restarts. The row was forgotten once the file took writes again, so the restart
+    replays nothing and the later turns stay."""
+    path = tmp_path / "b.sqlite"
+    injector = FaultInjector()
+    rs = resilient(injector, fail_max=1, reset_timeout_s=1, durable_buffer=path)
+    rs.append_turn("s", {"n": 0})
+    injector.fail()
+    assert rs.delete("s") is None
+    injector.heal()
+    rs.clock.advance(1)
+    rs.durable._db.execute("PRAGMA query_only = 1")  # the file refuses writes, as a full disk does
+    assert rs.flush() == 1  # the delete lands; its row cannot be removed
+    assert rs.stats.durable_failures >= 1
+    rs.durable._db.execute("PRAGMA query_only = 0")  # the disk has room again
+    assert rs.append_turn("s", {"n": 1}, "after") is not None  # a call that succeeds asks the file again
+    rs.close()
+    again = ResilientStore(SessionStore(injector.client()), durable_buffer=path)
+    assert again.buffered == 0
+    assert again.load_context("s").turn_ids == ["after"]
+    again.close()
+
+
+@pytest.mark.parametrize(
+    "column, value, why",
+    [
+        ("kind", "appnd", "kind 'appnd'"),
+        ("record", b"no separator", "subsection not found"),
+        ("turn_id", None, "turn id"),
+    ],
+)
+def test_a_damaged_row_of_the_durable_buffer_is_named_and_nothing_is_replayed(tmp_path, column, value, why):
+    from statekit.resilience.buffer import DurableBuffer, _Pending
+
+    path = tmp_path / "b.sqlite"
+    buffer = DurableBuffer(path)
+    buffer.add(_Pending("append", "s", turn={"n": 1}, turn_id="t1", record=b"t1\x1f\x01{}"))
+    buffer._db.execute(f"UPDATE pending SET {column} = ?", (value,))
+    buffer.close()
+    client = connect("fakeredis://")
+    SessionStore(client).append_turn("s", {"n": 0})
+    with pytest.raises(CorruptStateError, match=f"row 1 is not a buffered write.*{why}"):
+        ResilientStore(SessionStore(client), durable_buffer=path)
+    assert SessionStore(client).load_context("s").turns == [{"n": 0}], "nothing was replayed"
+    assert DurableBuffer(path)._db.execute("SELECT count(*) FROM pending").fetchone()[0] == 1, "the file was kept"
+
+
+@pytest.mark.realredis
+def test_a_server_that_cannot_persist_degrades_writes_instead_of_raising(fresh_redis_server):
+    """MISCONF: a server whose RDB save failed (stop-writes-on-bgsave-error) refuses writes
+    until a save succeeds; the resilient store degrades and buffers them."""
+    import shutil
+
+    admin = fresh_redis_server.client()
+    admin.config_set("save", "3600 1")
+    shutil.rmtree(fresh_redis_server._dir)  # its disk goes away
+    admin.bgsave()
+    while admin.info("persistence")["rdb_last_bgsave_status"] != "err":  # waits on the save's outcome
+        pass
+    rs = ResilientStore(SessionStore(fresh_redis_server.client()), timeout_ms=500, clock=FakeClock())
+    assert rs.append_turn("s", {"n": 1}) is None
+    assert rs.update_state("s", increment) is None
+    assert (rs.mode, rs.buffered) == ("degraded", 2)
+
+
+def test_after_a_fork_the_parents_close_releases_the_durable_buffer_while_the_child_lives(tmp_path):
+    path = tmp_path / "b.sqlite"
+    rs = ResilientStore(SessionStore(connect("fakeredis://")), durable_buffer=path)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker that lives on and never touches the store
+        os.close(write)
+        os.read(read, 1)
+        os._exit(0)
+    os.close(read)
+    try:
+        rs.close()
+        ResilientStore(SessionStore(connect("fakeredis://")), durable_buffer=path).close()  # the lock was released
+    finally:
+        os.write(write, b"x")
+        os.close(write)
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.realredis
+def test_a_burst_past_the_pool_waits_no_longer_than_the_deadline_on_a_frozen_server(fresh_redis_server):
+    """40 concurrent loads on a pool of 4 while the server is frozen: each costs about one
+    deadline (100 ms), not the pool's 1 s wait for a free connection. The bound is the
+    feature: asserted under 300 ms, a margin of 200 ms over the deadline for a loaded machine."""
+    import time
+
+    async def body():
+        client = connect_async(fresh_redis_server.url, max_connections=4)
+        rs = AsyncResilientStore(AsyncSessionStore(client), timeout_ms=100, fail_max=1000)
+        await rs.load_context("s")  # cached
+        fresh_redis_server.pause()
+        try:
+
+            async def timed():
+                start = time.perf_counter()
+                ctx = await rs.load_context("s")
+                return time.perf_counter() - start, ctx.source
+
+            results = await asyncio.gather(*(timed() for _ in range(40)))
+        finally:
+            fresh_redis_server.resume()
+        await rs.aclose()
+        await client.aclose()
+        return results
+
+    results = asyncio.run(body())
+    assert {source for _, source in results} == {"cache"}
+    assert max(seconds for seconds, _ in results) < 0.3, sorted(s for s, _ in results)[-5:]
+
+
+def test_a_locked_durable_buffer_costs_a_degraded_write_its_busy_timeout_not_seconds(tmp_path):
+    """Another connection holds the file's write lock: the degraded append keeps its turn in
+    memory after SQLite's busy timeout (0.1 s). The bound is the feature: asserted under 1 s,
+    where SQLite's default would take 5 s."""
+    import sqlite3
+    import time
+
+    injector = FaultInjector()
+    path = tmp_path / "b.sqlite"
+    rs = resilient(injector, fail_max=1, durable_buffer=path)
+    other = sqlite3.connect(str(path), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    injector.fail()
+    try:
+        start = time.perf_counter()
+        assert rs.append_turn("s", {"n": 1}) is None
+        elapsed = time.perf_counter() - start
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert rs.buffered == 1 and rs.stats.durable_failures == 1
+    assert elapsed < 1.0
+
+
+def test_an_object_with_an_async_call_is_refused_by_the_blocking_store_while_degraded():
+    injector = FaultInjector()
+    rs = resilient(injector, fail_max=1)
+    injector.fail()
+
+    class Bump:
+        async def __call__(self, state):
+            return state
+
+    with pytest.raises(InvalidInput):
+        rs.update_state("s", Bump())
+    assert rs.buffered == 0

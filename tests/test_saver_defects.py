@@ -33,7 +33,7 @@ from langgraph.types import Command, interrupt
 from statekit import AccessDenied, CorruptStateError, StateTooLarge, StoreUnavailable, connect
 from statekit.drills.agent_graph import support_graph
 from statekit.errors import StatekitError
-from statekit.langgraph import StatekitSaver, ThreadPolicy
+from statekit.langgraph import CheckpointPruned, StatekitSaver, ThreadPolicy
 
 
 def run(coro):
@@ -533,3 +533,19 @@ def test_a_thread_past_its_cap_is_told_in_the_savers_words(any_url):
     graph = support_graph().compile(checkpointer=bounded)
     for turn in range(200):
         graph.invoke({"messages": [f"question {turn}"]}, {"configurable": {"thread_id": "bounded"}})
+
+
+def test_a_pruned_subgraph_checkpoint_asked_for_with_the_config_list_gave_raises_checkpoint_pruned(any_url):
+    """The configs `list()` hands out name no root checkpoint (no `checkpoint_map`); a subgraph
+    checkpoint whose root was pruned is still named as pruned, not answered as missing."""
+    saver = StatekitSaver.from_url(any_url, keep_last=2)
+    graph = subgraph_graph().compile(checkpointer=saver)
+    config = {"configurable": {"thread_id": "t"}}
+    graph.invoke({"log": ["turn 0"]}, config)
+    early = [t.config for t in saver.list(config) if t.config["configurable"]["checkpoint_ns"]]
+    for turn in range(1, 4):
+        graph.invoke({"log": [f"turn {turn}"]}, config)
+    assert early
+    for old in early:
+        with pytest.raises(CheckpointPruned):
+            saver.get_tuple(old)

@@ -74,7 +74,9 @@ class DurableBuffer:
                 f"durable buffer {self.path} is in use by another process: give each process its own"
             ) from None
         try:
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            # a short busy timeout: the file is this process's alone (the lock says so), and a
+            # write that waits on it holds up the writes buffered behind it
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=0.1)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(
@@ -102,9 +104,12 @@ class DurableBuffer:
         return os.getpid() != self._pid
 
     def _detach(self) -> None:
-        """In a forked child: let go of the parent's file without touching it."""
+        """In a forked child: let go of the parent's file without touching it. The inherited
+        lock file is closed here (the lock stays the parent's, which holds it open too), so
+        the parent's close() releases the lock even while this child lives."""
         _INHERITED.append(self._db)
         self._lock = threading.Lock()  # one held at fork time stays held in the child
+        self._lockfile.close()
 
     def add(self, item: _Pending) -> int | None:
         """Keep `item` on disk; its row number, or None for what cannot be kept (a function,
@@ -144,17 +149,34 @@ class DurableBuffer:
                 f"durable buffer {self.path} cannot be read ({exc}); it was left as it is: move it aside "
                 "(or recover it with sqlite3's .recover) to start with an empty buffer"
             ) from None
-        return [
-            _Pending(
-                kind,
-                sid,
-                turn=SessionStore.record_turn(record) if record is not None else orjson.loads(turn) if turn else None,
-                turn_id=tid,
-                seq=seq,
-                record=record,
-            )
-            for seq, kind, sid, turn, tid, record in rows
-        ]
+        return [self._row(*row) for row in rows]
+
+    def _row(
+        self, seq: int, kind: str, sid: str, turn: bytes | None, tid: str | None, record: bytes | None
+    ) -> _Pending:
+        """A row as a buffered write; a row that is not one a DurableBuffer wrote is a
+        CorruptStateError naming the file and the row (nothing is replayed, nothing removed)."""
+        try:
+            if kind not in ("append", "delete") or not isinstance(sid, str):
+                raise ValueError(f"kind {kind!r}")
+            if kind == "append":
+                if not isinstance(tid, str):
+                    raise ValueError("an append without its turn id")
+                if record is not None:
+                    body = SessionStore.record_turn(bytes(record))
+                elif turn is not None:
+                    body = orjson.loads(turn)
+                else:
+                    raise ValueError("an append without its turn")
+                if not isinstance(body, dict):
+                    raise ValueError("a turn that is not a mapping")
+                return _Pending(kind, sid, turn=body, turn_id=tid, seq=seq, record=record)
+            return _Pending(kind, sid, seq=seq)
+        except (ValueError, TypeError) as exc:  # orjson's decode error is a ValueError
+            raise CorruptStateError(
+                f"durable buffer {self.path}: row {seq} is not a buffered write ({exc}); nothing was replayed and "
+                "the file was left as it is: move it aside (or delete that row) to start"
+            ) from None
 
     def close(self) -> None:
         """Close the file and release its lock (what it holds stays for the next start)."""
@@ -162,8 +184,7 @@ class DurableBuffer:
             return
         self._closed = True
         _LIVE_BUFFERS.discard(self)
-        if self.detached:  # the parent's: its lock and connection stay the parent's
-            self._lockfile.close()  # a flock is released only when its last holder closes it
+        if self.detached:  # the parent's: its lock and connection stay the parent's (closed at the fork)
             return
         with self._lock:
             self._db.close()

@@ -25,7 +25,7 @@ import os
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -201,12 +201,21 @@ class ResilientStore:
         # with a durable buffer, what an earlier process left buffered comes first, in order
         self.durable = DurableBuffer(durable_buffer) if durable_buffer is not None else None
         if self.durable is not None:
-            self._buffer.extend(self.durable.load())
+            try:
+                self._buffer.extend(self.durable.load())
+            except BaseException:
+                self.durable.close()  # a file that cannot be read is left as it is, and unlocked
+                raise
+        self._unforgotten: list[int] = []  # rows replayed that the durable file refused to forget
+        self._enqueuing = threading.Lock()  # keeps the buffer's order and the file's one; readers never wait on it
         # last context read per session, and the turns appended through this store since
         self._cache: OrderedDict[str, tuple[Context, list[bytes]]] = OrderedDict()
         self._states: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
         self._degraded = False
-        self._deletes = 0  # deletes begun: a read that began before one must not fill a cache
+        # A read must not put a session back in a fallback while a delete of it is on its way
+        # (in flight or buffered), nor after one that began or landed since the read began.
+        self._delete_gen = 0
+        self._deleting: Counter[str] = Counter(p.session_id for p in self._buffer if p.kind == "delete")
         self._forked_from: int | None = None
         _LIVE_STORES.add(self)
 
@@ -214,6 +223,9 @@ class ResilientStore:
         """In a forked child: the buffer is the parent's to replay; locks held at fork time
         would stay held here."""
         self._buffer.clear()
+        self._deleting.clear()
+        self._unforgotten = []
+        self._enqueuing = threading.Lock()
         self._lock = threading.RLock()
         self._probe = threading.Lock()
         self._flushing = threading.Lock()
@@ -247,6 +259,8 @@ class ResilientStore:
         self.store.client.close()
 
     def _release(self) -> None:
+        if self._unforgotten:
+            self._retry_forget()
         memory_only = sum(1 for p in self._buffer if p.seq is None)
         if memory_only:
             log.warning("ResilientStore closed with %d writes buffered in memory only: they are lost", memory_only)
@@ -363,6 +377,8 @@ class ResilientStore:
             self.breaker.call(outcome)
 
     def _after_success(self) -> None:
+        if self._unforgotten:
+            self._retry_forget()
         # a call that began before the breaker opened may answer after: still degraded then
         if self._degraded and not self._buffer and self._storage.state == pybreaker.STATE_CLOSED:
             self._set_degraded(False, "store answered")
@@ -372,7 +388,9 @@ class ResilientStore:
     def _enqueue(self, item: _Pending) -> bool:
         self._note_fork()
         failure = None
-        with self._lock:
+        # The file is written outside self._lock, which fallback reads take: a slow disk delays
+        # other writes being buffered, never a read.
+        with self._enqueuing:
             if len(self._buffer) >= self.buffer_max_turns:
                 self.stats.buffer_overflow += 1
                 self._emit("overflow", item.session_id, {"kind": item.kind, "buffered": len(self._buffer)})
@@ -383,8 +401,9 @@ class ResilientStore:
                 except _DurableError as exc:  # a full disk, a damaged file: keep it in memory
                     failure = str(exc)
                     self.stats.durable_failures += 1
-            self._buffer.append(item)
-            self.stats.writes_buffered += 1
+            with self._lock:
+                self._buffer.append(item)
+                self.stats.writes_buffered += 1
         if failure is not None:
             log.error("durable buffer refused a write, kept in memory only: %s", failure)
             self._emit("durable_failed", item.session_id, {"kind": item.kind, "error": failure})
@@ -409,6 +428,8 @@ class ResilientStore:
     def _flush_steps(self) -> Steps[int]:
         if not self._flushing.acquire(blocking=False):
             return 0
+        if self._unforgotten:
+            self._retry_forget()
         replayed = 0
         try:
             while True:
@@ -423,8 +444,10 @@ class ResilientStore:
                         yield from self._call("replay", "append_turn", item.session_id, item.turn, item.turn_id)
                     elif item.kind == "state":
                         yield from self._call("replay", "update_state", item.session_id, item.fn, item.update_id)
-                    else:
+                    elif item.kind == "delete":
                         yield from self._call("replay", "delete", item.session_id)
+                    else:
+                        raise InvalidInput(f"unknown kind of buffered write {item.kind!r}")
                 except _Unavailable:
                     return replayed
                 except AccessDenied:
@@ -440,6 +463,8 @@ class ResilientStore:
                         self._buffer.popleft()
                         if self.durable is not None and item.seq is not None:
                             self._forget(item.seq)
+                if item.kind == "delete":
+                    self._delete_done(item.session_id)
                 replayed += 1
                 self.stats.writes_replayed += 1
         finally:
@@ -450,12 +475,31 @@ class ResilientStore:
         return replayed
 
     def _forget(self, seq: int) -> None:
-        try:
-            self.durable.remove(seq)  # type: ignore[union-attr]
-        except _DurableError as exc:  # the write is stored; a restart would replay it, idempotently
-            self.stats.durable_failures += 1
-            log.error("durable buffer could not forget a replayed write: %s", exc)
-            self._emit("durable_failed", "", {"kind": "remove", "error": str(exc)})
+        """Remove a replayed write's row from the durable file. A file that refuses (a full
+        disk) is asked again after the next store call that succeeds, and at close: a row
+        left there would be replayed again at the next start, and a delete replayed late
+        erases what was written since."""
+        self._unforgotten.append(seq)
+        self._retry_forget()
+
+    def _retry_forget(self) -> None:
+        while self._unforgotten and self.durable is not None:
+            try:
+                self.durable.remove(self._unforgotten[0])
+            except _DurableError as exc:
+                self.stats.durable_failures += 1
+                log.error("durable buffer could not forget a replayed write (asked again later): %s", exc)
+                self._emit("durable_failed", "", {"kind": "remove", "error": str(exc)})
+                return
+            self._unforgotten.pop(0)
+
+    def _delete_done(self, session_id: str) -> None:
+        """A delete landed, was dropped or failed: reads may fill the fallbacks again."""
+        with self._lock:
+            self._delete_gen += 1
+            self._deleting[session_id] -= 1
+            if self._deleting[session_id] <= 0:
+                del self._deleting[session_id]
 
     def drain(self, timeout_s: float) -> int:
         """Replay the write buffer, waiting for the store to come back, for at most `timeout_s`;
@@ -495,12 +539,18 @@ class ResilientStore:
         if self.cache_max_sessions == 0:
             return
         with self._lock:
-            if self._deletes != deletes:  # a delete began after this read: it may be stale
+            if not self._may_cache(ctx.session_id, deletes):
                 return
             self._cache[ctx.session_id] = (ctx, [])
             self._cache.move_to_end(ctx.session_id)
             while len(self._cache) > self.cache_max_sessions:
                 self._cache.popitem(last=False)
+
+    def _may_cache(self, session_id: str, deletes: int) -> bool:
+        """May a read that began at `deletes` fill a fallback? Not if a delete of the session
+        is on its way, nor if one began or landed since the read began (it may have read
+        what the delete removes)."""
+        return self._delete_gen == deletes and session_id not in self._deleting
 
     def _pending_turns(self, session_id: str) -> list[dict[str, Any]]:
         """The turns buffered for the session since its last buffered delete."""
@@ -571,7 +621,7 @@ class ResilientStore:
         return drive(self._load_steps(session_id), self._io)
 
     def _load_steps(self, session_id: str) -> Steps[Context]:
-        deletes = self._deletes
+        deletes = self._delete_gen
         try:
             if not (yield from self._flush_first()):
                 raise _Unavailable("buffered writes are still waiting")
@@ -588,7 +638,7 @@ class ResilientStore:
         return drive(self._get_state_steps(session_id), self._io)
 
     def _get_state_steps(self, session_id: str) -> Steps[tuple[dict[str, Any], int]]:
-        deletes = self._deletes
+        deletes = self._delete_gen
         try:
             if not (yield from self._flush_first()):
                 raise _Unavailable("buffered writes are still waiting")
@@ -598,7 +648,7 @@ class ResilientStore:
             with self._lock:
                 return self._states.get(session_id, ({}, 0))
         with self._lock:
-            if self._deletes == deletes:  # no delete began since the read
+            if self._may_cache(session_id, deletes):
                 self._states[session_id] = result
             while len(self._states) > self.cache_max_sessions:
                 self._states.popitem(last=False)
@@ -607,15 +657,16 @@ class ResilientStore:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def _unavailable_write(self, item: _Pending, reason: str) -> None:
+    def _unavailable_write(self, item: _Pending, reason: str) -> bool:
+        """Raise, drop or buffer a write the store could not take; True when it was buffered."""
         self.store.keys(item.session_id)  # a bad session id is the caller's error, degraded or not
         if self.write_policy == "raise":
             raise StoreUnavailable(f"{item.kind} of session {item.session_id!r} not stored: {reason}")
         if self.write_policy == "drop":
             self.stats.writes_dropped += 1
             self._emit("dropped", item.session_id, {"kind": item.kind})
-            return
-        self._enqueue(item)
+            return False
+        return self._enqueue(item)
 
     def append_turn(self, session_id: str, turn: Mapping[str, Any], turn_id: str | None = None) -> int | None:
         """Append a turn; the stored bytes, or None when the store is unavailable and the
@@ -655,7 +706,9 @@ class ResilientStore:
         self.store.keys(session_id)
         if not callable(fn):
             raise InvalidInput(f"update_state takes a function of the state, got {type(fn).__name__}")
-        if inspect.iscoroutinefunction(fn) and not self._awaits:
+        # a function, or an object whose __call__ is a coroutine function
+        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+        if is_async and not self._awaits:
             raise InvalidInput(
                 "update_state's function is a coroutine function: async update functions need "
                 "statekit.aio.AsyncResilientStore"
@@ -681,19 +734,25 @@ class ResilientStore:
     def _delete_steps(self, session_id: str) -> Steps[bool | None]:
         self.store.keys(session_id)  # before touching the caches
         with self._lock:  # out of every fallback at once, whether the delete lands now or is buffered
-            self._deletes += 1
+            self._delete_gen += 1
+            self._deleting[session_id] += 1
             self._cache.pop(session_id, None)
             self._states.pop(session_id, None)
         return self._delete_io(session_id)
 
     def _delete_io(self, session_id: str) -> Steps[bool | None]:
+        buffered = False
         try:
-            if not (yield from self._flush_first()):
-                raise _Unavailable("earlier writes are still buffered")
-            result = yield from self._call("delete", "delete", session_id)
-        except _Unavailable as exc:
-            self._unavailable_write(_Pending("delete", session_id), str(exc))
-            return None
+            try:
+                if not (yield from self._flush_first()):
+                    raise _Unavailable("earlier writes are still buffered")
+                result = yield from self._call("delete", "delete", session_id)
+            except _Unavailable as exc:
+                buffered = self._unavailable_write(_Pending("delete", session_id), str(exc))
+                return None
+        finally:
+            if not buffered:  # a buffered delete is on its way until it is replayed
+                self._delete_done(session_id)
         self._after_success()
         return result
 

@@ -19,7 +19,7 @@ import redis
 from statekit.backends import backend_kind, is_async
 from statekit.errors import InvalidInput
 from statekit.scripts import SCRIPTS, Script
-from statekit.store.core import Context, StoreCore
+from statekit.store.core import CallerRaised, Context, StoreCore
 from statekit.store.wire import _check_context, _context_reads, _packer
 
 __all__ = ["AsyncSessionStore", "adrive"]
@@ -177,6 +177,9 @@ class AsyncSessionStore(StoreCore):
         error: BaseException | None = None
         try:
             return await adrive(steps, self._wire)
+        except CallerRaised as raised:
+            error = raised.error
+            raise error from None
         except BaseException as exc:
             error = self._translate(op, session_id, exc)
             if error is None:

@@ -16,7 +16,7 @@ from statekit.errors import (
     InvalidInput,
 )
 from statekit.scripts import SCRIPTS, Script
-from statekit.store.core import _CONNECTION_ERRORS, Context, Step, Steps, StoreCore, T
+from statekit.store.core import _CONNECTION_ERRORS, CallerRaised, Context, Step, Steps, StoreCore, T
 from statekit.store.wire import _check_context, _context_reads, _packer
 
 _REDIRECTS = (redis.exceptions.MovedError, redis.exceptions.AskError)
@@ -226,6 +226,9 @@ class SessionStore(StoreCore):
         error: BaseException | None = None
         try:
             return drive(steps, self._wire)
+        except CallerRaised as raised:
+            error = raised.error
+            raise error from None
         except BaseException as exc:
             error = self._translate(op, session_id, exc)
             if error is None:

@@ -105,6 +105,16 @@ _new_turn_id = _TurnIds()
 os.register_at_fork(after_in_child=_new_turn_id._renew)
 
 
+class CallerRaised(Exception):
+    """Internal: the caller's own code (an update function) raised `error`. Carried through
+    the store as it is, never translated: an OSError of the caller's is not a connection
+    failure, and a ResilientStore must not take it for an outage."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+
 def _int(value: bytes | None, key: str, field_name: str) -> int:
     """A numeric meta field read back in Python; CorruptStateError naming it when it is not a number."""
     try:
@@ -461,9 +471,17 @@ class StoreCore:
             if seen and seen[0]:  # applied already: its reply was lost, and this is a replay
                 self._event("duplicate_update", session_id, update_id=update_id)
                 return current
-            new = fn(current)
+            try:
+                new = fn(current)
+            except Exception as exc:  # noqa: BLE001 - the caller's, handed back as it is
+                raise CallerRaised(exc) from None
             if inspect.isawaitable(new):
-                new = yield ("await_", new)
+                try:
+                    new = yield ("await_", new)
+                except InvalidInput:
+                    raise  # the blocking store refuses an awaitable
+                except Exception as exc:  # noqa: BLE001 - the caller's coroutine raised
+                    raise CallerRaised(exc) from None
             if not isinstance(new, dict):
                 raise InvalidInput(f"update_state's function must return a dict, got {type(new).__name__}")
             if self.migrations is not None:
