@@ -306,6 +306,20 @@ class FaultSchedule(RuleBasedStateMachine):
     def restart(self) -> None:
         self.nemesis.restart()
 
+    @precondition(lambda self: self.nemesis.mode == "ok")
+    @rule(
+        sid=st.sampled_from(SESSIONS),
+        op=st.sampled_from(["append", "update", "load", "get_state", "delete"]),
+        n=st.integers(1, 3),
+        fault=st.sampled_from(["lose_replies", "freeze", "kill"]),
+    )
+    def fault_during(self, sid: str, op: str, n: int, fault: str) -> None:
+        """A fault that starts at the operation's n-th round trip: the reply of an update's
+        compare-and-set lost after its read answered, say."""
+        self.nemesis.before(n, getattr(self.nemesis, fault))
+        getattr(self, op)(sid)
+        self.nemesis.cancel_hooks()
+
     @precondition(lambda self: self.nemesis.mode == "ok" and self.rs.buffered == 0)
     @rule(
         sid=st.sampled_from(SESSIONS),

@@ -401,7 +401,10 @@ class Nemesis:
     - `kill()` / `restart()`: round trips are refused (ConnectionError) until `restart()`;
       the data stays, as on a server that fsyncs every write (appendfsync always).
     - `before(n, action)`: run `action()` just before the `n`-th round trip from now (an
-      anchor key expiring between two commands of an operation, say).
+      anchor key expiring between two commands of an operation, say). A fault that `action`
+      turns on applies to that round trip already: `before(2, nemesis.lose_replies)` loses
+      the reply of the second round trip of what runs next (the compare-and-set of an update,
+      after its read).
 
     `admin` is a client of the same server (or cluster) that the faults never touch: the
     late deliveries and whatever `action` sends go through it, and so does anything inside
@@ -472,25 +475,23 @@ class Nemesis:
 
     # -- the interception ---------------------------------------------------------------
 
-    def _decide(self) -> tuple[str, list[Any]]:
-        """What happens to this round trip: 'pass', 'lose', 'frozen' or 'down'; and the
-        hooks to run first."""
+    def _decide(self) -> str:
+        """What happens to this round trip, after the actions due before it have run:
+        'pass', 'lose', 'frozen' or 'down'."""
         self.round_trips += 1
         due = [a for at, a in self._hooks if at == self.round_trips]
         self._hooks = [(at, a) for at, a in self._hooks if at != self.round_trips]
-        if self.mode == "frozen":
-            return "frozen", due
-        if self.mode == "down":
-            return "down", due
-        if self.lost:
-            self.lost -= 1
-            return "lose", due
-        return "pass", due
-
-    def _run_hooks(self, due: list[Any]) -> None:
         with self.spared():
             for action in due:
                 action()
+        if self.mode == "frozen":
+            return "frozen"
+        if self.mode == "down":
+            return "down"
+        if self.lost:
+            self.lost -= 1
+            return "lose"
+        return "pass"
 
     def _fault(self, verdict: str, command: Any) -> BaseException:
         import redis
@@ -512,8 +513,7 @@ class Nemesis:
         def send(conn: Any, command: Any, check_health: bool = True) -> Any:
             if nemesis._depth.get():
                 return sync_send(conn, command, check_health)
-            verdict, due = nemesis._decide()
-            nemesis._run_hooks(due)
+            verdict = nemesis._decide()
             with nemesis.spared():  # the connection's own handshake, and its replies
                 if verdict in ("frozen", "down"):
                     conn.disconnect()
@@ -530,8 +530,7 @@ class Nemesis:
         async def asend(conn: Any, command: Any, check_health: bool = True) -> Any:
             if nemesis._depth.get():
                 return await async_send(conn, command, check_health)
-            verdict, due = nemesis._decide()
-            nemesis._run_hooks(due)
+            verdict = nemesis._decide()
             with nemesis.spared():  # this task's handshake and replies only
                 if verdict in ("frozen", "down"):
                     await conn.disconnect(nowait=True)
