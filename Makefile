@@ -7,14 +7,15 @@ REDIS_URL ?= fakeredis://
 OUT       ?= reports
 PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 
-.PHONY: help review test app lab lint bench clean
+.PHONY: help review test check app lab lint bench clean
 
 help:
 	@echo "make review   create .venv, install statekit, write the design review of $(PROFILE) to $(OUT)/"
 	@echo "make test     run the whole test suite (real-Redis tests need redis-server on PATH)"
+	@echo "make check    the import contracts and the tests that need no server and no browser (under a minute)"
 	@echo "make app      serve the live design review of $(PROFILE) on http://127.0.0.1:8866/ (Voila)"
 	@echo "make lab      open JupyterLab on notebooks/"
-	@echo "make lint     ruff"
+	@echo "make lint     ruff, and the import contracts (lint-imports)"
 	@echo "make bench    benchmarks against raw redis-py, langchain-community and LangGraph's savers (starts its own redis-server)"
 
 $(BIN)/python:
@@ -42,8 +43,18 @@ app: $(VENV)/.app
 review: $(VENV)/.core
 	$(BIN)/statekit review $(PROFILE) --out $(OUT) --redis-url '$(REDIS_URL)'
 
+# Two workers (pytest-xdist): tests that share a server, a cluster or JupyterLab get them per worker.
+WORKERS ?= 2
 test: $(VENV)/.dev
-	$(BIN)/python -m pytest tests notebooks --nbval-lax $(PYTEST_ARGS)
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest tests -n $(WORKERS) $(PYTEST_ARGS)
+
+# The edit-test loop: no redis-server, no browser, no notebook, no wheel; fewer examples of the
+# property and fault-schedule tests (CI runs them all in `make test`).
+check: $(VENV)/.dev
+	$(BIN)/lint-imports
+	STATEKIT_FAULT_EXAMPLES=20 STATEKIT_MODEL_EXAMPLES=30 $(BIN)/python -m pytest tests -n $(WORKERS) \
+		-m "not realredis and not browser and not notebook and not install" $(PYTEST_ARGS)
 
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[workbook,hiredis,langgraph,bench]'
@@ -63,6 +74,7 @@ lab: $(VENV)/.lab
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

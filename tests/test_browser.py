@@ -1,11 +1,12 @@
-"""The workbook in a real browser: every notebook in JupyterLab (Run All, no error output,
-every plot on screen), notebook 00's questionnaire clicked, and the live review app served by
-Voila with a slider dragged. Debian's Chromium, driven by Playwright.
+"""The workbook in a real browser: every notebook, as the test run executed it, rendered in
+JupyterLab (no error output, every plot on screen and decoded), notebook 00's questionnaire run
+live and clicked, and the live review app served by Voila with a slider dragged. Debian's
+Chromium, driven by Playwright.
 
-papermill and nbval run the kernel headless, so a widget that fails to render or a plot that
-never shows passes them; these tests look at what a person sees. They run on a copy of the
-notebooks (JupyterLab's autosave writes outputs into the file). Without Chromium they skip,
-except where STATEKIT_REQUIRE_BROWSER is set (CI), where they fail. With
+papermill runs the kernel headless, so a plot that never shows passes it; these tests look at
+what a person sees. They reuse the notebooks that tests/test_notebooks.py executed (one run per
+backend serves both), on a copy (JupyterLab's autosave writes into the file). Without Chromium
+they skip, except where STATEKIT_REQUIRE_BROWSER is set (CI), where they fail. With
 STATEKIT_SCREENSHOTS=1 the screenshots go to docs/screenshots/ (the README shows them).
 """
 
@@ -24,13 +25,14 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from test_notebooks import NOTEBOOKS, PLOTS  # tests/ is on sys.path (rootdir conftest)
+from notebook_runs import NOTEBOOKS, executed, shared_dir  # tests/ is on sys.path (rootdir conftest)
+from test_notebooks import PLOTS
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "statekit-browser-test"
 TIMINGS: dict[str, float] = {}
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("notebooks")]
 
 
 def _chromium() -> str:
@@ -196,31 +198,41 @@ def _run_all(page) -> None:
     page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=60_000)
 
 
+_RENDERED = """() => {
+  const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+  if (!w || !w.content || !w.context.isReady) return false;
+  const cells = w.content.widgets.filter(c => c.model.type === 'code');
+  return cells.length > 0 && cells.every(c => c.isAttached);
+}"""
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
-def test_every_notebook_runs_in_jupyterlab(nb, lab, page, tmp_path):
+def test_every_notebook_renders_in_jupyterlab(nb, lab, page, tmp_path_factory):
+    """The notebook as its fakeredis test run left it (outputs and plots), opened in JupyterLab:
+    no cell shows an error, and every plot the kernel sent is on screen and decoded."""
     base, root = lab
+    ran = executed(nb, "fakeredis", shared_dir(tmp_path_factory), redis_url="fakeredis://")
+    name = f"executed-{nb.name}"
+    nbformat.write(ran, root / "notebooks" / name)
     start = time.perf_counter()
-    _open(page, base, nb.name)
-    try:
-        _run_all(page)
-    finally:
-        _shutdown_kernels(base)
-    saved = nbformat.read(root / "notebooks" / nb.name, as_version=4)
-    errors = [
-        f"cell {i}: {o.get('ename')}: {o.get('evalue')}"
-        for i, c in enumerate(saved.cells)
-        if c.cell_type == "code"
-        for o in c.get("outputs", [])
-        if o.get("output_type") == "error"
-    ]
-    assert errors == [], f"{nb.stem} raised in JupyterLab"
-    # (plots a widget draws live in the widget's state, not in the saved outputs: counted apart)
+    workspace = name.replace(".", "-")
+    page.goto(f"{base}/lab/workspaces/{workspace}/tree/notebooks/{name}?token={TOKEN}&reset")
+    page.wait_for_function(_RENDERED, timeout=120_000)
+    page.wait_for_function(
+        "n => document.querySelectorAll('.jp-Notebook .jp-OutputArea-output.jp-RenderedImage img').length >= n",
+        arg=1 if nb.stem in PLOTS else 0,
+        timeout=60_000,
+    )
+    _shutdown_kernels(base)
+    errors = page.locator(".jp-Notebook .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    tracebacks = [e for e in errors.all_inner_texts() if "Traceback" in e]
+    assert tracebacks == [], f"{nb.stem} shows an error"
     images = page.locator(".jp-Notebook .jp-OutputArea-output.jp-RenderedImage img").evaluate_all(
         "imgs => imgs.map(i => ({width: i.naturalWidth, inWidget: !!i.closest('.widget-output')}))"
     )
     shown = sum(not i["inWidget"] for i in images)
     saved_plots = sum(
-        "image/png" in o.get("data", {}) for c in saved.cells if c.cell_type == "code" for o in c.get("outputs", [])
+        "image/png" in o.get("data", {}) for c in ran.cells if c.cell_type == "code" for o in c.get("outputs", [])
     )
     if nb.stem in PLOTS:
         assert shown >= 1, f"{nb.stem}: no plot on screen"
@@ -228,7 +240,7 @@ def test_every_notebook_runs_in_jupyterlab(nb, lab, page, tmp_path):
     assert shown == saved_plots, f"{nb.stem}: {saved_plots} plots sent, {shown} on screen"
     assert all(i["width"] > 0 for i in images), f"{nb.stem}: a plot did not decode ({images})"
     TIMINGS[nb.stem] = time.perf_counter() - start
-    print(f"browser: {nb.stem} ran in JupyterLab in {TIMINGS[nb.stem]:.1f} s")
+    print(f"browser: {nb.stem} rendered in JupyterLab in {TIMINGS[nb.stem]:.1f} s")
 
 
 def test_the_questionnaire_changes_its_verdict_when_a_box_is_clicked(lab, page):

@@ -213,8 +213,13 @@ class FaultSchedule(RuleBasedStateMachine):
         assert ids == [t for t in now.turns if t in set(ids)], f"session {sid}: out of order: {ids}"
         missing = [t for t in now.turns if t not in set(ids) and t not in now.maybe]
         assert not missing, f"session {sid}: acknowledged or buffered turns lost: {missing}"
-        assert now.incs - now.maybe_incs <= count <= now.incs, (
-            f"session {sid}: count {count} after {now.incs} increments ({now.maybe_incs} in flight at an expiry)"
+        # three promises, three checks (hypothesis tells failures apart by where they fail)
+        if now.incs == 0:
+            assert count == 0, f"session {sid}: the state of a deleted or expired life: count {count}"
+        assert count <= now.incs, f"session {sid}: an update applied twice: count {count} after {now.incs}"
+        assert count >= now.incs - now.maybe_incs, (
+            f"session {sid}: an acknowledged or buffered update lost: count {count} after {now.incs} "
+            f"({now.maybe_incs} in flight at an expiry)"
         )
 
     # -- operations -------------------------------------------------------------------
@@ -268,7 +273,10 @@ class FaultSchedule(RuleBasedStateMachine):
     def get_state(self, sid: str) -> None:
         state, _ = self.call(self.rs.get_state, sid)
         session = self.sessions[sid]
-        bound = max(e.incs for e in session.epochs[min(session.live_from, session.served_from) :])
+        lives = session.epochs[min(session.live_from, session.served_from) :]
+        if all(e.incs == 0 for e in lives):
+            assert state.get("count", 0) == 0, f"session {sid}: the state of a deleted or expired life: {state}"
+        bound = max(e.incs for e in lives)
         assert state.get("count", 0) <= bound, f"session {sid}: an update applied twice ({state}, at most {bound})"
 
     @rule()

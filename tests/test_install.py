@@ -31,9 +31,13 @@ def wheel(tmp_path_factory) -> Path:
 
 
 def _venv(path: Path, *requirements: str) -> Path:
-    _run([sys.executable, "-m", "venv", path])
+    """A fresh virtual environment with `requirements`, made by uv (a few seconds where pip takes
+    a minute for the workbook's 90 packages); it installs exactly what the wheel declares."""
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    assert uv, "uv is in the dev extra: pip install -e '.[dev]'"
+    _run([uv, "venv", "--quiet", "--python", sys.executable, path])
     python = path / "bin" / "python"
-    _run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements])
+    _run([uv, "pip", "install", "--quiet", "--python", python, *requirements])
     return python
 
 

@@ -10,6 +10,7 @@ store but the codec, whose round trip has its own property test.
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ from statekit.errors import StateTooLarge
 
 SESSIONS = ("a", "b")
 TURN_IDS = ("t0", "t1", "t2", "t3", "t4", "t5")
-EXAMPLES = 150
+EXAMPLES = int(os.environ.get("STATEKIT_MODEL_EXAMPLES", "150"))  # fewer in `make check`
 STEPS = 50
 _namespaces = itertools.count()
 STATS: dict[str, dict[str, int]] = {}

@@ -1,15 +1,26 @@
-"""Every notebook runs end to end under papermill, on fakeredis and on a real redis-server."""
+"""Every notebook runs end to end under papermill, once on fakeredis and once on a real
+redis-server; what each must show is checked on both runs, and each code cell's outcome on the
+fakeredis run is a test of its own (where nbval's cell items were: one execution serves both,
+and the browser tests render the same executed files)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import nbformat
 import papermill as pm
 import pytest
+from notebook_runs import NOTEBOOKS, cell_outcome, code_cells, executed, shared_dir
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+#: The notebook tests share one xdist group: one worker executes each notebook once per backend.
+pytestmark = pytest.mark.xdist_group("notebooks")
+
+
+@pytest.fixture(scope="session")
+def notebooks_dir(tmp_path_factory) -> Path:
+    return shared_dir(tmp_path_factory)
 
 
 def _run(nb: Path, out: Path, **parameters) -> nbformat.NotebookNode:
@@ -116,8 +127,18 @@ def test_every_notebook_has_its_checks():
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_on_fakeredis(nb, tmp_path):
-    _check(nb, _run(nb, tmp_path / nb.name, redis_url="fakeredis://"), "fakeredis")
+def test_notebook_on_fakeredis(nb, notebooks_dir):
+    _check(nb, executed(nb, "fakeredis", notebooks_dir, redis_url="fakeredis://"), "fakeredis")
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize(
+    "nb, index", [(nb, i) for nb in NOTEBOOKS for i in code_cells(nb)], ids=lambda v: getattr(v, "stem", f"cell{v}")
+)
+def test_each_cell_runs_on_fakeredis(nb, index, notebooks_dir):
+    with contextlib.suppress(AssertionError):  # the notebook's test reports it; this says which cell
+        executed(nb, "fakeredis", notebooks_dir, redis_url="fakeredis://")
+    assert cell_outcome(nb, "fakeredis", notebooks_dir, index) == "ok"
 
 
 #: Parameters a notebook gets on the real-Redis run besides the URL.
@@ -127,8 +148,9 @@ REAL_PARAMETERS = {"03_consistency": {"failover_url": "local"}}  # the failover 
 @pytest.mark.notebook
 @pytest.mark.realredis
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_on_real_redis(nb, tmp_path, redis_url):
-    _check(nb, _run(nb, tmp_path / nb.name, redis_url=redis_url, **REAL_PARAMETERS.get(nb.stem, {})), "redis")
+def test_notebook_on_real_redis(nb, notebooks_dir, redis_url):
+    out = executed(nb, "redis", notebooks_dir, redis_url=redis_url, **REAL_PARAMETERS.get(nb.stem, {}))
+    _check(nb, out, "redis")
 
 
 PROFILES = sorted((Path(__file__).resolve().parent.parent / "data" / "profiles").glob("*.yaml"))

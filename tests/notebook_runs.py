@@ -1,0 +1,75 @@
+"""Each notebook is executed once per backend for the whole test run: the checks of what it
+shows, the result of each of its cells and the browser's rendering all read the same executed
+file. Across pytest-xdist workers the file is shared: the first worker that needs it executes
+it under a file lock, and the others read it (the notebook tests also share one xdist group, so
+in practice one worker runs them all).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def shared_dir(tmp_path_factory) -> Path:  # noqa: ANN001 - pytest's TempPathFactory
+    """A directory every worker of this run sees, and no other run."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    out = base / "executed-notebooks"
+    out.mkdir(exist_ok=True)
+    return out
+
+
+class NotebookFailed(AssertionError):
+    """The notebook raised under papermill; the executed file (with the error) is kept."""
+
+
+def executed(nb: Path, backend: str, directory: Path, **parameters: object) -> nbformat.NotebookNode:
+    """`nb` executed with `parameters` on `backend`, once per run: later callers read the file.
+    Raises NotebookFailed (naming the cell) when a cell raised, for every caller."""
+    out = directory / f"{nb.stem}.{backend}.ipynb"
+    failed = out.with_suffix(".failed")
+    with open(directory / f"{nb.stem}.{backend}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.exists():
+            try:
+                pm.execute_notebook(
+                    str(nb), str(out), parameters=parameters, cwd=str(nb.parent), progress_bar=False,
+                    kernel_name="python3",
+                )  # fmt: skip
+            except pm.PapermillExecutionError as exc:
+                failed.write_text(f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}")
+    if failed.exists():
+        raise NotebookFailed(f"{nb.stem} on {backend}: {failed.read_text()}")
+    return nbformat.read(out, as_version=4)
+
+
+def code_cells(nb: Path) -> list[int]:
+    """Indexes of the stored notebook's code cells (before papermill injects its parameters)."""
+    return [i for i, c in enumerate(nbformat.read(nb, as_version=4).cells) if c.cell_type == "code"]
+
+
+def cell_outcome(nb: Path, backend: str, directory: Path, index: int) -> str:
+    """'ok', or what went wrong with code cell `index` of the stored notebook in its run."""
+    out = directory / f"{nb.stem}.{backend}.ipynb"
+    ran = nbformat.read(out, as_version=4)
+    stored = nbformat.read(nb, as_version=4)
+    # papermill inserts one cell (its injected parameters) after the cell tagged `parameters`
+    injected = [i for i, c in enumerate(ran.cells) if "injected-parameters" in c.metadata.get("tags", [])]
+    shift = 1 if injected and injected[0] <= index else 0
+    cell = ran.cells[index + shift]
+    assert cell.source == stored.cells[index].source, "the executed file is not this notebook's run"
+    errors = [f"{o.get('ename')}: {o.get('evalue')}" for o in cell.get("outputs", []) if o.output_type == "error"]
+    if errors:
+        return "raised " + "; ".join(errors)
+    if cell.get("execution_count") is None:
+        return "did not run (an earlier cell raised)"
+    return "ok"
