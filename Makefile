@@ -47,14 +47,14 @@ review: $(VENV)/.core
 WORKERS ?= 2
 test: $(VENV)/.dev
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest tests -n $(WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -n $(WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The edit-test loop: no redis-server, no browser, no notebook, no wheel; fewer examples of the
 # property and fault-schedule tests (CI runs them all in `make test`).
 check: $(VENV)/.dev
 	$(BIN)/lint-imports
-	STATEKIT_FAULT_EXAMPLES=20 STATEKIT_MODEL_EXAMPLES=30 $(BIN)/python -m pytest tests -n $(WORKERS) \
-		-m "not realredis and not browser and not notebook and not install" $(PYTEST_ARGS)
+	STATEKIT_FAULT_EXAMPLES=20 STATEKIT_MODEL_EXAMPLES=30 STATEKIT_SAVER_TURNS=60 $(BIN)/python -m pytest tests -n $(WORKERS) \
+		--dist loadgroup -m "not realredis and not browser and not notebook and not install" $(PYTEST_ARGS)
 
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[workbook,hiredis,langgraph,bench]'

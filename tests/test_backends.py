@@ -179,7 +179,8 @@ def test_a_bad_url_error_lists_the_forms_intact_through_the_cli(capsys):
 
 
 def test_with_timeouts_keeps_the_users_pool_settings():
-    """A blocking pool keeps its class, its limit and its wait; a plain pool its limit."""
+    """A blocking pool keeps its class, its limit and its wait, within the new deadline (a call
+    that queues for a connection costs no more than one that gets one); a plain pool its limit."""
     import redis
 
     from statekit.backends import with_timeouts
@@ -187,7 +188,8 @@ def test_with_timeouts_keeps_the_users_pool_settings():
     pool = redis.BlockingConnectionPool(host="127.0.0.1", port=6399, max_connections=7, timeout=3)
     copy = with_timeouts(redis.Redis(connection_pool=pool), 0.25)
     assert type(copy.connection_pool) is redis.BlockingConnectionPool
-    assert (copy.connection_pool.max_connections, copy.connection_pool.timeout) == (7, 3)
+    assert (copy.connection_pool.max_connections, copy.connection_pool.timeout) == (7, 0.25)
+    assert with_timeouts(redis.Redis(connection_pool=pool), 5).connection_pool.timeout == 3  # a shorter wait stays
     assert copy.connection_pool.connection_kwargs["socket_timeout"] == 0.25
     assert copy.connection_pool.connection_kwargs["port"] == 6399
     plain = with_timeouts(redis.Redis(host="127.0.0.1", port=6399, max_connections=11), 0.25)
@@ -201,5 +203,8 @@ def test_with_timeouts_keeps_an_asyncio_clients_pool():
     client = connect_async("redis://127.0.0.1:6399/0", max_connections=9, connect_timeout=2)
     copy = with_timeouts(client, 0.1)
     assert type(copy.connection_pool) is type(client.connection_pool)
-    assert (copy.connection_pool.max_connections, copy.connection_pool.timeout) == (9, 2)
+    assert (copy.connection_pool.max_connections, copy.connection_pool.timeout) == (
+        9,
+        0.1,
+    )  # the wait within the deadline
     assert copy.connection_pool.connection_kwargs["socket_timeout"] == 0.1

@@ -118,9 +118,10 @@ def test_with_timeouts_keeps_an_asyncio_sentinel_pools_limit_and_wait():
     from statekit.backends import WaitingSentinelConnectionPool, with_timeouts
 
     client = connect_async("redis+sentinel://127.0.0.1:1/svc", max_connections=3, connect_timeout=0.7)
-    for c in (client, with_timeouts(client, 0.1)):
+    # the copy's wait for a connection stays within its deadline (0.1 s), as every pool's does
+    for c, wait in ((client, 0.7), (with_timeouts(client, 0.1), 0.1), (with_timeouts(client, 2), 0.7)):
         pool = c.connection_pool
-        assert isinstance(pool, WaitingSentinelConnectionPool) and (pool.max_connections, pool.timeout) == (3, 0.7)
+        assert isinstance(pool, WaitingSentinelConnectionPool) and (pool.max_connections, pool.timeout) == (3, wait)
         assert pool.service_name == "svc"
 
 
