@@ -43,8 +43,9 @@ app: $(VENV)/.app
 review: $(VENV)/.core
 	$(BIN)/statekit review $(PROFILE) --out $(OUT) --redis-url '$(REDIS_URL)'
 
-# Two workers (pytest-xdist): tests that share a server, a cluster or JupyterLab get them per worker.
-WORKERS ?= 2
+# Three workers (pytest-xdist) on two cores: many tests wait on servers, kernels and a browser.
+# Tests that share a server or a cluster get them per worker; the browser tests share one worker.
+WORKERS ?= 3
 test: $(VENV)/.dev
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests -n $(WORKERS) --dist loadgroup $(PYTEST_ARGS)

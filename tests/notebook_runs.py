@@ -1,8 +1,7 @@
 """Each notebook is executed once per backend for the whole test run: the checks of what it
 shows, the result of each of its cells and the browser's rendering all read the same executed
 file. Across pytest-xdist workers the file is shared: the first worker that needs it executes
-it under a file lock, and the others read it (the notebook tests also share one xdist group, so
-in practice one worker runs them all).
+it under a file lock, and the others wait for it and read it.
 """
 
 from __future__ import annotations

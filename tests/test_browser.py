@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "statekit-browser-test"
 TIMINGS: dict[str, float] = {}
 
-pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("notebooks")]
+#: One worker runs the browser tests, so one JupyterLab serves them all.
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
 
 def _chromium() -> str:

@@ -14,10 +14,6 @@ import papermill as pm
 import pytest
 from notebook_runs import NOTEBOOKS, cell_outcome, code_cells, executed, shared_dir
 
-#: The notebook tests share one xdist group: one worker executes each notebook once per backend.
-pytestmark = pytest.mark.xdist_group("notebooks")
-
-
 @pytest.fixture(scope="session")
 def notebooks_dir(tmp_path_factory) -> Path:
     return shared_dir(tmp_path_factory)

@@ -48,6 +48,10 @@ def lost_writes_drill(
 
     for i in range(writes - lagging):
         write(i)
+    # the replica holds everything so far (on a loaded machine it could still be behind), so it
+    # is behind by exactly the `lagging` writes that follow
+    if conn.execute_command("WAIT", 1, 10_000) < 1:
+        raise RuntimeError("the replica did not catch up within 10 s before the drill")
     replica.pause()
     # and cut its link: a frozen replica would still find the stream in its socket buffer on
     # waking, so the primary's writes from here on stay on the primary (a partitioned replica)
