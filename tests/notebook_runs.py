@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
-import papermill as pm
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -39,13 +40,25 @@ def executed(nb: Path, backend: str, directory: Path, **parameters: object) -> n
     with open(directory / f"{nb.stem}.{backend}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not out.exists():
-            try:
-                pm.execute_notebook(
-                    str(nb), str(out), parameters=parameters, cwd=str(nb.parent), progress_bar=False,
-                    kernel_name="python3",
-                )  # fmt: skip
-            except pm.PapermillExecutionError as exc:
-                failed.write_text(f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}")
+            # papermill in a process of its own: a test that drives a browser runs an event loop
+            # (Playwright's) that papermill's own would deadlock with
+            cmd = [
+                sys.executable,
+                "-m",
+                "papermill",
+                str(nb),
+                str(out),
+                "--cwd",
+                str(nb.parent),
+                "-k",
+                "python3",
+                "--no-progress-bar",
+            ]
+            for name, value in parameters.items():
+                cmd += ["-r", name, str(value)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                failed.write_text(done.stderr[-3000:] or done.stdout[-3000:])
     if failed.exists():
         raise NotebookFailed(f"{nb.stem} on {backend}: {failed.read_text()}")
     return nbformat.read(out, as_version=4)

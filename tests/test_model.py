@@ -33,6 +33,7 @@ SESSIONS = ("a", "b")
 TURN_IDS = ("t0", "t1", "t2", "t3", "t4", "t5")
 EXAMPLES = int(os.environ.get("STATEKIT_MODEL_EXAMPLES", "150"))  # fewer in `make check`
 STEPS = 50
+PTTLS = "local out = {} for i = 1, #KEYS do out[i] = redis.call('PTTL', KEYS[i]) end return out"
 _namespaces = itertools.count()
 STATS: dict[str, dict[str, int]] = {}
 
@@ -225,8 +226,8 @@ class StoreVersusModel(RuleBasedStateMachine):
         if not hasattr(self, "store"):
             return
         for sid in SESSIONS:
-            for key in self.store.keys(sid):
-                ttl = self.client.pttl(key)
+            keys = self.store.keys(sid)  # one slot: their PTTLs in one round trip
+            for key, ttl in zip(keys, self.client.eval(PTTLS, len(keys), *keys), strict=True):
                 assert ttl == -2 or 0 < ttl <= self.policy.ttl_ms, f"{key} has PTTL {ttl}"
 
 

@@ -14,6 +14,7 @@ import papermill as pm
 import pytest
 from notebook_runs import NOTEBOOKS, cell_outcome, code_cells, executed, shared_dir
 
+
 @pytest.fixture(scope="session")
 def notebooks_dir(tmp_path_factory) -> Path:
     return shared_dir(tmp_path_factory)
