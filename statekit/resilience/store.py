@@ -459,10 +459,11 @@ class ResilientStore:
                     self.stats.replays_rejected += 1
                     self._emit("replay_rejected", item.session_id, {"kind": item.kind, "error": why})
                 with self._lock:
-                    if self._buffer and self._buffer[0] is item:
+                    popped = bool(self._buffer) and self._buffer[0] is item
+                    if popped:
                         self._buffer.popleft()
-                        if self.durable is not None and item.seq is not None:
-                            self._forget(item.seq)
+                if popped and self.durable is not None and item.seq is not None:
+                    self._forget(item.seq)  # the file, outside the lock that fallback reads take
                 if item.kind == "delete":
                     self._delete_done(item.session_id)
                 replayed += 1
