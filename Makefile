@@ -54,7 +54,7 @@ test: $(VENV)/.dev
 # property and fault-schedule tests (CI runs them all in `make test`).
 check: $(VENV)/.dev
 	$(BIN)/lint-imports
-	STATEKIT_FAULT_EXAMPLES=20 STATEKIT_MODEL_EXAMPLES=30 STATEKIT_SAVER_TURNS=60 $(BIN)/python -m pytest tests -n $(WORKERS) \
+	STATEKIT_FAULT_EXAMPLES=10 STATEKIT_SAVER_EXAMPLES=6 STATEKIT_MODEL_EXAMPLES=15 STATEKIT_SAVER_TURNS=40 $(BIN)/python -m pytest tests -n 2 \
 		--dist loadgroup -m "not realredis and not browser and not notebook and not install" $(PYTEST_ARGS)
 
 $(VENV)/.bench: pyproject.toml | $(BIN)/python

@@ -442,6 +442,7 @@ def test_promises_hold_under_a_fault_schedule(any_url: str, asynchronous: bool, 
     stats = STATS[machine.name()]
     print(f"\n{machine.name()}: {stats}")
     assert stats["examples"] >= examples, "every example ran"
-    assert stats["faulted"] > 0 and stats["expired"] > 0, "the faults were on"
-    if not asynchronous:
-        assert stats["forks"] > 0, "a worker was forked"
+    assert stats["faulted"] > 0, "the faults were on"
+    if examples >= 50:  # with a few examples (`make check`) a rule may not come up
+        assert stats["expired"] > 0, "an anchor expired mid-operation"
+        assert asynchronous or stats["forks"] > 0, "a worker was forked"

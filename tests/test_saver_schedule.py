@@ -226,4 +226,6 @@ def test_the_saver_keeps_its_bounds_under_a_fault_schedule(any_url: str, request
     stats = STATS[backend]
     print(f"\nsaver on {backend}: {stats}")
     assert stats["examples"] >= EXAMPLES, "every example ran"
-    assert stats["faulted"] > 0 and stats["expired"] > 0 and stats["failed"] > 0, "the faults were on"
+    assert stats["faulted"] > 0 and stats["failed"] > 0, "the faults were on"
+    if EXAMPLES >= 20:  # with a few examples (`make check`) a rule may not come up
+        assert stats["expired"] > 0, "a thread's hash expired mid-turn"

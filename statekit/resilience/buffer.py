@@ -41,6 +41,8 @@ _LIVE_BUFFERS: weakref.WeakSet[DurableBuffer] = weakref.WeakSet()
 #: SQLite connections a forked child inherited: kept referenced and never closed there, since
 #: closing one in the child could checkpoint the parent's write-ahead log under it.
 _INHERITED: list[Any] = []
+#: The lock files of the durable buffers this process holds open.
+_OPEN: set[str] = set()
 
 
 class DurableBuffer:
@@ -65,14 +67,23 @@ class DurableBuffer:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._pid = os.getpid()
-        self._lockfile = open(self.path.with_suffix(self.path.suffix + ".lock"), "a")  # noqa: SIM115 - held open
+        # A POSIX record lock (lockf), not flock: a forked child does not inherit it, so a
+        # parent's close() releases it whatever its children do. It does not keep one process
+        # from locking twice, so this process's open buffers are kept in _OPEN as well.
+        lock_path = self.path.with_suffix(self.path.suffix + ".lock")
+        key = str(lock_path.resolve())
+        self._lockfile = open(lock_path, "a")  # noqa: SIM115 - held open
         try:
-            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if key in _OPEN:
+                raise OSError("open in this process")
+            fcntl.lockf(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._lockfile.close()
             raise InvalidInput(
                 f"durable buffer {self.path} is in use by another process: give each process its own"
             ) from None
+        _OPEN.add(key)
+        self._key = key
         try:
             # a short busy timeout: the file is this process's alone (the lock says so), and a
             # write that waits on it holds up the writes buffered behind it
@@ -90,6 +101,7 @@ class DurableBuffer:
             with contextlib.suppress(Exception):
                 self._db.close()
             self._lockfile.close()
+            _OPEN.discard(key)
             raise CorruptStateError(
                 f"durable buffer {self.path} cannot be used ({exc}); it was left as it is: move it aside "
                 "(or recover it with sqlite3's .recover) to start with an empty buffer"
@@ -104,12 +116,11 @@ class DurableBuffer:
         return os.getpid() != self._pid
 
     def _detach(self) -> None:
-        """In a forked child: let go of the parent's file without touching it. The inherited
-        lock file is closed here (the lock stays the parent's, which holds it open too), so
-        the parent's close() releases the lock even while this child lives."""
+        """In a forked child: let go of the parent's file without touching it (the lock is
+        the parent's alone: a child does not inherit a POSIX record lock)."""
         _INHERITED.append(self._db)
         self._lock = threading.Lock()  # one held at fork time stays held in the child
-        self._lockfile.close()
+        _OPEN.discard(self._key)
 
     def add(self, item: _Pending) -> int | None:
         """Keep `item` on disk; its row number, or None for what cannot be kept (a function,
@@ -188,7 +199,8 @@ class DurableBuffer:
             return
         with self._lock:
             self._db.close()
-        self._lockfile.close()
+        self._lockfile.close()  # releases the lock
+        _OPEN.discard(self._key)
 
 
 def _detach_in_child() -> None:
