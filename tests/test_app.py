@@ -42,6 +42,7 @@ def test_assumptions_change_the_profile_and_bad_ones_are_refused(profile):
         apply(profile, {"latency_budget_ms": -1})
 
 
+@pytest.mark.notebook  # its export renders the report: the design review notebook runs
 def test_the_app_recomputes_compares_and_exports(profile, tmp_path):
     app = review_app(profile, out_dir=tmp_path, debounce_s=0.01)
     memory = app.review["lifecycle"]["capacity"]["total_bytes"]
