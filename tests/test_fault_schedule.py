@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from fault_rules import PTTLS, NemesisRules
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine,
     initialize,
     invariant,
     precondition,
@@ -55,8 +55,6 @@ from statekit.testing import FakeClock, Nemesis
 SESSIONS = ("a", "b")
 EXAMPLES = int(os.environ.get("STATEKIT_FAULT_EXAMPLES", "80"))
 EXAMPLES_ASYNC = int(os.environ.get("STATEKIT_FAULT_EXAMPLES_ASYNC", str(max(1, EXAMPLES // 2))))
-#: The Lua that reads the PTTL of each of a session's keys (one slot) in one round trip.
-PTTLS = "local out = {} for i = 1, #KEYS do out[i] = redis.call('PTTL', KEYS[i]) end return out"
 STEPS = 30
 RESET_S = 1.0
 _namespaces = itertools.count()
@@ -119,7 +117,7 @@ class Session:
         self.live_from = len(self.epochs) - 1
 
 
-class FaultSchedule(RuleBasedStateMachine):
+class FaultSchedule(NemesisRules):
     url: str = ""
     backend: str = ""
     asynchronous: bool = False
@@ -305,29 +303,7 @@ class FaultSchedule(RuleBasedStateMachine):
 
     # -- faults -----------------------------------------------------------------------
 
-    @rule(n=st.integers(1, 3))
-    def lose_replies(self, n: int) -> None:
-        self.nemesis.lose_replies(n)
-
-    @precondition(lambda self: self.nemesis.mode == "ok")
-    @rule()
-    def freeze(self) -> None:
-        self.nemesis.freeze()
-
-    @precondition(lambda self: self.nemesis.mode == "frozen")
-    @rule()
-    def thaw(self) -> None:
-        self.nemesis.thaw()
-
-    @precondition(lambda self: self.nemesis.mode == "ok")
-    @rule()
-    def kill(self) -> None:
-        self.nemesis.kill()
-
-    @precondition(lambda self: self.nemesis.mode == "down")
-    @rule()
-    def restart(self) -> None:
-        self.nemesis.restart()
+    # (the faults of the nemesis are the rules of NemesisRules)
 
     @precondition(lambda self: self.nemesis.mode == "ok")
     @rule(

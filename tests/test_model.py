@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from fault_rules import PTTLS
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -33,7 +34,6 @@ SESSIONS = ("a", "b")
 TURN_IDS = ("t0", "t1", "t2", "t3", "t4", "t5")
 EXAMPLES = int(os.environ.get("STATEKIT_MODEL_EXAMPLES", "150"))  # fewer in `make check`
 STEPS = 50
-PTTLS = "local out = {} for i = 1, #KEYS do out[i] = redis.call('PTTL', KEYS[i]) end return out"
 _namespaces = itertools.count()
 STATS: dict[str, dict[str, int]] = {}
 

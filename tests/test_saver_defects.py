@@ -31,7 +31,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
 from statekit import AccessDenied, CorruptStateError, StateTooLarge, StoreUnavailable, connect
-from statekit.drills.agent_graph import support_graph
+from statekit.drills.agent_graph import graph_with_a_subgraph, support_graph
 from statekit.errors import StatekitError
 from statekit.langgraph import CheckpointPruned, StatekitSaver, ThreadPolicy
 
@@ -146,31 +146,6 @@ def test_writes_for_a_pruned_checkpoint_are_not_stored(any_url):
 # -- 3. subgraph namespaces ------------------------------------------------------------------
 
 
-def _tail(left: list[str], right: list[str]) -> list[str]:
-    return (list(left or []) + list(right or []))[-4:]
-
-
-class Log(TypedDict):
-    log: Annotated[list[str], _tail]
-
-
-def subgraph_graph():
-    """A graph that runs a two-step subgraph every turn (its own checkpoint namespace each run)."""
-    sub = StateGraph(Log)
-    sub.add_node("s1", lambda s: {"log": ["s1"]})
-    sub.add_node("s2", lambda s: {"log": ["s2"]})
-    sub.add_edge(START, "s1")
-    sub.add_edge("s1", "s2")
-    sub.add_edge("s2", END)
-    builder = StateGraph(Log)
-    builder.add_node("a", lambda s: {"log": ["a"]})
-    builder.add_node("sub", sub.compile())
-    builder.add_edge(START, "a")
-    builder.add_edge("a", "sub")
-    builder.add_edge("sub", END)
-    return builder
-
-
 def census(saver: StatekitSaver, thread: str) -> tuple[set[str], Counter, list[str]]:
     """Root checkpoint ids; checkpoints per subgraph namespace; subgraph checkpoints whose
     root (`parents[""]`) is not a stored root checkpoint."""
@@ -188,7 +163,7 @@ TURNS = int(os.environ.get("STATEKIT_SAVER_TURNS", "300"))
 
 def test_keep_last_bounds_a_graph_that_runs_a_subgraph_every_turn(any_url, capsys):
     saver = StatekitSaver.from_url(any_url, keep_last=2)
-    graph = subgraph_graph().compile(checkpointer=saver)
+    graph = graph_with_a_subgraph().compile(checkpointer=saver)
     config = {"configurable": {"thread_id": "t"}}
     sizes, index = {}, {}
     client = connect(any_url)
@@ -218,7 +193,7 @@ def test_keep_last_bounds_a_graph_that_runs_a_subgraph_every_turn(any_url, capsy
 
 def test_prune_takes_the_subgraph_checkpoints_of_the_roots_it_drops(any_url):
     saver = StatekitSaver.from_url(any_url)
-    graph = subgraph_graph().compile(checkpointer=saver)
+    graph = graph_with_a_subgraph().compile(checkpointer=saver)
     config = {"configurable": {"thread_id": "t"}}
     for turn in range(10):
         graph.invoke({"log": [f"turn {turn}"]}, config)
@@ -545,7 +520,7 @@ def test_a_pruned_subgraph_checkpoint_asked_for_with_the_config_list_gave_raises
     """The configs `list()` hands out name no root checkpoint (no `checkpoint_map`); a subgraph
     checkpoint whose root was pruned is still named as pruned, not answered as missing."""
     saver = StatekitSaver.from_url(any_url, keep_last=2)
-    graph = subgraph_graph().compile(checkpointer=saver)
+    graph = graph_with_a_subgraph().compile(checkpointer=saver)
     config = {"configurable": {"thread_id": "t"}}
     graph.invoke({"log": ["turn 0"]}, config)
     early = [t.config for t in saver.list(config) if t.config["configurable"]["checkpoint_ns"]]

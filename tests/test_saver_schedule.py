@@ -22,20 +22,21 @@ import asyncio
 import itertools
 import os
 from collections import Counter
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
 import pytest
 
 pytest.importorskip("langgraph")
 
+from fault_rules import PTTLS, NemesisRules  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test  # noqa: E402
-from langgraph.graph import END, START, StateGraph  # noqa: E402
+from hypothesis.stateful import invariant, precondition, rule, run_state_machine_as_test  # noqa: E402
 
 from statekit import StoreUnavailable, connect  # noqa: E402
 from statekit.aio import connect_async  # noqa: E402
 from statekit.backends import backend_kind  # noqa: E402
+from statekit.drills.agent_graph import graph_with_a_subgraph  # noqa: E402
 from statekit.langgraph import StatekitSaver  # noqa: E402
 from statekit.testing import Nemesis  # noqa: E402
 
@@ -44,36 +45,11 @@ KEEP = 2
 #: Examples per backend: 30 in the suite; `STATEKIT_SAVER_EXAMPLES=100` for the figures.
 EXAMPLES = int(os.environ.get("STATEKIT_SAVER_EXAMPLES", "30"))
 STEPS = 20
-PTTLS = "local out = {} for i = 1, #KEYS do out[i] = redis.call('PTTL', KEYS[i]) end return out"
 _namespaces = itertools.count()
 STATS: dict[str, dict[str, int]] = {}
 
 
-def _tail(left: list[str], right: list[str]) -> list[str]:
-    return (list(left or []) + list(right or []))[-4:]
-
-
-class Log(TypedDict):
-    log: Annotated[list[str], _tail]
-
-
-def graph_with_a_subgraph() -> Any:
-    sub = StateGraph(Log)
-    sub.add_node("s1", lambda s: {"log": ["s1"]})
-    sub.add_node("s2", lambda s: {"log": ["s2"]})
-    sub.add_edge(START, "s1")
-    sub.add_edge("s1", "s2")
-    sub.add_edge("s2", END)
-    builder = StateGraph(Log)
-    builder.add_node("a", lambda s: {"log": ["a"]})
-    builder.add_node("sub", sub.compile())
-    builder.add_edge(START, "a")
-    builder.add_edge("a", "sub")
-    builder.add_edge("sub", END)
-    return builder
-
-
-class SaverSchedule(RuleBasedStateMachine):
+class SaverSchedule(NemesisRules):
     url: str = ""
     backend: str = ""
 
@@ -140,29 +116,7 @@ class SaverSchedule(RuleBasedStateMachine):
 
     # -- faults -----------------------------------------------------------------------
 
-    @rule(n=st.integers(1, 3))
-    def lose_replies(self, n: int) -> None:
-        self.nemesis.lose_replies(n)
-
-    @precondition(lambda self: self.nemesis.mode == "ok")
-    @rule()
-    def freeze(self) -> None:
-        self.nemesis.freeze()
-
-    @precondition(lambda self: self.nemesis.mode == "frozen")
-    @rule()
-    def thaw(self) -> None:
-        self.nemesis.thaw()
-
-    @precondition(lambda self: self.nemesis.mode == "ok")
-    @rule()
-    def kill(self) -> None:
-        self.nemesis.kill()
-
-    @precondition(lambda self: self.nemesis.mode == "down")
-    @rule()
-    def restart(self) -> None:
-        self.nemesis.restart()
+    # (the faults of the nemesis are the rules of NemesisRules)
 
     # -- invariants -------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""A small deterministic LangGraph agent, for workshops and tests: the support desk graph and
-how its thread grows with and without `keep_last`."""
+"""Small deterministic LangGraph agents, for workshops and tests: the support desk graph and
+how its thread grows with and without `keep_last`, and a graph that runs a subgraph every
+turn (each run has a checkpoint namespace of its own)."""
 
 from __future__ import annotations
 
@@ -83,3 +84,34 @@ def growth(
         return rows
     finally:
         saver.close()
+
+
+def _last_four(left: list[str], right: list[str]) -> list[str]:
+    return (list(left or []) + list(right or []))[-4:]
+
+
+class StepLog(TypedDict):
+    """The steps a graph ran, the last four."""
+
+    log: Annotated[list[str], _last_four]
+
+
+def graph_with_a_subgraph() -> Any:
+    """A graph (uncompiled) that runs a two-step subgraph every turn: node `a`, then `sub`
+    (s1, s2). Each subgraph run gets its own checkpoint namespace, whose checkpoints go with
+    the root checkpoint they ran under when `keep_last` prunes it."""
+    from langgraph.graph import END, START, StateGraph
+
+    sub = StateGraph(StepLog)
+    sub.add_node("s1", lambda s: {"log": ["s1"]})
+    sub.add_node("s2", lambda s: {"log": ["s2"]})
+    sub.add_edge(START, "s1")
+    sub.add_edge("s1", "s2")
+    sub.add_edge("s2", END)
+    builder = StateGraph(StepLog)
+    builder.add_node("a", lambda s: {"log": ["a"]})
+    builder.add_node("sub", sub.compile())
+    builder.add_edge(START, "a")
+    builder.add_edge("a", "sub")
+    builder.add_edge("sub", END)
+    return builder
