@@ -335,13 +335,17 @@ local function root_pruned(root)
   local wm = redis.call('HGET', h, 'x\0')
   return wm and root <= wm and redis.call('HEXISTS', h, 'c\0\0' .. root) == 0
 end
--- Whether a subgraph checkpoint (or its writes) under root checkpoint `root` arrives at a
--- thread that was not there (`alive` false): the thread expired under the running turn, so
--- the root it ran under is gone with it, and a subgraph checkpoint without its root would
--- outlive every prune. (LangGraph saves a root checkpoint before the steps that run its
--- subgraphs.)
+-- Whether a subgraph checkpoint (or its writes) under root checkpoint `root` belongs to an
+-- earlier life of the thread: it arrives at a thread that was not there (`alive` false: the
+-- thread expired under the running turn), or its root is not stored while a newer root
+-- checkpoint is (the thread expired and started again). Its root is gone, and a subgraph
+-- checkpoint without its root would outlive every prune. (A root not stored yet, and newer
+-- than every stored one, is the root of a turn still being saved: its subgraphs are kept.)
 local function orphaned(alive, root)
-  return not alive and root ~= ''
+  if root == '' then return false end
+  if not alive then return true end
+  if redis.call('HEXISTS', h, 'c\0\0' .. root) == 1 then return false end
+  return #redis.call('ZRANGEBYLEX', z, '(c\0\0' .. root, '(c\0\1', 'LIMIT', 0, 1) > 0
 end
 -- For a checkpoint (ns, id) that is not stored: the watermark that says it was pruned (its
 -- namespace's, or the root namespace's when its root checkpoint `root` was), or nil.

@@ -530,3 +530,23 @@ def test_a_pruned_subgraph_checkpoint_asked_for_with_the_config_list_gave_raises
     for old in early:
         with pytest.raises(CheckpointPruned):
             saver.get_tuple(old)
+
+
+def test_a_subgraph_checkpoint_of_a_life_before_the_thread_expired_is_not_stored(any_url):
+    """The thread expires under a running turn, the next root checkpoint starts it afresh, and
+    then the subgraph of the earlier turn saves a checkpoint under its (gone) root: it belongs
+    to the earlier life, and would outlive every prune; it is not stored."""
+    saver = StatekitSaver.from_url(any_url, keep_last=2)
+    versions = {"a": f"{1:032}.0"}
+    old_root = saver.put(generate_config("t"), generate_checkpoint(), generate_metadata(step=0), {})
+    client = connect(any_url)
+    client.delete(saver.keys("t")[0])  # the thread's hash expires (its index a moment later)
+    client.close()
+    saver.put(generate_config("t"), generate_checkpoint(), generate_metadata(step=1), {})  # a new life
+    root_id = old_root["configurable"]["checkpoint_id"]
+    sub = generate_config("t", checkpoint_ns="sub:1")
+    sub["configurable"]["checkpoint_map"] = {"": root_id}
+    metadata = {**generate_metadata(step=0), "parents": {"": root_id}}
+    saver.put(sub, generate_checkpoint(channel_values={"a": "x"}, channel_versions=versions), metadata, versions)
+    namespaces = [t.config["configurable"]["checkpoint_ns"] for t in saver.list({"configurable": {"thread_id": "t"}})]
+    assert namespaces == [""], "only the new life's root checkpoint"
