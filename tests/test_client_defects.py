@@ -236,7 +236,7 @@ def test_the_asyncio_cluster_client_waits_and_says_when_it_ran_out(redis_cluster
         copy = with_timeouts(client, 0.2)
         assert backend_kind(copy) == "cluster" and type(copy) is type(client)
         assert copy.connection_kwargs["max_connections"] == 1 and copy.connection_kwargs["socket_timeout"] == 0.2
-        store = AsyncSessionStore(copy)
+        store = AsyncSessionStore(copy, namespace="pool-wait")  # the cluster is shared: a namespace of its own
         await store.append_turn("s", turn(0))
         async with copy.permit():  # the one permit taken: the next command waits, then gives up
             with pytest.raises(StoreUnavailable, match=r"max_connections=1"):
