@@ -457,6 +457,23 @@ end
 local function id_of(member)
   return string.match(member, '([^%z]*)$')
 end
+-- Subgraph checkpoints whose root checkpoint is not stored and is older than the newest root
+-- that is: their root was pruned, or belongs to an earlier life of the thread (one that
+-- expired under a running turn). Dropped, with their writes, into delta; returns the bytes.
+-- (A root newer than every stored one is a turn's root not saved yet: its subgraphs stay.)
+local function drop_strays(delta)
+  local newest = redis.call('ZREVRANGEBYLEX', z, '(c\0\1', '[c\0\0', 'LIMIT', 0, 1)[1]
+  if not newest then return 0 end
+  newest = id_of(newest)
+  local freed = 0
+  for _, m in ipairs(redis.call('ZRANGEBYLEX', z, '[p\0', '(p\1')) do
+    local root, sns, sid = string.match(m, '^p%z([^%z]*)%z(.*)%z([^%z]*)$')
+    if root and root < newest and redis.call('HEXISTS', h, 'c\0\0' .. root) == 0 then
+      freed = freed + drop(sns, sid, delta, true)
+    end
+  end
+  return freed
+end
 -- A checkpoint with its blobs and writes, for reading: {member, record, refs, blobs, writes}.
 local function fetch(ns, id)
   local p = ns .. '\0' .. id
@@ -543,6 +560,11 @@ end
 local total = used + add - plan(false)
 if total > cap then return {-1, total, cap} end
 total = used + add - plan(true)
+if ns == '' then  -- a root checkpoint: no subgraph checkpoint outlives its root
+  local delta = {}
+  local freed = drop_strays(delta)
+  total = total - freed - settle(delta, true)
+end
 redis.call('HSET', h, 'bytes', total)
 expire(ttl)
 return {1, total, #victims}
