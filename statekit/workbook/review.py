@@ -11,6 +11,7 @@ import datetime as _dt
 import html
 import json
 import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +324,8 @@ def _ipc_kernel_manager() -> type:
     """A kernel manager that talks to the kernel over Unix sockets instead of loopback TCP:
     nothing else on the machine can connect to it, and ipykernel does not warn about an
     unencrypted TCP kernel on every report."""
+    import tempfile
+
     from jupyter_client.manager import KernelManager
     from traitlets import default
 
@@ -330,6 +333,19 @@ def _ipc_kernel_manager() -> type:
         @default("transport")
         def _default_transport(self) -> str:
             return "ipc"
+
+        @default("ip")
+        def _default_ip(self) -> str:
+            # the sockets' path: jupyter_client's default is `kernel-ipc` in the working
+            # directory, numbered by the first free suffix, so two reviews started together in
+            # one directory could pick the same sockets (a kernel then answers "Invalid
+            # Signature"); a directory of its own per kernel
+            return str(Path(tempfile.mkdtemp(prefix="statekit-kernel-")) / "kernel")
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart=restart)
+            if not restart:  # its sockets are removed: the directory goes too
+                shutil.rmtree(Path(self.ip).parent, ignore_errors=True)
 
     return IPCKernelManager
 
