@@ -67,7 +67,8 @@ MUST_SHOW = {
             "'kind': 'redis'",
             "0.97",
             "version compare-and-set",
-            "lost without WAIT: 30 of 300 acknowledged writes; with WAIT 1: 0 of 270",
+            # (how many WAIT confirms within its 50 ms varies on a loaded machine: 270 or a few fewer)
+            "lost without WAIT: 30 of 300 acknowledged writes; with WAIT 1: 0 of 2",
             "buffered turns replayed, 0 lost",
         ],
     },
