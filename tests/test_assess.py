@@ -31,7 +31,7 @@ def test_support_agent_needs_server_side_state_for_stated_reasons(profiles_dir):
     assert "cannot carry the full context" in text
     assert "refund_approval must be authoritative" in text
     assert "several callers share one session" in text
-    assert "from turn 14" in text
+    assert "from request 14" in text and "a whole session sends fewer from 15 turns" in text
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from statekit import WorkloadProfile, assess, connect
 from statekit.cli import main
 from statekit.decide.observability import EXPORTED_METRICS
 from statekit.decide.profile import SCHEMA_FILE, schema_json
-from statekit.observe import StateMetrics
+from statekit.observe import LATENCY_BUCKETS_S, StateMetrics
 from statekit.store import SessionStore
 from statekit.testing import require_real_redis
 from statekit.workbook.review import build_review, write_monitoring
@@ -130,14 +130,16 @@ def test_promtool_accepts_the_rules_file_of_every_example_profile(profile, tmp_p
     prometheus_alerts = [a for a in review["observability"]["alerts"] if "source" not in a]
     assert f"SUCCESS: {len(prometheus_alerts)} rules found" in done.stdout
     loaded = yaml.safe_load(rules.read_text())["groups"][0]["rules"]
-    budget_s = review["profile"]["latency_budget_ms"] / 2 / 1000
-    (latency,) = [r for r in loaded if r["alert"] == "StatekitStateLatencyOverBudget"]
-    assert latency["expr"].endswith(f"> {budget_s:g}"), "the threshold the review derived"
+    # the latency alert reads the bucket bound at or under 80% of the timeout the review chose
+    timeout_s = review["resilience"]["timeout_ms"] / 1000
+    (latency,) = [r for r in loaded if r["alert"] == "StatekitStateLatencyNearTheTimeout"]
+    (le,) = {float(v) for v in re.findall(r'le="([^"]+)"', latency["expr"])}
+    assert le <= 0.8 * timeout_s + 1e-12 and le in LATENCY_BUCKETS_S, (le, timeout_s)
 
 
 def _metric_names(expr: str) -> set[str]:
     functions = {"histogram_quantile", "sum", "by", "rate", "increase", "le", "operation", "tier", "kind"}
-    without_ranges = re.sub(r"\[[^\]]*\]", "", expr)
+    without_ranges = re.sub(r"\[[^\]]*\]|\{[^}]*\}", "", expr)  # ranges and label matchers
     return {name for name in re.findall(r"[a-z_][a-z0-9_]*", without_ranges) if name not in functions}
 
 

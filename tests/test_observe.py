@@ -39,7 +39,7 @@ def test_sub_millisecond_resolution_in_prometheus_buckets():
         for s in families["statekit_operation_duration_seconds"].samples
         if s.name.endswith("_bucket")
     }
-    assert buckets["5e-05"] == 1 and buckets["0.0001"] == 3 and buckets["0.00025"] == 4 and buckets["+Inf"] == 5
+    assert buckets["5e-05"] == 1 and buckets["0.0001"] == 3 and buckets["0.0002"] == 4 and buckets["+Inf"] == 5
     assert min(float(le) for le in buckets if le != "+Inf") < 0.0001
 
 

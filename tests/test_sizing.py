@@ -91,8 +91,10 @@ def test_capacity_plan_for_the_support_agent(profiles_dir):
     profile = WorkloadProfile.from_yaml(profiles_dir / "support_agent.yaml")
     rec = recommend(profile)
     plan = sizing.plan_capacity(profile, rec.policy)
-    # 40,000 sessions a day held for 25 min + the 55-min TTL: 2,223 at once
-    assert plan["active_sessions"] == 2_223
+    # 40,000 sessions a day held for 25 min + the 55-min TTL: 2,223 at once over the day; at the
+    # peak, 1,800 sessions of 25 min held for 80 min: 5,760, what the plan is sized for
+    assert plan["daily_held_sessions"] == 2_223 and plan["peak_held_sessions"] == 5_760
+    assert plan["active_sessions"] == 5_760 and plan["sized_for"] == "peak"
     assert plan["per_session_bytes"] < plan["unbounded_per_session_bytes"]
     assert plan["nodes"] == 1
     assert plan["unbounded_week_bytes"] > 50 * plan["total_bytes"]

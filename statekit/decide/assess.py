@@ -66,6 +66,7 @@ class CostModel:
     server_prompt_tokens: list[int]
     wire_break_even_turn: int | None
     token_break_even_turn: int | None
+    session_token_break_even_turn: int | None
     replay_cost_per_1000_sessions: float
     server_cost_per_1000_sessions: float
     server_token_cost_per_1000_sessions: float
@@ -134,9 +135,16 @@ def cost_model(profile: WorkloadProfile) -> CostModel:
     Server state: request k carries turn k and a session id; the service reads the last W
     turns (W = `state.context_window_turns`, default all) and, once turns fall out of the
     window, a summary of `state.summary_tokens` tokens in their place. Independent units
-    need only themselves either way. Memory cost charges the session's stored bytes for its
-    whole life at `costs.redis_price_per_gb_hour`.
+    need only themselves either way. Memory cost charges the session's stored bytes for as
+    long as its keys live (the session and then its TTL, as the recommended lifecycle policy
+    sets it) at `costs.redis_price_per_gb_hour`.
+
+    Two break-evens: `token_break_even_turn` is the first request that sends fewer tokens
+    with server state; `session_token_break_even_turn` the shortest session whose requests,
+    summed, do (a whole session pays only from there).
     """
+    from statekit.decide.lifecycle import recommend as recommend_lifecycle
+
     t = profile.turns
     n, b, tok = t.per_session, t.bytes_per_turn, t.tokens_per_turn
     window = profile.state.context_window_turns or n
@@ -146,25 +154,41 @@ def cost_model(profile: WorkloadProfile) -> CostModel:
     independent = profile.state.units_independent
     turns = list(range(1, n + 1))
 
-    replay_bytes, server_bytes, store_bytes, replay_tok, server_tok = [], [], [], [], []
-    for k in turns:
+    def request(k: int) -> tuple[int, int, int, int, int]:
+        """Request k's replay bytes, server bytes, store read bytes, replay tokens, server tokens."""
         history = 0 if independent else k - 1
         kept = min(history, window)
         summarised = history > window
-        replay_bytes.append((history + 1) * b)
-        replay_tok.append((history + 1) * tok)
-        server_bytes.append(b + SESSION_ID_BYTES)
-        store_bytes.append(kept * b + (s_bytes if summarised else 0))
-        server_tok.append((kept + 1) * tok + (s_tok if summarised else 0))
+        return (
+            (history + 1) * b,
+            b + SESSION_ID_BYTES,
+            kept * b + (s_bytes if summarised else 0),
+            (history + 1) * tok,
+            (kept + 1) * tok + (s_tok if summarised else 0),
+        )
+
+    replay_bytes, server_bytes, store_bytes, replay_tok, server_tok = (
+        list(c) for c in zip(*map(request, turns), strict=True)
+    )
 
     wire_even = next((k for k, r, s in zip(turns, replay_bytes, server_bytes, strict=True) if s < r), None)
     token_even = next((k for k, r, s in zip(turns, replay_tok, server_tok, strict=True) if s < r), None)
+    # the shortest session (of this profile's turns, possibly longer than its typical one) whose
+    # requests, summed, send fewer tokens with server state; looked for up to 10x the typical length
+    session_even, replay_sum, server_sum = None, 0, 0
+    for k in range(1, 10 * n + 1):
+        _, _, _, r_tok, s_tok_k = request(k)
+        replay_sum, server_sum = replay_sum + r_tok, server_sum + s_tok_k
+        if server_sum < replay_sum:
+            session_even = k
+            break
 
     price = profile.costs.token_price_per_million / 1e6
     replay_cost = 1000 * sum(replay_tok) * price
     server_tok_cost = 1000 * sum(server_tok) * price
     held_bytes = (min(n, window) * b + (s_bytes if n > window else 0)) * _MEMORY_FACTOR
-    hours = profile.traffic.session_minutes / 60
+    ttl_s = recommend_lifecycle(profile).policy.ttl_seconds
+    hours = (profile.traffic.session_minutes * 60 + ttl_s) / 3600
     mem_cost = 1000 * held_bytes / 1e9 * hours * profile.costs.redis_price_per_gb_hour
     return CostModel(
         turns=turns,
@@ -175,6 +199,7 @@ def cost_model(profile: WorkloadProfile) -> CostModel:
         server_prompt_tokens=server_tok,
         wire_break_even_turn=wire_even,
         token_break_even_turn=token_even,
+        session_token_break_even_turn=session_even,
         replay_cost_per_1000_sessions=round(replay_cost, 6),
         server_cost_per_1000_sessions=round(server_tok_cost + mem_cost, 6),
         server_token_cost_per_1000_sessions=round(server_tok_cost, 6),
@@ -185,6 +210,7 @@ def cost_model(profile: WorkloadProfile) -> CostModel:
             "summary_bytes": s_bytes,
             "session_id_bytes": SESSION_ID_BYTES,
             "memory_factor": _MEMORY_FACTOR,
+            "memory_held_hours": hours,
             "token_price_per_million": profile.costs.token_price_per_million,
             "redis_price_per_gb_hour": profile.costs.redis_price_per_gb_hour,
         },
@@ -305,9 +331,21 @@ def assess(profile: WorkloadProfile) -> Assessment:
             f"${cost.server_cost_per_1000_sessions:,.2f} per 1,000 sessions"
         )
         if cost.token_break_even_turn:
+            even = cost.session_token_break_even_turn
+            whole = (
+                f"a whole session sends fewer from {even} turns"
+                + (
+                    f" (a typical {profile.turns.per_session}-turn session still sends more)"
+                    if even > profile.turns.per_session
+                    else ""
+                )
+                if even
+                else "no session of up to 10x the typical length sends fewer in all"
+            )
             reasons.append(
-                f"Tokens: with a {window}-turn window and a summary, prompts stop growing; from turn "
-                f"{cost.token_break_even_turn} server state sends fewer tokens than full replay; {costs}."
+                f"Tokens: with a {window}-turn window and a summary, prompts stop growing; from request "
+                f"{cost.token_break_even_turn} server state sends fewer tokens than full replay, and "
+                f"{whole}; {costs}."
             )
         else:
             reasons.append(

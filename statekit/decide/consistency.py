@@ -50,6 +50,7 @@ __all__ = [
     "Level",
     "Choice",
     "select",
+    "read_gap_ms",
     "measure_replica_lag",
     "Router",
     "remap_fraction",
@@ -357,14 +358,27 @@ _WAIT = (
 )
 
 
+def read_gap_ms(profile: Any) -> float:
+    """The mean time between a write to a session and the next read of it (ms): a session's
+    length over the gaps between its requests (requests - 1). A session of one request is
+    never read again after its write; its gap is taken as the whole session."""
+    t = profile.traffic
+    return t.session_minutes * 60_000 / max(1, t.requests_per_session - 1)
+
+
 def select(
     state_classes: Iterable[Any],
     *,
     lag: Distribution = DEFAULT_LAG,
     read_gap_ms: float = 1000.0,
     trials: int = 100_000,
+    queue_workers: bool = False,
 ) -> list[Choice]:
     """A consistency level, Redis recipe and routing for each state class.
+
+    `queue_workers`: the service's workers take steps off a queue (a durable workflow), so
+    no request can be routed to the instance that served its session last; conversation and
+    workflow state then get read-your-writes from the primary alone, without sticky routing.
 
     `state_classes` are a profile's StateClass objects (purpose, staleness tolerance).
     `read_gap_ms` is the mean time between a write and the next read of the same state;
@@ -430,6 +444,18 @@ def select(
             )
         elif purpose in ("conversation", "workflow"):
             level: Level = "session" if tolerance == 0 else "consistent prefix"
+            route = (
+                [
+                    "workers take steps off a queue, so no sticky routing: every worker reads the session "
+                    "from the primary before its step and writes with version compare-and-set "
+                    "(SessionStore.update_state), so a step never acts on another worker's stale copy"
+                ]
+                if queue_workers
+                else [
+                    "route a session's requests to one instance (rendezvous hashing on the session id) "
+                    "so its in-process cache is never behind"
+                ]
+            )
             choices.append(
                 Choice(
                     sc.name,
@@ -438,8 +464,7 @@ def select(
                     None,
                     [
                         "primary reads and writes for the session's own requests (read-your-writes)",
-                        "route a session's requests to one instance (rendezvous hashing on the session id) "
-                        "so its in-process cache is never behind",
+                        *route,
                     ]
                     + (
                         [
@@ -449,13 +474,18 @@ def select(
                         if level == "consistent prefix"
                         else []
                     ),
-                    "sticky by session id (rendezvous hashing)",
+                    "any worker off the queue; every read from the primary"
+                    if queue_workers
+                    else "sticky by session id (rendezvous hashing)",
                     "primary",
                     0.0,
                     ["each request must see the turns its session wrote before it, in order"],
                     [
                         _ASYNC,
-                        "sticky routing keeps read-your-writes only while the instance lives; on "
+                        "a worker's read from the primary costs a round trip per step; no in-process cache "
+                        "is trusted across steps"
+                        if queue_workers
+                        else "sticky routing keeps read-your-writes only while the instance lives; on "
                         "failover the session moves and reads from the primary",
                     ],
                 )

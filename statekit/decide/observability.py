@@ -6,18 +6,74 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from statekit.observe.metrics import LATENCY_BUCKETS_S, bucket_label
+
+#: The share of calls (or appends) past a threshold that makes its 99th percentile past it.
+TAIL_SHARE = 0.01
+
+#: Session size, as a fraction of the cap, at which "sessions near the cap" pages.
+NEAR_CAP = 0.8
+
+#: Latency, as a fraction of the timeout, that a store call's p99 must stay under.
+NEAR_TIMEOUT = 0.8
+
+#: The conflict share (conflicts per compare-and-set attempt) of a conflict storm.
+CONFLICT_STORM = 0.1
+
+
+def latency_threshold_s(timeout_ms: float) -> float:
+    """The latency bucket bound a store call's p99 is held under: the largest bound of
+    `LATENCY_BUCKETS_S` at or below 80 % of the timeout (the smallest bound when the timeout is
+    below all of them), so the alert reads a bucket exactly and fires before calls time out."""
+    limit = NEAR_TIMEOUT * timeout_ms / 1000
+    below = [b for b in LATENCY_BUCKETS_S if b <= limit + 1e-12]
+    return below[-1] if below else LATENCY_BUCKETS_S[0]
+
+
+def _share_above(metric: str, le: float, window: str, by: str = "") -> str:
+    """PromQL: the share of a histogram's observations above bucket bound `le`, summed over
+    every series (`sum by (le)` as the dashboards do) and grouped `by`."""
+    group = f"sum by ({by}) " if by else "sum "
+    total = f"{group}(rate({metric}_count[{window}]))"
+    under = f'{group}(rate({metric}_bucket{{le="{bucket_label(le)}"}}[{window}]))'
+    return f"({total} - {under}) / {total}"
+
+
+def _conflict_share(window: str) -> str:
+    rate = 'sum(rate(statekit_lifecycle_events_total{{kind="{kind}"}}[{w}]))'
+    conflicts = rate.format(kind="conflict", w=window)
+    updates = rate.format(kind="state_updated", w=window)
+    return f"{conflicts} / ({conflicts} + {updates})"
+
 
 def recommend(profile: Any, max_bytes: int, timeout_ms: float) -> dict[str, Any]:
-    """The dashboards and alerts a profile needs, with thresholds from its latency budget and size cap."""
+    """The dashboards and alerts a profile needs, with thresholds from its timeout and size cap.
+
+    Each threshold alert reads a histogram bucket bound exactly, as a share of observations
+    above it (`TAIL_SHARE` above the bound means the p99 is past it), instead of
+    `histogram_quantile`, whose linear interpolation inside a wide bucket moves the estimate
+    far from the real sizes. Latency: p99 of a store call past the bucket bound at or under
+    80 % of the timeout (calls fail at the timeout, so the alert comes first). Size: p99 of
+    the appends past 80 % of the cap (`statekit_session_cap_fraction`). Conflicts: the
+    share of compare-and-set attempts that conflict, as a rate over 5 minutes (a storm that
+    ends stops paging within the window).
+    """
     budget = profile.latency_budget_ms
     retention = profile.compliance.retention_days
+    slow = latency_threshold_s(timeout_ms)
+    latency_share = _share_above("statekit_operation_duration_seconds", slow, "5m", by="operation")
+    near_cap = _share_above("statekit_session_cap_fraction", NEAR_CAP, "15m")
+    conflicts = _conflict_share("5m")
     alerts = [
         {
-            "alert": "state latency over budget",
-            "expr": "histogram_quantile(0.99, sum by (le, operation) "
-            f"(rate(statekit_operation_duration_seconds_bucket[5m]))) > {budget / 2 / 1000:g}",
+            "alert": "state latency near the timeout",
+            "expr": f"{latency_share} > {TAIL_SHARE:g}",
             "for": "5m",
-            "why": f"p99 of one store call above half the {budget:g} ms state budget: a request makes two",
+            "threshold_s": slow,
+            "why": (
+                f"more than {TAIL_SHARE:.0%} of one operation's store calls slower than {slow * 1000:g} ms (its p99 "
+                f"past the bucket at or under {NEAR_TIMEOUT:.0%} of the {timeout_ms:g} ms timeout): calls time out next"
+            ),
         },
         {
             "alert": "store degraded",
@@ -34,9 +90,13 @@ def recommend(profile: Any, max_bytes: int, timeout_ms: float) -> dict[str, Any]
         },
         {
             "alert": "sessions near the cap",
-            "expr": f"histogram_quantile(0.99, rate(statekit_session_bytes_bucket[15m])) > {int(0.8 * max_bytes)}",
+            "expr": f"{near_cap} > {TAIL_SHARE:g}",
             "for": "15m",
-            "why": f"p99 session size above 80% of the {max_bytes:,}-byte cap: rejections are next",
+            "threshold_bytes": int(NEAR_CAP * max_bytes),
+            "why": (
+                f"more than {TAIL_SHARE:.0%} of appends leave a session above {NEAR_CAP:.0%} of the "
+                f"{max_bytes:,}-byte cap ({int(NEAR_CAP * max_bytes):,} bytes): rejections are next"
+            ),
         },
         {
             "alert": "updates rejected by the cap",
@@ -46,9 +106,12 @@ def recommend(profile: Any, max_bytes: int, timeout_ms: float) -> dict[str, Any]
         },
         {
             "alert": "conflict storm",
-            "expr": "statekit_conflict_ratio > 0.1",
+            "expr": f"{conflicts} > {CONFLICT_STORM:g}",
             "for": "5m",
-            "why": "one compare-and-set attempt in ten loses: writers are fighting over sessions (route them sticky)",
+            "why": (
+                f"more than one compare-and-set attempt in {1 / CONFLICT_STORM:.0f} conflicts over the last 5 "
+                "minutes: writers are fighting over sessions (route them sticky)"
+            ),
         },
         {
             "alert": "write buffer overflowing",
@@ -83,12 +146,28 @@ def recommend(profile: Any, max_bytes: int, timeout_ms: float) -> dict[str, Any]
             "thresholds": [timeout_ms / 1000, budget / 1000],
         },
         {
+            "panel": f"share of store calls slower than {slow * 1000:g} ms",
+            "metric": "statekit_operation_duration_seconds",
+            "note": f"what the latency alert reads; it pages above {TAIL_SHARE:.0%}",
+            "exprs": [latency_share],
+            "unit": "percentunit",
+            "thresholds": [TAIL_SHARE],
+        },
+        {
             "panel": "session size distribution",
             "metric": "statekit_session_bytes",
             "note": f"reference line at the {max_bytes:,}-byte cap",
             "exprs": [sizes.format(q=q) for q in (0.5, 0.99)],
             "unit": "bytes",
             "thresholds": [max_bytes],
+        },
+        {
+            "panel": f"share of appends above {NEAR_CAP:.0%} of the cap",
+            "metric": "statekit_session_cap_fraction",
+            "note": f"what the near-the-cap alert reads; it pages above {TAIL_SHARE:.0%}",
+            "exprs": [near_cap],
+            "unit": "percentunit",
+            "thresholds": [TAIL_SHARE],
         },
         {
             "panel": "context reads by tier",
@@ -107,12 +186,12 @@ def recommend(profile: Any, max_bytes: int, timeout_ms: float) -> dict[str, Any]
             "thresholds": [],
         },
         {
-            "panel": "conflict ratio",
-            "metric": "statekit_conflict_ratio",
-            "note": "retry storms show here first",
-            "exprs": ["statekit_conflict_ratio"],
+            "panel": "conflicts per compare-and-set attempt (5 min)",
+            "metric": "statekit_lifecycle_events_total",
+            "note": "retry storms show here first; what the conflict-storm alert reads",
+            "exprs": [conflicts],
             "unit": "percentunit",
-            "thresholds": [0.1],
+            "thresholds": [CONFLICT_STORM],
         },
         {
             "panel": "Redis memory against maxmemory",
@@ -194,6 +273,8 @@ EXPORTED_METRICS = (
     "statekit_operation_duration_seconds_count",
     "statekit_operation_errors_total",
     "statekit_session_bytes_bucket",
+    "statekit_session_cap_fraction_bucket",
+    "statekit_session_cap_fraction_count",
     "statekit_lifecycle_events_total",
     "statekit_context_reads_total",
     "statekit_conflict_ratio",

@@ -39,6 +39,9 @@ class Traffic(_Model):
     requests_per_session: int = Field(ge=1, description="requests that touch one session over its life")
     peak_concurrent_sessions: int = Field(gt=0, description="sessions active at once at the daily peak")
     session_minutes: float = Field(gt=0, description="time from a session's first request to its last")
+    app_instances: int = Field(
+        1, ge=1, description="application processes that call the store (each has its own breaker and buffer)"
+    )
 
 
 class Turns(_Model):
@@ -248,6 +251,7 @@ traffic:
   requests_per_session: 10           # requests that touch one session over its life
   peak_concurrent_sessions: 500      # sessions active at once at the daily peak
   session_minutes: 20                # time from a session's first request to its last
+  app_instances: 4                   # application processes that call the store (each has its own breaker)
 turns:
   per_session: 10                    # turns (messages, steps, events) in a typical session
   bytes_per_turn: 600                # bytes of one turn's text as the service stores it

@@ -33,6 +33,7 @@ __all__ = [
     "Measurement",
     "measure",
     "active_sessions",
+    "peak_held_sessions",
     "nodes_needed",
     "growth_over_turns",
     "growth_over_days",
@@ -331,6 +332,13 @@ def active_sessions(new_sessions_per_day: float, session_seconds: float, ttl_sec
     return math.ceil(new_sessions_per_day / 86_400 * (session_seconds + ttl_seconds))
 
 
+def peak_held_sessions(peak_concurrent: int, session_seconds: float, ttl_seconds: float) -> int:
+    """Sessions held in Redis at a peak of `peak_concurrent` sessions at once: Little's law at
+    the peak's arrival rate (peak_concurrent / session length), each held for the session and
+    its TTL. It holds when the peak lasts at least a session and a TTL."""
+    return math.ceil(peak_concurrent * (session_seconds + ttl_seconds) / session_seconds)
+
+
 def nodes_needed(total_bytes: int, maxmemory_bytes: int, usable_fraction: float = 0.75) -> int:
     """Redis nodes (shards) for `total_bytes`, filling each to `usable_fraction` of maxmemory.
 
@@ -359,12 +367,18 @@ def growth_over_days(
     turns_per_session: int,
     turn_bytes: int,
     days: int = 14,
+    *,
+    floor_sessions: int = 0,
     **kwargs: Any,
 ) -> dict[str, list[float]]:
     """Total memory at the end of each day, with the policy (a TTL holds the active set
-    steady) and without (no TTL: every session ever started stays)."""
+    steady) and without (no TTL: every session ever started stays).
+
+    The steady state holds Little's law's sessions, or `floor_sessions` when more (the
+    sessions a peak holds: `plan_capacity` passes its own, so the chart levels where the
+    capacity plan does)."""
     e = estimate_memory(policy, 1, turns_per_session, turn_bytes, **kwargs)
-    steady = active_sessions(new_sessions_per_day, session_seconds, policy.ttl_seconds)
+    steady = max(active_sessions(new_sessions_per_day, session_seconds, policy.ttl_seconds), floor_sessions)
     with_policy, without = [], []
     for day in range(1, days + 1):
         alive = min(steady, math.ceil(new_sessions_per_day * day))
@@ -487,16 +501,17 @@ def plan_capacity(
 ) -> dict[str, Any]:
     """Memory per session and in total, with and without the policy, and nodes needed.
 
-    Sessions held at once come from Little's law over the profile's traffic (and never
-    fewer than its peak concurrency). Without the policy nothing expires, so the total is
-    what a week of sessions would hold.
+    Sessions held at once: the more of Little's law over the day's traffic (arrivals x
+    (session + TTL)) and the peak's (`peak_held_sessions`: the peak's concurrent sessions
+    plus those waiting out their TTL after it). Sizing for the peak is a judgement: it
+    assumes the peak lasts a session and a TTL; both numbers are returned. Without the
+    policy nothing expires, so the total is what a week of sessions would hold.
     """
     t = profile.turns
     session_s = profile.traffic.session_minutes * 60
-    active = max(
-        active_sessions(profile.traffic.new_sessions_per_day, session_s, policy.ttl_seconds),
-        profile.traffic.peak_concurrent_sessions,
-    )
+    daily = active_sessions(profile.traffic.new_sessions_per_day, session_s, policy.ttl_seconds)
+    at_peak = peak_held_sessions(profile.traffic.peak_concurrent_sessions, session_s, policy.ttl_seconds)
+    active = max(daily, at_peak)
     e = estimate_memory(policy, active, t.per_session, t.bytes_per_turn, session_id_bytes=36)
     week = math.ceil(profile.traffic.new_sessions_per_day * 7)
     unbounded_week = e.baseline + week * e.unbounded_per_session + _table(week)
@@ -507,14 +522,19 @@ def plan_capacity(
         t.per_session,
         t.bytes_per_turn,
         days,
+        floor_sessions=active,
         session_id_bytes=36,
     )
     long_session = growth_over_turns(policy, max(4 * t.per_session, 50), t.bytes_per_turn, session_id_bytes=36)
     return {
         "active_sessions": active,
+        "daily_held_sessions": daily,
+        "peak_held_sessions": at_peak,
+        "sized_for": "peak" if at_peak >= daily else "day",
         "little_law": {
             "arrivals_per_second": profile.traffic.new_sessions_per_day / 86_400,
             "seconds_held": session_s + policy.ttl_seconds,
+            "peak_arrivals_per_second": profile.traffic.peak_concurrent_sessions / session_s,
         },
         "per_session_bytes": e.per_session,
         "per_session_breakdown": e.breakdown,

@@ -13,12 +13,22 @@ What to watch for a profile (alerts, dashboards) is a decision: `statekit.decide
 from statekit.observe.audit import AuditLog, actor
 from statekit.observe.expiry import ExpiryWatcher
 from statekit.observe.health import HealthReport, health_scan
-from statekit.observe.metrics import EVENT_KINDS, LATENCY_BUCKETS_S, SIZE_BUCKETS_BYTES, StateMetrics, percentile
+from statekit.observe.metrics import (
+    CAP_FRACTION_BUCKETS,
+    EVENT_KINDS,
+    LATENCY_BUCKETS_S,
+    SIZE_BUCKETS_BYTES,
+    StateMetrics,
+    bucket_label,
+    percentile,
+)
 
 __all__ = [
     "StateMetrics",
     "LATENCY_BUCKETS_S",
     "SIZE_BUCKETS_BYTES",
+    "CAP_FRACTION_BUCKETS",
+    "bucket_label",
     "EVENT_KINDS",
     "percentile",
     "ExpiryWatcher",

@@ -11,6 +11,7 @@ for one record, not two.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -22,29 +23,28 @@ from hdrh.histogram import HdrHistogram
 from statekit._optional import require
 from statekit.store.core import StoreListener
 
-__all__ = ["StateMetrics", "LATENCY_BUCKETS_S", "SIZE_BUCKETS_BYTES", "EVENT_KINDS", "percentile"]
+__all__ = [
+    "StateMetrics",
+    "LATENCY_BUCKETS_S",
+    "SIZE_BUCKETS_BYTES",
+    "CAP_FRACTION_BUCKETS",
+    "EVENT_KINDS",
+    "bucket_label",
+    "percentile",
+]
 
 #: Prometheus buckets for store latency: from 50 us (prometheus-client's defaults start at
-#: 5 ms, coarser than a whole Redis round trip on a LAN) to 10 s.
-LATENCY_BUCKETS_S = (
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    10.0,
-)
-SIZE_BUCKETS_BYTES = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
+#: 5 ms, coarser than a whole Redis round trip on a LAN) to 10 s, six to a decade (1, 1.5, 2,
+#: 3, 5, 7), so an alert's threshold sits on a bucket bound near the timeout it guards and is
+#: read without `histogram_quantile`'s interpolation inside a wide bucket.
+LATENCY_BUCKETS_S = tuple(
+    float(f"{m}e{e}") for e in range(-5, 1) for m in (1, 1.5, 2, 3, 5, 7) if 5e-5 <= float(f"{m}e{e}") <= 7
+) + (10.0,)
+#: Prometheus buckets for session sizes: powers of two from 256 bytes to 8 MiB.
+SIZE_BUCKETS_BYTES = tuple(1 << k for k in range(8, 24))
+#: Prometheus buckets for a session's size as a fraction of its policy's byte cap, observed on
+#: each append: what "sessions near the cap" alerts on, whatever the cap is.
+CAP_FRACTION_BUCKETS = (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 _LATENCY_MAX_US = 60_000_000
 _SIZE_MAX = 1 << 34
@@ -95,6 +95,9 @@ class StateMetrics(StoreListener):
         self._sizes_hist = HdrHistogram(1, _SIZE_MAX, 2)
         self._sizes_raw: list[int] = []
         self._size_sum = 0
+        # appends per cap-fraction bucket (the last: above the cap), and their sum
+        self._cap_counts = [0] * (len(CAP_FRACTION_BUCKETS) + 1)
+        self._cap_sum = 0.0
         self.events: dict[str, int] = defaultdict(int)
         self.reads: dict[str, int] = defaultdict(int)
         self.timeline: deque[tuple[float, str, str]] = deque(maxlen=timeline_max)
@@ -126,6 +129,11 @@ class StateMetrics(StoreListener):
                 self._size_sum += total
                 if len(self._sizes_raw) >= self.FOLD_EVERY:
                     self._fold()
+                cap = int(info.get("cap") or 0)
+                if cap > 0:
+                    fraction = total / cap
+                    self._cap_counts[bisect.bisect_left(CAP_FRACTION_BUCKETS, fraction)] += 1
+                    self._cap_sum += fraction
         elif kind == "fallback":
             self.reads[str(info.get("source", "default"))] += 1
         elif kind == "evicted":
@@ -248,12 +256,14 @@ class StateMetrics(StoreListener):
             while i < len(counts) and hist.get_lowest_equivalent_value(counts[i][0]) <= limit:
                 running += counts[i][1]
                 i += 1
-            out.append((_bound_label(bound), running))
+            out.append((bucket_label(bound), running))
         out.append(("+Inf", hist.get_total_count()))
         return out
 
 
-def _bound_label(bound: float) -> str:
+def bucket_label(bound: float) -> str:
+    """The `le` label of a histogram bucket bound as StateMetrics exposes it (and as
+    Prometheus 3 normalises it): Python's shortest float repr, "0.0015", "1.0", "5e-05"."""
     return repr(float(bound))
 
 
@@ -280,6 +290,16 @@ class _Collector:
         sizes = HistogramMetricFamily("statekit_session_bytes", "Session sizes after each append.")
         sizes.add_metric([], m._cumulative(m._sizes, SIZE_BUCKETS_BYTES, 1), float(m._size_sum))
         yield sizes
+        near = HistogramMetricFamily(
+            "statekit_session_cap_fraction", "Session size after each append, as a fraction of the policy's cap."
+        )
+        running, buckets = 0, []
+        for bound, count in zip(CAP_FRACTION_BUCKETS, m._cap_counts, strict=False):
+            running += count
+            buckets.append((bucket_label(bound), running))
+        buckets.append(("+Inf", sum(m._cap_counts)))
+        near.add_metric([], buckets, m._cap_sum)
+        yield near
         events = CounterMetricFamily("statekit_lifecycle_events", "Lifecycle events by kind.", labels=["kind"])
         for kind in sorted(set(EVENT_KINDS) | set(m.events)):
             events.add_metric([kind], m.events.get(kind, 0))

@@ -386,7 +386,7 @@ class StoreCore:
             return reply[1]
         if reply[3]:
             self._event("created", session_id)
-        self._event("appended", session_id, bytes=len(record), total=reply[1])
+        self._event("appended", session_id, bytes=len(record), total=reply[1], cap=self.policy.max_bytes)
         if len(reply) > 5:
             return (yield from self._fold_parked(session_id, keys, reply))
         if reply[4]:

@@ -85,7 +85,8 @@ def decision_summary(review: dict[str, Any]) -> str:
         (
             "Memory and nodes",
             "#2.-Bounded-growth:-lifecycle-policy-and-memory",
-            f"{_mb(cap['total_bytes'])} for {cap['active_sessions']:,} sessions, {cap['nodes']} node(s)",
+            f"{_mb(cap['total_bytes'])} for {cap['active_sessions']:,} sessions, {cap['nodes']} node(s)"
+            + ("" if life["applies"] else " (not needed for this verdict)"),
         ),
         ("Consistency", "#3.-Consistency,-chosen-per-kind-of-state", levels),
         ("Schema rollout", "#4.-State-outlives-code:-schema-changes", rollout),
@@ -121,7 +122,9 @@ def cost_summary(review: dict[str, Any]) -> Any:
     cost = review["assessment"]["cost"]
     values = {
         "server state pays from turn (wire bytes)": cost["wire_break_even_turn"] or "never",
-        "server state pays from turn (prompt tokens)": cost["token_break_even_turn"] or "never",
+        "server state pays from turn (prompt tokens, per request)": cost["token_break_even_turn"] or "never",
+        "server state pays from turn (prompt tokens, a whole session)": cost["session_token_break_even_turn"]
+        or "never",
         "full replay, USD per 1,000 sessions": cost["replay_cost_per_1000_sessions"],
         "server state, USD per 1,000 sessions": cost["server_cost_per_1000_sessions"],
         "  of which Redis memory": cost["server_memory_cost_per_1000_sessions"],
@@ -137,7 +140,7 @@ def cost_assumptions(review: dict[str, Any]) -> Any:
 def resilience_settings(review: dict[str, Any]) -> Any:
     """Timeout, breaker and buffer, each with its reason."""
     res = review["resilience"]
-    keys = ("timeout_ms", "fail_max", "reset_timeout_s", "buffer_max_turns")
+    keys = ("timeout_ms", "fail_max", "reset_timeout_s", "buffer_max_turns", "durable_buffer")
     return _pd().DataFrame({"value": {k: res[k] for k in keys}, "why": {k: res["reasons"][k] for k in keys}})
 
 
@@ -172,7 +175,9 @@ def capacity(review: dict[str, Any]) -> Any:
     cap = review["lifecycle"]["capacity"]
     node = f"nodes at {cap['node_maxmemory_bytes'] / 2**30:.0f} GiB maxmemory, {cap['usable_fraction']:.0%} used"
     values = {
-        "sessions held at once (Little's law)": f"{cap['active_sessions']:,}",
+        "sessions held at once (sized for)": f"{cap['active_sessions']:,}",
+        "  over the day (Little's law: arrivals x (session + TTL))": f"{cap['daily_held_sessions']:,}",
+        "  at the peak (peak sessions x (session + TTL) / session)": f"{cap['peak_held_sessions']:,}",
         "memory per session, with policy": f"{cap['per_session_bytes']:,} B",
         "memory per session, without (same turns)": f"{cap['unbounded_per_session_bytes']:,} B",
         "total with policy": _mb(cap["total_bytes"]),

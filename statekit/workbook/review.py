@@ -23,6 +23,7 @@ from statekit.acl import for_profile as acl_for_profile
 from statekit.backends import check_reachable, connect, redact_url
 from statekit.decide.assess import SERVER_STATE_VERDICTS, assess
 from statekit.decide.compat import check_compatibility
+from statekit.decide.consistency import read_gap_ms
 from statekit.decide.consistency import select as select_consistency
 from statekit.decide.lifecycle import recommend
 from statekit.decide.observability import recommend as recommend_observability
@@ -90,7 +91,7 @@ def build_review(
         client.close()
     assessment = assess(prof)
     rec = recommend(prof)
-    resilience = recommend_resilience(prof)
+    resilience = recommend_resilience(prof, policy=rec.policy)
     keeps_server_state = assessment.verdict in SERVER_STATE_VERDICTS
     return {
         "meta": {
@@ -129,10 +130,11 @@ def _migrations_section(prof: WorkloadProfile) -> dict[str, Any]:
 
 
 def _consistency_section(prof: WorkloadProfile, failover: dict[str, Any] | None = None) -> dict[str, Any]:
-    gap_ms = prof.traffic.session_minutes * 60_000 / prof.traffic.requests_per_session
-    choices = select_consistency(prof.state_classes, read_gap_ms=gap_ms)
+    gap_ms = read_gap_ms(prof)
+    choices = select_consistency(prof.state_classes, read_gap_ms=gap_ms, queue_workers=prof.state.long_running_steps)
     return {
         "read_gap_ms": gap_ms,
+        "queue_workers": prof.state.long_running_steps,
         "assumed_replica_lag": "exponential, mean 1 ms (replace with consistency.measure_replica_lag on your servers)",
         "classes": [ch.as_dict() for ch in choices],
         "failover": {"measured": True, **failover}
