@@ -28,6 +28,7 @@ __all__ = [
     "migration_parts",
     "alerts",
     "dashboards",
+    "judgements",
     "left_aligned",
 ]
 
@@ -308,3 +309,17 @@ def dashboards(review: dict[str, Any]) -> Any:
     """The dashboard panels to build."""
     frame = _pd().DataFrame(review["observability"]["dashboards"]).set_index("panel")
     return frame.assign(query=frame["exprs"].map("\n".join))[["metric", "note", "query"]]
+
+
+def judgements(review: dict[str, Any]) -> Any:
+    """The judgement calls: what was chosen, its numbers, and why."""
+    rows = [
+        {
+            "judgement": j["name"],
+            "chosen": j["choice"],
+            "numbers": ", ".join(f"{k}: {v}" for k, v in j["numbers"].items()),
+            "why": j["why"],
+        }
+        for j in review["judgements"]
+    ]
+    return _pd().DataFrame(rows).set_index("judgement")

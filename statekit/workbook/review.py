@@ -25,6 +25,7 @@ from statekit.decide.assess import SERVER_STATE_VERDICTS, assess
 from statekit.decide.compat import check_compatibility
 from statekit.decide.consistency import read_gap_ms
 from statekit.decide.consistency import select as select_consistency
+from statekit.decide.judgements import judgement_calls
 from statekit.decide.lifecycle import recommend
 from statekit.decide.observability import recommend as recommend_observability
 from statekit.decide.profile import WorkloadProfile
@@ -77,7 +78,9 @@ def build_review(
     - `observability`: dashboards and alerts, with thresholds from the latency budget and
       the size cap;
     - `access`: one Redis user per kind of process (application, batch jobs, expiry
-      watcher, audit writer) with the `ACL SETUSER` line of least privilege for each.
+      watcher, audit writer) with the `ACL SETUSER` line of least privilege for each;
+    - `judgements`: the choices no formula forces (what was chosen, its numbers, why, and
+      the fields that rest on it); every other number is arithmetic on the profile.
 
     `lifecycle` and `resilience` say whether they apply: only to verdicts that keep state
     on the server. Raises `ProfileError` for a bad profile and `StoreUnavailable` when `redis_url` cannot
@@ -93,6 +96,8 @@ def build_review(
     rec = recommend(prof)
     resilience = recommend_resilience(prof, policy=rec.policy)
     keeps_server_state = assessment.verdict in SERVER_STATE_VERDICTS
+    capacity = plan_capacity(prof, rec.policy)
+    consistency = _consistency_section(prof, failover)
     return {
         "meta": {
             "statekit_version": __version__,
@@ -104,16 +109,19 @@ def build_review(
         "lifecycle": {
             "applies": keeps_server_state,
             "policy": rec.as_dict(),
-            "capacity": plan_capacity(prof, rec.policy),
+            "capacity": capacity,
         },
         "resilience": {
             "applies": keeps_server_state,
             **resilience,
         },
-        "consistency": _consistency_section(prof, failover),
+        "consistency": consistency,
         "migrations": _migrations_section(prof),
         "observability": recommend_observability(prof, rec.policy.max_bytes, resilience["timeout_ms"]),
         "access": {"applies": keeps_server_state, "users": acl_for_profile(prof.service)},
+        "judgements": judgement_calls(
+            prof, rec.policy, capacity, assessment.cost, resilience, consistency["read_gap_ms"]
+        ),
     }
 
 
