@@ -516,7 +516,26 @@ def select(
                     [_ASYNC],
                 )
             )
-        else:  # analytics, and anything tolerant that is not covered above
+        elif purpose in ("personalization", "recommendation", "cache"):  # and no staleness tolerated
+            choices.append(
+                Choice(
+                    sc.name,
+                    purpose,
+                    "session",
+                    0.0,
+                    [
+                        "primary reads and writes: the profile tolerates no staleness, so no replica reads",
+                        "writes to the primary; no WAIT needed (losing it in a failover is tolerable, reading "
+                        "it stale is not)",
+                    ],
+                    "any instance; every read goes to the primary",
+                    "primary",
+                    0.0,
+                    [f"{purpose} with a staleness tolerance of 0 s: a replica behind by any lag would be wrong"],
+                    [_ASYNC, f"give {sc.name} a tolerance above 0 s to let replicas serve its reads"],
+                )
+            )
+        else:  # analytics: eventual, whatever its tolerance
             choices.append(
                 Choice(
                     sc.name,

@@ -374,14 +374,15 @@ def growth_over_days(
     """Total memory at the end of each day, with the policy (a TTL holds the active set
     steady) and without (no TTL: every session ever started stays).
 
-    The steady state holds Little's law's sessions, or `floor_sessions` when more (the
-    sessions a peak holds: `plan_capacity` passes its own, so the chart levels where the
-    capacity plan does)."""
+    Sessions held ramp up with the sessions started (Little's law's steady state once a
+    session and its TTL have passed), and never fall below `floor_sessions` (the sessions a
+    peak holds, which a peak on the first day holds already: `plan_capacity` passes its own,
+    so the chart levels where the capacity plan does)."""
     e = estimate_memory(policy, 1, turns_per_session, turn_bytes, **kwargs)
-    steady = max(active_sessions(new_sessions_per_day, session_seconds, policy.ttl_seconds), floor_sessions)
+    steady = active_sessions(new_sessions_per_day, session_seconds, policy.ttl_seconds)
     with_policy, without = [], []
     for day in range(1, days + 1):
-        alive = min(steady, math.ceil(new_sessions_per_day * day))
+        alive = max(min(steady, math.ceil(new_sessions_per_day * day)), floor_sessions)
         with_policy.append(e.baseline + alive * e.per_session + 2 * _table(alive * e.keys_per_session))
         kept = math.ceil(new_sessions_per_day * day)
         without.append(e.baseline + kept * e.unbounded_per_session + _table(kept))
