@@ -98,6 +98,41 @@ def test_a_damaged_checkpoint_is_named(capsys, tmp_path):
     assert code == 2 and f"checkpoint {checkpoint} is damaged" in _error(capsys)
 
 
+def test_migrate_after_a_dry_run_with_the_same_checkpoint_is_refused_not_faked(capsys, tmp_path):
+    """`--dry-run` then the same command without it printed "migrated 50" and exited 0,
+    having migrated nothing: the real run returned the dry run's finished checkpoint."""
+    from statekit import SessionStore, connect
+    from statekit.migrate import Migrations, version_census
+    from statekit.workbook.examples import support_agent_migrations
+
+    url = "fakeredis://cli-dry-run-checkpoint"
+    client = connect(url)
+    client.flushall()
+    v1 = SessionStore(client, namespace="app", migrations=Migrations(current=1))
+    for i in range(50):
+        v1.update_state(f"s-{i}", lambda s, i=i: {"ticket_id": f"T{i}", "customer": str(i)})
+    checkpoint = tmp_path / "migrate.json"
+    args = ["migrate", url, "--namespace", "app", "--migrations",
+            "statekit.workbook.examples:support_agent_migrations", "--checkpoint", str(checkpoint), "-q"]  # fmt: skip
+    assert main([*args, "--dry-run"]) == 0
+    assert "would migrate 50" in capsys.readouterr().out
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "migrated" not in captured.out
+    [line] = captured.err.splitlines()
+    assert line == (
+        f"statekit: error: checkpoint {checkpoint} was written by a dry run, so a real migration cannot "
+        "resume from it; give this run another checkpoint file (or delete that one)"
+    )
+    assert version_census(client, "app", support_agent_migrations) == {1: 50}
+    checkpoint.unlink()
+    assert main(args) == 0
+    assert "migrated 50" in capsys.readouterr().out
+    assert version_census(client, "app", support_agent_migrations) == {3: 50}
+    assert main([*args, "--dry-run"]) == 2, "a dry run does not resume the real run's checkpoint either"
+    assert "was written by a real migration" in _error(capsys)
+
+
 def _acl_user(url: str, name: str, rules: str) -> str:
     from statekit import connect
 
