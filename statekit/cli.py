@@ -229,7 +229,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
     from statekit._optional import require
     from statekit.backends import check_reachable, connect
 
-    require("voila", what="statekit app (pip install 'statekit[workbook,app]')")
+    require("voila", extra="workbook,app", what="statekit app")  # the `app` extra installs Voila
     profile = Path(args.profile or "data/profiles/support_agent.yaml")
     if not profile.exists():
         raise StatekitError(f"{profile}: no such profile (give one: statekit app PROFILE.yaml)")

@@ -219,3 +219,22 @@ def test_app_refuses_a_missing_profile_a_bad_profile_and_an_unreachable_server(c
     assert "127.0.0.1:1" in capsys.readouterr().err
     assert main(["app", profile, "--redis-url", "redis//nope"]) == 2
     assert "no scheme" in capsys.readouterr().err
+
+
+def test_app_without_voila_names_the_extra_that_installs_it(capsys, monkeypatch, profiles_dir):
+    """A runtime-only install was told `pip install 'statekit[workbook]'`, which leaves Voila
+    out; every extra the message names must exist, and together they must install Voila."""
+    import tomllib
+
+    monkeypatch.setitem(sys.modules, "voila", None)  # `import voila` raises ImportError
+    assert main(["app", str(profiles_dir / "support_agent.yaml")]) == 2
+    [line] = _error(capsys).splitlines()
+    advice = re.search(r"needs voila, which the runtime install leaves out: pip install 'statekit\[([^\]]+)\]'$", line)
+    assert advice, line
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    optional = pyproject["project"]["optional-dependencies"]
+    named = advice.group(1).split(",")
+    assert set(named) <= set(optional), f"{named} are not all extras of {sorted(optional)}"
+    installs = [re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower() for name in named for req in optional[name]]
+    assert "voila" in installs and "ipywidgets" in installs, installs
+    assert line.startswith("statekit: error: statekit app needs voila"), line
