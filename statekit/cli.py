@@ -17,7 +17,7 @@ from statekit.decide.assess import Verdict as AssessVerdict
 from statekit.decide.assess import assess
 from statekit.decide.compat import Verdict as RolloutVerdict
 from statekit.decide.profile import WorkloadProfile
-from statekit.errors import StatekitError
+from statekit.errors import ConnectionURLError, StatekitError
 
 #: What `statekit review --fail-on` accepts: the assessment's verdicts, then the schema rollout's.
 REVIEW_VERDICTS = typing.get_args(AssessVerdict) + typing.get_args(RolloutVerdict)
@@ -376,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ConnectionURLError as exc:
+        message = f"{exc.brief} Expected e.g. {URL_FORMS[1]} (`statekit --help` lists every form)"
     except (StatekitError, ValueError) as exc:
         message = str(exc)
     except redis.exceptions.NoPermissionError as exc:
@@ -384,7 +386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = f"Redis: {exc}"
     except OSError as exc:
         message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
-    print(f"statekit: error: {redact_url(message)}", file=sys.stderr)
+    # one line, as promised: a message that lists things (a profile's invalid fields) is joined
+    one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"statekit: error: {redact_url(one_line)}", file=sys.stderr)
     return 2
 
 

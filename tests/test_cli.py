@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from statekit.cli import main
+from statekit.cli import build_parser, main
+
+PROFILE = Path(__file__).resolve().parent.parent / "data" / "profiles" / "support_agent.yaml"
 
 
 def test_help_lists_commands_and_url_forms(capsys):
@@ -48,6 +51,7 @@ def test_bad_profile_exits_2_with_the_field(capsys, tmp_path):
     assert main(["assess", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "traffic.new_sessions_per_day" in err
+    assert len(err.splitlines()) == 1, "every invalid field on one line"
 
 
 def test_review_with_bad_url_exits_2(capsys, tmp_path, profiles_dir):
@@ -238,3 +242,40 @@ def test_app_without_voila_names_the_extra_that_installs_it(capsys, monkeypatch,
     installs = [re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower() for name in named for req in optional[name]]
     assert "voila" in installs and "ipywidgets" in installs, installs
     assert line.startswith("statekit: error: statekit app needs voila"), line
+
+
+BAD_URLS = ["redis://:badport", "redis://host:badport", "nope://x", "redis://host:99999", "", "http://x",
+            "redis://admin:s3cret-pw@host:99999"]  # fmt: skip
+URL_COMMANDS = {
+    "review": lambda url, tmp: ["review", str(PROFILE), "--out", str(tmp / "reports"), "--redis-url", url, "-q"],
+    "migrate": lambda url, tmp: [
+        "migrate",
+        url,
+        "--namespace",
+        "app",
+        "--migrations",
+        "statekit.workbook.examples:support_agent_migrations",
+        "-q",
+    ],  # fmt: skip
+    "health": lambda url, tmp: ["health", url, "--namespace", "app", "-q"],
+    "network-drill": lambda url, tmp: ["network-drill", str(PROFILE), "--redis-url", url],
+    "app": lambda url, tmp: ["app", str(PROFILE), "--redis-url", url, "--out", str(tmp / "scenarios")],
+}
+
+
+def test_every_command_that_takes_a_url_is_in_the_table():
+    parser = build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    takes_url = {name for name, p in sub.choices.items() if any(a.dest == "redis_url" for a in p._actions)}
+    assert takes_url == set(URL_COMMANDS)
+
+
+@pytest.mark.parametrize("url", BAD_URLS)
+@pytest.mark.parametrize("command", sorted(URL_COMMANDS))
+def test_a_malformed_url_is_one_line_and_exit_2(capsys, tmp_path, command, url):
+    """A malformed URL printed the error and then the eight URL forms: nine lines."""
+    assert main(URL_COMMANDS[command](url, tmp_path)) == 2
+    [line] = _error(capsys).splitlines()
+    assert line.startswith("statekit: error: bad Redis URL "), line
+    assert "s3cret-pw" not in line
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "scenarios").exists()

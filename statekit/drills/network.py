@@ -249,10 +249,10 @@ def _batches(items: Any, size: int) -> Any:
 def _drill_url(redis_url: str) -> Any:
     """The parts of a `redis://` URL the network drills can put a proxy in front of;
     `InvalidInput` for any other."""
-    from statekit.backends import resolve_url
+    from statekit.backends import check_url
     from statekit.errors import InvalidInput
 
-    url = resolve_url(redis_url)
+    url = check_url(redis_url)  # a malformed URL is refused as `connect` refuses it
     parts = urlsplit(url)
     if parts.scheme == "fakeredis":
         raise InvalidInput(
