@@ -279,3 +279,75 @@ def test_a_malformed_url_is_one_line_and_exit_2(capsys, tmp_path, command, url):
     assert line.startswith("statekit: error: bad Redis URL "), line
     assert "s3cret-pw" not in line
     assert not (tmp_path / "reports").exists() and not (tmp_path / "scenarios").exists()
+
+
+def _gone(process) -> bool:
+    import psutil
+
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE  # exited; its reaper has not looked yet
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_for(what: str, ready, timeout_s: float = 120):
+    """Poll `ready()` until it returns something true, within `timeout_s` (the app gives no
+    event to wait on but its port and its processes)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = ready()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} within {timeout_s} s")
+
+
+@pytest.mark.notebook  # Voila runs the live review in a kernel
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_app_stopped_by_a_signal_stops_voila_and_its_kernels(tmp_path, sig):
+    """SIGTERM or SIGINT ended `statekit app`, but its Voila child kept serving the port, with
+    its kernels."""
+    import signal
+    import socket
+    import urllib.request
+
+    psutil = pytest.importorskip("psutil")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [str(Path(sys.executable).parent / "statekit"), "app", str(PROFILE), "--port", str(port),
+           "--out", str(tmp_path / "scenarios")]  # fmt: skip
+    log = (tmp_path / "app.log").open("wb")
+    app = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    below = []
+    try:
+
+        def serves() -> bool:
+            assert app.poll() is None, (tmp_path / "app.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5):
+                    return True  # the page's request starts a kernel
+            except OSError:
+                return False
+
+        _wait_for("answer on the port", serves)
+
+        def kernels() -> list:
+            found = psutil.Process(app.pid).children(recursive=True)
+            return found if any("ipykernel" in " ".join(p.cmdline()) for p in found) else []
+
+        below = _wait_for("kernel", kernels)
+        app.send_signal(getattr(signal, sig))
+        code = app.wait(timeout=60)
+        _wait_for("end of every process below statekit app", lambda: all(_gone(p) for p in below), 30)
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        assert code == 0, "stopped as asked"
+    finally:
+        for p in [*below, psutil.Process(app.pid) if app.poll() is None else None]:
+            if p is not None and not _gone(p):
+                p.kill()
+        app.wait(timeout=30)
+        log.close()
