@@ -13,7 +13,8 @@ Contenders for one append of a ~700-byte turn to a session kept at a 10-turn win
   raw        EVALSHA of RPUSH + LTRIM + EXPIRE on one list, the turn encoded with orjson
   langchain  RedisChatMessageHistory.add_message with a TTL (LPUSH, then EXPIRE)
 and for one read of that session:
-  statekit   SessionStore.load_context: one Lua script
+  statekit   SessionStore.load_context: one MULTI/EXEC transaction (HMGET meta, LRANGE log,
+             GET summary)
   raw        LRANGE + orjson decode of each turn
   langchain  RedisChatMessageHistory.messages (LRANGE, json, message objects)
 """

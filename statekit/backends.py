@@ -37,6 +37,7 @@ __all__ = [
     "with_timeouts",
     "check_reachable_async",
     "resolve_url",
+    "check_url",
     "redact_url",
     "backend_kind",
     "check_reachable",
@@ -259,7 +260,7 @@ async def _probe_cluster_async(nodes: Any, kwargs: dict[str, Any], shown: str) -
 
 def _bad(url: str, why: str) -> ConnectionURLError:
     forms = "\n  ".join(URL_FORMS)
-    return ConnectionURLError(f"bad Redis URL {redact_url(url)!r}: {why}. Expected one of:\n  {forms}")
+    return ConnectionURLError(f"bad Redis URL {redact_url(url)!r}: {why}.\nExpected one of:\n  {forms}")
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,12 @@ def resolve_url(url: str) -> str:
             raise ConnectionURLError(f"{url!r} names environment variable {name!r}, which is not set")
         return value
     return url
+
+
+def check_url(url: str) -> str:
+    """Validate `url` as `connect` does, without connecting: return it (an `env:NAME` URL
+    resolved), or raise `ConnectionURLError` saying what is wrong with it."""
+    return _parse(url, 1.0, 1.0, 0)[1]
 
 
 def _parse(url: str, socket_timeout: float, connect_timeout: float, retries: int) -> tuple[str, str, Any]:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +22,7 @@ from statekit.decide.assess import Verdict as AssessVerdict
 from statekit.decide.assess import assess
 from statekit.decide.compat import Verdict as RolloutVerdict
 from statekit.decide.profile import WorkloadProfile
-from statekit.errors import StatekitError
+from statekit.errors import ConnectionURLError, StatekitError
 
 #: What `statekit review --fail-on` accepts: the assessment's verdicts, then the schema rollout's.
 REVIEW_VERDICTS = typing.get_args(AssessVerdict) + typing.get_args(RolloutVerdict)
@@ -222,14 +227,12 @@ def _cmd_network_drill(args: argparse.Namespace) -> int:
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
-    import os
     import shutil
-    import subprocess
 
     from statekit._optional import require
     from statekit.backends import check_reachable, connect
 
-    require("voila", what="statekit app (pip install 'statekit[workbook,app]')")
+    require("voila", extra="workbook,app", what="statekit app")  # the `app` extra installs Voila
     profile = Path(args.profile or "data/profiles/support_agent.yaml")
     if not profile.exists():
         raise StatekitError(f"{profile}: no such profile (give one: statekit app PROFILE.yaml)")
@@ -251,7 +254,96 @@ def _cmd_app(args: argparse.Namespace) -> int:
     cmd = [voila or "voila", str(notebook), f"--port={args.port}", "--Voila.ip=127.0.0.1", "--no-browser",
            "--show_tracebacks=True"]  # fmt: skip
     print(f"statekit app: http://127.0.0.1:{args.port}/ ({profile}, {redact_url(args.redis_url)}); Ctrl-C stops it")
-    return subprocess.call(cmd, env=env)
+    return _serve_until_stopped(cmd, env)
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGINT reached `statekit app`."""
+
+
+def _serve_until_stopped(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the server `cmd` in a session of its own until it exits, or until this process gets
+    SIGTERM or SIGINT; then stop it and every process it started (Voila's kernels run in
+    sessions of their own), so nothing is left serving the port. 0 when stopped by a signal."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped(signum)
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, stop) for sig in signals}
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        return proc.wait()
+    except _Stopped:
+        return 0
+    finally:
+        for sig in signals:  # a second Ctrl-C does not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
+        if proc is not None:
+            _stop_process_tree(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_process_tree(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGTERM to `proc`'s process group and to every process below it (seen before it goes),
+    then SIGKILL to whatever is still there after `grace_s`."""
+    below = _descendants(proc.pid)
+    _send(proc.pid, signal.SIGTERM, group=True)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        _send(proc.pid, signal.SIGKILL, group=True)
+        proc.wait()
+    alive = [p for p in below if _running(*p)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid, _ in alive:
+            _send(pid, sig, group=_leads_group(pid))  # a kernel leads a session of its own
+        deadline = time.monotonic() + grace_s
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.05)  # not our children, so not ours to wait for: watch /proc instead
+            alive = [p for p in alive if _running(*p)]
+
+
+def _send(pid: int, sig: int, group: bool = False) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        (os.killpg if group else os.kill)(pid, sig)
+
+
+def _proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every process below `pid`, from /proc (none where there is no /proc)."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        fields = _proc_stat(entry.name) if entry.name.isdigit() else None
+        if fields:
+            children.setdefault(int(fields[1]), []).append((int(entry.name), fields[19]))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child[0])
+    return found
+
+
+def _running(pid: int, started: str) -> bool:
+    """Is the process `pid` that started at `started` still running (not a zombie, not reused)?"""
+    fields = _proc_stat(pid)
+    return bool(fields) and fields[0] != "Z" and fields[19] == started
+
+
+def _leads_group(pid: int) -> bool:
+    fields = _proc_stat(pid)
+    return bool(fields) and fields[2] == str(pid)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -376,6 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ConnectionURLError as exc:
+        message = f"{exc.brief} Expected e.g. {URL_FORMS[1]} (`statekit --help` lists every form)"
     except (StatekitError, ValueError) as exc:
         message = str(exc)
     except redis.exceptions.NoPermissionError as exc:
@@ -384,7 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = f"Redis: {exc}"
     except OSError as exc:
         message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
-    print(f"statekit: error: {redact_url(message)}", file=sys.stderr)
+    # one line, as promised: a message that lists things (a profile's invalid fields) is joined
+    one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"statekit: error: {redact_url(one_line)}", file=sys.stderr)
     return 2
 
 

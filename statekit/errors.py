@@ -21,7 +21,13 @@ class InvalidInput(StatekitError, ValueError):
 
 
 class ConnectionURLError(StatekitError, ValueError):
-    """A Redis URL is malformed or uses a scheme statekit does not know."""
+    """A Redis URL is malformed or uses a scheme statekit does not know. The message may go on
+    to list the URL forms statekit knows; `brief` is its first line (the URL, password
+    redacted, and what is wrong with it), what the CLI prints."""
+
+    @property
+    def brief(self) -> str:
+        return str(self).partition("\n")[0]
 
 
 class StoreUnavailable(StatekitError):

@@ -237,7 +237,10 @@ def migrate_namespace(
     counts are saved to `checkpoint` after every batch; a run given the same checkpoint
     resumes where each node stopped. `stop_after` stops after that many sessions (for tests
     of resumption); `on_node(name)` is called as the walk reaches each node. A checkpoint
-    that cannot be read or lacks fields raises `MigrationError` naming it.
+    that cannot be read or lacks fields raises `MigrationError` naming it, and so does one
+    written by a dry run given to a real run or the other way round: the file records which
+    kind wrote it, and a real run resuming a dry run's counts would report sessions as
+    migrated that were never written.
     """
     from statekit.walk import DONE, Walker, evalsha
 
@@ -245,7 +248,7 @@ def migrate_namespace(
     walker = Walker(client, key_pattern(namespace, "state"), batch, on_node=on_node)
     path = Path(checkpoint) if checkpoint else None
     if path is not None and path.exists():
-        _resume(report, path, namespace)
+        _resume(report, path, namespace, dry_run)
         if report.finished:
             return report
         walker.cursors = dict(report.cursors)
@@ -290,8 +293,9 @@ def migrate_namespace(
 _CHECKPOINT_COUNTS = ("scanned", "migrated", "current", "skipped_newer", "failed", "conflicts", "cursor")
 
 
-def _resume(report: MigrationReport, path: Path, namespace: str) -> None:
-    """Fill `report` from a checkpoint file; MigrationError naming the file when it is unusable."""
+def _resume(report: MigrationReport, path: Path, namespace: str, dry_run: bool) -> None:
+    """Fill `report` from a checkpoint file; MigrationError naming the file when it is unusable
+    or was written by the other kind of run (a dry run's for a real run, or the reverse)."""
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -300,6 +304,15 @@ def _resume(report: MigrationReport, path: Path, namespace: str) -> None:
         raise MigrationError(f"checkpoint {path} is not a statekit migration checkpoint; delete it to start over")
     if saved.get("namespace") != namespace:
         raise MigrationError(f"checkpoint {path} belongs to namespace {saved.get('namespace')!r}, not {namespace!r}")
+    saved_dry_run = saved.get("dry_run", False)
+    if not isinstance(saved_dry_run, bool):
+        raise MigrationError(f"checkpoint {path} is damaged (dry_run is not true or false); delete it to start over")
+    if saved_dry_run != dry_run:
+        written_by, this_run = ("a dry run", "a real migration") if saved_dry_run else ("a real migration", "a dry run")
+        raise MigrationError(
+            f"checkpoint {path} was written by {written_by}, so {this_run} cannot resume from it; "
+            "give this run another checkpoint file (or delete that one)"
+        )
     missing = [k for k in (*_CHECKPOINT_COUNTS, "by_source_version") if k not in saved]
     wrong = [k for k in _CHECKPOINT_COUNTS if k in saved and not isinstance(saved[k], int)]
     cursors = saved.get("cursors", {"server": saved.get("cursor", 0)})

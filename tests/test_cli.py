@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from statekit.cli import main
+from statekit.cli import build_parser, main
+
+PROFILE = Path(__file__).resolve().parent.parent / "data" / "profiles" / "support_agent.yaml"
 
 
 def test_help_lists_commands_and_url_forms(capsys):
@@ -48,6 +51,7 @@ def test_bad_profile_exits_2_with_the_field(capsys, tmp_path):
     assert main(["assess", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "traffic.new_sessions_per_day" in err
+    assert len(err.splitlines()) == 1, "every invalid field on one line"
 
 
 def test_review_with_bad_url_exits_2(capsys, tmp_path, profiles_dir):
@@ -96,6 +100,41 @@ def test_a_damaged_checkpoint_is_named(capsys, tmp_path):
          "statekit.workbook.examples:support_agent_migrations", "--checkpoint", str(checkpoint), "-q"]
     )  # fmt: skip
     assert code == 2 and f"checkpoint {checkpoint} is damaged" in _error(capsys)
+
+
+def test_migrate_after_a_dry_run_with_the_same_checkpoint_is_refused_not_faked(capsys, tmp_path):
+    """`--dry-run` then the same command without it printed "migrated 50" and exited 0,
+    having migrated nothing: the real run returned the dry run's finished checkpoint."""
+    from statekit import SessionStore, connect
+    from statekit.migrate import Migrations, version_census
+    from statekit.workbook.examples import support_agent_migrations
+
+    url = "fakeredis://cli-dry-run-checkpoint"
+    client = connect(url)
+    client.flushall()
+    v1 = SessionStore(client, namespace="app", migrations=Migrations(current=1))
+    for i in range(50):
+        v1.update_state(f"s-{i}", lambda s, i=i: {"ticket_id": f"T{i}", "customer": str(i)})
+    checkpoint = tmp_path / "migrate.json"
+    args = ["migrate", url, "--namespace", "app", "--migrations",
+            "statekit.workbook.examples:support_agent_migrations", "--checkpoint", str(checkpoint), "-q"]  # fmt: skip
+    assert main([*args, "--dry-run"]) == 0
+    assert "would migrate 50" in capsys.readouterr().out
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "migrated" not in captured.out
+    [line] = captured.err.splitlines()
+    assert line == (
+        f"statekit: error: checkpoint {checkpoint} was written by a dry run, so a real migration cannot "
+        "resume from it; give this run another checkpoint file (or delete that one)"
+    )
+    assert version_census(client, "app", support_agent_migrations) == {1: 50}
+    checkpoint.unlink()
+    assert main(args) == 0
+    assert "migrated 50" in capsys.readouterr().out
+    assert version_census(client, "app", support_agent_migrations) == {3: 50}
+    assert main([*args, "--dry-run"]) == 2, "a dry run does not resume the real run's checkpoint either"
+    assert "was written by a real migration" in _error(capsys)
 
 
 def _acl_user(url: str, name: str, rules: str) -> str:
@@ -184,3 +223,131 @@ def test_app_refuses_a_missing_profile_a_bad_profile_and_an_unreachable_server(c
     assert "127.0.0.1:1" in capsys.readouterr().err
     assert main(["app", profile, "--redis-url", "redis//nope"]) == 2
     assert "no scheme" in capsys.readouterr().err
+
+
+def test_app_without_voila_names_the_extra_that_installs_it(capsys, monkeypatch, profiles_dir):
+    """A runtime-only install was told `pip install 'statekit[workbook]'`, which leaves Voila
+    out; every extra the message names must exist, and together they must install Voila."""
+    import tomllib
+
+    monkeypatch.setitem(sys.modules, "voila", None)  # `import voila` raises ImportError
+    assert main(["app", str(profiles_dir / "support_agent.yaml")]) == 2
+    [line] = _error(capsys).splitlines()
+    advice = re.search(r"needs voila, which the runtime install leaves out: pip install 'statekit\[([^\]]+)\]'$", line)
+    assert advice, line
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    optional = pyproject["project"]["optional-dependencies"]
+    named = advice.group(1).split(",")
+    assert set(named) <= set(optional), f"{named} are not all extras of {sorted(optional)}"
+    installs = [re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower() for name in named for req in optional[name]]
+    assert "voila" in installs and "ipywidgets" in installs, installs
+    assert line.startswith("statekit: error: statekit app needs voila"), line
+
+
+BAD_URLS = ["redis://:badport", "redis://host:badport", "nope://x", "redis://host:99999", "", "http://x",
+            "redis://admin:s3cret-pw@host:99999"]  # fmt: skip
+URL_COMMANDS = {
+    "review": lambda url, tmp: ["review", str(PROFILE), "--out", str(tmp / "reports"), "--redis-url", url, "-q"],
+    "migrate": lambda url, tmp: [
+        "migrate",
+        url,
+        "--namespace",
+        "app",
+        "--migrations",
+        "statekit.workbook.examples:support_agent_migrations",
+        "-q",
+    ],  # fmt: skip
+    "health": lambda url, tmp: ["health", url, "--namespace", "app", "-q"],
+    "network-drill": lambda url, tmp: ["network-drill", str(PROFILE), "--redis-url", url],
+    "app": lambda url, tmp: ["app", str(PROFILE), "--redis-url", url, "--out", str(tmp / "scenarios")],
+}
+
+
+def test_every_command_that_takes_a_url_is_in_the_table():
+    parser = build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    takes_url = {name for name, p in sub.choices.items() if any(a.dest == "redis_url" for a in p._actions)}
+    assert takes_url == set(URL_COMMANDS)
+
+
+@pytest.mark.parametrize("url", BAD_URLS)
+@pytest.mark.parametrize("command", sorted(URL_COMMANDS))
+def test_a_malformed_url_is_one_line_and_exit_2(capsys, tmp_path, command, url):
+    """A malformed URL printed the error and then the eight URL forms: nine lines."""
+    assert main(URL_COMMANDS[command](url, tmp_path)) == 2
+    [line] = _error(capsys).splitlines()
+    assert line.startswith("statekit: error: bad Redis URL "), line
+    assert "s3cret-pw" not in line
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "scenarios").exists()
+
+
+def _gone(process) -> bool:
+    import psutil
+
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE  # exited; its reaper has not looked yet
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_for(what: str, ready, timeout_s: float = 120):
+    """Poll `ready()` until it returns something true, within `timeout_s` (the app gives no
+    event to wait on but its port and its processes)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = ready()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} within {timeout_s} s")
+
+
+@pytest.mark.notebook  # Voila runs the live review in a kernel
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_app_stopped_by_a_signal_stops_voila_and_its_kernels(tmp_path, sig):
+    """SIGTERM or SIGINT ended `statekit app`, but its Voila child kept serving the port, with
+    its kernels."""
+    import signal
+    import socket
+    import urllib.request
+
+    psutil = pytest.importorskip("psutil")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [str(Path(sys.executable).parent / "statekit"), "app", str(PROFILE), "--port", str(port),
+           "--out", str(tmp_path / "scenarios")]  # fmt: skip
+    log = (tmp_path / "app.log").open("wb")
+    app = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    below = []
+    try:
+
+        def serves() -> bool:
+            assert app.poll() is None, (tmp_path / "app.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5):
+                    return True  # the page's request starts a kernel
+            except OSError:
+                return False
+
+        _wait_for("answer on the port", serves)
+
+        def kernels() -> list:
+            found = psutil.Process(app.pid).children(recursive=True)
+            return found if any("ipykernel" in " ".join(p.cmdline()) for p in found) else []
+
+        below = _wait_for("kernel", kernels)
+        app.send_signal(getattr(signal, sig))
+        code = app.wait(timeout=60)
+        _wait_for("end of every process below statekit app", lambda: all(_gone(p) for p in below), 30)
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        assert code == 0, "stopped as asked"
+    finally:
+        for p in [*below, psutil.Process(app.pid) if app.poll() is None else None]:
+            if p is not None and not _gone(p):
+                p.kill()
+        app.wait(timeout=30)
+        log.close()

@@ -316,6 +316,39 @@ def test_checkpoint_of_another_namespace_is_refused(tmp_path):
         migrate_namespace(connect("fakeredis://"), "app", support_agent_migrations, checkpoint=path)
 
 
+def test_a_real_run_refuses_a_dry_runs_checkpoint_and_then_migrates_everything(tmp_path):
+    """A real run given the checkpoint of a finished dry run returned the dry run's report as
+    its own ("migrated 50") and migrated nothing."""
+    client = connect("fakeredis://")
+    _seed(client, 50)
+    path = tmp_path / "migrate.json"
+    dry = migrate_namespace(client, "app", support_agent_migrations, batch=10, dry_run=True, checkpoint=path)
+    assert dry.finished and dry.migrated == 50 and json.loads(path.read_text())["dry_run"] is True
+    saved = path.read_text()
+    with pytest.raises(MigrationError, match=f"checkpoint {path} was written by a dry run"):
+        migrate_namespace(client, "app", support_agent_migrations, batch=10, checkpoint=path)
+    assert version_census(client, "app", support_agent_migrations) == {1: 50}
+    assert path.read_text() == saved, "the dry run's checkpoint is left as it was"
+    real = migrate_namespace(client, "app", support_agent_migrations, batch=10, checkpoint=tmp_path / "real.json")
+    assert real.finished and real.migrated == 50
+    assert version_census(client, "app", support_agent_migrations) == {3: 50}
+
+
+def test_a_dry_run_refuses_a_real_runs_checkpoint(tmp_path):
+    client = connect("fakeredis://")
+    _seed(client, 30)
+    path = tmp_path / "migrate.json"
+    first = migrate_namespace(client, "app", support_agent_migrations, batch=10, checkpoint=path, stop_after=10)
+    assert not first.finished and first.migrated >= 10
+    saved = path.read_text()
+    with pytest.raises(MigrationError, match=f"checkpoint {path} was written by a real migration"):
+        migrate_namespace(client, "app", support_agent_migrations, batch=10, dry_run=True, checkpoint=path)
+    assert path.read_text() == saved, "the real run's checkpoint still resumes it"
+    resumed = migrate_namespace(client, "app", support_agent_migrations, batch=10, checkpoint=path)
+    assert resumed.finished and resumed.migrated == 30
+    assert version_census(client, "app", support_agent_migrations) == {3: 30}
+
+
 @pytest.mark.parametrize(
     "spec", ["nocolon", "no.such.module:x", "statekit.workbook.examples:nothing", "statekit.workbook.examples:MODELS"]
 )

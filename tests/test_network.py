@@ -3,6 +3,7 @@ ResilientStore, set up from a profile, behind them."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -130,3 +131,40 @@ def test_the_cli_reports_a_drill_and_refuses_fakeredis(redis_server, profiles_di
     assert "flapping: link down and up every 300 ms" in out and "timeout 25 ms" in out and "lost 0, duplicated 0" in out
     assert main(["network-drill", profile, "--redis-url", "fakeredis://"]) == 2
     assert "need a real redis-server" in capsys.readouterr().err
+
+
+def _drill_keys(url: str) -> set[bytes]:
+    return set(connect(url).scan_iter(match="net-*"))
+
+
+def test_the_cli_drill_removes_its_keys_and_leaves_the_users(redis_url, profiles_dir, capsys):
+    """`statekit network-drill --redis-url URL` left its `net-*` sessions on the user's server."""
+    from statekit.cli import main
+
+    user = connect(redis_url)
+    user.set("net-config", "the user's, not the drill's")
+    user.set("app:{s1}:state", "mine")
+    assert main(["network-drill", str(profiles_dir / "support_agent.yaml"), "--redis-url", redis_url,
+                 "--drill", "latency", "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)["drills"]["latency"]
+    assert result["turns"]["stored"] > 0, "the drill wrote sessions of its own"
+    assert _drill_keys(redis_url) == {b"net-config"}
+    assert user.get("net-config") == b"the user's, not the drill's" and user.get("app:{s1}:state") == b"mine"
+
+
+def test_an_interrupted_drill_removes_its_keys_too(redis_url, profiles_dir, monkeypatch):
+    user = connect(redis_url)
+    user.set("app:{s1}:state", "mine")
+    written: list[bytes] = []
+
+    def interrupted(proxy: TcpProxy) -> None:
+        written.extend(_drill_keys(redis_url))
+        raise RuntimeError("interrupted while the link was impaired")
+
+    monkeypatch.setattr(TcpProxy, "heal", interrupted)
+    profile = WorkloadProfile.from_yaml(profiles_dir / "support_agent.yaml")
+    with pytest.raises(RuntimeError, match="interrupted while the link was impaired"):
+        network_drills(profile, redis_url, drills=["half_open"], before_s=0.3, impaired_s=0.3)
+    assert written, "the drill had written keys when it was interrupted"
+    assert _drill_keys(redis_url) == set()
+    assert user.get("app:{s1}:state") == b"mine"

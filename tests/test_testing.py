@@ -58,3 +58,36 @@ def test_missing_server_skips_by_default_and_fails_when_required(monkeypatch, tm
     monkeypatch.setenv(testing.REQUIRE_ENV, "1")
     with pytest.raises(pytest.fail.Exception, match="forbids skipping"):
         fixtures._start_or_skip()
+
+
+DRILL_TEST = "tests/test_review.py::test_review_with_the_failover_drill_reports_the_writes_it_lost"
+
+
+@pytest.mark.parametrize("required", ["", "1"])
+def test_a_test_whose_drill_starts_the_servers_follows_the_rule_without_redis_server(tmp_path, required):
+    """The review's failover drill starts its own cluster, not through a fixture: without
+    redis-server its test failed where the rule says skipped. Run it in a pytest of its own
+    whose PATH holds only python (no redis-server)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    env = {k: v for k, v in os.environ.items() if k not in ("STATEKIT_REDIS_SERVER", testing.REQUIRE_ENV)}
+    env["PATH"] = str(bin_dir)
+    if required:
+        env[testing.REQUIRE_ENV] = required
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", DRILL_TEST, "-p", "no:cacheprovider", "-q", "-rA"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    out = run.stdout + run.stderr
+    assert "redis-server is not installed" in out, out[-3000:]
+    if required:
+        assert run.returncode != 0 and "skipped" not in out.splitlines()[-1], out[-3000:]
+        assert f"{testing.REQUIRE_ENV}=1 forbids skipping" in out
+    else:
+        assert run.returncode == 0 and out.splitlines()[-1].startswith("1 skipped"), out[-3000:]

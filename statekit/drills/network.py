@@ -3,6 +3,7 @@ while the link is slow, half-open or flapping (`statekit network-drill`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -72,90 +73,100 @@ def network_drill(
     namespace = f"net-{drill}-{os.urandom(3).hex()}"
     policy = LifecyclePolicy(window_turns=1000, max_bytes=1 << 20, summarizer=None, summary_max_bytes=0)
     parts = _drill_url(redis_url)
-    with TcpProxy(parts.port or 6379, upstream_host=parts.hostname or "127.0.0.1").start() as proxy:
-        auth = parts.netloc.rpartition("@")[0]
-        client = connect(urlunsplit(parts._replace(netloc=(auth + "@" if auth else "") + f"127.0.0.1:{proxy.port}")))
-        resilient = ResilientStore(
-            SessionStore(client, policy, namespace=namespace),
-            timeout_ms=settings["timeout_ms"],
-            fail_max=settings["fail_max"],
-            reset_timeout_s=reset_s,
-            buffer_max_turns=100_000,
-            listeners=[Transitions()],
-        )
-        calls: list[dict[str, Any]] = []
-        acked: list[str] = []
-        raised: list[str] = []
-        n = 0
-
-        def request(phase: str) -> None:
-            nonlocal n
-            sid, tid = f"s{n % sessions}", f"t{n}"
-            n += 1
-            for op in ("load_context", "append_turn"):
-                t0 = time.perf_counter()
-                try:
-                    if op == "load_context":
-                        out = resilient.load_context(sid).source
-                    else:
-                        stored = resilient.append_turn(sid, {"n": n}, turn_id=tid)  # None: buffered
-                        out = "buffered" if stored is None else "store"
-                        acked.append(tid)
-                except Exception as exc:  # noqa: BLE001 - what reaches the application is the finding
-                    raised.append(f"{op}: {type(exc).__name__}: {exc}")
-                    out = "raised"
-                calls.append({"phase": phase, "op": op, "ms": (time.perf_counter() - t0) * 1000, "saw": out})
-
-        def run(phase: str, seconds: float) -> None:
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                request(phase)
-                time.sleep(interval_ms / 1000)  # the application's pace between requests
-
-        run("before", before_s)
-        impaired_at = time.monotonic()
-        flapper: threading.Thread | None = None
-        stop_flapping = threading.Event()
-        if drill == "latency":
-            proxy.delay_ms, proxy.jitter_ms = latency_ms / 2, jitter_ms / 2
-        elif drill == "half_open":
-            proxy.drop("down")
-        else:
-
-            def flap() -> None:
-                while not stop_flapping.wait(flap_ms / 1000):
-                    proxy.stall()
-                    if stop_flapping.wait(flap_ms / 1000):
-                        break
-                    proxy.cut()
-                    proxy.resume()
-
-            flapper = threading.Thread(target=flap, daemon=True)
-            flapper.start()
-        run("impaired", impaired_s)
-        stop_flapping.set()
-        if flapper is not None:
-            flapper.join()
-        proxy.delay_ms = proxy.jitter_ms = 0
-        proxy.heal()
-        healed_at = time.monotonic()
-        # after: requests go on until the store is normal with its buffer empty (waits on that
-        # state, bounded by two probe intervals and ten seconds)
-        deadline = healed_at + 2 * reset_s + 10
-        while time.monotonic() < deadline and (resilient.mode != "normal" or resilient.buffered):
-            request("after")
-            time.sleep(interval_ms / 1000)
-        left = resilient.drain(timeout_s=max(1.0, deadline - time.monotonic()))
-        recovered_s = time.monotonic() - healed_at
-        mode_after = resilient.mode
-        client.close()
-
-    direct = connect(redis_url)
     try:
-        reader = SessionStore(direct, policy, namespace=namespace)
-        stored = [tid for i in range(sessions) for tid in reader.load_context(f"s{i}").turn_ids]
-    finally:
-        direct.close()
+        with TcpProxy(parts.port or 6379, upstream_host=parts.hostname or "127.0.0.1").start() as proxy:
+            auth = parts.netloc.rpartition("@")[0]
+            client = connect(
+                urlunsplit(parts._replace(netloc=(auth + "@" if auth else "") + f"127.0.0.1:{proxy.port}"))
+            )
+            resilient = ResilientStore(
+                SessionStore(client, policy, namespace=namespace),
+                timeout_ms=settings["timeout_ms"],
+                fail_max=settings["fail_max"],
+                reset_timeout_s=reset_s,
+                buffer_max_turns=100_000,
+                listeners=[Transitions()],
+            )
+            calls: list[dict[str, Any]] = []
+            acked: list[str] = []
+            raised: list[str] = []
+            n = 0
+
+            def request(phase: str) -> None:
+                nonlocal n
+                sid, tid = f"s{n % sessions}", f"t{n}"
+                n += 1
+                for op in ("load_context", "append_turn"):
+                    t0 = time.perf_counter()
+                    try:
+                        if op == "load_context":
+                            out = resilient.load_context(sid).source
+                        else:
+                            stored = resilient.append_turn(sid, {"n": n}, turn_id=tid)  # None: buffered
+                            out = "buffered" if stored is None else "store"
+                            acked.append(tid)
+                    except Exception as exc:  # noqa: BLE001 - what reaches the application is the finding
+                        raised.append(f"{op}: {type(exc).__name__}: {exc}")
+                        out = "raised"
+                    calls.append({"phase": phase, "op": op, "ms": (time.perf_counter() - t0) * 1000, "saw": out})
+
+            def run(phase: str, seconds: float) -> None:
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    request(phase)
+                    time.sleep(interval_ms / 1000)  # the application's pace between requests
+
+            run("before", before_s)
+            impaired_at = time.monotonic()
+            flapper: threading.Thread | None = None
+            stop_flapping = threading.Event()
+            if drill == "latency":
+                proxy.delay_ms, proxy.jitter_ms = latency_ms / 2, jitter_ms / 2
+            elif drill == "half_open":
+                proxy.drop("down")
+            else:
+
+                def flap() -> None:
+                    while not stop_flapping.wait(flap_ms / 1000):
+                        proxy.stall()
+                        if stop_flapping.wait(flap_ms / 1000):
+                            break
+                        proxy.cut()
+                        proxy.resume()
+
+                flapper = threading.Thread(target=flap, daemon=True)
+                flapper.start()
+            run("impaired", impaired_s)
+            stop_flapping.set()
+            if flapper is not None:
+                flapper.join()
+            proxy.delay_ms = proxy.jitter_ms = 0
+            proxy.heal()
+            healed_at = time.monotonic()
+            # after: requests go on until the store is normal with its buffer empty (waits on that
+            # state, bounded by two probe intervals and ten seconds)
+            deadline = healed_at + 2 * reset_s + 10
+            while time.monotonic() < deadline and (resilient.mode != "normal" or resilient.buffered):
+                request("after")
+                time.sleep(interval_ms / 1000)
+            left = resilient.drain(timeout_s=max(1.0, deadline - time.monotonic()))
+            recovered_s = time.monotonic() - healed_at
+            mode_after = resilient.mode
+            client.close()
+
+        direct = connect(redis_url)
+        try:
+            reader = SessionStore(direct, policy, namespace=namespace)
+            stored = [tid for i in range(sessions) for tid in reader.load_context(f"s{i}").turn_ids]
+        finally:
+            direct.close()
+    except BaseException:
+        # an interrupted drill removes its keys too; should that fail as well (the server is
+        # gone), the interruption is what to report
+        with contextlib.suppress(Exception):
+            _remove_keys(redis_url, namespace)
+        raise
+    _remove_keys(redis_url, namespace)
 
     def figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
         ms = np.array([r["ms"] for r in rows]) if rows else np.array([0.0])
@@ -209,13 +220,39 @@ def network_drill(
     }
 
 
+def _remove_keys(redis_url: str, namespace: str) -> None:
+    """Delete every key of the drill's `namespace` on the server itself (not through the
+    proxy). The namespace is the drill's own (`net-<drill>-<random>`): no key of the user's
+    matches it."""
+    from statekit.backends import connect
+    from statekit.keys import key_pattern
+
+    client = connect(redis_url)
+    try:
+        for keys in _batches(client.scan_iter(match=key_pattern(namespace), count=500), 500):
+            client.unlink(*keys)
+    finally:
+        client.close()
+
+
+def _batches(items: Any, size: int) -> Any:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def _drill_url(redis_url: str) -> Any:
     """The parts of a `redis://` URL the network drills can put a proxy in front of;
     `InvalidInput` for any other."""
-    from statekit.backends import resolve_url
+    from statekit.backends import check_url
     from statekit.errors import InvalidInput
 
-    url = resolve_url(redis_url)
+    url = check_url(redis_url)  # a malformed URL is refused as `connect` refuses it
     parts = urlsplit(url)
     if parts.scheme == "fakeredis":
         raise InvalidInput(

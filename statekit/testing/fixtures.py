@@ -28,12 +28,18 @@ if pytest is not None:
         redis-server is missing, failed instead when STATEKIT_REQUIRE_REDIS=1."""
         return _start_or_skip(args)
 
-    def _start_or_skip(args: Sequence[str] = ()) -> RedisServer:
+    def skip_without_redis_server() -> None:
+        """The fixtures' rule for a test that starts its servers some other way (a drill that
+        starts a cluster of its own): skip it when redis-server is missing, fail it instead
+        when STATEKIT_REQUIRE_REDIS=1."""
         if not find_redis_server():
             message = "redis-server is not installed"
             if require_real_redis():
                 pytest.fail(f"{message}, and {REQUIRE_ENV}=1 forbids skipping real-Redis tests", pytrace=False)
             pytest.skip(f"{message} (set {REQUIRE_ENV}=1 to make this a failure)")
+
+    def _start_or_skip(args: Sequence[str] = ()) -> RedisServer:
+        skip_without_redis_server()
         return RedisServer(args).start()
 
     @pytest.fixture(scope="session")
