@@ -99,15 +99,22 @@ def test_the_drills_degrade_without_flapping_and_lose_nothing(redis_server, prof
     latency, half_open, flapping = result["latency"], result["half_open"], result["flapping"]
     timeout = latency["settings"]["timeout_ms"]
     assert timeout < 200
-    # opened once and stayed open (each probe during the impairment failed): no flapping
-    assert latency["breaker"]["opened"] == 1 and latency["breaker"]["closed_again"] == 1
+    # opened once and stayed open (each probe during the impairment failed): no flapping. (Counted
+    # during the impairment: on a loaded machine four calls in a row can also pass the 16 ms
+    # timeout before it, which opens the breaker as it should.)
+    breaker = latency["breaker"]
+    assert breaker["opened_while_impaired"] <= 1 and breaker["closed_while_impaired"] == 0
+    assert breaker["state_at_heal"] == "open" and breaker["opened"] >= 1
+    assert latency["breaker"]["closed_again"] == latency["breaker"]["opened"]
     impaired = latency["phases"]["impaired"]
     # the deadline is the feature: without it every call would take 200 ms or more; the
     # median call answers from the cache (margin: 200 ms less the 16 ms timeout)
     assert impaired["load_context"]["p50_ms"] < 200 and impaired["append_turn"]["p50_ms"] < 200
     assert impaired["load_context"]["saw"].keys() <= {"cache", "default"}
     assert impaired["append_turn"]["saw"] == {"buffered": impaired["append_turn"]["calls"]}
-    assert half_open["breaker"]["opened"] == 1
+    breaker = half_open["breaker"]
+    assert breaker["opened_while_impaired"] <= 1 and breaker["closed_while_impaired"] == 0
+    assert breaker["state_at_heal"] == "open"
     assert flapping["settings"]["fail_max"] < 300 / 20, "a flap fails more calls than fail_max"
     assert flapping["breaker"]["opened"] >= 1 and flapping["breaker"]["closed_again"] == flapping["breaker"]["opened"]
     saw = flapping["phases"]["impaired"]["append_turn"]["saw"]
