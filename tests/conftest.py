@@ -63,3 +63,21 @@ def any_client(any_url):
     client = connect(any_url)
     yield client
     client.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The documentation blocks run (tests/test_docs.py), and how many were skipped or failed."""
+    outcome_of: dict[str, str] = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(report, "nodeid", "")
+            if "test_docs.py::test_block[" not in nodeid:
+                continue
+            if outcome in ("failed", "error") or outcome_of.get(nodeid) != "failed":
+                outcome_of[nodeid] = "failed" if outcome == "error" else outcome
+    if outcome_of:
+        counts = {k: list(outcome_of.values()).count(k) for k in ("passed", "failed", "skipped")}
+        terminalreporter.write_line(
+            f"documentation blocks: {len(outcome_of)} executed: {counts['passed']} passed, "
+            f"{counts['failed']} failed, {counts['skipped']} skipped"
+        )
