@@ -272,12 +272,12 @@ def check_not_run(block: Block) -> list[str]:
             checked.append(f"statekit {words[1]}")
         elif "pip" in words[:3] and "install" in words:
             for word in words[words.index("install") + 1 :]:
-                match = re.fullmatch(r"(?P<what>[^\[]+)\[(?P<extras>[\w,-]+)\]", word)
-                if match and (match.group("what") in {".", "statekit"} or match.group("what").endswith(".whl")):
-                    if match.group("what").endswith(".whl"):
-                        version = re.search(r"statekit-([^-]+)-", match.group("what"))
-                        assert version and version.group(1) == statekit_version(), f"{block.name}: {word}: not this version"
-                        checked.append(f"wheel {version.group(1)}")
+                match = re.fullmatch(r"(?P<what>[^\[]+)(?:\[(?P<extras>[\w,-]+)\])?", word)
+                if match and match.group("what").endswith(".whl"):
+                    version = re.search(r"statekit-([^-]+)-", match.group("what"))
+                    assert version and version.group(1) == statekit_version(), f"{block.name}: {word}: not this version"
+                    checked.append(f"wheel {version.group(1)}")
+                if match and match.group("extras") and (match.group("what") in {".", "statekit"} or "statekit-" in word):
                     for extra in match.group("extras").split(","):
                         assert extra in extras(), f"{block.name}: `{word}`: no extra {extra!r} in pyproject.toml"
                         checked.append(f"extra {extra}")
