@@ -263,6 +263,8 @@ def check_not_run(block: Block) -> list[str]:
     checked = []
     for command in _shell_commands(block):
         words = shlex.split(command)
+        while len(words) > 1 and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VAR=value command
+            words.pop(0)
         if words[0] == "make":
             for target in (w for w in words[1:] if "=" not in w and not w.startswith("-")):
                 assert target in make_targets(), f"{block.name}: `make {target}`: no such target in the Makefile"

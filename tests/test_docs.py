@@ -126,6 +126,8 @@ def test_not_run_blocks_are_checked_and_a_wrong_name_fails():
     assert check_not_run(good) == ["make review", "make test"]
     job = "steps:\n  - run: pip install -e '.[workbook]'\n  - run: cd /tmp && statekit compat a b\n"
     assert check_not_run(Block(ROOT / "x.md", 1, "yaml", job, "not-run ci")) == ["extra workbook", "statekit compat"]
+    env = Block(ROOT / "x.md", 1, "bash", 'STATEKIT_SCREENSHOTS=1 make test PYTEST_ARGS="-k browser"\n', "not-run")
+    assert check_not_run(env) == ["make test"]
     for wrong in ("make reveiw\n", "statekit comapt a b\n", "pip install '.[nope]'\n", "echo hi\n"):
         with pytest.raises(AssertionError):
             check_not_run(Block(ROOT / "x.md", 1, "bash", wrong, "not-run why"))
