@@ -29,6 +29,7 @@ DOCUMENTS = {path: parse(path) for path in DOC_FILES}
 EXAMPLES = {path: list(document.examples()) for path, document in DOCUMENTS.items()}
 NEXT = dict.fromkeys(DOC_FILES, 0)
 FAILED: dict[Path, str] = {}
+EMPTIED: set[tuple[Path, str]] = set()
 
 #: One worker runs a page's blocks, in order (a block may use what an earlier one defined).
 pytestmark = pytest.mark.xdist_group("docs")
@@ -48,13 +49,19 @@ def checkout(tmp_path_factory) -> Path:
 
 
 def _servers(block, request) -> dict[str, str]:
+    """The servers a block needs, emptied before the first block of its page that uses them (the
+    blocks after it see what that one wrote, as the page's reader would)."""
+    first = (block.path, block.fixture) not in EMPTIED
+    EMPTIED.add((block.path, block.fixture))
     if block.fixture == "redis_url":
-        return {LOCAL_URL: request.getfixturevalue("redis_url")}
+        url = request.getfixturevalue("redis_url") if first else request.getfixturevalue("redis_server").url
+        return {LOCAL_URL: url}
     if block.fixture == "redis_replica_pair":
         pair = request.getfixturevalue("redis_replica_pair")
-        primary = pair.primary.client()
-        primary.flushall()
-        primary.close()
+        if first:
+            primary = pair.primary.client()
+            primary.flushall()
+            primary.close()
         return {LOCAL_URL: pair.primary_url, LOCAL_REPLICA_URL: pair.replica_url}
     return {}
 
