@@ -279,7 +279,11 @@ def check_not_run(block: Block) -> list[str]:
                     version = re.search(r"statekit-([^-]+)-", match.group("what"))
                     assert version and version.group(1) == statekit_version(), f"{block.name}: {word}: not this version"
                     checked.append(f"wheel {version.group(1)}")
-                if match and match.group("extras") and (match.group("what") in {".", "statekit"} or "statekit-" in word):
+                if (
+                    match
+                    and match.group("extras")
+                    and (match.group("what") in {".", "statekit"} or "statekit-" in word)
+                ):
                     for extra in match.group("extras").split(","):
                         assert extra in extras(), f"{block.name}: `{word}`: no extra {extra!r} in pyproject.toml"
                         checked.append(f"extra {extra}")

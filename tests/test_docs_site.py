@@ -123,8 +123,11 @@ def test_every_internal_link_of_the_manual_resolves_in_chromium(served, capsys):
                 queue.append(urldefrag(target).url)
         browser.close()
 
-    broken = [f"{page_url} -> {target} ({status[urldefrag(target).url]})" for page_url, target in links
-              if status[urldefrag(target).url] != 200]
+    broken = [
+        f"{page_url} -> {target} ({status[urldefrag(target).url]})"
+        for page_url, target in links
+        if status[urldefrag(target).url] != 200
+    ]
     missing = []
     for page_url, target in links:
         where, anchor = urldefrag(target)
