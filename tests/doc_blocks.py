@@ -293,3 +293,11 @@ def check_not_run(block: Block) -> list[str]:
             checked.append(name)
     assert checked, f"{block.name}: a not-run block with nothing that can be checked"
     return checked
+
+
+def readme_example() -> tuple[str, str]:
+    """The README's first Python block, and what the README shows it prints."""
+    blocks = [example.parsed for example in parse(ROOT / "README.md").examples()]
+    index = next(i for i, block in enumerate(blocks) if block.language == "python")
+    assert blocks[index + 1].is_output, "the README shows what its first example prints"
+    return blocks[index].source, blocks[index + 1].source
