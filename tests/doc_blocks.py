@@ -65,6 +65,8 @@ class Block:
     marker: str = ""
     #: what the block needs: set by the test from the marker before it runs
     urls: dict[str, str] = field(default_factory=dict)
+    #: the output of a block that needs a server needs that server's block to have run
+    output_of_fixture: str | None = None
 
     @property
     def name(self) -> str:
@@ -73,6 +75,10 @@ class Block:
     @property
     def fixture(self) -> str | None:
         return {"redis-server": "redis_url", "replica-pair": "redis_replica_pair"}.get(self.marker.split(" ")[0])
+
+    @property
+    def needs_server(self) -> bool:
+        return bool(self.fixture or self.output_of_fixture)
 
     @property
     def not_run(self) -> bool:
@@ -91,6 +97,7 @@ def _substitute(text: str, urls: dict[str, str]) -> str:
 
 def _parse(document: Document):
     lexer = RawFencedCodeBlockLexer(info_pattern=re.compile(r"(?P<language>[^\n]*)$\n", re.MULTILINE))
+    previous: Block | None = None
     for region in lexer(document):
         before = document.text[: region.start]
         marker = MARKER.search(before[-300:])
@@ -102,6 +109,9 @@ def _parse(document: Document):
             source=str(region.lexemes["source"]),
             marker=marker.group("marker") if marker else "",
         )
+        if block.is_output and previous is not None:
+            block.output_of_fixture = previous.fixture
+        previous = block
         yield Region(region.start, region.end, parsed=block, evaluator=evaluate)
 
 
