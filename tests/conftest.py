@@ -66,18 +66,22 @@ def any_client(any_url):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The documentation blocks run (tests/test_docs.py), and how many were skipped or failed."""
-    outcome_of: dict[str, str] = {}
-    for outcome in ("passed", "failed", "skipped", "error"):
+    """The documentation blocks run by tests/test_docs.py (one test per page), and those skipped."""
+    ran: set[str] = set()
+    skipped: set[str] = set()
+    failed_pages: set[str] = set()
+    for outcome in ("passed", "failed", "skipped"):
         for report in terminalreporter.stats.get(outcome, []):
-            nodeid = getattr(report, "nodeid", "")
-            if "test_docs.py::test_block[" not in nodeid:
+            if "test_docs.py::test_page[" not in getattr(report, "nodeid", ""):
                 continue
-            if outcome in ("failed", "error") or outcome_of.get(nodeid) != "failed":
-                outcome_of[nodeid] = "failed" if outcome == "error" else outcome
-    if outcome_of:
-        counts = {k: list(outcome_of.values()).count(k) for k in ("passed", "failed", "skipped")}
+            if outcome == "failed":
+                failed_pages.add(report.nodeid)
+            for name, blocks in getattr(report, "user_properties", []):
+                if name == "docs_blocks":
+                    ran.update(blocks["ran"])
+                    skipped.update(blocks["skipped"])
+    if ran or skipped or failed_pages:
         terminalreporter.write_line(
-            f"documentation blocks: {len(outcome_of)} executed: {counts['passed']} passed, "
-            f"{counts['failed']} failed, {counts['skipped']} skipped"
+            f"documentation blocks: {len(ran)} executed, {len(skipped)} skipped"
+            + (f"; {len(failed_pages)} pages failed" if failed_pages else "")
         )

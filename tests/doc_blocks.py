@@ -5,7 +5,8 @@ all) into examples that keep one namespace per page, so a page's blocks run in o
 pasting them into one `python` session would; and it takes evaluators of our own, so console
 blocks and blocks that cannot run are handled in the same pass and none is left out. Its API is
 used directly (not through its pytest collector, which sees only files that pytest walks, and
-`pytest tests` walks only tests/). pytest-markdown-docs and pytest-examples run Python fences only.
+`pytest tests` walks only tests/), one test per page. pytest-markdown-docs and pytest-examples run
+Python fences only, and each fence as a test of its own.
 
 What a page may contain, and what happens to it (tests/test_docs.py checks every fence is one of these):
 

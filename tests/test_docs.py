@@ -27,20 +27,14 @@ from doc_blocks import (  # tests/ is on sys.path (rootdir conftest)
 
 DOCUMENTS = {path: parse(path) for path in DOC_FILES}
 EXAMPLES = {path: list(document.examples()) for path, document in DOCUMENTS.items()}
-NEXT = dict.fromkeys(DOC_FILES, 0)
-FAILED: dict[Path, str] = {}
-EMPTIED: set[tuple[Path, str]] = set()
-
-#: One worker runs a page's blocks, in order (a block may use what an earlier one defined).
-pytestmark = pytest.mark.xdist_group("docs")
 
 
-def _blocks():
+def _pages():
+    """One test per page: its blocks depend on one another, so they run in order in one test (a
+    test per block would rely on xdist's groups, which pytest 9.2 and pytest-xdist 3.8 do not keep)."""
     for path, examples in EXAMPLES.items():
-        for index, example in enumerate(examples):
-            block = example.parsed
-            marks = [pytest.mark.realredis] if block.needs_server else []
-            yield pytest.param(path, index, id=f"{block.name}-{block.language}", marks=marks)
+        marks = [pytest.mark.realredis] if any(e.parsed.needs_server for e in examples) else []
+        yield pytest.param(path, id=str(path.relative_to(ROOT)), marks=marks)
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +42,11 @@ def checkout(tmp_path_factory) -> Path:
     return scratch_checkout(tmp_path_factory.mktemp("checkout"))
 
 
-def _servers(block, request) -> dict[str, str]:
-    """The servers a block needs, emptied before the first block of its page that uses them (the
-    blocks after it see what that one wrote, as the page's reader would)."""
-    first = (block.path, block.fixture) not in EMPTIED
-    EMPTIED.add((block.path, block.fixture))
+def _servers(block, request, emptied: set[str]) -> dict[str, str]:
+    """The servers a block needs, emptied before the page's first block that uses them (the blocks
+    after it see what that one wrote, as the page's reader would)."""
+    first = block.fixture not in emptied
+    emptied.add(block.fixture)
     if block.fixture == "redis_url":
         url = request.getfixturevalue("redis_url") if first else request.getfixturevalue("redis_server").url
         return {LOCAL_URL: url}
@@ -66,26 +60,38 @@ def _servers(block, request) -> dict[str, str]:
     return {}
 
 
-@pytest.mark.parametrize(("path", "index"), list(_blocks()))
-def test_block(path: Path, index: int, checkout: Path, request, monkeypatch):
-    """Run the page's blocks up to this one (those before it have run already in a full run)."""
+@pytest.mark.parametrize("path", list(_pages()))
+def test_page(path: Path, checkout: Path, request, monkeypatch):
+    """Every block of the page, in order, in one namespace. A block whose server cannot start (no
+    redis-server, and STATEKIT_REQUIRE_REDIS unset) is skipped with its output, the others run, and
+    the page is then reported skipped, naming them. What ran is recorded for the terminal summary."""
     monkeypatch.chdir(checkout)
-    if path in FAILED:
-        pytest.fail(f"an earlier block of this page failed ({FAILED[path]}); this one runs after it")
-    while NEXT[path] <= index:
-        position = NEXT[path]
-        NEXT[path] += 1
-        example = EXAMPLES[path][position]
-        if position < index and example.parsed.needs_server:
-            continue  # deselected (make check: -m "not realredis"): it runs as its own test, with its server
-        try:
-            example.parsed.urls = _servers(example.parsed, request)
-            example.evaluate()
-        except pytest.skip.Exception:
-            raise  # no redis-server: the fixture skipped this block, and says so; the page goes on
-        except BaseException:
-            FAILED[path] = example.parsed.name
-            raise
+    ran: list[str] = []
+    skipped: dict[str, str] = {}
+    emptied: set[str] = set()
+    previous = None
+    try:
+        for example in parse(path).examples():  # a fresh namespace for each run of the page
+            block = example.parsed
+            if block.is_output and previous in skipped:
+                skipped[block.name] = "the output of a skipped block"
+                continue
+            previous = block.name
+            try:
+                block.urls = _servers(block, request, emptied)
+            except pytest.skip.Exception as skip:
+                skipped[block.name] = str(skip)
+                continue
+            try:
+                example.evaluate()
+            except Exception as exc:
+                raise AssertionError(f"{block.name} ({block.language} block) failed") from exc
+            ran.append(block.name)
+    finally:
+        request.node.user_properties.append(("docs_blocks", {"ran": ran, "skipped": list(skipped)}))
+    if skipped:
+        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+        pytest.skip(f"{len(skipped)} blocks of {path.name} not run: {reasons}")
 
 
 def _fences(text: str) -> int:

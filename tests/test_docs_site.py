@@ -3,8 +3,8 @@ docstring mkdocstrings cannot render fails it), then the built site served on a 
 every internal link of every page followed in Debian's Chromium (Playwright): each must answer
 200, and each `#anchor` must name an element of the page it points at.
 
-The build runs once for the module, on the browser tests' worker (their xdist group), so the crawl
-reuses it. Without Chromium the crawl skips, except where STATEKIT_REQUIRE_BROWSER is set (CI).
+The build is a module fixture, so the crawl reuses it on the same worker; both carry the browser
+tests' xdist group. Without Chromium the crawl skips, except where STATEKIT_REQUIRE_BROWSER is set (CI).
 """
 
 from __future__ import annotations
