@@ -203,8 +203,9 @@ def drive(steps: Generator[Step, Any, T], wire: Any) -> T:
 class SessionStore(StoreCore):
     """Bounded session state in Redis, by `policy`, under `namespace`.
 
-    Appends and loads are one round trip each (one Lua script); folding evicted turns into
-    the summary adds one round trip every `policy.fold_batch` evictions. Connection errors
+    Appends and loads are one round trip each (an append one Lua script, a load one
+    MULTI/EXEC); folding evicted turns into the summary adds one round trip every
+    `policy.fold_batch` evictions. Connection errors
     and timeouts surface as `StoreUnavailable`; wrap the store in `ResilientStore` to
     degrade instead. For asyncio services, `statekit.aio.AsyncSessionStore` has the same
     methods, awaitable.
