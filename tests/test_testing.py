@@ -91,3 +91,27 @@ def test_a_test_whose_drill_starts_the_servers_follows_the_rule_without_redis_se
         assert f"{testing.REQUIRE_ENV}=1 forbids skipping" in out
     else:
         assert run.returncode == 0 and out.splitlines()[-1].startswith("1 skipped"), out[-3000:]
+
+
+def test_xdist_groups_keep_their_tests_on_one_worker(tmp_path):
+    """The browser tests share one JupyterLab through an xdist group; pytest 9.2 with
+    pytest-xdist 3.8 silently stopped keeping groups together (pytest-xdist issue #1386)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "test_grouped.py").write_text(
+        "import os, pytest\n"
+        "@pytest.mark.xdist_group('g')\n"
+        "@pytest.mark.parametrize('i', range(6))\n"
+        "def test_a(i):\n"
+        "    with open(f'worker-{i}', 'w') as f:\n"
+        "        f.write(os.environ['PYTEST_XDIST_WORKER'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider",
+         "test_grouped.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    workers = {(tmp_path / f"worker-{i}").read_text() for i in range(6)}
+    assert len(workers) == 1, f"one group ran on {sorted(workers)}"
