@@ -86,7 +86,8 @@ def cost(p: dict[str, Any], pol: dict[str, Any]) -> dict[str, Any]:
     n, b, tok = p["turns"]["per_session"], p["turns"]["bytes_per_turn"], p["turns"]["tokens_per_turn"]
     window = p["state"]["context_window_turns"] or n
     s_tok = p["state"]["summary_tokens"]
-    s_bytes = math.ceil(s_tok * b / tok) if tok else 0
+    s_bytes = math.ceil(s_tok * (b / tok if tok else 4.0))  # 4 bytes a token when no model reads turns
+    s_read = s_tok if tok else 0  # and then no model reads the summary either
     independent = p["state"]["units_independent"]
 
     def one(k: int) -> tuple[int, int, int, int, int]:
@@ -98,10 +99,11 @@ def cost(p: dict[str, Any], pol: dict[str, Any]) -> dict[str, Any]:
             b + SESSION_ID_BYTES,
             kept * b + (s_bytes if extra else 0),
             (before + 1) * tok,
-            (kept + 1) * tok + (s_tok if extra else 0),
+            (kept + 1) * tok + (s_read if extra else 0),
         )
 
     rows = [one(k) for k in range(1, n + 1)]
+    horizon = [one(k) for k in range(1, 10 * n + 1)]  # break-evens: up to 10x the typical session
     out: dict[str, Any] = {}
     for i, name in enumerate(
         (
@@ -116,8 +118,8 @@ def cost(p: dict[str, Any], pol: dict[str, Any]) -> dict[str, Any]:
             out[f"assessment.cost.{name}.{k}"] = row[i]
     for k in range(n):
         out[f"assessment.cost.turns.{k}"] = k + 1
-    wire = next((k + 1 for k, r in enumerate(rows) if r[1] < r[0]), None)
-    token = next((k + 1 for k, r in enumerate(rows) if r[4] < r[3]), None)
+    wire = next((k + 1 for k, r in enumerate(horizon) if r[1] < r[0]), None)
+    token = next((k + 1 for k, r in enumerate(horizon) if r[4] < r[3]), None)
     session = None
     replay_sum = server_sum = 0
     for k in range(1, 10 * n + 1):
@@ -164,10 +166,14 @@ def resilience(p: dict[str, Any], pol: dict[str, Any]) -> dict[str, Any]:
     timeout = max(1, math.floor(budget / worst))
     t = p["traffic"]
     instances = t.get("app_instances", 1)
-    requests = t["peak_concurrent_sessions"] * t["requests_per_session"] / (t["session_minutes"] * 60)
+    # the busier of the peak and the day's average
+    requests = max(
+        t["peak_concurrent_sessions"] * t["requests_per_session"] / (t["session_minutes"] * 60),
+        t["new_sessions_per_day"] * t["requests_per_session"] / 86_400,
+    )
     per_process = requests * mean / instances
     fail_max = min(20, max(3, _ceil(per_process * TRIP_WITHIN_S)))
-    buffer = _ceil(requests / instances * OUTAGE_S * 1.5)
+    buffer = max(1, _ceil(requests / instances * OUTAGE_S * 1.5))
     return {
         "resilience.timeout_ms": timeout,
         "resilience.worst_wait_ms": worst * timeout,
@@ -192,7 +198,11 @@ def capacity(p: dict[str, Any], pol: dict[str, Any], review: dict[str, Any]) -> 
     session_s = t["session_minutes"] * 60
     held_s = session_s + pol["ttl_seconds"]
     daily = math.ceil(t["new_sessions_per_day"] / 86_400 * held_s)
-    peak = math.ceil(t["peak_concurrent_sessions"] * held_s / session_s)
+    # at the peak's arrival rate, held to the sessions started within a session and a TTL (a day at least)
+    peak = min(
+        math.ceil(t["peak_concurrent_sessions"] * held_s / session_s),
+        math.ceil(t["new_sessions_per_day"] * max(1.0, held_s / 86_400)),
+    )
     cap = review["lifecycle"]["capacity"]  # the memory model's bytes: checked against INFO memory elsewhere
     n = p["turns"]["per_session"]
     out = {
@@ -231,10 +241,10 @@ def consistency(p: dict[str, Any]) -> dict[str, Any]:
         purpose, tol = sc["purpose"], float(sc["staleness_tolerance_s"])
         strong = purpose in ("financial", "approval", "quota")
         tolerant = purpose in ("personalization", "recommendation", "cache")
-        # replicas serve only what tolerates staleness: tolerant purposes with a bound, and analytics
-        replica = (tolerant and tol > 0) or purpose == "analytics"
+        # replicas serve only what tolerates staleness: caches, personalization, recommendations, analytics
+        replica = (tolerant or purpose == "analytics") and tol > 0
         key = f"consistency.classes.{i}"
-        if strong or (tolerant and tol == 0):
+        if strong or ((tolerant or purpose == "analytics") and tol == 0):
             out[f"{key}.staleness_bound_s"] = 0.0
         elif tolerant:
             out[f"{key}.staleness_bound_s"] = tol

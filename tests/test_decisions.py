@@ -66,7 +66,10 @@ def test_fail_max_comes_from_each_processs_calls_and_its_reason_states_the_real_
     profile, review = _review(path)
     res = review["resilience"]
     t = profile.traffic
-    requests = t.peak_concurrent_sessions * t.requests_per_session / (t.session_minutes * 60)
+    requests = max(
+        t.peak_concurrent_sessions * t.requests_per_session / (t.session_minutes * 60),
+        t.new_sessions_per_day * t.requests_per_session / 86_400,
+    )
     per_request = 2 + (1 / recommend_lifecycle(profile).policy.fold_batch if _folds(profile) else 0)
     per_process = requests * per_request / getattr(t, "app_instances", 1)
     assert res["peak_store_calls_per_second"] == round(requests * per_request, 2)
@@ -76,7 +79,9 @@ def test_fail_max_comes_from_each_processs_calls_and_its_reason_states_the_real_
     assert window, res["reasons"]["fail_max"]
     assert float(window.group(1)) == pytest.approx(expected / per_process, rel=1e-2)
     # the buffer is each process's, from its share of the appends
-    assert res["buffer_max_turns"] == math.ceil(round(requests / getattr(t, "app_instances", 1) * 30 * 1.5, 9))
+    buffer = max(1, math.ceil(round(requests / getattr(t, "app_instances", 1) * 30 * 1.5, 9)))
+    assert res["buffer_max_turns"] == buffer
+    assert f"x 30 s of outage x 1.5 = {buffer:,} turns" in res["reasons"]["buffer_max_turns"]
 
 
 def test_more_instances_spread_the_calls_over_more_breakers(profiles_dir):
@@ -163,3 +168,83 @@ def test_a_durable_workflow_gets_queue_workers_and_a_durable_buffer(profiles_dir
     _, support = _review(profiles_dir / "support_agent.yaml")
     (conversation,) = [c for c in support["consistency"]["classes"] if c["purpose"] == "conversation"]
     assert "sticky" in conversation["routing"] and support["resilience"]["durable_buffer"] is False
+
+
+def test_the_growth_chart_holds_the_peak_from_the_first_day(profiles_dir):
+    _, review = _review(profiles_dir / "support_agent.yaml")
+    cap = review["lifecycle"]["capacity"]
+    assert cap["sized_for"] == "peak"
+    assert cap["growth_over_days"]["with_policy"][0] == cap["total_bytes"], "a peak can come on day one"
+
+
+# -- edge profiles: the numbers and the words that state them agree ----------------------------
+
+
+def _edge(profiles_dir: Path, **changes: dict) -> tuple[WorkloadProfile, dict]:
+    data = WorkloadProfile.from_yaml(profiles_dir / "support_agent.yaml").model_dump()
+    data.pop("state_schema")
+    for section, values in changes.items():
+        data[section] = {**data[section], **values} if isinstance(values, dict) else values
+    profile = WorkloadProfile.from_dict(data)
+    return profile, build_review(profile)
+
+
+def test_a_slow_process_gets_a_buffer_of_at_least_one_turn_and_reasons_with_its_real_rate(profiles_dir):
+    _, review = _edge(
+        profiles_dir,
+        traffic={"session_minutes": 1e6, "app_instances": 10_000, "peak_concurrent_sessions": 1,
+                 "requests_per_session": 1, "new_sessions_per_day": 1},
+    )  # fmt: skip
+    res = review["resilience"]
+    assert res["buffer_max_turns"] == 1 and "(never fewer than 1)" in res["reasons"]["buffer_max_turns"]
+    assert "makes 0.0 store calls" not in res["reasons"]["fail_max"]
+    assert "trips it fast" not in res["reasons"]["fail_max"] and "needs" in res["reasons"]["fail_max"]
+
+
+def test_resilience_sizes_for_the_day_when_it_is_busier_than_the_peak(profiles_dir):
+    _, review = _edge(profiles_dir, traffic={"peak_concurrent_sessions": 1, "new_sessions_per_day": 1_000_000})
+    res = review["resilience"]
+    assert res["peak_requests_per_second"] == round(1_000_000 * 14 / 86_400, 2)
+    assert "on the day's average" in res["reasons"]["fail_max"]
+
+
+def test_the_peak_never_holds_more_sessions_than_the_profile_starts(profiles_dir):
+    _, review = _edge(profiles_dir, traffic={"session_minutes": 0.01})
+    cap = review["lifecycle"]["capacity"]
+    ttl = review["lifecycle"]["policy"]["ttl_seconds"]
+    assert cap["peak_held_sessions"] == math.ceil(40_000 * max(1, (0.6 + ttl) / 86_400)) == 40_000
+
+
+def test_a_ttl_capped_by_retention_says_so(profiles_dir):
+    _, review = _edge(
+        profiles_dir, traffic={"session_minutes": 3000}, compliance={"retention_days": 1},
+        state={"long_running_steps": True},
+    )  # fmt: skip
+    (call,) = [j for j in review["judgements"] if j["name"] == "durable workflows"]
+    assert "capped at the 1-day retention" in call["choice"] and "three task lengths (" not in call["choice"]
+    assert "beyond the 1-day retention" in review["lifecycle"]["policy"]["reasons"]["ttl_seconds"]
+
+
+def test_a_one_turn_session_has_break_evens_that_agree_and_no_none_in_words(profiles_dir):
+    profile, review = _edge(profiles_dir, turns={"per_session": 1}, state={"context_window_turns": 1})
+    cost = review["assessment"]["cost"]
+    assert cost["session_token_break_even_turn"] is None or (
+        cost["token_break_even_turn"] is not None
+        and cost["token_break_even_turn"] <= cost["session_token_break_even_turn"]
+    )
+    assert "None" not in " ".join(review["assessment"]["reasons"])
+
+
+def test_no_model_reading_the_turns_is_said_and_no_summary_tokens_are_charged(profiles_dir):
+    _, review = _edge(profiles_dir, turns={"tokens_per_turn": 0})
+    cost = review["assessment"]["cost"]
+    assert sum(cost["server_prompt_tokens"]) == 0 and cost["server_token_cost_per_1000_sessions"] == 0
+    assert cost["assumptions"]["summary_bytes"] > 0, "the summary is still stored"
+    assert "no model reads the turns" in " ".join(review["assessment"]["reasons"])
+
+
+def test_analytics_that_tolerates_no_staleness_reads_from_the_primary(profiles_dir):
+    data = {"name": "counts", "purpose": "analytics", "staleness_tolerance_s": 0}
+    profile, review = _edge(profiles_dir, state_classes=[data])
+    (choice,) = review["consistency"]["classes"]
+    assert choice["reads_from"] == "primary" and choice["stale_read_probability"] == 0.0

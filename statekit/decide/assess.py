@@ -149,8 +149,10 @@ def cost_model(profile: WorkloadProfile) -> CostModel:
     n, b, tok = t.per_session, t.bytes_per_turn, t.tokens_per_turn
     window = profile.state.context_window_turns or n
     s_tok = profile.state.summary_tokens
-    # A summary costs about as many bytes per token as the turns do.
-    s_bytes = math.ceil(s_tok * b / tok) if tok else 0
+    # A summary costs about as many bytes per token as the turns do (4 bytes a token when no model
+    # reads the turns, as the lifecycle policy assumes); and no model reads it when none reads them.
+    s_bytes = math.ceil(s_tok * (b / tok if tok else 4.0))
+    s_tok_read = s_tok if tok else 0
     independent = profile.state.units_independent
     turns = list(range(1, n + 1))
 
@@ -164,21 +166,22 @@ def cost_model(profile: WorkloadProfile) -> CostModel:
             b + SESSION_ID_BYTES,
             kept * b + (s_bytes if summarised else 0),
             (history + 1) * tok,
-            (kept + 1) * tok + (s_tok if summarised else 0),
+            (kept + 1) * tok + (s_tok_read if summarised else 0),
         )
 
     replay_bytes, server_bytes, store_bytes, replay_tok, server_tok = (
         list(c) for c in zip(*map(request, turns), strict=True)
     )
 
-    wire_even = next((k for k, r, s in zip(turns, replay_bytes, server_bytes, strict=True) if s < r), None)
-    token_even = next((k for k, r, s in zip(turns, replay_tok, server_tok, strict=True) if s < r), None)
-    # the shortest session (of this profile's turns, possibly longer than its typical one) whose
-    # requests, summed, send fewer tokens with server state; looked for up to 10x the typical length
+    # each break-even is looked for over one horizon, up to 10x the typical session's turns (a
+    # request of a session longer than the typical one can be the first to pay)
+    horizon = [request(k) for k in range(1, 10 * n + 1)]
+    wire_even = next((k for k, r in enumerate(horizon, 1) if r[1] < r[0]), None)
+    token_even = next((k for k, r in enumerate(horizon, 1) if r[4] < r[3]), None)
+    # the shortest session whose requests, summed, send fewer tokens with server state
     session_even, replay_sum, server_sum = None, 0, 0
-    for k in range(1, 10 * n + 1):
-        _, _, _, r_tok, s_tok_k = request(k)
-        replay_sum, server_sum = replay_sum + r_tok, server_sum + s_tok_k
+    for k, r in enumerate(horizon, 1):
+        replay_sum, server_sum = replay_sum + r[3], server_sum + r[4]
         if server_sum < replay_sum:
             session_even = k
             break
@@ -348,10 +351,18 @@ def assess(profile: WorkloadProfile) -> Assessment:
                 f"{whole}; {costs}."
             )
         else:
-            reasons.append(
-                f"Tokens: sessions fit in the {window}-turn window, so server state saves wire bytes "
-                f"(from turn {cost.wire_break_even_turn}) but no tokens; {costs}."
+            wire = (
+                f"saves wire bytes from turn {cost.wire_break_even_turn}"
+                if cost.wire_break_even_turn
+                else "never sends fewer wire bytes"
             )
+            if profile.turns.tokens_per_turn == 0:
+                why = "no model reads the turns (0 tokens a turn)"
+            elif profile.turns.per_session <= window:
+                why = f"sessions fit in the {window}-turn window"
+            else:
+                why = "the summary costs as many tokens as the turns it stands for"
+            reasons.append(f"Tokens: {why}, so server state {wire} but saves no tokens; {costs}.")
     return Assessment(
         service=profile.service,
         verdict=verdict,

@@ -516,7 +516,7 @@ def select(
                     [_ASYNC],
                 )
             )
-        elif purpose in ("personalization", "recommendation", "cache"):  # and no staleness tolerated
+        elif tolerance == 0:  # personalization, recommendation, cache or analytics that tolerate no staleness
             choices.append(
                 Choice(
                     sc.name,
@@ -535,7 +535,7 @@ def select(
                     [_ASYNC, f"give {sc.name} a tolerance above 0 s to let replicas serve its reads"],
                 )
             )
-        else:  # analytics: eventual, whatever its tolerance
+        else:  # analytics that tolerates staleness: eventual
             choices.append(
                 Choice(
                     sc.name,

@@ -42,7 +42,8 @@ def judgement_calls(
             "why": (
                 "a session's keys live its length and then its TTL; at the peak's arrival rate, sessions "
                 "waiting out their TTL are held beside the active ones. Sizing for the peak assumes it "
-                "lasts a session and a TTL; a shorter peak holds fewer"
+                "lasts a session and a TTL (a shorter peak holds fewer), and never more than the sessions "
+                "the profile starts in a session and a TTL (a day at least)"
             ),
             "paths": [
                 "lifecycle.capacity.active_sessions",
@@ -100,8 +101,13 @@ def judgement_calls(
         {
             "name": "durable workflows",
             "choice": (
-                f"TTL of three task lengths ({policy.ttl_seconds / 3600:,.1f} h), workers off a queue (no sticky "
-                "routing), buffered steps on local disk"
+                (
+                    f"TTL of three task lengths ({policy.ttl_seconds / 3600:,.1f} h)"
+                    if policy.ttl_seconds < profile.compliance.retention_days * 86_400
+                    else f"TTL capped at the {profile.compliance.retention_days}-day retention "
+                    f"({policy.ttl_seconds / 3600:,.1f} h, under three task lengths: a task paused longer is lost)"
+                )
+                + ", workers off a queue (no sticky routing), buffered steps on local disk"
                 if profile.state.long_running_steps
                 else "does not apply: progress need not survive restarts"
             ),

@@ -73,6 +73,12 @@ def recommend(profile: Any, fold_batch: int = 4) -> Recommendation:
     if ttl > retention_s:
         ttl = retention_s
         ttl_reason += f"; capped at the {profile.compliance.retention_days}-day retention period"
+    if session_s + ttl > retention_s:
+        ttl_reason += (
+            f". WARNING: every write slides the TTL, so a session's data lives up to its length plus the TTL "
+            f"({(session_s + ttl) / 3600:,.1f} h), beyond the {profile.compliance.retention_days}-day retention: "
+            "end sessions before the retention period, or shorten them"
+        )
     log_turns = window + (fold_batch if summary_budget else 0)
     record_overhead = 64  # turn id, envelope and JSON around the text
     cap = _round_up(

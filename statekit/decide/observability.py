@@ -73,6 +73,10 @@ def recommend(profile: Any, max_bytes: int, timeout_ms: float) -> dict[str, Any]
             "why": (
                 f"more than {TAIL_SHARE:.0%} of one operation's store calls slower than {slow * 1000:g} ms (its p99 "
                 f"past the bucket at or under {NEAR_TIMEOUT:.0%} of the {timeout_ms:g} ms timeout): calls time out next"
+                if slow * 1000 >= 0.4 * timeout_ms
+                else f"more than {TAIL_SHARE:.0%} of one operation's store calls slower than {slow * 1000:g} ms, the "
+                f"largest latency bucket: far under the {timeout_ms:g} ms timeout, so this pages on slowness long "
+                "before calls time out"
             ),
         },
         {

@@ -20,6 +20,12 @@ FAIL_MAX_BOUNDS = (3, 20)
 OUTAGE_TO_SURVIVE_S = 30
 
 
+def _num(x: float) -> str:
+    """A rate as the reasons print it: thousands separated, and three significant digits below 10
+    (so 0.0038 is not printed as 0.0)."""
+    return f"{x:,.1f}" if x >= 10 else f"{x:.3g}"
+
+
 def _ceil(x: float) -> int:
     """Ceiling of a product of rates, without float noise (16.8 / 6 x 45 is 126.00000000000001)."""
     return math.ceil(round(x, 9))
@@ -67,8 +73,14 @@ def recommend(profile: Any, outage_s: float = OUTAGE_TO_SURVIVE_S, policy: Any =
     timeout_ms = max(1, math.floor(budget / worst_trips))
     worst_wait_ms = worst_trips * timeout_ms
     instances = t.app_instances
-    requests_per_s = t.peak_concurrent_sessions * t.requests_per_session / (t.session_minutes * 60)
-    calls_per_s = requests_per_s * trips["mean"]
+    # the busier of the peak (its concurrent sessions over a session's length) and the day's
+    # average (a profile whose peak is below its own average would otherwise size for nothing)
+    at_peak = t.peak_concurrent_sessions * t.requests_per_session / (t.session_minutes * 60)
+    on_average = t.new_sessions_per_day * t.requests_per_session / 86_400
+    requests_per_s = max(at_peak, on_average)
+    rate_from = "at peak" if at_peak >= on_average else "on the day's average (busier than the profile's peak)"
+    round_trips_mean = trips["mean"]
+    calls_per_s = requests_per_s * round_trips_mean
     per_process_calls = calls_per_s / instances
     low, high = FAIL_MAX_BOUNDS
     wanted = _ceil(per_process_calls * TRIP_WITHIN_S)
@@ -76,7 +88,7 @@ def recommend(profile: Any, outage_s: float = OUTAGE_TO_SURVIVE_S, policy: Any =
     trips_after_s = fail_max / per_process_calls
     writes_per_s = requests_per_s  # one append per request
     per_process_writes = writes_per_s / instances
-    buffer = _ceil(per_process_writes * outage_s * 1.5)
+    buffer = max(1, _ceil(per_process_writes * outage_s * 1.5))
     durable = bool(profile.state.long_running_steps)
     policies = {c.name: ("raise" if c.purpose in AUTHORITATIVE_PURPOSES else "buffer") for c in profile.state_classes}
     folds = "a load, an append and the fold it runs" if trips["folds"] else "a load and an append"
@@ -92,12 +104,19 @@ def recommend(profile: Any, outage_s: float = OUTAGE_TO_SURVIVE_S, policy: Any =
         if wanted < low
         else f"the {TRIP_WITHIN_S:g} s target gives {wanted}, lowered to the ceiling of {high}"
         if wanted > high
-        else f"{TRIP_WITHIN_S:g} s of them, within the bounds {low}..{high}"
+        else f"the {TRIP_WITHIN_S:g} s target rounded up to whole failures, within the bounds {low}..{high}"
     )
+    if trips_after_s <= 4 * TRIP_WITHIN_S:
+        speed = "so one slow call does not trip it and a real outage trips it fast"
+    else:
+        speed = (
+            f"so at this call rate the breaker needs {trips_after_s:.3g} s of failures to open: until then "
+            "each call waits its timeout"
+        )
     return {
         "timeout_ms": timeout_ms,
         "worst_wait_ms": worst_wait_ms,
-        "round_trips_per_request": {"worst": worst_trips, "mean": trips["mean"]},
+        "round_trips_per_request": {"worst": worst_trips, "mean": round_trips_mean},
         "fail_max": fail_max,
         "breaker_opens_after_s": trips_after_s,
         "reset_timeout_s": 10,
@@ -116,17 +135,16 @@ def recommend(profile: Any, outage_s: float = OUTAGE_TO_SURVIVE_S, policy: Any =
                 f"({folds}), floored to whole ms: {wait} before the breaker opens, then nothing"
             ),
             "fail_max": (
-                f"the breaker counts failures per process: at peak each of the {instances} application "
-                f"process(es) makes {per_process_calls:,.1f} store calls a second ({calls_per_s:,.1f} for the "
-                f"fleet, {trips['mean']:g} per request); {fail_max} consecutive failures is "
-                f"{trips_after_s:.3g} s of them ({bounded}), so one slow call does not trip it and a real "
-                "outage trips it fast"
+                f"the breaker counts failures per process: {rate_from} each of the {instances} application "
+                f"process(es) makes {_num(per_process_calls)} store calls a second ({_num(calls_per_s)} for the "
+                f"fleet, {round_trips_mean:g} per request); {fail_max} consecutive failures is "
+                f"{trips_after_s:.3g} s of them ({bounded}), {speed}"
             ),
             "reset_timeout_s": "probe a failed store every 10 s with one call; the rest fail fast meanwhile",
             "buffer_max_turns": (
-                f"{per_process_writes:,.2f} appends a second per process at peak ({writes_per_s:,.1f} for the "
-                f"fleet over {instances} process(es)) x {outage_s:g} s of outage x 1.5 = {buffer:,} turns in "
-                "each process's buffer"
+                f"{_num(per_process_writes)} appends a second per process {rate_from} ({_num(writes_per_s)} for "
+                f"the fleet over {instances} process(es)) x {outage_s:g} s of outage x 1.5 = {buffer:,} turns in "
+                "each process's buffer" + (" (never fewer than 1)" if buffer == 1 else "")
             ),
             "durable_buffer": (
                 "progress must survive restarts: buffered steps are kept on local disk "

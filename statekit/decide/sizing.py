@@ -332,11 +332,20 @@ def active_sessions(new_sessions_per_day: float, session_seconds: float, ttl_sec
     return math.ceil(new_sessions_per_day / 86_400 * (session_seconds + ttl_seconds))
 
 
-def peak_held_sessions(peak_concurrent: int, session_seconds: float, ttl_seconds: float) -> int:
+def peak_held_sessions(
+    peak_concurrent: int, session_seconds: float, ttl_seconds: float, new_sessions_per_day: float | None = None
+) -> int:
     """Sessions held in Redis at a peak of `peak_concurrent` sessions at once: Little's law at
     the peak's arrival rate (peak_concurrent / session length), each held for the session and
-    its TTL. It holds when the peak lasts at least a session and a TTL."""
-    return math.ceil(peak_concurrent * (session_seconds + ttl_seconds) / session_seconds)
+    its TTL. It holds when the peak lasts at least a session and a TTL. With
+    `new_sessions_per_day`, never more than the sessions started within a session and a TTL
+    (at least a day's): a profile whose peak implies more arrivals than its day has is held to
+    its day."""
+    held = session_seconds + ttl_seconds
+    at_peak = math.ceil(peak_concurrent * held / session_seconds)
+    if new_sessions_per_day is None:
+        return at_peak
+    return min(at_peak, math.ceil(new_sessions_per_day * max(1.0, held / 86_400)))
 
 
 def nodes_needed(total_bytes: int, maxmemory_bytes: int, usable_fraction: float = 0.75) -> int:
@@ -511,7 +520,9 @@ def plan_capacity(
     t = profile.turns
     session_s = profile.traffic.session_minutes * 60
     daily = active_sessions(profile.traffic.new_sessions_per_day, session_s, policy.ttl_seconds)
-    at_peak = peak_held_sessions(profile.traffic.peak_concurrent_sessions, session_s, policy.ttl_seconds)
+    at_peak = peak_held_sessions(
+        profile.traffic.peak_concurrent_sessions, session_s, policy.ttl_seconds, profile.traffic.new_sessions_per_day
+    )
     active = max(daily, at_peak)
     e = estimate_memory(policy, active, t.per_session, t.bytes_per_turn, session_id_bytes=36)
     week = math.ceil(profile.traffic.new_sessions_per_day * 7)
