@@ -190,6 +190,78 @@ def _cmd_health(args: argparse.Namespace) -> int:
     return failing
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from statekit.backends import check_reachable, connect
+    from statekit.decide.calibrate import calibrate
+
+    profile = WorkloadProfile.from_yaml(args.profile)
+    client = connect(args.redis_url, socket_timeout=30)
+    check_reachable(client, args.redis_url)
+    replica = None
+    if args.replica_url:
+        replica = connect(args.replica_url, socket_timeout=30)
+        check_reachable(replica, args.replica_url)
+    try:
+        total = client.dbsize() or None
+    except redis.exceptions.NoPermissionError:
+        total = None
+    with tqdm(total=total, desc="keys scanned (of the database's)", unit="key", disable=args.quiet or args.json) as bar:
+        cal = calibrate(
+            client,
+            args.namespace,
+            profile,
+            sample=args.sample,
+            window_s=args.window,
+            tolerance=args.tolerance,
+            replica=replica,
+            metrics=args.metrics,
+            seed=args.seed,
+            progress=bar.update,
+            on_node=lambda name: bar.set_postfix_str(f"node {name}"),
+        )
+    if args.write_profile:
+        Path(args.write_profile).write_text(cal.profile_yaml(), encoding="utf-8")
+    if args.report:
+        from statekit.workbook.calibration import write_report
+
+        write_report(cal, args.report)
+    failing = 1 if args.fail_on == "drift" and cal.flips() else 0
+    if args.json:
+        print(json.dumps(cal.as_dict(), indent=2, default=str))
+    else:
+        from statekit.workbook.calibration import render_text
+
+        print(render_text(cal))
+        for path in (args.write_profile, args.report):
+            if path:
+                print(f"wrote {path}")
+    if failing:
+        print(f"statekit: --fail-on drift: {len(cal.flips())} decisions flip", file=sys.stderr)
+    return failing
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -428,6 +500,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     health.set_defaults(func=_cmd_health)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="measure a live namespace, read-only, against its workload profile; the decisions that flip",
+        description="Measure a live namespace (read-only: sessions held, bytes per session, turns per session, "
+        "bytes per turn, session length, TTLs, schema versions; new sessions and appends per second over a "
+        "sampling window; optionally replica lag and StateMetrics figures), hold each against the profile's "
+        "assumption, and re-run the review's decisions with the measured numbers. Exit status: 0, 1 when "
+        "--fail-on drift and a decision flips, 2 on an error (unreachable server, a user without the rules "
+        "of statekit.acl's 'calibrate' component, a bad profile).",
+    )
+    cal.add_argument("redis_url", metavar="URL", help="the Redis holding the sessions")
+    cal.add_argument("--namespace", required=True, help="the SessionStore namespace")
+    cal.add_argument("--profile", required=True, help="the workload profile YAML the namespace was designed for")
+    cal.add_argument("--sample", type=_positive_int, help="read at most N sessions, at random (default: all)")
+    cal.add_argument("--window", type=_seconds, default=60.0, metavar="SECONDS",
+                     help="sampling window for the rates (default 60; 0 skips the rates)")  # fmt: skip
+    cal.add_argument("--tolerance", type=_fraction, default=0.25, help="relative drift flagged (default 0.25)")
+    cal.add_argument("--replica-url", help="a replica of URL: measure its lag (a real server)")
+    cal.add_argument("--metrics", metavar="FILE|URL", help="a Prometheus exposition of StateMetrics")
+    cal.add_argument("--write-profile", metavar="FILE", help="write the calibrated profile here")
+    cal.add_argument("--report", metavar="FILE", help="write the calibration as an HTML page here")
+    cal.add_argument("--seed", type=int, default=0, help="seed of the random sample (default 0)")
+    cal.add_argument("--json", action="store_true", help="print the calibration as JSON")
+    cal.add_argument("--fail-on", choices=["drift"], help="exit 1 when a decision of the review flips")
+    cal.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    cal.set_defaults(func=_cmd_calibrate)
 
     app = sub.add_parser(
         "app",

@@ -111,8 +111,13 @@ class Flip:
         return f"{self.decision}: {self.before} -> {self.after} ({self.reason})"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"decision": self.decision, "before": self.before, "after": self.after, "reason": self.reason,
-                "text": str(self)}  # fmt: skip
+        return {
+            "decision": self.decision,
+            "before": self.before,
+            "after": self.after,
+            "reason": self.reason,
+            "text": str(self),
+        }
 
 
 @dataclass
@@ -147,7 +152,9 @@ class Calibration:
         """The calibrated profile as YAML, with a header naming what was replaced."""
         import yaml
 
-        applied = [f"{r.assumption}: {r.assumed:g} -> measured" for r in self.rows if r.applied and r.assumed is not None]
+        applied = [
+            f"{r.assumption}: {r.assumed:g} -> measured" for r in self.rows if r.applied and r.assumed is not None
+        ]
         header = "# calibrated by `statekit calibrate` against namespace " + repr(self.measurement.namespace) + "\n"
         header += "".join(f"#   {line}\n" for line in applied) or "#   nothing replaced: no drift beyond tolerance\n"
         return header + yaml.safe_dump(self.calibrated.model_dump(mode="json", exclude_none=True), sort_keys=False)
@@ -220,8 +227,15 @@ def _drift(assumed: float | None, measured: Estimate | None) -> float | None:
     return (measured.value - assumed) / assumed
 
 
-def _row(assumption: str, label: str, assumed: float | None, measured: Estimate | None, tolerance: float,
-         unit: str = "", note: str = "") -> Row:  # fmt: skip
+def _row(
+    assumption: str,
+    label: str,
+    assumed: float | None,
+    measured: Estimate | None,
+    tolerance: float,
+    unit: str = "",
+    note: str = "",
+) -> Row:
     drift = _drift(assumed, measured)
     beyond = drift is not None and abs(drift) > tolerance
     significant = measured is not None and assumed is not None and not measured.covers(assumed)
@@ -238,7 +252,7 @@ def compare(
 ) -> Calibration:
     """Hold `profile` against `measurement` (and the replica lag and metrics when given):
     the rows, the calibrated profile, and the decisions that flip. Pure: no I/O."""
-    if not 0 < tolerance:
+    if not tolerance > 0:
         raise ValueError(f"tolerance is a relative drift > 0, got {tolerance!r}")
     rec = recommend(profile)
     policy = rec.policy
@@ -246,79 +260,197 @@ def compare(
     t, tr = profile.turns, profile.traffic
     est = measurement.estimates
     rows: list[Row] = []
-    turns = _row("turns.per_session", "turns per session", t.per_session, est.get("turns_per_session"), tolerance,
-                 note="appends per finished session (v - fv - sv of its meta hash)")  # fmt: skip
-    bytes_row = _row("turns.bytes_per_turn", "bytes per turn", t.bytes_per_turn, est.get("bytes_per_turn"), tolerance,
-                     "B", "encoded turn as stored (JSON envelope included), from the logs' byte counts")  # fmt: skip
-    minutes = _row("traffic.session_minutes", "session length", tr.session_minutes, est.get("session_minutes"),
-                   tolerance, "min", "first write to last write of finished sessions")  # fmt: skip
+    turns = _row(
+        "turns.per_session",
+        "turns per session",
+        t.per_session,
+        est.get("turns_per_session"),
+        tolerance,
+        note="appends per finished session (v - fv - sv of its meta hash)",
+    )
+    bytes_row = _row(
+        "turns.bytes_per_turn",
+        "bytes per turn",
+        t.bytes_per_turn,
+        est.get("bytes_per_turn"),
+        tolerance,
+        "B",
+        "encoded turn as stored (JSON envelope included), from the logs' byte counts",
+    )
+    minutes = _row(
+        "traffic.session_minutes",
+        "session length",
+        tr.session_minutes,
+        est.get("session_minutes"),
+        tolerance,
+        "min",
+        "first write to last write of finished sessions",
+    )
     rows += [turns, bytes_row, minutes]
     rate = est.get("new_sessions_per_s")
-    daily = None if rate is None else Estimate(rate.value * DAY_S, rate.low * DAY_S, rate.high * DAY_S, rate.n,
-                                               rate.method, rate.exact)  # fmt: skip
+    daily = (
+        None
+        if rate is None
+        else Estimate(rate.value * DAY_S, rate.low * DAY_S, rate.high * DAY_S, rate.n, rate.method, rate.exact)
+    )
     window_note = (
         f"over a {measurement.window_s:,.0f} s window"
-        + ("" if measurement.window_s >= DAY_S else ": the rate of this window, not the day's; a day-long window replaces it")
+        + (
+            ""
+            if measurement.window_s >= DAY_S
+            else ": the rate of this window, not the day's; a day-long window replaces it"
+        )
         if rate is not None
         else "not measured: give a sampling window (--window SECONDS)"
     )
-    arrivals = _row("traffic.new_sessions_per_day", "new sessions per day", tr.new_sessions_per_day, daily, tolerance,
-                    note=window_note)  # fmt: skip
+    arrivals = _row(
+        "traffic.new_sessions_per_day",
+        "new sessions per day",
+        tr.new_sessions_per_day,
+        daily,
+        tolerance,
+        note=window_note,
+    )
     rows.append(arrivals)
     appends = est.get("appends_per_s")
-    rows.append(_row("appends_per_s", "appends per second", tr.new_sessions_per_day / DAY_S * t.per_session,
-                     appends, tolerance, "/s", "assumed: daily arrivals x turns per session"))  # fmt: skip
+    rows.append(
+        _row(
+            "appends_per_s",
+            "appends per second",
+            tr.new_sessions_per_day / DAY_S * t.per_session,
+            appends,
+            tolerance,
+            "/s",
+            "assumed: daily arrivals x turns per session",
+        )
+    )
     running = est.get("sessions_in_progress")
-    peak = _row("traffic.peak_concurrent_sessions", "sessions running at once", tr.peak_concurrent_sessions, running,
-                tolerance, note="sessions written within the last "
-                f"{finished_after_s(profile, policy):,.0f} s; the profile's peak is a floor: only more raises it")  # fmt: skip
+    peak = _row(
+        "traffic.peak_concurrent_sessions",
+        "sessions running at once",
+        tr.peak_concurrent_sessions,
+        running,
+        tolerance,
+        note="sessions written within the last "
+        f"{finished_after_s(profile, policy):,.0f} s; the profile's peak is a floor: only more raises it",
+    )
     peak.flagged = bool(running and running.low > tr.peak_concurrent_sessions * (1 + tolerance))
     rows.append(peak)
-    rows.append(_row("sessions_held", "sessions held", capacity["active_sessions"], est.get("sessions_held"), tolerance,
-                     note="assumed: Little's law over the profile's traffic, at the peak or over the day"))  # fmt: skip
+    rows.append(
+        _row(
+            "sessions_held",
+            "sessions held",
+            capacity["active_sessions"],
+            est.get("sessions_held"),
+            tolerance,
+            note="assumed: Little's law over the profile's traffic, at the peak or over the day",
+        )
+    )
     p99 = measurement.bytes_percentiles.get("p99")
     top = measurement.bytes_percentiles.get("max")
-    cap = _row("lifecycle.max_bytes", "session bytes p99 against the cap", policy.max_bytes, p99, tolerance, "B",
-               "the cap rejects an append beyond it: a p99 near the cap means rejected turns")  # fmt: skip
+    cap = _row(
+        "lifecycle.max_bytes",
+        "session bytes p99 against the cap",
+        policy.max_bytes,
+        p99,
+        tolerance,
+        "B",
+        "the cap rejects an append beyond it: a p99 near the cap means rejected turns",
+    )
     cap.drift = None if p99 is None else p99.value / policy.max_bytes - 1
     cap.flagged = bool(p99 and p99.value > CAP_TIGHT * policy.max_bytes)
     rows.append(cap)
     if top is not None:
-        rows.append(Row("lifecycle.max_bytes", "largest session", policy.max_bytes, top, "B", top.value / policy.max_bytes - 1,
-                        top.value > policy.max_bytes, note="a session over the cap was written under another policy"))  # fmt: skip
+        rows.append(
+            Row(
+                "lifecycle.max_bytes",
+                "largest session",
+                policy.max_bytes,
+                top,
+                "B",
+                top.value / policy.max_bytes - 1,
+                top.value > policy.max_bytes,
+                note="a session over the cap was written under another policy",
+            )
+        )
     summary = est.get("summary_bytes_p95")
     if policy.summary_max_bytes:
-        rows.append(Row("lifecycle.summary_max_bytes", "summary bytes p95 against its budget", policy.summary_max_bytes,
-                        summary, "B", _drift(policy.summary_max_bytes, summary),
-                        bool(summary and summary.value > policy.summary_max_bytes),
-                        note="measured over summarised sessions" if summary else "no session has a summary yet"))  # fmt: skip
+        rows.append(
+            Row(
+                "lifecycle.summary_max_bytes",
+                "summary bytes p95 against its budget",
+                policy.summary_max_bytes,
+                summary,
+                "B",
+                _drift(policy.summary_max_bytes, summary),
+                bool(summary and summary.value > policy.summary_max_bytes),
+                note="measured over summarised sessions" if summary else "no session has a summary yet",
+            )
+        )
     ttl = measurement.ttl
     if ttl:
-        longest = Estimate(ttl["longest_remaining_s"], ttl["longest_remaining_s"], ttl["longest_remaining_s"],
-                           measurement.sampled, "longest remaining TTL seen")  # fmt: skip
-        rows.append(Row("lifecycle.ttl_seconds", "remaining TTL against the policy", policy.ttl_seconds, longest, "s",
-                        _drift(policy.ttl_seconds, longest), bool(ttl["over_policy"] or ttl["without_ttl"]),
-                        note=f"{ttl['over_policy']:.0f} sampled sessions hold more TTL than the policy gives, "
-                        f"{ttl['without_ttl']:.0f} none at all"))  # fmt: skip
+        longest = Estimate(
+            ttl["longest_remaining_s"],
+            ttl["longest_remaining_s"],
+            ttl["longest_remaining_s"],
+            measurement.sampled,
+            "longest remaining TTL seen",
+        )
+        rows.append(
+            Row(
+                "lifecycle.ttl_seconds",
+                "remaining TTL against the policy",
+                policy.ttl_seconds,
+                longest,
+                "s",
+                _drift(policy.ttl_seconds, longest),
+                bool(ttl["over_policy"] or ttl["without_ttl"]),
+                note=f"{ttl['over_policy']:.0f} sampled sessions hold more TTL than the policy gives, "
+                f"{ttl['without_ttl']:.0f} none at all",
+            )
+        )
     lag_s = None
     if replica_lag is not None:
         lag_s = replica_lag["worst_s"]
-        bounded = [c for c in profile.state_classes if c.purpose in ("personalization", "recommendation", "cache")
-                   and c.staleness_tolerance_s > 0]  # fmt: skip
+        bounded = [
+            c
+            for c in profile.state_classes
+            if c.purpose in ("personalization", "recommendation", "cache") and c.staleness_tolerance_s > 0
+        ]
         bound = min((c.staleness_tolerance_s for c in bounded), default=None)
         lag = Estimate(lag_s, lag_s, lag_s, replica_lag["samples"], "worst of INFO replication samples")
-        rows.append(Row("replica_lag", "replica lag (worst) against the tightest staleness bound", bound, lag, "s",
-                        None, bool(bound is not None and lag_s > bound),
-                        note="assumed by the review: exponential, mean 1 ms"))  # fmt: skip
+        rows.append(
+            Row(
+                "replica_lag",
+                "replica lag (worst) against the tightest staleness bound",
+                bound,
+                lag,
+                "s",
+                None,
+                bool(bound is not None and lag_s > bound),
+                note="assumed by the review: exponential, mean 1 ms",
+            )
+        )
     if metrics is not None:
         budget = profile.latency_budget_ms
         worst = max((v.get("p99_ms", 0.0) for v in metrics.get("latency_ms", {}).values()), default=None)
         if worst is not None:
             e = Estimate(worst, worst, worst, 0, "histogram bucket edge (an upper bound)")
-            rows.append(Row("latency_budget_ms", "p99 latency of the slowest operation", budget, e, "ms",
-                            _drift(budget, e), worst > budget))  # fmt: skip
-        for key, label, limit in (("degraded_share", "share of reads degraded", DEGRADED_SHARE_FLAG),
-                                  ("conflict_ratio", "conflicts per CAS attempt", CONFLICT_RATIO_FLAG)):  # fmt: skip
+            rows.append(
+                Row(
+                    "latency_budget_ms",
+                    "p99 latency of the slowest operation",
+                    budget,
+                    e,
+                    "ms",
+                    _drift(budget, e),
+                    worst > budget,
+                )
+            )
+        for key, label, limit in (
+            ("degraded_share", "share of reads degraded", DEGRADED_SHARE_FLAG),
+            ("conflict_ratio", "conflicts per CAS attempt", CONFLICT_RATIO_FLAG),
+        ):
             value = metrics.get(key)
             if value is not None:
                 e = Estimate(value, value, value, 0, "StateMetrics")
@@ -353,8 +485,9 @@ def compare(
         if name in before and before[name] != after[name]:
             flip = Flip(name, before[name], after[name], _flip_reason(name, before[name], after[name], rows, lag_s))
             (flipped if _is_discrete(name) else changes).append(flip)
-    return Calibration(profile, calibrated, measurement, rows, flipped, changes, before, after, replica_lag, metrics,
-                       tolerance)  # fmt: skip
+    return Calibration(
+        profile, calibrated, measurement, rows, flipped, changes, before, after, replica_lag, metrics, tolerance
+    )
 
 
 def measure_replica_lag_readonly(

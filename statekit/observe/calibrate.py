@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from statekit.errors import CorruptStateError, NeedsRealRedis
+from statekit.errors import AccessDenied, CorruptStateError, NeedsRealRedis, classify_reply
 from statekit.keys import key_pattern, session_id_of, session_keys
 from statekit.observe.metrics import percentile
 from statekit.walk import Walker
@@ -111,8 +111,9 @@ def poisson_rate(count: float, seconds: float, thinning: float = 1.0, z: float =
     half = z * math.sqrt(k + z * z / 4)
     low, high = max(0.0, k + z * z / 2 - half), k + z * z / 2 + half
     scale = 1 / (thinning * seconds)
-    return Estimate(k * scale, low * scale, high * scale, int(round(k)), "Poisson count, score interval",
-                    exact=thinning >= 1)  # fmt: skip
+    return Estimate(
+        k * scale, low * scale, high * scale, int(round(k)), "Poisson count, score interval", exact=thinning >= 1
+    )
 
 
 def compound_rate(contributions: Sequence[float], expand: float, seconds: float, z: float = Z99) -> Estimate:
@@ -127,8 +128,14 @@ def compound_rate(contributions: Sequence[float], expand: float, seconds: float,
         s2 = sum((c - m) ** 2 for c in contributions) / (n - 1)
         var += (expand * n) ** 2 * s2 / n * (1 - 1 / expand)
     half = z * math.sqrt(var) if var > 0 else z * math.sqrt(z * z / 4) * 2
-    return Estimate(total / seconds, max(0.0, total - half) / seconds, (total + half) / seconds, n,
-                    "compound Poisson count, normal interval", exact=expand <= 1)  # fmt: skip
+    return Estimate(
+        total / seconds,
+        max(0.0, total - half) / seconds,
+        (total + half) / seconds,
+        n,
+        "compound Poisson count, normal interval",
+        exact=expand <= 1,
+    )
 
 
 def quantile_estimate(values: Sequence[float], q: float, population: int, z: float = Z99) -> Estimate | None:
@@ -166,7 +173,9 @@ class SessionSample:
     @property
     def turn_bytes(self) -> int:
         """Bytes of the turns in the log (encoded turns, without their ids)."""
-        return max(0, self.stored_bytes - self.summary_bytes - self.state_bytes - self.log_records * self.record_overhead)
+        return max(
+            0, self.stored_bytes - self.summary_bytes - self.state_bytes - self.log_records * self.record_overhead
+        )
 
 
 @dataclass
@@ -234,6 +243,11 @@ def read_sessions(
                 ]
             replies = walker.execute(node, commands)
             trips += 1
+            for reply in replies:
+                if isinstance(reply, Exception) and isinstance(
+                    error := classify_reply(reply, "calibrate's read of a session"), AccessDenied
+                ):
+                    raise error
             for i, sid in enumerate(chunk):
                 r = replies[i * per : (i + 1) * per]
                 if any(isinstance(x, Exception) for x in r[:6]) or not r[7]:
@@ -349,8 +363,9 @@ def measure(
     if sample is not None and sample < 2:
         raise ValueError(f"sample must be at least 2 sessions, got {sample!r}")
     started = time.perf_counter()
-    first = snapshot(client, namespace, sample=sample, seed=seed, batch=batch, clock=clock,
-                     progress=progress, on_node=on_node)  # fmt: skip
+    first = snapshot(
+        client, namespace, sample=sample, seed=seed, batch=batch, clock=clock, progress=progress, on_node=on_node
+    )
     m = Measurement(namespace, len(first.sessions), len(first.sample), nodes=first.nodes)
     m.round_trips, m.keys_scanned = first.round_trips, first.keys_scanned
     population = len(first.sessions)
@@ -366,8 +381,14 @@ def measure(
     if sizes:
         top = float(max(sizes))
         exact = len(sizes) >= population
-        m.bytes_percentiles["max"] = Estimate(top, top, top if exact else math.inf, len(sizes),
-                                              "largest seen" + ("" if exact else " (a lower bound)"), exact)  # fmt: skip
+        m.bytes_percentiles["max"] = Estimate(
+            top,
+            top,
+            top if exact else math.inf,
+            len(sizes),
+            "largest seen" + ("" if exact else " (a lower bound)"),
+            exact,
+        )
     ttl_ms = ttl_seconds * 1000
     idle = {s.session: max(0.0, (ttl_ms - s.pttl_ms) / 1000) for s in rows if s.pttl_ms >= 0}
     finished = [s for s in rows if idle.get(s.session, 0) >= finished_after_s]
@@ -380,9 +401,7 @@ def measure(
     finished_population = round(population * share)
     if (e := mean_estimate([s.turns for s in finished], finished_population)) is not None:
         m.estimates["turns_per_session"] = e
-    durations = [
-        (clock() - idle[s.session]) - s.created_ms / 1000 for s in finished if s.created_ms is not None
-    ]
+    durations = [(clock() - idle[s.session]) - s.created_ms / 1000 for s in finished if s.created_ms is not None]
     durations = [max(0.0, d) for d in durations]
     if (e := mean_estimate([d / 60 for d in durations], finished_population)) is not None:
         m.estimates["session_minutes"] = e
@@ -390,7 +409,11 @@ def measure(
     if (e := ratio_estimate([s.turn_bytes for s in with_turns], [s.log_records for s in with_turns])) is not None:
         m.estimates["bytes_per_turn"] = e
     summaries = [s.summary_bytes for s in rows if s.summary_bytes > 0]
-    if (e := quantile_estimate(summaries, 95, max(len(summaries), round(population * len(summaries) / max(1, len(rows)))))) is not None:  # fmt: skip
+    if (
+        e := quantile_estimate(
+            summaries, 95, max(len(summaries), round(population * len(summaries) / max(1, len(rows))))
+        )
+    ) is not None:
         m.estimates["summary_bytes_p95"] = e
     m.estimates["summarised_share"] = _share(len(summaries), len(rows), population)
     in_progress = len(rows) - len([s for s in rows if idle.get(s.session, 0) >= finished_after_s])
@@ -411,7 +434,9 @@ def measure(
         second = snapshot(client, namespace, batch=batch, clock=clock, only=list(before))
         elapsed = second.at - first.at
         new_ids = sorted(second.sessions - first.sessions)
-        picked = new_ids if sample is None or len(new_ids) <= sample else random.Random(seed + 1).sample(new_ids, sample)
+        picked = (
+            new_ids if sample is None or len(new_ids) <= sample else random.Random(seed + 1).sample(new_ids, sample)
+        )
         walker = Walker(client, key_pattern(namespace, "meta"), batch)
         by_node = _by_node(walker, namespace, picked)
         fresh, trips, _ = read_sessions(walker, namespace, by_node)
@@ -427,8 +452,9 @@ def measure(
         new = compound_rate(gained_new, expand_new, elapsed)
         value = old.value + new.value
         half = math.hypot(old.high - old.value, new.high - new.value)
-        m.estimates["appends_per_s"] = Estimate(value, max(0.0, value - half), value + half,
-                                                old.n + new.n, old.method, old.exact and new.exact)  # fmt: skip
+        m.estimates["appends_per_s"] = Estimate(
+            value, max(0.0, value - half), value + half, old.n + new.n, old.method, old.exact and new.exact
+        )
     m.seconds = time.perf_counter() - started
     return m
 
@@ -480,14 +506,12 @@ def read_prometheus(text: str) -> dict[str, Any]:
         if not line or line.startswith("#"):
             continue
         name, _, rest = line.partition("{") if "{" in line.split(" ", 1)[0] else (line.split(" ", 1)[0], "", "")
-        labels, value_text = (rest.rsplit("} ", 1) if rest else ("", line.split(" ", 1)[1]))
+        labels, value_text = rest.rsplit("} ", 1) if rest else ("", line.split(" ", 1)[1])
         try:
             value = float(value_text.split()[0])
         except (ValueError, IndexError):
             continue
-        label = dict(
-            (p.split("=", 1)[0], p.split("=", 1)[1].strip('"')) for p in labels.split(",") if "=" in p
-        )
+        label = dict((p.split("=", 1)[0], p.split("=", 1)[1].strip('"')) for p in labels.split(",") if "=" in p)
         if name == "statekit_operation_duration_seconds_bucket":
             le = math.inf if label.get("le") == "+Inf" else float(label.get("le", "nan"))
             buckets.setdefault(label.get("operation", "?"), []).append((le, value))
