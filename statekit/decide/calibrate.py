@@ -199,7 +199,7 @@ def decisions(profile: WorkloadProfile, lag_s: float | None = None) -> dict[str,
     for choice in classes:
         out[f"consistency.{choice.state_class}"] = choice.level
         if choice.level == "bounded staleness":
-            holds = lag_s is None or lag_s <= choice.staleness_tolerance_s
+            holds = lag_s is None or lag_s <= (choice.staleness_bound_s or 0)
             out[f"consistency.{choice.state_class}.bound_holds"] = holds
     return out
 
