@@ -375,12 +375,14 @@ def measure(
     sizes = [s.stored_bytes for s in rows]
     m.sizes = sizes
     m.estimates["sessions_held"] = Estimate(population, population, population, population, "SCAN count", True)
+    # every session was read (bar those that expired between the SCAN and the read): exact figures
+    read_all = sample is None or sample >= population
     for q in (50, 95, 99):
-        if (e := quantile_estimate(sizes, q, population)) is not None:
+        if (e := quantile_estimate(sizes, q, len(sizes) if read_all else population)) is not None:
             m.bytes_percentiles[f"p{q}"] = e
     if sizes:
         top = float(max(sizes))
-        exact = len(sizes) >= population
+        exact = read_all
         m.bytes_percentiles["max"] = Estimate(
             top,
             top,
