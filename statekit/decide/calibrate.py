@@ -152,8 +152,16 @@ class Calibration:
         """The calibrated profile as YAML, with a header naming what was replaced."""
         import yaml
 
+        data = self.calibrated.model_dump(mode="json")
+
+        def value(path: str) -> Any:
+            section, _, name = path.partition(".")
+            return data.get(section, {}).get(name)
+
         applied = [
-            f"{r.assumption}: {r.assumed:g} -> measured" for r in self.rows if r.applied and r.assumed is not None
+            f"{r.assumption}: {r.assumed:g} -> {value(r.assumption)} (measured {r.measured.value:,.4g})"
+            for r in self.rows
+            if r.applied and r.assumed is not None and r.measured is not None
         ]
         header = "# calibrated by `statekit calibrate` against namespace " + repr(self.measurement.namespace) + "\n"
         header += "".join(f"#   {line}\n" for line in applied) or "#   nothing replaced: no drift beyond tolerance\n"

@@ -26,11 +26,21 @@ from typing import Any
 from statekit import codec
 from statekit.decide.profile import WorkloadProfile
 from statekit.errors import StateTooLarge
-from statekit.keys import session_keys
+from statekit.keys import key_pattern, session_keys
 from statekit.lifecycle import LifecyclePolicy
+from statekit.observe.calibrate import Measurement
 from statekit.store import SessionStore
+from statekit.walk import Walker
 
-__all__ = ["Production", "SimulatedProduction", "simulate", "drifted_production", "DRIFTED_PROFILE"]
+__all__ = [
+    "Production",
+    "SimulatedProduction",
+    "simulate",
+    "clear",
+    "recovery_table",
+    "drifted_production",
+    "DRIFTED_PROFILE",
+]
 
 
 def _phi(x: float) -> float:
@@ -160,13 +170,17 @@ def simulate(
     *,
     seed: int = 0,
     horizon_s: float | None = None,
+    fresh: bool = False,
 ) -> SimulatedProduction:
     """Write the sessions `production` holds now into `namespace` through a `SessionStore`
     with `policy`, and return the simulation (its clock, its next traffic, its truth).
 
     Arrivals are drawn from `horizon_s` before now (long enough that every earlier session
     has expired: 1.5 session lengths and the TTL, by default) to `horizon_s` after now, for
-    `advance`. Deterministic for a given seed (bar the few milliseconds writing takes)."""
+    `advance`. Deterministic for a given seed (bar the few milliseconds writing takes).
+    `fresh` deletes the namespace's keys first (a notebook run again starts from nothing)."""
+    if fresh:
+        clear(client, namespace)
     rng = random.Random(seed)
     ttl = policy.ttl_seconds
     longest = 1.5 * production.session_minutes * 60
@@ -209,6 +223,34 @@ def simulate(
     sim._pending = [(x + sim.t0, i, k) for x, i, k in sim._pending]
     sim._place({i: last + sim.t0 for i, last in past.items()})
     return sim
+
+
+def clear(client: Any, namespace: str) -> int:
+    """Delete every key of `namespace` on every node; the number deleted."""
+    walker = Walker(client, key_pattern(namespace))
+    deleted = 0
+    for batch in walker:
+        deleted += sum(r for r in walker.execute(batch.node, [("DEL", k) for k in batch.keys]) if isinstance(r, int))
+    return deleted
+
+
+def recovery_table(measurement: Measurement, truth: dict[str, float]) -> list[dict[str, Any]]:
+    """For each simulated parameter: the truth, the estimate, its 99% interval, and whether the
+    interval covers the truth."""
+    rows = []
+    for name, value in truth.items():
+        e = measurement.estimates.get(name)
+        rows.append(
+            {
+                "parameter": name,
+                "truth": value,
+                "measured": None if e is None else e.value,
+                "low": None if e is None else e.low,
+                "high": None if e is None else e.high,
+                "covered": bool(e and e.covers(value)),
+            }
+        )
+    return rows
 
 
 #: A chat assistant profiled before launch at 14 turns per session, no explicit context
