@@ -309,6 +309,10 @@ def _cmd_app(args: argparse.Namespace) -> int:
     if not profile.exists():
         raise StatekitError(f"{profile}: no such profile (give one: statekit app PROFILE.yaml)")
     WorkloadProfile.from_yaml(profile)  # an invalid profile fails here, before a server starts
+    if args.calibrate:
+        from statekit.keys import validate_namespace
+
+        validate_namespace(args.calibrate)
     client = connect(args.redis_url)
     try:
         check_reachable(client, args.redis_url)
@@ -321,6 +325,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
         "STATEKIT_APP_PROFILE": str(profile.resolve()),
         "STATEKIT_APP_REDIS_URL": args.redis_url,
         "STATEKIT_APP_OUT": str(Path(args.out).resolve()),
+        **({"STATEKIT_APP_CALIBRATE": args.calibrate} if args.calibrate else {}),
     }
     voila = shutil.which("voila", path=str(Path(sys.executable).parent)) or shutil.which("voila")
     cmd = [voila or "voila", str(notebook), f"--port={args.port}", "--Voila.ip=127.0.0.1", "--no-browser",
@@ -543,6 +548,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     app.add_argument("--port", type=_positive_int, default=8866, help="port on 127.0.0.1 (default 8866)")
     app.add_argument("--out", default="scenarios", help="where exported scenarios and their reports go")
+    app.add_argument(
+        "--calibrate",
+        metavar="NAMESPACE",
+        help="pin 'as profiled' against 'as measured' from this "
+        "namespace of --redis-url (statekit calibrate, read-only, no sampling window)",
+    )
     app.set_defaults(func=_cmd_app)
 
     net = sub.add_parser(

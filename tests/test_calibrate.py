@@ -230,3 +230,26 @@ def test_statemetrics_exposition_gives_latency_conflicts_and_degraded_share(tmp_
     assert {"latency_budget_ms", "conflict_ratio"} <= {r["assumption"] for r in cal.table()}
     with pytest.raises(Exception, match="no statekit_"):
         read_prometheus("up 1\n")
+
+
+def test_an_empty_namespace_measures_nothing_and_flips_nothing():
+    profile, _ = drifted_production()
+    cal = calibrate(connect("fakeredis://"), "nothing-here", profile)
+    assert cal.measurement.sessions == 0 and not cal.flips() and cal.profile() == profile
+    assert {r["assumption"]: r["measured"] for r in cal.table()}["turns.per_session"] is None
+    assert "fewer than 2 sampled sessions" in cal.measurement.notes[0]
+
+
+def test_the_live_review_pins_as_profiled_against_as_measured():
+    from statekit.app import review_app
+
+    client = connect("fakeredis://")
+    profile, production = drifted_production()
+    simulate(client, "chat", production, recommend(profile).policy, seed=5)
+    app = review_app(profile)
+    app.pin_calibration(calibrate(client, "chat", profile))
+    table = app.comparison()
+    assert list(table.columns) == ["as profiled", "as measured", "change vs first"]
+    assert table.loc["nodes"].tolist() == [1, 2, "+100%"]
+    assert table.loc["assumed: turns per session", "as profiled"] == 14
+    assert "as measured" in app.sections["scenarios"].value
