@@ -227,6 +227,17 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         from statekit.workbook.calibration import write_report
 
         write_report(cal, args.report)
+    written = [p for p in (args.write_profile, args.report) if p]
+    if args.review:
+        from statekit.workbook.review import run_review
+
+        out = Path(args.review)
+        out.mkdir(parents=True, exist_ok=True)
+        calibrated = out / f"{profile.service}.calibrated.yaml"
+        calibrated.write_text(cal.profile_yaml(), encoding="utf-8")
+        # the review's own demonstrations run on an embedded server: calibrate writes nothing to URL
+        (files,) = run_review([calibrated], out_dir=out, redis_url="fakeredis://", progress=False)
+        written += [str(calibrated), str(files.html)]
     failing = 1 if args.fail_on == "drift" and cal.flips() else 0
     if args.json:
         print(json.dumps(cal.as_dict(), indent=2, default=str))
@@ -234,9 +245,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         from statekit.workbook.calibration import render_text
 
         print(render_text(cal))
-        for path in (args.write_profile, args.report):
-            if path:
-                print(f"wrote {path}")
+        for path in written:
+            print(f"wrote {path}")
     if failing:
         print(f"statekit: --fail-on drift: {len(cal.flips())} decisions flip", file=sys.stderr)
     return failing
@@ -527,6 +537,11 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--metrics", metavar="FILE|URL", help="a Prometheus exposition of StateMetrics")
     cal.add_argument("--write-profile", metavar="FILE", help="write the calibrated profile here")
     cal.add_argument("--report", metavar="FILE", help="write the calibration as an HTML page here")
+    cal.add_argument(
+        "--review",
+        metavar="DIR",
+        help="write the calibrated profile and its full design review (HTML, notebook, JSON) here",
+    )
     cal.add_argument("--seed", type=int, default=0, help="seed of the random sample (default 0)")
     cal.add_argument("--json", action="store_true", help="print the calibration as JSON")
     cal.add_argument("--fail-on", choices=["drift"], help="exit 1 when a decision of the review flips")

@@ -6,6 +6,8 @@ benchmarks/bench_calibrate.py (figures in docs/benchmarks.md)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -253,3 +255,20 @@ def test_the_live_review_pins_as_profiled_against_as_measured():
     assert table.loc["nodes"].tolist() == [1, 2, "+100%"]
     assert table.loc["assumed: turns per session", "as profiled"] == 14
     assert "as measured" in app.sections["scenarios"].value
+
+
+@pytest.mark.notebook
+def test_the_review_is_rerun_with_the_measured_numbers(tmp_path, capsys):
+    client = connect("fakeredis://calibrate-review")
+    client.flushall()
+    profile, production = drifted_production()
+    simulate(client, "chat", production, recommend(profile).policy, seed=6)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(DRIFTED_PROFILE))
+    args = ["calibrate", "fakeredis://calibrate-review", "--namespace", "chat", "--profile", str(path), "--window", "0"]
+    assert main([*args, "-q", "--review", str(tmp_path / "review")]) == 0
+    review = yaml.safe_load((tmp_path / "review" / "chat_assistant.calibrated.yaml").read_text())
+    assert review["turns"]["per_session"] > 30
+    rerun = json.loads((tmp_path / "review" / "chat_assistant.calibrated.json").read_text())
+    assert rerun["lifecycle"]["capacity"]["nodes"] == 2 and rerun["profile"]["turns"]["per_session"] > 30
+    assert "chat_assistant.calibrated.html" in capsys.readouterr().out
