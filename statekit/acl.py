@@ -101,7 +101,7 @@ COMPONENTS: dict[str, Rules] = {
         ),
         why="SCAN of the meta keys; per sampled session HMGET of its meta, PTTL, STRLEN of summary and state, "
         "LLEN and LINDEX of the log, GET of the state (its schema version), EXISTS; INFO replication for the "
-        "replica lag (the same user on the replica), DBSIZE for the progress bar; nothing written",
+        "replica lag (the same user on the replica); nothing written",
     ),
     "expiry_watcher": Rules(
         ("{ns}:*",),

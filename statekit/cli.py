@@ -203,11 +203,19 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if args.replica_url:
         replica = connect(args.replica_url, socket_timeout=30)
         check_reachable(replica, args.replica_url)
-    try:
-        total = client.dbsize() or None
-    except redis.exceptions.NoPermissionError:
-        total = None
-    with tqdm(total=total, desc="keys scanned (of the database's)", unit="key", disable=args.quiet or args.json) as bar:
+    quiet = args.quiet or args.json
+
+    def wait(seconds: float) -> None:
+        """The sampling window, counted down on stderr."""
+        with tqdm(total=round(seconds), desc="sampling window", unit="s", disable=quiet) as bar:
+            end = time.monotonic() + seconds
+            while (left := end - time.monotonic()) > 0:
+                time.sleep(min(1.0, left))
+                bar.n = round(seconds - max(0.0, end - time.monotonic()))
+                bar.refresh()
+
+    # SCAN cannot know how many sessions lie ahead, so the bar counts without a total
+    with tqdm(desc="sessions found", unit="session", disable=quiet) as bar:
         cal = calibrate(
             client,
             args.namespace,
@@ -218,6 +226,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             replica=replica,
             metrics=args.metrics,
             seed=args.seed,
+            wait=wait,
             progress=bar.update,
             on_node=lambda name: bar.set_postfix_str(f"node {name}"),
         )

@@ -403,7 +403,8 @@ def measure(
     finished_population = round(population * share)
     if (e := mean_estimate([s.turns for s in finished], finished_population)) is not None:
         m.estimates["turns_per_session"] = e
-    durations = [(clock() - idle[s.session]) - s.created_ms / 1000 for s in finished if s.created_ms is not None]
+    now = clock()
+    durations = [(now - idle[s.session]) - s.created_ms / 1000 for s in finished if s.created_ms is not None]
     durations = [max(0.0, d) for d in durations]
     if (e := mean_estimate([d / 60 for d in durations], finished_population)) is not None:
         m.estimates["session_minutes"] = e
