@@ -235,8 +235,10 @@ def test_statemetrics_exposition_gives_latency_conflicts_and_degraded_share(tmp_
 
 
 def test_an_empty_namespace_measures_nothing_and_flips_nothing():
+    import statekit
+
     profile, _ = drifted_production()
-    cal = calibrate(connect("fakeredis://"), "nothing-here", profile)
+    cal = statekit.calibrate(connect("fakeredis://"), "nothing-here", profile)
     assert cal.measurement.sessions == 0 and not cal.flips() and cal.profile() == profile
     assert {r["assumption"]: r["measured"] for r in cal.table()}["turns.per_session"] is None
     assert "fewer than 2 sampled sessions" in cal.measurement.notes[0]
