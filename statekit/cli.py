@@ -244,9 +244,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         calibrated = out / f"{profile.service}.calibrated.yaml"
         calibrated.write_text(cal.profile_yaml(), encoding="utf-8")
+        figures = out / f"{profile.service}.calibration.json"
+        figures.write_text(json.dumps(cal.as_dict(), indent=2, default=str) + "\n", encoding="utf-8")
         # the review's own demonstrations run on an embedded server: calibrate writes nothing to URL
-        (files,) = run_review([calibrated], out_dir=out, redis_url="fakeredis://", progress=False)
-        written += [str(calibrated), str(files.html)]
+        (files,) = run_review([calibrated], out_dir=out, redis_url="fakeredis://", progress=False, calibration=figures)
+        written += [str(calibrated), str(figures), str(files.html)]
     failing = 1 if args.fail_on == "drift" and cal.flips() else 0
     if args.json:
         print(json.dumps(cal.as_dict(), indent=2, default=str))

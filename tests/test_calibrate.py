@@ -273,4 +273,7 @@ def test_the_review_is_rerun_with_the_measured_numbers(tmp_path, capsys):
     assert review["turns"]["per_session"] > 30
     rerun = json.loads((tmp_path / "review" / "chat_assistant.calibrated.json").read_text())
     assert rerun["lifecycle"]["capacity"]["nodes"] == 2 and rerun["profile"]["turns"]["per_session"] > 30
+    assert [f["decision"] for f in rerun["calibration"]["flips"]] == ["memory.nodes", "lifecycle.window_turns"]
+    page = (tmp_path / "review" / "chat_assistant.calibrated.html").read_text()
+    assert "Calibration: as profiled against as measured" in page and "memory.nodes: 1 -&gt; 2" in page
     assert "chat_assistant.calibrated.html" in capsys.readouterr().out
