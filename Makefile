@@ -7,7 +7,7 @@ REDIS_URL ?= fakeredis://
 OUT       ?= reports
 PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 
-.PHONY: help review test check app lab lint bench clean
+.PHONY: help review test check app lab lint bench docs clean
 
 help:
 	@echo "make review   create .venv, install statekit, write the design review of $(PROFILE) to $(OUT)/"
@@ -15,6 +15,7 @@ help:
 	@echo "make check    the import contracts and the tests that need no server and no browser (under a minute)"
 	@echo "make app      serve the live design review of $(PROFILE) on http://127.0.0.1:8866/ (Voila)"
 	@echo "make lab      open JupyterLab on notebooks/"
+	@echo "make docs     build the manual (MkDocs) into site/"
 	@echo "make lint     ruff, and the import contracts (lint-imports)"
 	@echo "make bench    benchmarks against raw redis-py, langchain-community and LangGraph's savers (starts its own redis-server)"
 
@@ -26,7 +27,7 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[workbook,app,otel,hiredis,langgraph,dev]'
+	$(PIP) install -e '.[workbook,app,otel,hiredis,langgraph,docs,dev]'
 	@touch $@ $(VENV)/.core $(VENV)/.app
 
 $(VENV)/.lab: pyproject.toml | $(BIN)/python
@@ -70,6 +71,11 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/bench_observe.py --sessions 100000
 	$(BIN)/python benchmarks/bench_memory.py --sessions 1000 10000 100000
 
+# The manual: docs/ and the API reference from the docstrings; tests/test_docs_site.py builds it
+# with --strict and follows its links in Chromium.
+docs: $(VENV)/.dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 lab: $(VENV)/.lab
 	$(BIN)/jupyter lab notebooks/
 
@@ -78,4 +84,4 @@ lint: $(VENV)/.dev
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(OUT) site .pytest_cache

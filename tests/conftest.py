@@ -73,3 +73,25 @@ def any_client(any_url):
     client = connect(any_url)
     yield client
     client.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The documentation blocks run by tests/test_docs.py (one test per page), and those skipped."""
+    ran: set[str] = set()
+    skipped: set[str] = set()
+    failed_pages: set[str] = set()
+    for outcome in ("passed", "failed", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if "test_docs.py::test_page[" not in getattr(report, "nodeid", ""):
+                continue
+            if outcome == "failed":
+                failed_pages.add(report.nodeid)
+            for name, blocks in getattr(report, "user_properties", []):
+                if name == "docs_blocks":
+                    ran.update(blocks["ran"])
+                    skipped.update(blocks["skipped"])
+    if ran or skipped or failed_pages:
+        terminalreporter.write_line(
+            f"documentation blocks: {len(ran)} executed, {len(skipped)} skipped"
+            + (f"; {len(failed_pages)} pages failed" if failed_pages else "")
+        )

@@ -107,3 +107,11 @@ def test_the_wheel_writes_a_report_outside_the_source_tree(wheel, tmp_path):
     assert "Stateful or stateless" in html and "under 1 in 1,000 after" in html
     location = _run([python, "-c", "import statekit.workbook.review as r; print(r.NOTEBOOK)"], cwd=tmp_path).stdout
     assert str(ROOT) not in location, "the report notebook came from the source tree, not the wheel"
+
+    # The README's example, pasted into the Python of what `make review` installs (the workbook extra)
+    from doc_blocks import readme_example  # tests/ is on sys.path (rootdir conftest)
+
+    code, printed = readme_example()
+    (tmp_path / "data" / "profiles").mkdir(parents=True)
+    shutil.copy(profile, tmp_path / "data" / "profiles")
+    assert _run([python, "-c", code], cwd=tmp_path, env=env).stdout == printed

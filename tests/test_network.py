@@ -83,10 +83,12 @@ def test_a_cut_fails_the_request_in_flight_and_new_connections_are_accepted(prox
 
 
 def test_the_drills_degrade_without_flapping_and_lose_nothing(redis_server, profiles_dir):
-    """support_agent's budget gives a 25 ms timeout: 200 ms more per round trip cannot fit,
+    """support_agent's budget gives a 16 ms timeout: 200 ms more per round trip cannot fit,
     so the application reads from its cache and buffers its turns; a half-open link drops
     replies of requests that landed (the replay must not store them twice); a link that
-    flaps every 300 ms is shorter than the breaker's half second of failures."""
+    flaps every 300 ms fails more of the drill's calls (one every 10 ms) than the breaker's
+    fail_max, which is sized for each process's share of the profile's peak (4): the breaker
+    opens with the flaps and closes again, and nothing is lost or raised."""
     profile = WorkloadProfile.from_yaml(profiles_dir / "support_agent.yaml")
     result = network_drills(profile, redis_server.url, reset_timeout_s=0.5, impaired_s=1.5)["drills"]
     for name, drill in result.items():
@@ -97,16 +99,24 @@ def test_the_drills_degrade_without_flapping_and_lose_nothing(redis_server, prof
     latency, half_open, flapping = result["latency"], result["half_open"], result["flapping"]
     timeout = latency["settings"]["timeout_ms"]
     assert timeout < 200
-    # opened once and stayed open (each probe during the impairment failed): no flapping
-    assert latency["breaker"]["opened"] == 1 and latency["breaker"]["closed_again"] == 1
+    # opened once and stayed open (each probe during the impairment failed): no flapping. (Counted
+    # during the impairment: on a loaded machine four calls in a row can also pass the 16 ms
+    # timeout before it, which opens the breaker as it should.)
+    breaker = latency["breaker"]
+    assert breaker["opened_while_impaired"] <= 1 and breaker["closed_while_impaired"] == 0
+    assert breaker["state_at_heal"] == "open" and breaker["opened"] >= 1
+    assert latency["breaker"]["closed_again"] == latency["breaker"]["opened"]
     impaired = latency["phases"]["impaired"]
     # the deadline is the feature: without it every call would take 200 ms or more; the
-    # median call answers from the cache (margin: 200 ms less the 25 ms timeout)
+    # median call answers from the cache (margin: 200 ms less the 16 ms timeout)
     assert impaired["load_context"]["p50_ms"] < 200 and impaired["append_turn"]["p50_ms"] < 200
     assert impaired["load_context"]["saw"].keys() <= {"cache", "default"}
     assert impaired["append_turn"]["saw"] == {"buffered": impaired["append_turn"]["calls"]}
-    assert half_open["breaker"]["opened"] == 1
-    assert flapping["breaker"]["opened"] == 0
+    breaker = half_open["breaker"]
+    assert breaker["opened_while_impaired"] <= 1 and breaker["closed_while_impaired"] == 0
+    assert breaker["state_at_heal"] == "open"
+    assert flapping["settings"]["fail_max"] < 300 / 20, "a flap fails more calls than fail_max"
+    assert flapping["breaker"]["opened"] >= 1 and flapping["breaker"]["closed_again"] == flapping["breaker"]["opened"]
     saw = flapping["phases"]["impaired"]["append_turn"]["saw"]
     assert saw.get("store", 0) > 0, "between flaps the store answers"
 
@@ -128,7 +138,7 @@ def test_the_cli_reports_a_drill_and_refuses_fakeredis(redis_server, profiles_di
     profile = str(profiles_dir / "support_agent.yaml")
     assert main(["network-drill", profile, "--redis-url", redis_server.url, "--drill", "flapping"]) == 0
     out = capsys.readouterr().out
-    assert "flapping: link down and up every 300 ms" in out and "timeout 25 ms" in out and "lost 0, duplicated 0" in out
+    assert "flapping: link down and up every 300 ms" in out and "timeout 16 ms" in out and "lost 0, duplicated 0" in out
     assert main(["network-drill", profile, "--redis-url", "fakeredis://"]) == 2
     assert "need a real redis-server" in capsys.readouterr().err
 

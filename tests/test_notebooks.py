@@ -111,7 +111,13 @@ MUST_SHOW = {
         "redis": ["'kind': 'redis'", "DRIFT (applied)", "flip: memory.nodes: 1 -> 2"],
     },
     "design_review": {
-        "fakeredis": ["server-side session state", "Stateful or stateless", "under 1 in 1,000 after", "Phase 1"],
+        "fakeredis": [
+            "server-side session state",
+            "Stateful or stateless",
+            "under 1 in 1,000 after",
+            "Phase 1",
+            "sessions held at the peak include their TTL tail",
+        ],
         "redis": ["backend redis (", "server-side session state", "under 1 in 1,000 after"],
     },
 }

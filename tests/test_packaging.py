@@ -14,6 +14,7 @@ CONDA_NAMES = {
     "redis": ["redis-py"],
     "fakeredis[lua]": ["fakeredis", "lupa"],
     "prometheus-client": ["prometheus_client"],
+    "mkdocstrings[python]": ["mkdocstrings", "mkdocstrings-python"],
 }
 
 
@@ -26,8 +27,9 @@ def _pyproject_requirements() -> dict[str, str]:
     for text in reqs:
         req = Requirement(text)
         key = req.name.lower() + (f"[{','.join(sorted(req.extras))}]" if req.extras else "")
-        for conda_name in CONDA_NAMES.get(key, [req.name.lower()]):
-            wanted[conda_name] = str(req.specifier) if conda_name != "lupa" else ""
+        names = CONDA_NAMES.get(key, [req.name.lower()])
+        for conda_name in names:  # the package that provides an extra carries no floor of its own
+            wanted[conda_name] = str(req.specifier) if conda_name == names[0] else ""
     return wanted
 
 

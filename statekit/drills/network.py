@@ -140,6 +140,7 @@ def network_drill(
             stop_flapping.set()
             if flapper is not None:
                 flapper.join()
+            breaker_at_heal = str(resilient.breaker.current_state)
             proxy.delay_ms = proxy.jitter_ms = 0
             proxy.heal()
             healed_at = time.monotonic()
@@ -204,6 +205,14 @@ def network_drill(
         "breaker": {
             "opened": opened,
             "closed_again": sum(1 for _, old, new in events if old != "closed" and new == "closed"),
+            # during the impairment alone (a loaded machine can also time calls out before it)
+            "opened_while_impaired": sum(
+                1 for t, old, new in events if old == "closed" and new == "open" and impaired_at <= t <= healed_at
+            ),
+            "state_at_heal": breaker_at_heal,
+            "closed_while_impaired": sum(
+                1 for t, old, new in events if old != "closed" and new == "closed" and impaired_at <= t <= healed_at
+            ),
             "transitions": [{"at_s": round(t - impaired_at, 3), "from": old, "to": new} for t, old, new in events],
         },
         "raised_to_application": raised,
