@@ -96,7 +96,6 @@ COMPONENTS: dict[str, Rules] = {
             "exists",
             "ping",
             "info",
-            "dbsize",
             "cluster|slots",
         ),
         why="SCAN of the meta keys; per sampled session HMGET of its meta, PTTL, STRLEN of summary and state, "
