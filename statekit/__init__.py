@@ -57,6 +57,7 @@ __all__ = [
     "recommend",
     "sizing",
     "consistency",
+    "calibrate",
     "codec",
     "ExtractiveSummarizer",
     "LLMSummarizer",
@@ -86,12 +87,16 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    """`statekit.consistency` on first use: its models need numpy, which only the workbook
-    extra installs, so `import statekit` does not import it."""
+    """`statekit.consistency` and `statekit.calibrate` on first use: they need numpy, which
+    only the workbook extra installs, so `import statekit` does not import them."""
     if name == "consistency":
         import importlib
 
         return importlib.import_module("statekit.decide.consistency")
+    if name == "calibrate":  # the decisions it compares need numpy too
+        from statekit.decide.calibrate import calibrate
+
+        return calibrate
     if name in ("AsyncSessionStore", "AsyncResilientStore"):
         from statekit import aio
 

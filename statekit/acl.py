@@ -83,6 +83,25 @@ COMPONENTS: dict[str, Rules] = {
         why="SCAN, PTTL and HMGET per batch; MEMORY USAGE on a sample (real servers); XRANGE of "
         "the audit stream when given; DBSIZE for the progress bar and INFO are optional",
     ),
+    "calibrate": Rules(
+        ("{ns}:*",),
+        (
+            "scan",
+            "hmget",
+            "pttl",
+            "strlen",
+            "llen",
+            "lindex",
+            "get",
+            "exists",
+            "ping",
+            "info",
+            "cluster|slots",
+        ),
+        why="SCAN of the meta keys; per sampled session HMGET of its meta, PTTL, STRLEN of summary and state, "
+        "LLEN and LINDEX of the log, GET of the state (its schema version), EXISTS; INFO replication for the "
+        "replica lag (the same user on the replica); nothing written",
+    ),
     "expiry_watcher": Rules(
         ("{ns}:*",),
         ("psubscribe", "punsubscribe", "config|get", "config|set", "scan", "ping"),

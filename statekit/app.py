@@ -376,6 +376,18 @@ class ReviewApp:
     def comparison(self) -> Any:
         return compare([(s.name, s.values, s.review) for s in self.scenarios])
 
+    def pin_calibration(self, calibration: Any) -> None:
+        """Pin two scenarios from a `statekit.decide.calibrate.Calibration`: the profile
+        "as profiled" and "as measured" (the calibrated profile), each with its own review,
+        side by side in the scenarios table."""
+        for name, profile in (("as profiled", calibration.assumed), ("as measured", calibration.calibrated)):
+            values = assumptions_of(profile)
+            values["traffic_x"] = profile.traffic.new_sessions_per_day / self.profile.traffic.new_sessions_per_day
+            values["session minutes"] = profile.traffic.session_minutes
+            self.scenarios = [s for s in self.scenarios if s.name != name][-2:]
+            self.scenarios.append(_Scenario(name, values, _review(profile, self.redis_url)))
+        self.sections["scenarios"].value = _html(self.comparison())
+
     def export(self, render: bool = False) -> dict[str, Path]:
         """Write the current settings as a profile YAML under `out_dir` (and, with `render`,
         its static report next to it); return the paths."""

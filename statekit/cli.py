@@ -190,6 +190,99 @@ def _cmd_health(args: argparse.Namespace) -> int:
     return failing
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from statekit.backends import check_reachable, connect
+    from statekit.decide.calibrate import calibrate
+
+    profile = WorkloadProfile.from_yaml(args.profile)
+    client = connect(args.redis_url, socket_timeout=30)
+    check_reachable(client, args.redis_url)
+    replica = None
+    if args.replica_url:
+        replica = connect(args.replica_url, socket_timeout=30)
+        check_reachable(replica, args.replica_url)
+    quiet = args.quiet or args.json
+
+    def wait(seconds: float) -> None:
+        """The sampling window, counted down on stderr."""
+        with tqdm(total=round(seconds), desc="sampling window", unit="s", disable=quiet) as bar:
+            end = time.monotonic() + seconds
+            while (left := end - time.monotonic()) > 0:
+                time.sleep(min(1.0, left))
+                bar.n = round(seconds - max(0.0, end - time.monotonic()))
+                bar.refresh()
+
+    # SCAN cannot know how many sessions lie ahead, so the bar counts without a total
+    with tqdm(desc="sessions found", unit="session", disable=quiet) as bar:
+        cal = calibrate(
+            client,
+            args.namespace,
+            profile,
+            sample=args.sample,
+            window_s=args.window,
+            tolerance=args.tolerance,
+            replica=replica,
+            metrics=args.metrics,
+            seed=args.seed,
+            wait=wait,
+            progress=bar.update,
+            on_node=lambda name: bar.set_postfix_str(f"node {name}"),
+        )
+    if args.write_profile:
+        Path(args.write_profile).write_text(cal.profile_yaml(), encoding="utf-8")
+    if args.report:
+        from statekit.workbook.calibration import write_report
+
+        write_report(cal, args.report)
+    written = [p for p in (args.write_profile, args.report) if p]
+    if args.review:
+        from statekit.workbook.review import run_review
+
+        out = Path(args.review)
+        out.mkdir(parents=True, exist_ok=True)
+        calibrated = out / f"{profile.service}.calibrated.yaml"
+        calibrated.write_text(cal.profile_yaml(), encoding="utf-8")
+        figures = out / f"{profile.service}.calibration.json"
+        figures.write_text(json.dumps(cal.as_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+        # the review's own demonstrations run on an embedded server: calibrate writes nothing to URL
+        (files,) = run_review([calibrated], out_dir=out, redis_url="fakeredis://", progress=False, calibration=figures)
+        written += [str(calibrated), str(figures), str(files.html)]
+    failing = 1 if args.fail_on == "drift" and cal.flips() else 0
+    if args.json:
+        print(json.dumps(cal.as_dict(), indent=2, default=str))
+    else:
+        from statekit.workbook.calibration import render_text
+
+        print(render_text(cal))
+        for path in written:
+            print(f"wrote {path}")
+    if failing:
+        print(f"statekit: --fail-on drift: {len(cal.flips())} decisions flip", file=sys.stderr)
+    return failing
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -237,6 +330,10 @@ def _cmd_app(args: argparse.Namespace) -> int:
     if not profile.exists():
         raise StatekitError(f"{profile}: no such profile (give one: statekit app PROFILE.yaml)")
     WorkloadProfile.from_yaml(profile)  # an invalid profile fails here, before a server starts
+    if args.calibrate:
+        from statekit.keys import validate_namespace
+
+        validate_namespace(args.calibrate)
     client = connect(args.redis_url)
     try:
         check_reachable(client, args.redis_url)
@@ -249,6 +346,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
         "STATEKIT_APP_PROFILE": str(profile.resolve()),
         "STATEKIT_APP_REDIS_URL": args.redis_url,
         "STATEKIT_APP_OUT": str(Path(args.out).resolve()),
+        **({"STATEKIT_APP_CALIBRATE": args.calibrate} if args.calibrate else {}),
     }
     voila = shutil.which("voila", path=str(Path(sys.executable).parent)) or shutil.which("voila")
     cmd = [voila or "voila", str(notebook), f"--port={args.port}", "--Voila.ip=127.0.0.1", "--no-browser",
@@ -429,6 +527,38 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     health.set_defaults(func=_cmd_health)
 
+    cal = sub.add_parser(
+        "calibrate",
+        help="measure a live namespace, read-only, against its workload profile; the decisions that flip",
+        description="Measure a live namespace (read-only: sessions held, bytes per session, turns per session, "
+        "bytes per turn, session length, TTLs, schema versions; new sessions and appends per second over a "
+        "sampling window; optionally replica lag and StateMetrics figures), hold each against the profile's "
+        "assumption, and re-run the review's decisions with the measured numbers. Exit status: 0, 1 when "
+        "--fail-on drift and a decision flips, 2 on an error (unreachable server, a user without the rules "
+        "of statekit.acl's 'calibrate' component, a bad profile).",
+    )
+    cal.add_argument("redis_url", metavar="URL", help="the Redis holding the sessions")
+    cal.add_argument("--namespace", required=True, help="the SessionStore namespace")
+    cal.add_argument("--profile", required=True, help="the workload profile YAML the namespace was designed for")
+    cal.add_argument("--sample", type=_positive_int, help="read at most N sessions, at random (default: all)")
+    cal.add_argument("--window", type=_seconds, default=60.0, metavar="SECONDS",
+                     help="sampling window for the rates (default 60; 0 skips the rates)")  # fmt: skip
+    cal.add_argument("--tolerance", type=_fraction, default=0.25, help="relative drift flagged (default 0.25)")
+    cal.add_argument("--replica-url", help="a replica of URL: measure its lag (a real server)")
+    cal.add_argument("--metrics", metavar="FILE|URL", help="a Prometheus exposition of StateMetrics")
+    cal.add_argument("--write-profile", metavar="FILE", help="write the calibrated profile here")
+    cal.add_argument("--report", metavar="FILE", help="write the calibration as an HTML page here")
+    cal.add_argument(
+        "--review",
+        metavar="DIR",
+        help="write the calibrated profile and its full design review (HTML, notebook, JSON) here",
+    )
+    cal.add_argument("--seed", type=int, default=0, help="seed of the random sample (default 0)")
+    cal.add_argument("--json", action="store_true", help="print the calibration as JSON")
+    cal.add_argument("--fail-on", choices=["drift"], help="exit 1 when a decision of the review flips")
+    cal.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    cal.set_defaults(func=_cmd_calibrate)
+
     app = sub.add_parser(
         "app",
         help="the live design review: change the profile's assumptions and watch every decision follow (Voila)",
@@ -444,6 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     app.add_argument("--port", type=_positive_int, default=8866, help="port on 127.0.0.1 (default 8866)")
     app.add_argument("--out", default="scenarios", help="where exported scenarios and their reports go")
+    app.add_argument(
+        "--calibrate",
+        metavar="NAMESPACE",
+        help="pin 'as profiled' against 'as measured' from this "
+        "namespace of --redis-url (statekit calibrate, read-only, no sampling window)",
+    )
     app.set_defaults(func=_cmd_app)
 
     net = sub.add_parser(

@@ -59,6 +59,7 @@ class Walker:
     cursors: dict[str, int] = field(default_factory=dict)
     redirected: int = 0
     on_node: Any = None  # called with a node's name when the walk reaches it (progress by node)
+    scans: int = 0  # SCAN calls made (round trips of the walk itself)
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch, int) or self.batch < 1:
@@ -103,6 +104,7 @@ class Walker:
                 self.on_node(name)
             while cursor != DONE:
                 cursor, keys = node.scan(cursor=cursor, match=self.pattern, count=self.batch)
+                self.scans += 1
                 cursor = DONE if cursor == 0 else cursor
                 self.cursors[name] = cursor
                 if keys:

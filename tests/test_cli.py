@@ -258,6 +258,7 @@ URL_COMMANDS = {
         "-q",
     ],  # fmt: skip
     "health": lambda url, tmp: ["health", url, "--namespace", "app", "-q"],
+    "calibrate": lambda url, tmp: ["calibrate", url, "--namespace", "app", "--profile", str(PROFILE), "-q"],
     "network-drill": lambda url, tmp: ["network-drill", str(PROFILE), "--redis-url", url],
     "app": lambda url, tmp: ["app", str(PROFILE), "--redis-url", url, "--out", str(tmp / "scenarios")],
 }

@@ -307,6 +307,10 @@ def _run_component(component: str, url: str, ns: str) -> None:
         from statekit.observe import health_scan
 
         assert health_scan(connect(url), ns).sessions >= 1
+    elif component == "calibrate":
+        from statekit.observe.calibrate import measure
+
+        assert measure(connect(url), ns, ttl_seconds=3600, finished_after_s=60).sessions >= 1
     elif component == "expiry_watcher":
         from statekit.observe import ExpiryWatcher
 

@@ -100,6 +100,16 @@ MUST_SHOW = {
         "fakeredis": ["backend fakeredis (fakeredis://)", "numbers updated in", "10x traffic, caller resends", "+900%"],
         "redis": ["backend redis (redis://", "numbers updated in", "+900%"],
     },
+    "08_calibrate": {
+        "fakeredis": [
+            "'kind': 'fakeredis'",
+            "the production's truth",
+            "DRIFT (applied)",
+            "flip: memory.nodes: 1 -> 2",
+            "turns.per_session: 14 -> ",
+        ],
+        "redis": ["'kind': 'redis'", "DRIFT (applied)", "flip: memory.nodes: 1 -> 2"],
+    },
     "design_review": {
         "fakeredis": [
             "server-side session state",
@@ -113,7 +123,7 @@ MUST_SHOW = {
 }
 #: Notebooks that must render at least one plot.
 PLOTS = {"00_do_you_need_state", "01_graceful_degradation", "02_bounded_state", "03_consistency",
-         "05_observability", "06_agent_frameworks", "design_review"}  # fmt: skip
+         "05_observability", "06_agent_frameworks", "08_calibrate", "design_review"}  # fmt: skip
 
 
 def _check(nb: Path, out: nbformat.NotebookNode, backend: str) -> None:

@@ -323,3 +323,36 @@ def judgements(review: dict[str, Any]) -> Any:
         for j in review["judgements"]
     ]
     return _pd().DataFrame(rows).set_index("judgement")
+
+
+def calibration(review: dict[str, Any]) -> str:
+    """The calibration section as Markdown: assumed against measured, and the decisions that
+    flipped; or how to calibrate when the review carries none."""
+    cal = review.get("calibration")
+    if not cal:
+        return (
+            "_Not calibrated: once the service runs, `statekit calibrate URL --namespace NS --profile P "
+            "--review DIR` measures its namespace and renders this review with the measured numbers._"
+        )
+
+    def num(x: Any) -> str:
+        if x is None:
+            return "-"
+        return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.3g}"
+
+    m = cal["measurement"]
+    lines = [
+        f"Measured on namespace `{cal['namespace']}`: {m['sessions']:,} sessions, {m['sampled']:,} read, "
+        f"99% intervals; flagged beyond {cal['tolerance']:.0%} of drift when the interval excludes the assumption.",
+        "",
+        "| assumption | assumed | measured [99% interval] | drift | |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for r in cal["rows"]:
+        interval = "" if r["low"] is None or r["low"] == r["high"] else f" [{num(r['low'])}, {num(r['high'])}]"
+        drift = "" if r["drift"] is None else f"{r['drift']:+.0%}"
+        flag = ("**drift**" if r["flagged"] else "") + (", applied" if r["applied"] else "")
+        lines.append(f"| {r['label']} | {num(r['assumed'])} | {num(r['measured'])}{interval} | {drift} | {flag} |")
+    lines += ["", "**Decisions that flip** (as profiled -> as measured):", ""]
+    lines += [f"- {f['text']}" for f in cal["flips"]] or ["- none: the review holds as profiled"]
+    return "\n".join(lines)

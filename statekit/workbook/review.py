@@ -57,7 +57,10 @@ def _as_profile(profile: WorkloadProfile | str | Path) -> WorkloadProfile:
 
 
 def build_review(
-    profile: WorkloadProfile | str | Path, redis_url: str = "fakeredis://", failover: dict[str, Any] | None = None
+    profile: WorkloadProfile | str | Path,
+    redis_url: str = "fakeredis://",
+    failover: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the review of `profile` as a JSON-serialisable dict.
 
@@ -80,7 +83,10 @@ def build_review(
     - `access`: one Redis user per kind of process (application, batch jobs, expiry
       watcher, audit writer) with the `ACL SETUSER` line of least privilege for each;
     - `judgements`: the choices no formula forces (what was chosen, its numbers, why, and
-      the fields that rest on it); every other number is arithmetic on the profile.
+      the fields that rest on it); every other number is arithmetic on the profile;
+    - `calibration`, when `calibration` gives one (`Calibration.as_dict()` of
+      `statekit.decide.calibrate`): the profile as written against the namespace it was
+      measured on, the rows, and the decisions that flipped.
 
     `lifecycle` and `resilience` say whether they apply: only to verdicts that keep state
     on the server. Raises `ProfileError` for a bad profile and `StoreUnavailable` when `redis_url` cannot
@@ -122,6 +128,7 @@ def build_review(
         "judgements": judgement_calls(
             prof, rec.policy, capacity, assessment.cost, resilience, consistency["read_gap_ms"]
         ),
+        **({"calibration": calibration} if calibration else {}),
     }
 
 
@@ -268,6 +275,7 @@ def run_review(
     kernel_name: str = "python3",
     timeout_s: int = 300,
     failover_drill: bool = False,
+    calibration: str | Path | None = None,
 ) -> list[ReportFiles]:
     """Execute the design-review notebook for each profile and write its report files.
 
@@ -275,6 +283,8 @@ def run_review(
     profile or an unreachable Redis fails fast and writes nothing. With several profiles an
     `index.html` links the reports. `failover_drill` runs the failover drills first (on
     processes of their own; needs redis-server) and puts their figures in every report.
+    `calibration` (the JSON of a `Calibration.as_dict()`, as `statekit calibrate --review`
+    writes it) adds a calibration section: as profiled against as measured.
     """
     paths = [Path(p).resolve() for p in profiles]
     if not paths:
@@ -310,7 +320,10 @@ def run_review(
     if secret:
         os.environ[URL_ENV] = redis_url
     try:
-        return _run_notebooks(paths, verdicts, Path(out_dir), nb_url, progress, kernel_name, timeout_s, drill_path)
+        calibration_path = str(Path(calibration).resolve()) if calibration else ""
+        return _run_notebooks(
+            paths, verdicts, Path(out_dir), nb_url, progress, kernel_name, timeout_s, drill_path, calibration_path
+        )
     finally:
         if secret:
             if saved_env is None:
@@ -369,6 +382,7 @@ def _run_notebooks(
     kernel_name: str,
     timeout_s: int,
     failover_path: str = "",
+    calibration_path: str = "",
 ) -> list[ReportFiles]:
     pm = require("papermill", what="statekit review")
     from tqdm.auto import tqdm
@@ -387,6 +401,7 @@ def _run_notebooks(
                     "redis_url": redis_url,
                     "review_json_path": str(json_out.resolve()),
                     "failover_path": failover_path,
+                    "calibration_path": calibration_path,
                 },
                 kernel_name=kernel_name,
                 cwd=str(NOTEBOOK.parent),
