@@ -257,6 +257,25 @@ def _cmd_app(args: argparse.Namespace) -> int:
     return _serve_until_stopped(cmd, env)
 
 
+def _cmd_workshop(args: argparse.Namespace) -> int:
+    from statekit._optional import require
+
+    require("jupyterlab", extra="workshop", what="statekit workshop")
+    require("matplotlib", extra="workshop", what="statekit workshop")
+    from statekit.workbook.labs.workshop import jupyter_lab_command, prepare
+
+    done = prepare(args.directory, trainer_dir=args.trainer_notebooks)
+    for path in done["written"]:
+        print(f"statekit workshop: wrote {path}")
+    for path in done["kept"]:
+        print(f"statekit workshop: kept {path} (already there: your work is not overwritten)")
+    if args.prepare_only:
+        return 0
+    cmd = jupyter_lab_command(args.directory, port=args.port, open_browser=not args.no_browser)
+    print(f"statekit workshop: JupyterLab on {args.directory}, labs on embedded fakeredis; Ctrl-C stops it")
+    return _serve_until_stopped(cmd, dict(os.environ))
+
+
 class _Stopped(Exception):
     """SIGTERM or SIGINT reached `statekit app`."""
 
@@ -445,6 +464,22 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--port", type=_positive_int, default=8866, help="port on 127.0.0.1 (default 8866)")
     app.add_argument("--out", default="scenarios", help="where exported scenarios and their reports go")
     app.set_defaults(func=_cmd_app)
+
+    shop = sub.add_parser(
+        "workshop",
+        help="the workshop's labs: the attendee's notebooks in a directory, and JupyterLab on them",
+        description="Write the attendee's copy of the six labs to DIRECTORY (a notebook already there is kept) "
+        "and open JupyterLab on it. The labs run on embedded fakeredis: no server, no network. Needs the "
+        "workshop extra: pip install 'statekit[workshop]'.",
+    )
+    shop.add_argument("directory", nargs="?", default="statekit-workshop", metavar="DIR",
+                      help="where the notebooks go (default: ./statekit-workshop)")  # fmt: skip
+    shop.add_argument("--trainer-notebooks", metavar="DIR",
+                      help="make the attendee's copy from the trainer's notebooks in DIR (default: the packaged copy)")  # noqa: E501  # fmt: skip
+    shop.add_argument("--port", type=_positive_int, default=8888, help="JupyterLab's port on 127.0.0.1 (default 8888)")
+    shop.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    shop.add_argument("--prepare-only", action="store_true", help="write the notebooks, do not start JupyterLab")
+    shop.set_defaults(func=_cmd_workshop)
 
     net = sub.add_parser(
         "network-drill",

@@ -29,10 +29,14 @@ STALL_BUDGET_MS = 2_000
 RECOVERY_BUDGET_S = 60
 
 
-def break_it(redis_url: str = "fakeredis://", *, freeze_s: float = 1.5, requests: int = 10) -> list[dict[str, Any]]:
+def break_it(
+    redis_url: str = "fakeredis://", *, freeze_s: float = 1.5, requests: int = 10, down_requests: int = 3
+) -> list[dict[str, Any]]:
     """The first version through an outage: GET and SET of a JSON blob with redis-py's
-    defaults. Phases: normal; Redis frozen for `freeze_s` (one request waits it out);
-    Redis down (each request raises: an HTTP 500); back. One row per request."""
+    defaults. Phases: `requests` normal ones; Redis frozen for `freeze_s` (one request waits
+    it out); Redis down for `down_requests` (each raises: an HTTP 500; on a real server
+    redis-py's default retries and backoff make each take seconds); `requests` once it is
+    back. One row per request."""
     import redis
 
     link = Link(redis_url)
@@ -79,7 +83,7 @@ def break_it(redis_url: str = "fakeredis://", *, freeze_s: float = 1.5, requests
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
             dead = redis.Redis(host="127.0.0.1", port=port)
-        for _ in range(requests):
+        for _ in range(down_requests):
             n += 1
             handle("down", n, dead)
         link.up()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from statekit.workbook.labs.result import Result, failed, passed
@@ -36,7 +37,11 @@ def request_bytes(messages: list[dict[str, Any]]) -> int:
     return len(json.dumps(messages).encode())
 
 
-def break_it(profile_path: str) -> dict[str, Any]:
+#: the lab's service: data/profiles/support_agent.yaml, shipped in the package (a test keeps them equal)
+PROFILE = Path(__file__).with_name("support_agent.yaml")
+
+
+def break_it(profile_path: str | Path = PROFILE) -> dict[str, Any]:
     """The stateless first version: each request carries the whole history. Bytes and
     tokens per request by turn, the turn whose request the channel first rejects, and what
     `assess` says of the service's profile."""

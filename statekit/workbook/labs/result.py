@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 
-@dataclass
+@dataclass(repr=False)
 class Result:
     """A check's answer: `ok`, a `hint` (what happened, with its numbers, and where to look)
     and the `numbers` the check measured. Shown as ✔ or ✘ in a notebook."""
@@ -27,6 +27,8 @@ class Result:
 
     def __str__(self) -> str:
         return f"{self.mark} {self.hint}"
+
+    __repr__ = __str__
 
     def _repr_html_(self) -> str:
         colour = "#1a7f37" if self.ok else "#cf222e"
