@@ -351,3 +351,52 @@ def test_the_app_answers_a_dragged_slider_and_compares_scenarios(app_server, pag
     page.locator("table").filter(has_text="under 1 in 1,000 after").first.screenshot(
         path=str(shots / "report_consistency.png")
     )
+
+
+_CELL_INDEX = """tag => window.jupyterapp.shell.currentWidget.content.widgets.findIndex(
+  c => (c.model.getMetadata('tags') || []).includes(tag))"""
+
+_RUN_CELL = """async i => {
+  const w = window.jupyterapp.shell.currentWidget;
+  w.content.activeCellIndex = i;
+  await window.jupyterapp.commands.execute('notebook:run-cell');
+}"""
+
+
+def test_a_lab_check_answers_a_typed_fix_in_jupyterlab(lab, page):
+    """The attendee's copy of lab 2, as `statekit workshop` writes it, run in JupyterLab: a wrong
+    fix typed into the marked cell gets ✘ and its hint from the check, the right one ✔."""
+    from statekit.workbook.labs.workshop import prepare
+
+    base, root = lab
+    prepare(root / "notebooks" / "labs")  # the packaged attendee copies
+    page.goto(f"{base}/lab/workspaces/lab2/tree/notebooks/labs/lab2_bounded.ipynb?token={TOKEN}&reset")
+    page.wait_for_function(_READY, timeout=120_000)
+    _run_all(page)
+    fix, check = page.evaluate(_CELL_INDEX, "fix"), page.evaluate(_CELL_INDEX, "check")
+    cells = page.locator(".jp-Notebook .jp-Cell")
+    verdict = cells.nth(check).locator(".statekit-check")
+    assert verdict.get_attribute("data-ok") == "false", "the attendee's copy as generated passed the check"
+
+    def type_fix(code: str) -> None:
+        editor = cells.nth(fix).locator(".cm-content")
+        editor.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.press("Delete")
+        page.keyboard.insert_text(code)  # as typed, without the editor closing brackets for us
+        page.evaluate(_RUN_CELL, fix)
+        page.evaluate(_RUN_CELL, check)
+
+    type_fix("policy = sk.LifecyclePolicy(window_turns=10, max_bytes=256_000)")
+    page.wait_for_function(
+        "el => el.innerText.includes('was rejected')", arg=cells.nth(check).element_handle(), timeout=60_000
+    )
+    assert verdict.get_attribute("data-ok") == "false"
+    assert "✘" in verdict.inner_text() and "turn 7" in verdict.inner_text(), verdict.inner_text()
+
+    type_fix("policy = sk.LifecyclePolicy(window_turns=3, fold_batch=2, max_bytes=250_000, ttl_seconds=3_600)")
+    page.wait_for_function(
+        "el => el.querySelector('.statekit-check[data-ok=true]')", arg=cells.nth(check).element_handle(), timeout=60_000
+    )
+    assert "✔" in verdict.inner_text(), verdict.inner_text()
+    _shutdown_kernels(base)
