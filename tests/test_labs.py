@@ -251,3 +251,19 @@ def test_a_wrong_fix_fails_with_its_own_hint(lab, name, lab_url):
     assert words in result.hint, result.hint
     others = [w for other, (_, w) in WRONG[lab].items() if other != name]
     assert not any(w in result.hint for w in others), f"{lab}: '{name}' got another fix's hint: {result.hint}"
+
+
+def test_the_guide_lists_every_wrong_fix_the_tests_hold():
+    guide = (ROOT / "docs" / "workshop.md").read_text()
+    missing = [f"{lab}: {name}" for lab, fixes in WRONG.items() for name in fixes if f"| {name} | ✘" not in guide]
+    assert not missing, f"docs/workshop.md does not say what the check answers to {missing}"
+
+
+def test_the_generator_strips_solutions_and_keeps_prompts():
+    from statekit.workbook.labs.attendee import MarkerError
+
+    trainer = "x = 1\n# PROMPT y = ...  # yours\n# BEGIN SOLUTION\ny = 42\n# END SOLUTION\nz = 3  # SOLUTION\nprint(y)"
+    assert strip_source(trainer) == "x = 1\ny = ...  # yours\nz = ...\nprint(y)"
+    for broken in ("# BEGIN SOLUTION\ny = 1", "y = 1\n# END SOLUTION", "# BEGIN SOLUTION\n# BEGIN SOLUTION"):
+        with pytest.raises(MarkerError):
+            strip_source(broken)
