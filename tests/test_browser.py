@@ -363,14 +363,33 @@ _RUN_CELL = """async i => {
 }"""
 
 
-def test_a_lab_check_answers_a_typed_fix_in_jupyterlab(lab, page):
-    """The attendee's copy of lab 2, as `statekit workshop` writes it, run in JupyterLab: a wrong
-    fix typed into the marked cell gets ✘ and its hint from the check, the right one ✔."""
-    from statekit.workbook.labs.workshop import prepare
+@pytest.fixture
+def workshop(tmp_path):
+    """`statekit workshop DIR --no-browser` as an attendee runs it: the packaged attendee's copy
+    of the labs written to DIR, and JupyterLab on it (the token from JUPYTER_TOKEN)."""
+    _chromium()
+    port = _free_port()
+    settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"windowingMode": "none"}))
+    config = tmp_path / "config"  # the app object exposed to the page, to run commands as the menus do
+    config.mkdir()
+    (config / "jupyter_lab_config.py").write_text("c.LabApp.expose_app_in_browser = True\n")
+    env = {**os.environ, "JUPYTER_TOKEN": TOKEN, "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
+           "JUPYTER_CONFIG_DIR": str(config)}  # fmt: skip
+    cmd = [str(Path(sys.executable).parent / "statekit"), "workshop", str(tmp_path / "labs"), "--no-browser",
+           "--port", str(port)]  # fmt: skip
+    proc = _serve(cmd, f"http://127.0.0.1:{port}/api/status?token={TOKEN}", tmp_path, env, tmp_path / "workshop.log")
+    yield f"http://127.0.0.1:{port}", tmp_path / "labs"
+    _stop(proc)
 
-    base, root = lab
-    prepare(root / "notebooks" / "labs")  # the packaged attendee copies
-    page.goto(f"{base}/lab/workspaces/lab2/tree/notebooks/labs/lab2_bounded.ipynb?token={TOKEN}&reset")
+
+def test_a_lab_check_answers_a_typed_fix_in_jupyterlab(workshop, page):
+    """The attendee's copy of lab 2, served by `statekit workshop`, run in JupyterLab: a wrong fix
+    typed into the marked cell gets ✘ and its hint from the check, a right one ✔."""
+    base, directory = workshop
+    assert sorted(p.name for p in directory.glob("*.ipynb"))[2] == "lab2_bounded.ipynb"
+    page.goto(f"{base}/lab/workspaces/lab2/tree/lab2_bounded.ipynb?token={TOKEN}&reset")
     page.wait_for_function(_READY, timeout=120_000)
     _run_all(page)
     fix, check = page.evaluate(_CELL_INDEX, "fix"), page.evaluate(_CELL_INDEX, "check")

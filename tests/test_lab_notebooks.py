@@ -179,3 +179,19 @@ def test_the_guide_shows_the_measured_run_times():
         "docs/workshop.md's table of run times is not the measured one: run the lab notebook tests with "
         "STATEKIT_RECORD_TIMINGS=1 and paste render_timings() into the guide"
     )
+
+
+def test_statekit_workshop_writes_the_attendee_copy_and_keeps_an_attendees_work(tmp_path, capsys):
+    from statekit.cli import main
+
+    assert main(["workshop", str(tmp_path), "--prepare-only"]) == 0
+    written = sorted(p.name for p in tmp_path.glob("*.ipynb"))
+    assert written == [p.name for p in LAB_NOTEBOOKS]
+    for path in tmp_path.glob("*.ipynb"):
+        assert not any(has_solution(c.source) for c in nbformat.read(path, as_version=4).cells)
+    work = tmp_path / "lab2_bounded.ipynb"
+    work.write_text(work.read_text().replace("policy = ...", "policy = 'mine'"))
+    assert main(["workshop", str(tmp_path), "--trainer-notebooks", str(ROOT / "notebooks" / "labs"),
+                 "--prepare-only"]) == 0  # fmt: skip
+    assert "policy = 'mine'" in work.read_text()
+    assert f"kept {work}" in capsys.readouterr().out
