@@ -267,3 +267,30 @@ def test_the_generator_strips_solutions_and_keeps_prompts():
     for broken in ("# BEGIN SOLUTION\ny = 1", "y = 1\n# END SOLUTION", "# BEGIN SOLUTION\n# BEGIN SOLUTION"):
         with pytest.raises(MarkerError):
             strip_source(broken)
+
+
+def test_the_board_shows_each_attendees_progress(lab_url, capsys):
+    from statekit.cli import main
+    from statekit.workbook.labs.board import progress, publish
+    from statekit.workbook.labs.result import Result
+
+    url = "fakeredis://workshop-board" if lab_url.startswith("fakeredis") else lab_url
+    for lab, ok, who in [("bounded", False, "ana"), ("bounded", True, "ana"), ("bounded", False, "ana"),
+                         ("degrade", False, "ben"), ("degrade", False, "ben")]:  # fmt: skip
+        assert publish(Result(lab, ok, f"{who}'s hint"), url, attendee=who)
+    rows = {r["attendee"]: r for r in progress(url)}
+    assert rows["ana"]["bounded"] == "✔" and rows["ana"]["degrade"] == ""  # a pass stays a pass
+    assert rows["ben"]["degrade"] == "✘ 2" and rows["ben"]["last hint"] == "ben's hint"
+    assert main(["workshop", "board", url]) == 0
+    board = capsys.readouterr().out
+    assert "ana" in board and "✘ 2" in board and "1 of 2" in board
+
+
+def test_a_check_without_a_board_or_with_an_unreachable_one_still_answers(capsys):
+    from statekit.workbook.labs.board import publish
+    from statekit.workbook.labs.result import Result
+
+    result = Result("bounded", True, "fine")
+    assert publish(result, "") is None
+    assert publish(result, "redis://127.0.0.1:1/0") is None
+    assert "did not take the result" in capsys.readouterr().out
