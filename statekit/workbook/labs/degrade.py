@@ -9,6 +9,7 @@ of one conversation through it, with the store unreachable from turn 11 to turn 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from typing import Any
@@ -79,7 +80,7 @@ def break_it(
             link.injector.fail()
             dead = plain
         else:  # a port nothing listens on: what a client meets while the server restarts
-            with __import__("socket").socket() as s:
+            with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
             dead = redis.Redis(host="127.0.0.1", port=port)
@@ -147,7 +148,8 @@ def check(resilient: Any, redis_url: str = "fakeredis://") -> Result:
                     link.down()
                 if n == OUTAGE.stop:
                     link.up()
-                    clock.advance(getattr(store, "breaker", None) and store.breaker.reset_timeout or 0)
+                    if isinstance(store, ResilientStore):
+                        clock.advance(store.breaker.reset_timeout)
                 try:
                     ctx = store.load_context(sid)
                     if n in OUTAGE and n > OUTAGE.start and not ctx.turns:
@@ -185,12 +187,14 @@ def check(resilient: Any, redis_url: str = "fakeredis://") -> Result:
         return failed(LAB, _lost_hint(store, missing), lost=len(missing))
     if twice:
         return failed(LAB, f"turn {twice[0]} is stored twice: a write was replayed without its turn id")
-    stats = store.stats.as_dict() if isinstance(store, ResilientStore) else {}
+    if not isinstance(store, ResilientStore):  # a store of the attendee's own making that rode it out
+        return passed(LAB, f"all {TURNS} turns stored once, and no request raised during the outage")
+    stats = store.stats.as_dict()
     return passed(
         LAB,
         f"all {TURNS} turns stored once, no request raised; during the outage a request waited at most "
         f"{store.timeout_ms:.0f} ms per call, the breaker opened after {store.breaker.fail_max} failures, "
-        f"and {stats.get('writes_replayed', 0)} buffered turns were replayed when the store came back",
+        f"and {stats['writes_replayed']} buffered turns were replayed when the store came back",
         **stats,
     )
 

@@ -4,7 +4,6 @@ outage, and the namespace a run writes under."""
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
@@ -129,15 +128,3 @@ class Link:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class Stopwatch:
-    """Wall time of a block, for the break-it demos' numbers (never for a check's verdict)."""
-
-    def __enter__(self) -> Stopwatch:
-        self.start = time.perf_counter()
-        self.seconds = 0.0
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self.start
