@@ -7,7 +7,7 @@ REDIS_URL ?= fakeredis://
 OUT       ?= reports
 PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 
-.PHONY: help review test check app lab lint bench docs clean
+.PHONY: help review test check app lab workshop workshop-copies lint bench docs clean
 
 help:
 	@echo "make review   create .venv, install statekit, write the design review of $(PROFILE) to $(OUT)/"
@@ -16,6 +16,7 @@ help:
 	@echo "make app      serve the live design review of $(PROFILE) on http://127.0.0.1:8866/ (Voila)"
 	@echo "make lab      open JupyterLab on notebooks/"
 	@echo "make docs     build the manual (MkDocs) into site/"
+	@echo "make workshop the attendee's copy of the labs in workshop/, and JupyterLab on it (fakeredis, offline)"
 	@echo "make lint     ruff, and the import contracts (lint-imports)"
 	@echo "make bench    benchmarks against raw redis-py, langchain-community and LangGraph's savers (starts its own redis-server)"
 
@@ -79,9 +80,21 @@ docs: $(VENV)/.dev
 lab: $(VENV)/.lab
 	$(BIN)/jupyter lab notebooks/
 
+$(VENV)/.workshop: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[workshop]'
+	@touch $@ $(VENV)/.core
+
+# the attendee's copy (solutions stripped) of notebooks/labs/, on embedded fakeredis: no server, no network
+workshop: $(VENV)/.workshop
+	$(BIN)/statekit workshop workshop --trainer-notebooks notebooks/labs
+
+# after editing notebooks/labs/: the attendee's copies that ship in the package (a test checks them)
+workshop-copies: $(VENV)/.core
+	$(BIN)/python -m statekit.workbook.labs.workshop notebooks/labs
+
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) $(OUT) site .pytest_cache
+	rm -rf $(VENV) $(OUT) site .pytest_cache workshop

@@ -355,6 +355,40 @@ def _cmd_app(args: argparse.Namespace) -> int:
     return _serve_until_stopped(cmd, env)
 
 
+def _cmd_workshop(args: argparse.Namespace) -> int:
+    from statekit._optional import require
+
+    if args.target[:1] == ["board"]:
+        if len(args.target) != 2:
+            raise StatekitError("statekit workshop board URL: give the trainer's Redis URL, e.g. redis://host:6379/0")
+        from statekit.workbook.labs.board import progress, render, watch
+
+        if args.watch:
+            try:
+                watch(args.target[1], args.watch)
+            except KeyboardInterrupt:
+                return 0
+        print(render(progress(args.target[1])))
+        return 0
+    if len(args.target) > 1:
+        raise StatekitError("statekit workshop [DIR] or statekit workshop board URL")
+    directory = args.target[0] if args.target else "statekit-workshop"
+    require("jupyterlab", extra="workshop", what="statekit workshop")
+    require("matplotlib", extra="workshop", what="statekit workshop")
+    from statekit.workbook.labs.workshop import jupyter_lab_command, prepare
+
+    done = prepare(directory, trainer_dir=args.trainer_notebooks)
+    for path in done["written"]:
+        print(f"statekit workshop: wrote {path}")
+    for path in done["kept"]:
+        print(f"statekit workshop: kept {path} (already there: your work is not overwritten)")
+    if args.prepare_only:
+        return 0
+    cmd = jupyter_lab_command(directory, port=args.port, open_browser=not args.no_browser)
+    print(f"statekit workshop: JupyterLab on {directory}, labs on embedded fakeredis; Ctrl-C stops it")
+    return _serve_until_stopped(cmd, dict(os.environ))
+
+
 class _Stopped(Exception):
     """SIGTERM or SIGINT reached `statekit app`."""
 
@@ -581,6 +615,24 @@ def build_parser() -> argparse.ArgumentParser:
         "namespace of --redis-url (statekit calibrate, read-only, no sampling window)",
     )
     app.set_defaults(func=_cmd_app)
+
+    shop = sub.add_parser(
+        "workshop",
+        help="the workshop's labs: the attendee's notebooks in a directory, and JupyterLab on them",
+        description="Write the attendee's copy of the six labs to DIR (a notebook already there is kept) "
+        "and open JupyterLab on it. The labs run on embedded fakeredis: no server, no network. Needs the "
+        "workshop extra: pip install 'statekit[workshop]'. `statekit workshop board URL` shows the room's "
+        "progress: the checks of notebooks whose board_url parameter is URL publish there.",
+    )
+    shop.add_argument("target", nargs="*", metavar="DIR | board URL",
+                      help="where the notebooks go (default: ./statekit-workshop), or: board URL")  # fmt: skip
+    shop.add_argument("--watch", type=float, metavar="SECONDS", help="board: print it again every SECONDS")
+    shop.add_argument("--trainer-notebooks", metavar="DIR",
+                      help="make the attendee's copy from the trainer's notebooks in DIR (default: the packaged copy)")  # noqa: E501  # fmt: skip
+    shop.add_argument("--port", type=_positive_int, default=8888, help="JupyterLab's port on 127.0.0.1 (default 8888)")
+    shop.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    shop.add_argument("--prepare-only", action="store_true", help="write the notebooks, do not start JupyterLab")
+    shop.set_defaults(func=_cmd_workshop)
 
     net = sub.add_parser(
         "network-drill",

@@ -351,3 +351,71 @@ def test_the_app_answers_a_dragged_slider_and_compares_scenarios(app_server, pag
     page.locator("table").filter(has_text="under 1 in 1,000 after").first.screenshot(
         path=str(shots / "report_consistency.png")
     )
+
+
+_CELL_INDEX = """tag => window.jupyterapp.shell.currentWidget.content.widgets.findIndex(
+  c => (c.model.getMetadata('tags') || []).includes(tag))"""
+
+_RUN_CELL = """async i => {
+  const w = window.jupyterapp.shell.currentWidget;
+  w.content.activeCellIndex = i;
+  await window.jupyterapp.commands.execute('notebook:run-cell');
+}"""
+
+
+@pytest.fixture
+def workshop(tmp_path):
+    """`statekit workshop DIR --no-browser` as an attendee runs it: the packaged attendee's copy
+    of the labs written to DIR, and JupyterLab on it (the token from JUPYTER_TOKEN)."""
+    _chromium()
+    port = _free_port()
+    settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"windowingMode": "none"}))
+    config = tmp_path / "config"  # the app object exposed to the page, to run commands as the menus do
+    config.mkdir()
+    (config / "jupyter_lab_config.py").write_text("c.LabApp.expose_app_in_browser = True\n")
+    env = {**os.environ, "JUPYTER_TOKEN": TOKEN, "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
+           "JUPYTER_CONFIG_DIR": str(config)}  # fmt: skip
+    cmd = [str(Path(sys.executable).parent / "statekit"), "workshop", str(tmp_path / "labs"), "--no-browser",
+           "--port", str(port)]  # fmt: skip
+    proc = _serve(cmd, f"http://127.0.0.1:{port}/api/status?token={TOKEN}", tmp_path, env, tmp_path / "workshop.log")
+    yield f"http://127.0.0.1:{port}", tmp_path / "labs"
+    _stop(proc)
+
+
+def test_a_lab_check_answers_a_typed_fix_in_jupyterlab(workshop, page):
+    """The attendee's copy of lab 2, served by `statekit workshop`, run in JupyterLab: a wrong fix
+    typed into the marked cell gets ✘ and its hint from the check, a right one ✔."""
+    base, directory = workshop
+    assert sorted(p.name for p in directory.glob("*.ipynb"))[2] == "lab2_bounded.ipynb"
+    page.goto(f"{base}/lab/workspaces/lab2/tree/lab2_bounded.ipynb?token={TOKEN}&reset")
+    page.wait_for_function(_READY, timeout=120_000)
+    _run_all(page)
+    fix, check = page.evaluate(_CELL_INDEX, "fix"), page.evaluate(_CELL_INDEX, "check")
+    cells = page.locator(".jp-Notebook .jp-Cell")
+    verdict = cells.nth(check).locator(".statekit-check")
+    assert verdict.get_attribute("data-ok") == "false", "the attendee's copy as generated passed the check"
+
+    def type_fix(code: str) -> None:
+        editor = cells.nth(fix).locator(".cm-content")
+        editor.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.press("Delete")
+        page.keyboard.insert_text(code)  # as typed, without the editor closing brackets for us
+        page.evaluate(_RUN_CELL, fix)
+        page.evaluate(_RUN_CELL, check)
+
+    type_fix("policy = sk.LifecyclePolicy(window_turns=10, max_bytes=256_000)")
+    page.wait_for_function(
+        "el => el.innerText.includes('was rejected')", arg=cells.nth(check).element_handle(), timeout=60_000
+    )
+    assert verdict.get_attribute("data-ok") == "false"
+    assert "✘" in verdict.inner_text() and "turn 7" in verdict.inner_text(), verdict.inner_text()
+
+    type_fix("policy = sk.LifecyclePolicy(window_turns=3, fold_batch=2, max_bytes=250_000, ttl_seconds=3_600)")
+    page.wait_for_function(
+        "el => el.querySelector('.statekit-check[data-ok=true]')", arg=cells.nth(check).element_handle(), timeout=60_000
+    )
+    assert "✔" in verdict.inner_text(), verdict.inner_text()
+    _shutdown_kernels(base)

@@ -315,6 +315,7 @@ def test_app_stopped_by_a_signal_stops_voila_and_its_kernels(tmp_path, sig):
     import urllib.request
 
     import psutil
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -1,0 +1,296 @@
+"""The workshop's checks, called directly (no notebook): for every lab, on fakeredis and on a
+real redis-server, the check fails on the attendee's copy as generated, passes on the
+trainer's solution, and fails on plausible wrong fixes, each with a hint of its own.
+
+The solutions are read from the trainer's notebooks (their fix cells), and the attendee's
+copy of each cell is made by the same generator `statekit workshop` uses, so what is tested
+is what the room gets."""
+
+from __future__ import annotations
+
+import importlib
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import statekit as sk
+from statekit.workbook.labs import LABS
+from statekit.workbook.labs.attendee import strip_source
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB_NOTEBOOKS = sorted((ROOT / "notebooks" / "labs").glob("*.ipynb"))
+#: the name each lab's fix cell defines, which its check takes
+FIX_NAME = {
+    "need_state": "handle",
+    "degrade": "resilient",
+    "bounded": "policy",
+    "consistency": "add_item",
+    "versions": "migrations",
+    "health": "alerts",
+}
+
+
+def notebook_of(lab: str) -> Path:
+    return next(p for p in LAB_NOTEBOOKS if p.stem.endswith(lab))
+
+
+def fix_cell(lab: str) -> str:
+    cells = [c for c in nbformat.read(notebook_of(lab), as_version=4).cells if "fix" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{lab}: one cell tagged fix"
+    return cells[0].source
+
+
+def run_check(lab: str, source: str, url: str) -> sk.workbook.labs.result.Result:  # type: ignore[name-defined]
+    namespace: dict[str, object] = {"sk": sk}
+    exec(textwrap.dedent(source), namespace)
+    module = importlib.import_module(f"statekit.workbook.labs.{lab}")
+    return module.check(namespace[FIX_NAME[lab]], url)
+
+
+@pytest.fixture(params=["fakeredis", pytest.param("redis", marks=pytest.mark.realredis)])
+def lab_url(request) -> str:
+    return "fakeredis://" if request.param == "fakeredis" else request.getfixturevalue("redis_url")
+
+
+#: a ResilientStore with settings that pass the lab's budgets, but for the ones given
+_RS = "def resilient(store):\n    return sk.ResilientStore(store, timeout_ms=100, fail_max=3, {})"
+
+#: Plausible wrong fixes, as attendees write them, and the words of the hint each must get.
+WRONG = {
+    "need_state": {
+        "stateless, the newest message only": (
+            "def handle(client, session_id, message):\n    return [message]",
+            "delivers only the newest one",
+        ),
+        "history in a dict of the process": (
+            """
+            history = {}
+            def handle(client, session_id, message):
+                history.setdefault(session_id, []).append(message)
+                return history[session_id]
+            """,
+            "the context grows with every turn",
+        ),
+        "first message and a window, in the process": (
+            """
+            history = {}
+            def handle(client, session_id, message):
+                turns = history.setdefault(session_id, [])
+                turns.append(message)
+                return turns[:1] + turns[-10:]
+            """,
+            "nothing of it is in Redis",
+        ),
+        "a store that drops evicted turns": (
+            """
+            def handle(client, session_id, message):
+                store = sk.SessionStore(client, sk.LifecyclePolicy(window_turns=10, summarizer=None))
+                store.append_turn(session_id, message)
+                return store.load_context(session_id).messages()
+            """,
+            "what stands for the turns that left the window",
+        ),
+    },
+    "degrade": {
+        "the plain store": ("def resilient(store):\n    return store", "plain SessionStore"),
+        "write policy drop": (
+            _RS.format("write_policy='drop'"),
+            "your write policy is 'drop'",
+        ),
+        "write policy raise": (
+            _RS.format("write_policy='raise'"),
+            "Your write policy is 'raise'",
+        ),
+        "a generous timeout": (
+            "def resilient(store):\n    return sk.ResilientStore(store, timeout_ms=5000)",
+            "timeout_ms=5000",
+        ),
+        "a breaker that waits for 50 failures": (
+            "def resilient(store):\n    return sk.ResilientStore(store, timeout_ms=100, fail_max=50)",
+            "fail_max=50",
+        ),
+        "a small write buffer": (
+            _RS.format("buffer_max_turns=5"),
+            "the write buffer holds 5 turns",
+        ),
+        "a breaker that stays open ten minutes": (
+            _RS.format("reset_timeout_s=600"),
+            "reset_timeout_s=600",
+        ),
+    },
+    "bounded": {
+        "a window too wide": (
+            "policy = sk.LifecyclePolicy(window_turns=100, max_bytes=5_000_000)",
+            "over the lab's budget",
+        ),
+        "the default window under the budget's cap": (
+            "policy = sk.LifecyclePolicy(window_turns=10, max_bytes=256_000)",
+            "was rejected",
+        ),
+        "no summary": (
+            "policy = sk.LifecyclePolicy(window_turns=5, max_bytes=256_000, summarizer=None, summary_max_bytes=0)",
+            "evicted turns are dropped",
+        ),
+        "a month of TTL": (
+            "policy = sk.LifecyclePolicy(window_turns=4, fold_batch=2, max_bytes=256_000, ttl_seconds=30 * 86_400)",
+            "live 30 days",
+        ),
+    },
+    "consistency": {
+        "GET and SET on the client": (
+            """
+            import json
+            def add_item(store, session_id, item):
+                raw = store.client.get(f"cart:{session_id}")
+                cart = json.loads(raw) if raw else {"items": []}
+                cart["items"].append(item)
+                store.client.set(f"cart:{session_id}", json.dumps(cart))
+            """,
+            "never reached the session's state",
+        ),
+        "compare-and-set of a copy read before": (
+            """
+            def add_item(store, session_id, item):
+                state, _ = store.get_state(session_id)
+                new = {**state, "items": [*state.get("items", []), item]}
+                store.update_state(session_id, lambda s: new)
+            """,
+            "compare-and-set succeeded with old data",
+        ),
+        "an update function with a side effect": (
+            """
+            def add_item(store, session_id, item):
+                added = []
+                def add(state):
+                    added.append(item)
+                    return {**state, "items": [*state.get("items", []), *added]}
+                store.update_state(session_id, add)
+            """,
+            "added the item each time it ran",
+        ),
+    },
+    "versions": {
+        "a version bump without a step": ("migrations = sk.Migrations(current=2)", "no migration step"),
+        "a step that makes the field up": (
+            """
+            migrations = sk.Migrations(current=2)
+            @migrations.step(1, 2)
+            def add_customer_id(case):
+                return {**case, "customer_id": ""}
+            """,
+            "lost its customer",
+        ),
+        "a step that changes the data in place": (
+            """
+            migrations = sk.Migrations(current=2)
+            @migrations.step(1, 2)
+            def rename(case):
+                case["customer_id"] = case.pop("customer")
+            """,
+            "read back as None",
+        ),
+        "no version bump": ("migrations = sk.Migrations(current=1)", "the current version is 1"),
+    },
+    "health": {
+        "errors only": (
+            """
+            def alerts(metrics):
+                s = metrics.summary()
+                return ["errors"] if len(s) and s["errors"].sum() > 0 else []
+            """,
+            "They read: summary",
+        ),
+        "any conflict at all": (
+            "def alerts(metrics):\n    return ['conflicts'] if metrics.conflict_rate > 0 else []",
+            "fired during calm traffic",
+        ),
+        "conflicts only": (
+            "def alerts(metrics):\n    return ['retry storm'] if metrics.conflict_rate > 0.2 else []",
+            "Redis was unreachable",
+        ),
+    },
+}
+
+
+def test_every_lab_has_a_notebook_and_wrong_fixes():
+    assert set(WRONG) == set(LABS) == set(FIX_NAME)
+    assert sorted(lab for lab in LABS if any(p.stem.endswith(lab) for p in LAB_NOTEBOOKS)) == sorted(LABS)
+    assert all(len(fixes) >= 2 for fixes in WRONG.values())
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_the_check_passes_on_the_trainers_solution(lab, lab_url):
+    result = run_check(lab, fix_cell(lab), lab_url)
+    assert result.ok, result.hint
+    assert str(result).startswith("✔")
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_the_check_fails_on_the_attendee_copy_as_generated(lab, lab_url):
+    trainer = fix_cell(lab)
+    attendee = strip_source(trainer)
+    solution = trainer.split("# BEGIN SOLUTION")[1].split("# END SOLUTION")[0]
+    prompt = [line.replace("# PROMPT ", "", 1) for line in trainer.splitlines() if line.startswith("# PROMPT ")]
+    leaked = [line for line in solution.splitlines() if line.strip() and line in attendee.splitlines()]
+    leaked = [line for line in leaked if line not in prompt]
+    assert not leaked and "SOLUTION" not in attendee, attendee
+    result = run_check(lab, attendee, lab_url)
+    assert not result.ok
+    assert str(result).startswith("✘")
+
+
+@pytest.mark.parametrize(
+    "lab, name", [(lab, name) for lab, fixes in WRONG.items() for name in fixes], ids=lambda v: v.replace(" ", "-")
+)
+def test_a_wrong_fix_fails_with_its_own_hint(lab, name, lab_url):
+    source, words = WRONG[lab][name]
+    result = run_check(lab, source, lab_url)
+    assert not result.ok, f"{lab}: '{name}' passed the check: {result.hint}"
+    assert words in result.hint, result.hint
+    others = [w for other, (_, w) in WRONG[lab].items() if other != name]
+    assert not any(w in result.hint for w in others), f"{lab}: '{name}' got another fix's hint: {result.hint}"
+
+
+def test_the_guide_lists_every_wrong_fix_the_tests_hold():
+    guide = (ROOT / "docs" / "workshop.md").read_text()
+    missing = [f"{lab}: {name}" for lab, fixes in WRONG.items() for name in fixes if f"| {name} | ✘" not in guide]
+    assert not missing, f"docs/workshop.md does not say what the check answers to {missing}"
+
+
+def test_the_generator_strips_solutions_and_keeps_prompts():
+    from statekit.workbook.labs.attendee import MarkerError
+
+    trainer = "x = 1\n# PROMPT y = ...  # yours\n# BEGIN SOLUTION\ny = 42\n# END SOLUTION\nz = 3  # SOLUTION\nprint(y)"
+    assert strip_source(trainer) == "x = 1\ny = ...  # yours\nz = ...\nprint(y)"
+    for broken in ("# BEGIN SOLUTION\ny = 1", "y = 1\n# END SOLUTION", "# BEGIN SOLUTION\n# BEGIN SOLUTION"):
+        with pytest.raises(MarkerError):
+            strip_source(broken)
+
+
+def test_the_board_shows_each_attendees_progress(lab_url, capsys):
+    from statekit.cli import main
+    from statekit.workbook.labs.board import progress, publish
+    from statekit.workbook.labs.result import Result
+
+    url = "fakeredis://workshop-board" if lab_url.startswith("fakeredis") else lab_url
+    for lab, ok, who in [("bounded", False, "ana"), ("bounded", True, "ana"), ("bounded", False, "ana"),
+                         ("degrade", False, "ben"), ("degrade", False, "ben")]:  # fmt: skip
+        assert publish(Result(lab, ok, f"{who}'s hint"), url, attendee=who)
+    rows = {r["attendee"]: r for r in progress(url)}
+    assert rows["ana"]["bounded"] == "✔" and rows["ana"]["degrade"] == ""  # a pass stays a pass
+    assert rows["ben"]["degrade"] == "✘ 2" and rows["ben"]["last hint"] == "ben's hint"
+    assert main(["workshop", "board", url]) == 0
+    board = capsys.readouterr().out
+    assert "ana" in board and "✘ 2" in board and "1 of 2" in board
+
+
+def test_a_check_without_a_board_or_with_an_unreachable_one_still_answers(capsys):
+    from statekit.workbook.labs.board import publish
+    from statekit.workbook.labs.result import Result
+
+    result = Result("bounded", True, "fine")
+    assert publish(result, "") is None
+    assert publish(result, "redis://127.0.0.1:1/0") is None
+    assert "did not take the result" in capsys.readouterr().out
