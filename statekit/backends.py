@@ -332,18 +332,22 @@ def _parse(url: str, socket_timeout: float, connect_timeout: float, retries: int
         if not parts.hostname:
             raise _bad(url, "no host")
         try:
-            parts.port  # noqa: B018 - urllib validates the port only when it is read
+            port = parts.port  # urllib validates the port only when it is read
         except ValueError:
             raise _bad(url, "the port is not a number in 1..65535") from None
+        if port == 0:  # redis-py would take port 0 for "none given" and connect to 6379
+            raise _bad(url, "the port is not a number in 1..65535")
         db = parts.path.strip("/")
         if db and not db.isdigit():
             raise _bad(url, f"database {db!r} is not a number")
+        _check_query(url, parts, scheme)
     elif scheme == "unix":
         if not parts.path:
             raise _bad(url, "no socket path")
         db = parse_qs(parts.query).get("db", ["0"])[0]
         if not db.isdigit():
             raise _bad(url, f"database {db!r} is not a number")
+        _check_query(url, parts, scheme)
     elif scheme in ("redis+cluster", "rediss+cluster"):
         _cluster_nodes(url, parts.netloc)
         _tls_options(url, parts)
@@ -354,6 +358,29 @@ def _parse(url: str, socket_timeout: float, connect_timeout: float, retries: int
     elif scheme != "fakeredis":
         raise _bad(url, f"unknown scheme {parts.scheme!r}")
     return scheme, url, parts
+
+
+def _check_query(url: str, parts: Any, scheme: str) -> None:
+    """Refuse a query parameter that redis-py would hand to the connection as an unknown keyword
+    (it raises TypeError on the first command, deep in a traceback): the parameters redis-py
+    parses from a URL, and the keyword arguments of the connection class the scheme uses."""
+    import inspect
+
+    from redis.connection import (
+        URL_QUERY_ARGUMENT_PARSERS,
+        Connection,
+        SSLConnection,
+        UnixDomainSocketConnection,
+    )
+
+    cls = {"redis": Connection, "rediss": SSLConnection, "unix": UnixDomainSocketConnection}[scheme]
+    allowed = set(URL_QUERY_ARGUMENT_PARSERS) | {"max_connections", "db"}
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            allowed |= set(inspect.signature(klass.__init__).parameters) - {"self", "args", "kwargs"}
+    unknown = sorted(set(parse_qs(parts.query, keep_blank_values=True)) - allowed)
+    if unknown:
+        raise _bad(url, f"unknown query parameters {unknown} (redis-py takes the connection's keyword arguments)")
 
 
 def _tls_options(url: str, parts: Any) -> dict[str, Any]:

@@ -245,7 +245,10 @@ def test_app_without_voila_names_the_extra_that_installs_it(capsys, monkeypatch,
 
 
 BAD_URLS = ["redis://:badport", "redis://host:badport", "nope://x", "redis://host:99999", "", "http://x",
-            "redis://admin:s3cret-pw@host:99999"]  # fmt: skip
+            "redis://admin:s3cret-pw@host:99999",
+            # redis-py took port 0 for none and connected to 6379; an unknown query parameter was a
+            # TypeError deep in a traceback on the first command
+            "redis://127.0.0.1:0", "redis://127.0.0.1:6379/0?foo=bar", "unix:///tmp/x.sock?foo=bar"]  # fmt: skip
 URL_COMMANDS = {
     "review": lambda url, tmp: ["review", str(PROFILE), "--out", str(tmp / "reports"), "--redis-url", url, "-q"],
     "migrate": lambda url, tmp: [

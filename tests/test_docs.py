@@ -50,6 +50,8 @@ def _servers(block, request, emptied: set[str]) -> dict[str, str]:
     if block.fixture == "redis_url":
         url = request.getfixturevalue("redis_url") if first else request.getfixturevalue("redis_server").url
         return {LOCAL_URL: url}
+    if block.fixture == "fresh_redis_server":  # started for this page: nothing else has run on it
+        return {LOCAL_URL: request.getfixturevalue("fresh_redis_server").url}
     if block.fixture == "redis_replica_pair":
         pair = request.getfixturevalue("redis_replica_pair")
         if first:

@@ -394,8 +394,10 @@ def test_outage_timeline_on_fakeredis():
 def test_outage_timeline_with_client_pause(fresh_redis_server):
     from statekit.drills.outage import outage_timeline
 
+    # a 2 s pause: on a loaded machine the calls that open the breaker take longer than their
+    # 100 ms timeouts, and a 1 s outage left room for only two calls after them
     _timeline_checks(
-        outage_timeline(fresh_redis_server.url, before_s=0.3, outage_s=1.0, after_s=1.5, reset_timeout_s=0.5)
+        outage_timeline(fresh_redis_server.url, before_s=0.3, outage_s=2.0, after_s=1.5, reset_timeout_s=0.5)
     )
 
 
