@@ -22,7 +22,8 @@ What a page may contain, and what happens to it (tests/test_docs.py checks every
 
 A block that needs a real server says so with `<!-- docs-test: redis-server -->` (the `redis_url`
 fixture's server stands in for `redis://localhost:6379/0`), `<!-- docs-test: fresh-redis-server -->`
-(a server started for the page alone, for a block that measures an empty server's memory) or `<!-- docs-test: replica-pair -->`
+(a server started for the page alone, for a block that measures an empty server's memory) or
+`<!-- docs-test: replica-pair -->`
 (the `redis_replica_pair` fixture's primary and replica stand in for `redis://localhost:6379/0`
 and `redis://localhost:6380/0`). Those fixtures skip without redis-server, and fail instead under
 STATEKIT_REQUIRE_REDIS=1 (CI), like every real-Redis test.
