@@ -71,6 +71,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/bench_migrate.py --sessions 100000
 	$(BIN)/python benchmarks/bench_observe.py --sessions 100000
 	$(BIN)/python benchmarks/bench_memory.py --sessions 1000 10000 100000
+	$(BIN)/python benchmarks/bench_calibrate.py --seeds 100 --sessions 100000 --sample 2000
 
 # The manual: docs/ and the API reference from the docstrings; tests/test_docs_site.py builds it
 # with --strict and follows its links in Chromium.

@@ -298,9 +298,12 @@ def _cmd_network_drill(args: argparse.Namespace) -> int:
 
     profile = WorkloadProfile.from_yaml(args.profile)
     result = network_drills(profile, args.redis_url, drills=args.drill or NETWORK_DRILLS)
+    # a drill whose store was not normal, with its buffer empty, when the drill ended did not recover:
+    # its buffered turns were never stored (they count as lost), and the exit status says so
+    stuck = [n for n, d in result["drills"].items() if d["mode_after"] != "normal" or d["turns"]["still_buffered"]]
     if args.json:
         print(json.dumps(result, indent=2))
-        return 0
+        return 1 if stuck else 0
     for name, d in result["drills"].items():
         st, br, turns = d["settings"], d["breaker"], d["turns"]
         print(f"{name}: {d['impairment']}")
@@ -312,11 +315,19 @@ def _cmd_network_drill(args: argparse.Namespace) -> int:
                     saw = ", ".join(f"{k} {v}" for k, v in sorted(f["saw"].items()))
                     print(f"  {phase:<8} {op:<12} {f['calls']:>4} calls  p50 {f['p50_ms']:>8.2f} ms  "
                           f"p99 {f['p99_ms']:>8.2f} ms  ({saw})")  # fmt: skip
+        recovered = (
+            f"normal again {d['recovered_s']} s after the link healed"
+            if name not in stuck
+            else f"NOT recovered: still {d['mode_after']} {d['recovered_s']} s after the link healed, "
+            f"{turns['still_buffered']} turns still buffered (never stored: counted as lost)"
+        )
         print(f"  breaker opened {br['opened']}x, closed again {br['closed_again']}x; "
               f"raised to the application: {len(d['raised_to_application'])}; turns acknowledged "
               f"{turns['acknowledged']}, lost {turns['lost']}, duplicated {turns['duplicated']}; "
-              f"normal again {d['recovered_s']} s after the link healed")  # fmt: skip
-    return 0
+              f"{recovered}")  # fmt: skip
+    if stuck:
+        print(f"statekit: error: the store did not recover after the {', '.join(stuck)} drill(s)", file=sys.stderr)
+    return 1 if stuck else 0
 
 
 def _cmd_app(args: argparse.Namespace) -> int:

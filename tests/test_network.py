@@ -178,3 +178,30 @@ def test_an_interrupted_drill_removes_its_keys_too(redis_url, profiles_dir, monk
     assert written, "the drill had written keys when it was interrupted"
     assert _drill_keys(redis_url) == set()
     assert user.get("app:{s1}:state") == b"mine"
+
+
+def test_a_drill_whose_store_did_not_recover_says_so_and_exits_1(monkeypatch, profiles_dir, capsys):
+    """The CLI printed "normal again 31 s after the link healed" and exited 0 for a store still
+    degraded when the drill ended, its buffered turns counted as lost."""
+    from statekit.cli import main
+    from statekit.drills import network
+
+    def drill(mode: str, buffered: int) -> dict:
+        phase = {"calls": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0, "saw": {}}
+        return {
+            "impairment": "link down and up every 300 ms", "profile": "support_agent",
+            "settings": {"timeout_ms": 16, "fail_max": 4, "reset_timeout_s": 10},
+            "phases": {"before": {"load_context": phase}}, "breaker": {"opened": 2, "closed_again": 1},
+            "raised_to_application": [], "turns": {"acknowledged": 10, "lost": buffered, "duplicated": 0,
+                                                   "still_buffered": buffered},
+            "recovered_s": 31.03, "mode_after": mode,
+        }  # fmt: skip
+
+    results = {"flapping": drill("degraded", 7), "latency": drill("normal", 0)}
+    monkeypatch.setattr(network, "network_drills", lambda *a, **k: {"drills": results})
+    code = main(["network-drill", str(profiles_dir / "support_agent.yaml"), "--redis-url", "redis://127.0.0.1:1/0"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "NOT recovered: still degraded 31.03 s after the link healed, 7 turns still buffered" in out
+    assert "normal again 31.03 s" in out, "the drill that did recover says so"
+    assert err.strip() == "statekit: error: the store did not recover after the flapping drill(s)"

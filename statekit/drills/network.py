@@ -50,7 +50,9 @@ def network_drill(
     turns it was told were stored against those found afterwards (lost, duplicated), read
     by a client that does not go through the proxy.
     """
-    import numpy as np
+    from statekit._optional import require
+
+    np = require("numpy", what="statekit network-drill")
 
     from statekit.backends import connect
     from statekit.decide.resilience import recommend

@@ -75,7 +75,7 @@ def build_review(
       reasons, and what users see in degraded mode;
     - `consistency`: a level, Redis recipe, routing and stale-read probability per class,
       and `failover`: the lost-write figures of a failover drill when `failover` gives them
-      (`statekit.testing.failover_drills()`, measured), else how to measure them;
+      (`statekit.drills.failover.failover_drills()`, measured), else how to measure them;
     - `migrations`: the state schema, its compatibility with the proposed next version,
       and the rollout plan;
     - `observability`: dashboards and alerts, with thresholds from the latency budget and
