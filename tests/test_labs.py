@@ -92,6 +92,31 @@ WRONG = {
             """,
             "what stands for the turns that left the window",
         ),
+        "history in the process, mirrored to Redis": (
+            """
+            import json
+            history = {}
+            def handle(client, session_id, message):
+                turns = history.setdefault(session_id, [])
+                turns.append(message)
+                client.set(f"history:{session_id}", json.dumps(turns))
+                return turns[:1] + turns[-10:]
+            """,
+            "written to Redis but what the model reads is never read back",
+        ),
+        "the first message and the newest only": (
+            """
+            import json
+            def handle(client, session_id, message):
+                client.set(f"first:{session_id}", json.dumps(message), nx=True)
+                return [json.loads(client.get(f"first:{session_id}")), message]
+            """,
+            "it answers without what the customer just said",
+        ),
+        "a handler that returns strings": (
+            "def handle(client, session_id, message):\n    return [message['content']]",
+            "handle returned a list of str at turn 1",
+        ),
     },
     "degrade": {
         "the plain store": ("def resilient(store):\n    return store", "plain SessionStore"),
@@ -119,6 +144,49 @@ WRONG = {
             _RS.format("reset_timeout_s=600"),
             "reset_timeout_s=600",
         ),
+        "a hand-written wrapper with no timeout": (
+            """
+            class Wrapper:
+                def __init__(self, store):
+                    self.store, self.last, self.pending = store, {}, []
+                def load_context(self, sid):
+                    try:
+                        self.flush()
+                        self.last[sid] = self.store.load_context(sid)
+                    except Exception:
+                        pass
+                    return self.last[sid]
+                def append_turn(self, sid, turn, turn_id=None):
+                    self.pending.append((sid, turn, turn_id))
+                    try:
+                        self.flush()
+                    except Exception:
+                        pass
+                def flush(self):
+                    while self.pending:
+                        sid, turn, turn_id = self.pending[0]
+                        self.store.append_turn(sid, turn, turn_id=turn_id)
+                        self.pending.pop(0)
+            def resilient(store):
+                return Wrapper(store)
+            """,
+            "nothing bounds how long a call waits",
+        ),
+        "no cache of contexts": (_RS.format("reset_timeout_s=5, cache_max_sessions=0"), "forgot the customer"),
+        "load_context that returns None": (
+            """
+            class Quiet:
+                def __init__(self, store):
+                    self.store = store
+                def load_context(self, sid):
+                    return None
+                def append_turn(self, sid, turn, turn_id=None):
+                    self.store.append_turn(sid, turn, turn_id=turn_id)
+            def resilient(store):
+                return Quiet(store)
+            """,
+            "load_context returned None, not a context",
+        ),
     },
     "bounded": {
         "a window too wide": (
@@ -136,6 +204,33 @@ WRONG = {
         "a month of TTL": (
             "policy = sk.LifecyclePolicy(window_turns=4, fold_batch=2, max_bytes=256_000, ttl_seconds=30 * 86_400)",
             "live 30 days",
+        ),
+        "a TTL of a minute": (
+            "policy = sk.LifecyclePolicy(window_turns=4, fold_batch=2, max_bytes=256_000, ttl_seconds=60)",
+            "live 60 s once the customer stops",
+        ),
+        "a summarizer that raises": (
+            """
+            def summarize(summary, turns, budget):
+                raise RuntimeError("model is down")
+            policy = sk.LifecyclePolicy(window_turns=4, fold_batch=2, max_bytes=256_000, summarizer=summarize)
+            """,
+            "your summarizer raised RuntimeError: model is down",
+        ),
+        "a summarizer with the wrong signature": (
+            """
+            def summarize(turns):
+                return "summary"
+            policy = sk.LifecyclePolicy(window_turns=4, fold_batch=2, max_bytes=256_000, summarizer=summarize)
+            """,
+            "your summarizer raised TypeError",
+        ),
+        "a summarizer that returns a number": (
+            """
+            policy = sk.LifecyclePolicy(window_turns=4, fold_batch=2, max_bytes=256_000,
+                                        summarizer=lambda summary, turns, budget: len(turns))
+            """,
+            "your summarizer returned int 2",
         ),
     },
     "consistency": {
@@ -169,6 +264,42 @@ WRONG = {
                 store.update_state(session_id, add)
             """,
             "added the item each time it ran",
+        ),
+        "an update that keeps only the items": (
+            """
+            def add_item(store, session_id, item):
+                store.update_state(session_id, lambda s: {"items": [*s.get("items", []), item]})
+            """,
+            "the customer's other fields are gone",
+        ),
+        "a set of items": (
+            """
+            def add_item(store, session_id, item):
+                store.update_state(session_id, lambda s: {**s, "items": sorted({*s.get("items", []), item})})
+            """,
+            "your cart keeps each item once",
+        ),
+        "items as a dict of counts": (
+            """
+            def add_item(store, session_id, item):
+                store.update_state(session_id, lambda s: {**s, "items": {item: 1}})
+            """,
+            "the cart's items are a dict",
+        ),
+        "items as a string": (
+            """
+            def add_item(store, session_id, item):
+                store.update_state(session_id, lambda s: {**s, "items": item})
+            """,
+            "the cart's items are a str",
+        ),
+        "update_state called twice": (
+            """
+            def add_item(store, session_id, item):
+                for _ in range(2):
+                    store.update_state(session_id, lambda s: {**s, "items": [*s.get("items", []), item]})
+            """,
+            "called store.update_state 2 times",
         ),
     },
     "versions": {
@@ -212,6 +343,108 @@ WRONG = {
         ),
     },
 }
+
+
+#: Right fixes other than the trainer's, which the check must pass.
+RIGHT = {
+    "need_state": {
+        "history in one hash, the session id a field": """
+            import json
+            def handle(client, session_id, message):
+                raw = client.hget("conversations", session_id)
+                turns = [*json.loads(raw or "[]"), message]
+                client.hset("conversations", session_id, json.dumps(turns))
+                return turns[:1] + turns[-10:]
+            """,
+    },
+    "versions": {
+        "a step that keeps the notes and adds one": """
+            migrations = sk.Migrations(current=2)
+            @migrations.step(1, 2)
+            def rename(case):
+                case = dict(case)
+                case["customer_id"] = case.pop("customer")
+                case["notes"] = [*case["notes"], "migrated"]
+                return case
+            """,
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "lab, name", [(lab, name) for lab, fixes in RIGHT.items() for name in fixes], ids=lambda v: v.replace(" ", "-")
+)
+def test_a_right_fix_passes(lab, name, lab_url):
+    result = run_check(lab, RIGHT[lab][name], lab_url)
+    assert result.ok, f"{lab}: '{name}' failed the check: {result.hint}"
+
+
+def test_a_ttl_shorter_than_a_pause_fails():
+    source = "policy = sk.LifecyclePolicy(window_turns=4, fold_batch=2, max_bytes=256_000, ttl_seconds=1)"
+    result = run_check("bounded", source, "fakeredis://")
+    assert not result.ok and "at least 1 h" in result.hint, result.hint
+
+
+#: a fix of each lab that never answers: it waits for `gate`, which the test opens at its end
+HANGS = {
+    "need_state": "def handle(client, session_id, message):\n    gate.wait()",
+    "degrade": "def resilient(store):\n    gate.wait()",
+    "bounded": "policy = sk.LifecyclePolicy(window_turns=4, fold_batch=2, summarizer=lambda s, t, b: gate.wait())",
+    "consistency": "def add_item(store, session_id, item):\n    gate.wait()",
+    "versions": """
+        migrations = sk.Migrations(current=2)
+        @migrations.step(1, 2)
+        def wait(case):
+            gate.wait()
+        """,
+    "health": "def alerts(metrics):\n    gate.wait()",
+}
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_a_check_gives_up_on_code_that_never_answers(lab, monkeypatch):
+    import threading
+    import time
+
+    from statekit.workbook.labs import result as result_module
+
+    assert set(HANGS) == set(LABS)
+    monkeypatch.setattr(result_module, "DEADLINE_S", 1.0)
+    gate = threading.Event()
+    namespace: dict[str, object] = {"sk": sk, "gate": gate}
+    exec(textwrap.dedent(HANGS[lab]), namespace)
+    module = importlib.import_module(f"statekit.workbook.labs.{lab}")
+    try:
+        started = time.monotonic()
+        result = module.check(namespace[FIX_NAME[lab]], "fakeredis://")
+        elapsed = time.monotonic() - started
+    finally:
+        gate.set()  # the abandoned call returns, and its thread ends
+    assert not result.ok and "did not answer within 1 s" in result.hint, result.hint
+    # the deadline is the feature: 1 s, with a 10 s margin for a loaded machine (the fix would wait forever)
+    assert elapsed < 11
+
+
+def test_a_check_that_raises_answers_with_a_hint():
+    def handle(client, session_id, message):
+        raise KeyboardInterrupt  # not an Exception: escapes the check's own handling
+
+    from statekit.workbook.labs import need_state
+
+    result = need_state.check(handle)
+    assert not result.ok and "KeyboardInterrupt" in result.hint
+
+
+@pytest.mark.realredis
+def test_need_state_leaves_no_keys_when_a_fix_fails(redis_url):
+    fixes = [
+        WRONG["need_state"]["history in the process, mirrored to Redis"][0],
+        WRONG["need_state"]["a handler that returns strings"][0],
+        "def handle(client, session_id, message):\n    client.set(f'x:{session_id}', 1)\n    raise RuntimeError()",
+    ]
+    for source in fixes:
+        assert not run_check("need_state", source, redis_url).ok
+    assert sk.connect(redis_url).dbsize() == 0
 
 
 def test_every_lab_has_a_notebook_and_wrong_fixes():
@@ -269,6 +502,68 @@ def test_the_generator_strips_solutions_and_keeps_prompts():
             strip_source(broken)
 
 
+@pytest.mark.parametrize(
+    "trainer, attendee",
+    [
+        ("#BEGIN SOLUTION\ny = 42\n#END SOLUTION\nprint(y)", "print(y)"),
+        ("# begin solution\ny = 42\n# end solution\nprint(y)", "print(y)"),
+        ("### BEGIN SOLUTION\ny = 42\n### END SOLUTION\nprint(y)", "print(y)"),
+        ("# BEGIN SOLUTION  (trainer only)\ny = 42\n# END SOLUTION\nprint(y)", "print(y)"),
+        ("x: int = 42  # SOLUTION", "x: int = ..."),
+        ("def f():\n    return 42  # SOLUTION", "def f():\n    return ..."),
+        ("a, b = 4, 2  # SOLUTION", "a, b = ..., ..."),
+        ("y = 42  # solution", "y = ..."),
+    ],
+)
+def test_the_generator_reads_markers_as_trainers_write_them(trainer, attendee):
+    assert strip_source(trainer) == attendee
+
+
+def test_the_generator_never_lets_a_solution_through():
+    from statekit.workbook.labs.attendee import MarkerError, attendee_notebook
+
+    def notebook(*cells):
+        return nbformat.v4.new_notebook(cells=list(cells))
+
+    md = nbformat.v4.new_markdown_cell("Intro\n# BEGIN SOLUTION\nThe answer is 42.\n# END SOLUTION\nDone.")
+    raw = nbformat.v4.new_raw_cell("<!-- BEGIN SOLUTION -->\nsecret\n<!-- END SOLUTION -->")
+    assert attendee_notebook(notebook(md)).cells[0].source == "Intro\nDone."
+    for leak in (
+        raw,
+        nbformat.v4.new_markdown_cell("The SOLUTION: y = 42"),
+        nbformat.v4.new_code_cell("y = 42  # the solution"),
+    ):
+        with pytest.raises(MarkerError, match="SOLUTION"):
+            attendee_notebook(notebook(leak))
+    in_string = 'text = """\n# BEGIN SOLUTION\n"""\ny = 42\ntext2 = """\n# END SOLUTION\n"""'
+    with pytest.raises(MarkerError, match="inside a string"):
+        strip_source(in_string)
+
+
+def test_a_broken_trainer_notebook_leaves_no_staging_directory(tmp_path):
+    from statekit.workbook.labs.attendee import MarkerError
+    from statekit.workbook.labs.workshop import prepare
+
+    trainer = tmp_path / "trainer"
+    trainer.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("# BEGIN SOLUTION\ny = 1")]),
+                   trainer / "lab.ipynb")  # fmt: skip
+    with pytest.raises(MarkerError):
+        prepare(tmp_path / "out", trainer_dir=trainer)
+    assert not (tmp_path / "out" / ".statekit-staging").exists()
+
+
+def test_workshop_with_missing_trainer_notebooks_exits_2(tmp_path, capsys):
+    from statekit.cli import main
+
+    pytest.importorskip("jupyterlab")
+    out = tmp_path / "out"
+    assert main(["workshop", "--prepare-only", "--trainer-notebooks", str(tmp_path / "nonexistent"), str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nonexistent is not a directory" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_the_board_shows_each_attendees_progress(lab_url, capsys):
     from statekit.cli import main
     from statekit.workbook.labs.board import progress, publish
@@ -294,3 +589,23 @@ def test_a_check_without_a_board_or_with_an_unreachable_one_still_answers(capsys
     assert publish(result, "") is None
     assert publish(result, "redis://127.0.0.1:1/0") is None
     assert "did not take the result" in capsys.readouterr().out
+    for malformed in ("trainer:6379", "redis//10.0.0.5:6379"):
+        assert publish(result, malformed) is None
+        out = capsys.readouterr().out
+        assert "did not take the result" in out and len(out.strip().splitlines()) == 1
+
+
+def test_the_board_skips_entries_that_are_not_results(capsys):
+    from statekit.cli import main
+    from statekit.workbook.labs.board import STREAM, progress, publish
+    from statekit.workbook.labs.result import Result
+
+    url = "fakeredis://workshop-board-malformed"
+    client = sk.connect(url)
+    client.xadd(STREAM, {"foo": "bar"})
+    client.xadd(STREAM, {"attendee": b"ana\xff", "lab": "bounded", "ok": "1", "hint": "fine"})
+    assert publish(Result("degrade", False, "ben's hint"), url, attendee="ben")
+    rows = progress(url)
+    assert [r["attendee"] for r in rows] == ["ana\ufffd", "ben"] and rows.skipped == 1
+    assert main(["workshop", "board", url]) == 0
+    assert "1 malformed entries" in capsys.readouterr().out

@@ -34,8 +34,9 @@ def publish(result: Result, board_url: str, attendee: str | None = None) -> str 
         return None
     from statekit.backends import connect
 
-    client = connect(board_url, socket_timeout=2)
+    client = None
     try:
+        client = connect(board_url, socket_timeout=2)
         entry = client.xadd(
             STREAM,
             {"attendee": attendee or attendee_name(), "lab": result.lab, "ok": int(result.ok), "hint": result.hint},
@@ -43,16 +44,27 @@ def publish(result: Result, board_url: str, attendee: str | None = None) -> str 
             approximate=True,
         )
     except Exception as exc:  # the board is the trainer's, not part of the lab
-        print(f"(the board at {board_url} did not take the result: {type(exc).__name__}: {exc})")
+        why = (str(exc).splitlines() or [""])[0]
+        print(
+            f"(the board at {board_url} could not be reached and did not take the result: {type(exc).__name__}: {why})"
+        )
         return None
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     return entry.decode() if isinstance(entry, bytes) else entry
 
 
-def progress(board_url: str) -> list[dict[str, Any]]:
+class Rows(list):  # type: ignore[type-arg]
+    """The board's rows, and how many stream entries were skipped as malformed."""
+
+    skipped = 0
+
+
+def progress(board_url: str) -> Rows:
     """One row per attendee: per lab '✔' once a check passed, '✘ n' after n failed checks
-    and no pass, '' before any; the attendee's last hint."""
+    and no pass, '' before any; the attendee's last hint. Entries that are not a check's
+    result (fields missing, an unknown lab) are skipped and counted in `skipped`."""
     from statekit.backends import connect
 
     client = connect(board_url, socket_timeout=5)
@@ -61,8 +73,12 @@ def progress(board_url: str) -> list[dict[str, Any]]:
     finally:
         client.close()
     rows: dict[str, dict[str, Any]] = {}
+    skipped = 0
     for _, fields in entries:
-        f = {k.decode(): v.decode() for k, v in fields.items()}
+        f = {_text(k): _text(v) for k, v in fields.items()}
+        if not {"attendee", "lab", "ok", "hint"} <= set(f) or f["lab"] not in LABS or f["ok"] not in ("0", "1"):
+            skipped += 1
+            continue
         row = rows.setdefault(f["attendee"], {"attendee": f["attendee"], **dict.fromkeys(LABS, "")})
         lab = f["lab"]
         if row.get(lab) == "✔":
@@ -73,7 +89,13 @@ def progress(board_url: str) -> list[dict[str, Any]]:
             tries = int(row[lab][2:]) if row.get(lab, "").startswith("✘") else 0
             row[lab] = f"✘ {tries + 1}"
         row["last hint"] = f["hint"]
-    return sorted(rows.values(), key=lambda r: r["attendee"])
+    out = Rows(sorted(rows.values(), key=lambda r: r["attendee"]))
+    out.skipped = skipped
+    return out
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -84,6 +106,9 @@ def render(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{r['attendee']:<{width}}  " + "  ".join(f"{r.get(lab, ''):<11}" for lab in LABS))
     passed = [sum(r.get(lab) == "✔" for r in rows) for lab in LABS]
     lines.append(f"{'passed':<{width}}  " + "  ".join(f"{f'{n} of {len(rows)}':<11}" for n in passed))
+    skipped = getattr(rows, "skipped", 0)
+    if skipped:
+        lines.append(f"({skipped} malformed entries on the board's stream skipped)")
     return "\n".join(lines)
 
 

@@ -4,7 +4,8 @@ The first version appends every turn to a Redis list, forever, with no TTL: 50 t
 2 MB per session. The attendee's fix: a `LifecyclePolicy`. The check writes the lab's
 conversation through a `SessionStore` with it and holds it to the lab's budget: at most
 256 KB per session, every turn accepted, the order number of turn 1 still in the context at
-turn 50, and an idle session gone within a day.
+turn 50, and an idle session kept at least an hour (a customer may pause) and gone within a
+day.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from typing import Any
 from statekit.errors import StateTooLarge
 from statekit.lifecycle import LifecyclePolicy
 from statekit.store.blocking import SessionStore
-from statekit.workbook.labs.result import Result, _what, cleanup, failed, namespace, passed
+from statekit.workbook.labs.result import Result, _what, cleanup, failed, namespace, passed, with_deadline
 
 LAB = "bounded"
 TURNS = 50
 TURN_BYTES = 40_000
 BUDGET_BYTES = 256_000
 MAX_TTL_S = 86_400
+#: a customer may step away for half an hour and come back to the same conversation; an
+#: idle session must outlive that pause, with some grace
+MIN_TTL_S = 3_600
 FACT = "4471-XK"
 
 
@@ -91,10 +95,15 @@ def plot(unbounded: list[dict[str, Any]], bounded: list[dict[str, Any]] | None =
     return ax
 
 
+@with_deadline(LAB)
 def check(policy: Any, redis_url: str = "fakeredis://") -> Result:
     """Hold `policy` to the lab's budget on the lab's conversation."""
     if not isinstance(policy, LifecyclePolicy):
         return failed(LAB, f"policy is {_what(policy)}: make it a statekit LifecyclePolicy(...)")
+    if policy.summarizer is not None:
+        broken = _summarizer_fault(policy)
+        if broken:
+            return failed(LAB, broken)
     rows = run_policy(policy, redis_url)
     peak = max(rows, key=lambda r: r["bytes"])
     if peak["bytes"] > BUDGET_BYTES:
@@ -122,11 +131,19 @@ def check(policy: Any, redis_url: str = "fakeredis://") -> Result:
             f"at turn {TURNS} the order number the customer gave in turn 1 is gone from the context: {how}",
         )
     ttl = rows[-1]["ttl_s"]
-    if ttl < 0 or ttl > MAX_TTL_S:
+    if ttl == -1 or ttl > MAX_TTL_S:
+        lives = "never expire" if ttl == -1 else f"live {ttl / 86_400:g} days"
         return failed(
             LAB,
-            f"an idle session's keys live {ttl / 86_400:g} days: the lab's retention is 1 day, and sessions "
-            "nobody comes back to hold memory until then",
+            f"an idle session's keys {lives}: the lab's retention is 1 day, and sessions nobody comes back to hold "
+            "memory until then",
+        )
+    if ttl < MIN_TTL_S:
+        lives = "were gone by the end of the conversation" if ttl < 0 else f"live {ttl:g} s once the customer stops"
+        return failed(
+            LAB,
+            f"an idle session's keys {lives}: a customer who pauses for a coffee comes back to an agent that forgot "
+            f"them. The lab keeps a paused conversation at least {MIN_TTL_S / 3600:g} h",
         )
     return passed(
         LAB,
@@ -135,3 +152,21 @@ def check(policy: Any, redis_url: str = "fakeredis://") -> Result:
         f"sessions gone after {ttl / 3600:g} h",
         peak_bytes=peak["bytes"],
     )
+
+
+def _summarizer_fault(policy: LifecyclePolicy) -> str:
+    """What is wrong with `policy.summarizer`, tried on two of the lab's turns ('' when it works)."""
+    try:
+        summary = policy.summarizer("", [turn(1), turn(2)], policy.summary_max_bytes)  # type: ignore[misc]
+    except Exception as exc:  # the attendee's code: say what it raised
+        return (
+            f"your summarizer raised {type(exc).__name__}: {exc}. The store calls it as "
+            "summarizer(summary, evicted_turns, budget_bytes); until it works, evicted turns pile up unsummarised"
+        )
+    if not isinstance(summary, str):
+        return (
+            f"your summarizer returned {type(summary).__name__} {summary!r:.40}, not the summary's text (a str): "
+            "until it does, evicted "
+            "turns pile up unsummarised"
+        )
+    return ""

@@ -14,9 +14,11 @@ import json
 from typing import Any
 
 from statekit.store.blocking import SessionStore
-from statekit.workbook.labs.result import Result, cleanup, failed, namespace, passed, shared
+from statekit.workbook.labs.result import Result, _what, cleanup, failed, namespace, passed, shared, with_deadline
 
 LAB = "consistency"
+#: a field of the session's state next to the cart, which adding an item must keep
+CUSTOMER = "C-1000"
 
 
 def break_it(redis_url: str = "fakeredis://", *, rounds: int = 100) -> dict[str, Any]:
@@ -61,10 +63,12 @@ class _Counting:
         return value
 
 
+@with_deadline(LAB)
 def check(add_item: Any, redis_url: str = "fakeredis://") -> Result:
     """Run `add_item(store, session, "hat")` on instance A while instance B adds "socks" to the
-    same cart, once for every place B's write can land: before A's first round trip to Redis,
-    between each two, and after the last. Each run has a cart of its own (holding "shoes")."""
+        same cart, once for every place B's write can land: before A's first round trip to Redis,
+        between each two, and after the last. Each run has a cart of its own, holding "shoes" and a
+    first "hat" (a customer may buy two), next to the customer's id, which must stay."""
     from statekit.backends import connect
 
     if not callable(add_item):
@@ -86,7 +90,7 @@ def check(add_item: Any, redis_url: str = "fakeredis://") -> Result:
     return passed(
         LAB,
         f"instance B's write landed before, between and after each of your {last} round trips to Redis, "
-        "and the cart never lost an item or held one twice",
+        "and the cart never lost an item, an add, or the session's other fields, nor took one add twice",
         round_trips=last,
     )
 
@@ -95,7 +99,7 @@ def _interleaved(add_item: Any, a: SessionStore, b: SessionStore, sid: str, n: i
     """One run: B's write lands just before A's `n`-th round trip (or after A's last one)."""
     from statekit.testing.faults import before_round_trip
 
-    b.update_state(sid, lambda s: {**s, "items": ["shoes"]})
+    b.update_state(sid, lambda s: {**s, "customer": CUSTOMER, "items": ["shoes", "hat"]})
     a_view = _Counting(a)
 
     def instance_b_adds() -> None:
@@ -107,24 +111,58 @@ def _interleaved(add_item: Any, a: SessionStore, b: SessionStore, sid: str, n: i
         except Exception as exc:
             return failed(LAB, f"add_item raised {type(exc).__name__}: {exc}"), trips.count
     if trips.count < n:
-        instance_b_adds()  # A is done: B's write comes after it
+        try:
+            instance_b_adds()  # A is done: B's write comes after it
+        except Exception as exc:  # the state A left cannot be updated: say what is in it
+            state, _ = b.get_state(sid)
+            return failed(
+                LAB,
+                f"after your add_item the session's state is {state!r}, and another instance's update "
+                f"of it raised {type(exc).__name__}: {exc}",
+            ), trips.count
     state, _ = b.get_state(sid)
     items = state.get("items", []) if isinstance(state, dict) else []
-    calls = set(a_view.calls)
+    calls = a_view.calls
     when = f"(instance B wrote just before your round trip {n} to Redis)" if n <= trips.count else ""
-    if "hat" not in items:
+    if not isinstance(items, list):
+        return failed(
+            LAB,
+            f"the cart's items are {_what(items)} ({items!r}): the lab's cart keeps a list under 'items', one entry "
+            "per item added",
+        ), trips.count
+    if not isinstance(state, dict) or state.get("customer") != CUSTOMER:
+        kept = sorted(state) if isinstance(state, dict) else state
+        return failed(
+            LAB,
+            f"the session's state was {{'customer': {CUSTOMER!r}, 'items': [...]}}; after your add_item it holds "
+            f"{kept!r}: the update replaced the whole state, and the customer's other fields are gone",
+        ), trips.count
+    hats = items.count("hat")
+    if hats < 2:
         if "update_state" not in calls:
             return failed(
                 LAB,
-                f"the cart holds {items}: 'hat' never reached the session's state (store.get_state shows "
+                f"the cart holds {items}: your 'hat' never reached the session's state (store.get_state shows "
                 "what every instance reads); your function did not update it",
             ), trips.count
+        if hats == 1 and len(set(items)) == len(items):
+            return failed(
+                LAB,
+                f"the cart held one 'hat' and your add_item added another, and it holds {items}: a customer may buy "
+                "two of the same item, and your cart keeps each item once",
+            ), trips.count
         return failed(LAB, f"the cart holds {items}: the 'hat' your add_item wrote is not in it {when}"), trips.count
-    if items.count("hat") > 1:
+    if hats > 2:
+        if calls.count("update_state") > 1:
+            return failed(
+                LAB,
+                f"the cart holds {items} {when}: 'hat' went in {hats - 1} times for one add_item, which called "
+                f"store.update_state {calls.count('update_state')} times, each adding it",
+            ), trips.count
         return failed(
             LAB,
-            f"the cart holds {items} {when}: 'hat' is in it {items.count('hat')} times. After a conflict the store "
-            "calls your update function again; yours added the item each time it ran",
+            f"the cart holds {items} {when}: 'hat' went in {hats - 1} times for one add_item. After a conflict the "
+            "store calls your update function again; yours added the item each time it ran",
         ), trips.count
     if "socks" not in items:
         how = (

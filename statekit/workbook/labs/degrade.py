@@ -17,7 +17,7 @@ from typing import Any
 from statekit.lifecycle import LifecyclePolicy
 from statekit.resilience.store import ResilientStore
 from statekit.store.blocking import SessionStore
-from statekit.workbook.labs.result import Link, Result, cleanup, failed, namespace, passed
+from statekit.workbook.labs.result import Link, Result, _what, cleanup, failed, namespace, passed, with_deadline
 
 LAB = "degrade"
 TURNS = 50
@@ -26,6 +26,9 @@ OUTAGE = range(11, 41)  # turns sent while the store is unreachable
 BUDGET_MS = 200
 #: what the first requests of an outage may wait in all before the breaker opens
 STALL_BUDGET_MS = 2_000
+#: what the check measures against them: the budgets plus a margin for a busy machine
+CALL_LIMIT_MS = 2.5 * BUDGET_MS
+STALL_LIMIT_MS = 1.5 * STALL_BUDGET_MS
 #: how long after the store is back the agent may stay degraded
 RECOVERY_BUDGET_S = 60
 
@@ -112,6 +115,7 @@ def plot_break(rows: list[dict[str, Any]], ax: Any = None) -> Any:
     return ax
 
 
+@with_deadline(LAB)
 def check(resilient: Any, redis_url: str = "fakeredis://") -> Result:
     """Run the lab's outage through `resilient(store)`: 50 turns, the store unreachable
     from turn 11 to turn 40, each turn a load_context and an append_turn."""
@@ -142,6 +146,7 @@ def check(resilient: Any, redis_url: str = "fakeredis://") -> Result:
             store.clock = clock  # the breaker's reset timeout passes at once, with no waiting
         sid = "s-outage"
         reader = SessionStore(link.client(socket_timeout=5.0), base.policy, namespace=ns)
+        stall = 0.0  # what the calls of the outage waited in all, whatever the store
         try:
             for n in range(1, TURNS + 1):
                 if n == OUTAGE.start:
@@ -151,16 +156,29 @@ def check(resilient: Any, redis_url: str = "fakeredis://") -> Result:
                     if isinstance(store, ResilientStore):
                         clock.advance(store.breaker.reset_timeout)
                 try:
+                    started = time.perf_counter()
                     ctx = store.load_context(sid)
-                    if n in OUTAGE and n > OUTAGE.start and not ctx.turns:
+                    took = [time.perf_counter() - started]
+                    if not isinstance(getattr(ctx, "turns", None), list):
                         return failed(
                             LAB,
-                            f"turn {n} was answered without any of the conversation's earlier turns: the agent "
-                            "forgot the customer mid-outage. Which context can a resilient store give back "
-                            "while Redis is away?",
-                            turn=n,
+                            f"turn {n}: load_context returned {'None' if ctx is None else _what(ctx)}, not a context "
+                            "(with its turns)",
                         )
+                    if n in OUTAGE and n > OUTAGE.start:
+                        held = {t.get("content") for t in ctx.turns if isinstance(t, dict)}
+                        earlier = [k for k in range(1, n) if f"turn {k}" in held]
+                        if any(f"turn {k}" not in held for k in range(1, OUTAGE.start)):
+                            return failed(
+                                LAB,
+                                f"the agent forgot the customer: the context at turn {n} during the outage held "
+                                f"{len(earlier)} of {n - 1} earlier turns. Which context can a resilient store "
+                                "give back while Redis is away?",
+                                turn=n,
+                            )
+                    started = time.perf_counter()
                     store.append_turn(sid, {"role": "user", "content": f"turn {n}"}, turn_id=f"t{n}")
+                    took.append(time.perf_counter() - started)
                 except Exception as exc:
                     where = "during the outage" if n in OUTAGE else ("after the outage" if n >= OUTAGE.stop else "")
                     why = _raise_reason(store)
@@ -169,6 +187,23 @@ def check(resilient: Any, redis_url: str = "fakeredis://") -> Result:
                         f"turn {n} raised {type(exc).__name__} {where}: the request handler answers HTTP 500. {why}",
                         turn=n,
                     )
+                if n in OUTAGE:
+                    stall += sum(took)
+                    if max(took) * 1000 > CALL_LIMIT_MS:
+                        call = "load_context" if took[0] >= took[-1] else "append_turn"
+                        return failed(
+                            LAB,
+                            f"request {n} took {sum(took):.1f} s during the outage ({call}: {max(took):.1f} s): "
+                            f"nothing bounds how long a call waits, and the lab's budget is {BUDGET_MS} ms a call",
+                            turn=n,
+                        )
+                    if stall * 1000 > STALL_LIMIT_MS:
+                        return failed(
+                            LAB,
+                            f"by request {n} the outage had cost {stall:.1f} s of waiting in all; the lab allows "
+                            f"{STALL_BUDGET_MS / 1000:g} s: does every request still try Redis first?",
+                            turn=n,
+                        )
             mode = getattr(store, "mode", "normal")
             if mode != "normal":
                 return failed(
@@ -188,7 +223,10 @@ def check(resilient: Any, redis_url: str = "fakeredis://") -> Result:
     if twice:
         return failed(LAB, f"turn {twice[0]} is stored twice: a write was replayed without its turn id")
     if not isinstance(store, ResilientStore):  # a store of the attendee's own making that rode it out
-        return passed(LAB, f"all {TURNS} turns stored once, and no request raised during the outage")
+        return passed(
+            LAB,
+            f"all {TURNS} turns stored once, no request raised, and the outage cost {stall:.1f} s of waiting in all",
+        )
     stats = store.stats.as_dict()
     return passed(
         LAB,

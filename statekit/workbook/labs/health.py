@@ -17,7 +17,7 @@ from typing import Any
 from statekit.observe.metrics import StateMetrics
 from statekit.resilience.store import ResilientStore
 from statekit.store.blocking import SessionStore
-from statekit.workbook.labs.result import Link, Result, cleanup, failed, namespace, passed, shared
+from statekit.workbook.labs.result import Link, Result, cleanup, failed, namespace, passed, shared, with_deadline
 
 LAB = "health"
 CALM_UPDATES, CALM_CONFLICTS = 100, 2
@@ -118,6 +118,7 @@ class _Watched:
         return getattr(self._metrics, name)
 
 
+@with_deadline(LAB)
 def check(alerts: Any, redis_url: str = "fakeredis://") -> Result:
     """Run `alerts(metrics)` after each phase: calm must be silent, the storm and the outage
     must each raise an alert."""

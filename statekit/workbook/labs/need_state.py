@@ -7,17 +7,21 @@ more tokens than the last. `sk.assess` on the service's profile says why it need
 server-side state. The attendee's fix: `handle(client, session_id, message)`, which returns
 the messages the model reads, with the conversation kept in Redis. The check sends 50
 turns, one message a request, each on a new client (as if every request landed on another
-app instance).
+app instance); from turn 26 on, a fresh copy of the handler's process state answers, so the
+conversation must come back from Redis. At turn 50 the model must read the order number from
+turn 1 and the last 5 messages.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import types
 from pathlib import Path
 from typing import Any
 
-from statekit.workbook.labs.result import Result, failed, passed
+from statekit.workbook.labs.result import Result, failed, passed, with_deadline
 
 LAB = "need_state"
 TURNS = 50
@@ -73,28 +77,103 @@ def plot(rows: list[dict[str, Any]], served: list[int] | None = None, ax: Any = 
     return ax
 
 
+#: the turn from which the requests land on another app instance (a fresh copy of the handler's process state)
+SWITCH = 26
+#: the newest messages the model must read each turn, with the order number from turn 1
+RECENT = 5
+
+
+def fresh_instance(handle: Any) -> Any:
+    """`handle` as another app instance runs it: the same code, with the module-level state it
+    reads (dicts, lists, objects) copied as it is now, before the conversation, so that
+    nothing the first instance keeps in its process reaches it."""
+    if not isinstance(handle, types.FunctionType):
+        try:
+            return copy.deepcopy(handle)
+        except Exception:  # an object that cannot be copied: run it as it is
+            return handle
+    old = handle.__globals__
+    new: dict[str, Any] = dict(old)
+    clones: dict[int, Any] = {}
+
+    def names(code: types.CodeType) -> set[str]:
+        out = set(code.co_names)
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                out |= names(const)
+        return out
+
+    def clone(fn: types.FunctionType) -> types.FunctionType:
+        if id(fn) in clones:
+            return clones[id(fn)]
+        closure = None
+        if fn.__closure__:
+            closure = tuple(types.CellType(_copied(c.cell_contents)) for c in fn.__closure__)
+        twin = types.FunctionType(fn.__code__, new, fn.__name__, fn.__defaults__, closure)
+        twin.__kwdefaults__ = copy.deepcopy(fn.__kwdefaults__)
+        clones[id(fn)] = twin
+        for name in names(fn.__code__):
+            if name in old and name in new and new[name] is old[name]:
+                new[name] = _copied(old[name])
+        return twin
+
+    def _copied(value: Any) -> Any:
+        if isinstance(value, types.FunctionType) and value.__globals__ is old:
+            return clone(value)
+        if isinstance(value, (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType)):
+            return value
+        try:
+            return copy.deepcopy(value)
+        except Exception:  # a client, a lock: shared as it is
+            return value
+
+    return clone(handle)
+
+
 def run_handler(handle: Any, redis_url: str = "fakeredis://") -> dict[str, Any]:
     """Send the lab's 50 messages through `handle`, each request on a new client of the same
-    server; return what the model read each turn and the keys the session left in Redis."""
+    server: up to turn `SWITCH` on this instance, from then on on another one (`fresh_instance`).
+    What the model read each turn, and its last context."""
     from statekit.backends import connect
 
     sid = f"lab0-{os.urandom(4).hex()}"
-    server_url = f"fakeredis://lab0-{os.urandom(4).hex()}" if redis_url.startswith("fakeredis") else redis_url
+    private = redis_url.startswith("fakeredis")
+    server_url = f"fakeredis://lab0-{os.urandom(4).hex()}" if private else redis_url
+    other = fresh_instance(handle)
     served: list[int] = []
     last: list[dict[str, Any]] = []
-    for n in range(1, TURNS + 1):
-        out = handle(connect(server_url), sid, message(n))
-        if not isinstance(out, list):
-            return {"error": f"handle returned {type(out).__name__} at turn {n}", "turn": n, "out": out}
-        last = out
-        served.append(request_bytes(out))
-    client = connect(server_url)
-    keys = list(client.scan_iter(match=f"*{sid}*"))
-    if keys:
-        client.delete(*keys)
-    return {"served": served, "last": last, "keys": len(keys)}
+    try:
+        for n in range(1, TURNS + 1):
+            out = (handle if n < SWITCH else other)(connect(server_url), sid, message(n))
+            if not isinstance(out, list) or not all(isinstance(m, dict) for m in out):
+                what = type(out).__name__
+                if isinstance(out, list):
+                    what = f"a list of {type(next(m for m in out if not isinstance(m, dict))).__name__}"
+                return {"error": f"handle returned {what} at turn {n}", "turn": n, "out": out}
+            last = out
+            served.append(request_bytes(out))
+            if n == SWITCH - 1:
+                before = out
+            if n == SWITCH:
+                switched = out
+        client = connect(server_url)
+        written = client.dbsize() if private else len(list(client.scan_iter(match=f"*{sid}*")))
+    finally:  # whatever happened, the session leaves nothing behind
+        client = connect(server_url)
+        if private:
+            client.flushall()
+        else:
+            keys = list(client.scan_iter(match=f"*{sid}*"))
+            if keys:
+                client.delete(*keys)
+    return {"served": served, "last": last, "before": before, "switched": switched, "written": written}
 
 
+def _holds(context: list[dict[str, Any]], text: str) -> bool:
+    return any(text in str(m.get("content", "")) for m in context)
+
+
+@with_deadline(LAB)
 def check(handle: Any, redis_url: str = "fakeredis://") -> Result:
     if not callable(handle):
         return failed(LAB, "handle is not a function: define handle(client, session_id, message)")
@@ -103,7 +182,9 @@ def check(handle: Any, redis_url: str = "fakeredis://") -> Result:
     except Exception as exc:
         return failed(LAB, f"handle raised {type(exc).__name__}: {exc}")
     if "error" in run:
-        return failed(LAB, f"{run['error']}: return the list of messages the model reads ({run['out']!r})")
+        return failed(
+            LAB, f"{run['error']}: return the list of messages the model reads, {{'role': ..., 'content': ...}} dicts"
+        )
     served, last = run["served"], run["last"]
     over = next((i for i, b in enumerate(served, 1) if b > LIMIT_BYTES), None)
     if over is not None:
@@ -113,7 +194,23 @@ def check(handle: Any, redis_url: str = "fakeredis://") -> Result:
             f"and by turn {TURNS} {served[-1]:,}: the context grows with every turn",
             peak=max(served),
         )
-    if not any(FACT in str(m.get("content", "")) for m in last):
+    before, switched = run["before"], run["switched"]
+    earlier = f"Message {SWITCH - 2} "  # held by the first instance at turn SWITCH - 1: held at SWITCH too?
+    if (_holds(before, FACT) and not _holds(switched, FACT)) or (
+        _holds(before, earlier) and not _holds(switched, earlier)
+    ):
+        where = (
+            "the conversation is written to Redis but what the model reads is never read back from it"
+            if run["written"]
+            else "nothing of it is in Redis"
+        )
+        return failed(
+            LAB,
+            f"from turn {SWITCH} the requests landed on another app instance, and at turn {SWITCH} the model read "
+            f"{len(switched)} message(s) without the conversation so far: {where}. It lives in this Python "
+            "process, so a restart or a request that lands on another app instance starts the conversation over",
+        )
+    if not _holds(last, FACT):
         if len(last) <= 1:
             return failed(
                 LAB,
@@ -125,16 +222,18 @@ def check(handle: Any, redis_url: str = "fakeredis://") -> Result:
             f"at turn {TURNS} the model read {len(last)} messages, and the order number from turn 1 was not among "
             "them: what stands for the turns that left the window?",
         )
-    if run["keys"] == 0:
+    recent = [n for n in range(TURNS - RECENT + 1, TURNS + 1) if not _holds(last, f"Message {n} ")]
+    if recent:
         return failed(
             LAB,
-            "the model saw the conversation, but nothing of it is in Redis: it lives in this Python process, so a "
-            "restart or a request that lands on another app instance starts the conversation over",
+            f"at turn {TURNS} the model read {len(last)} messages, without message {recent[0]} "
+            f"({len(recent)} of the last {RECENT} missing): it answers without what the customer just said",
         )
     return passed(
         LAB,
         f"50 turns, one message a request: the model read at most {max(served):,} bytes a turn (the full history "
         f"would be {request_bytes([message(n) for n in range(1, TURNS + 1)]):,}), the order number from turn 1 "
-        f"included, and the conversation is in Redis ({run['keys']} keys)",
+        f"and the last {RECENT} messages included, and from turn {SWITCH} another app instance read the "
+        "conversation back from Redis",
         peak=max(served),
     )

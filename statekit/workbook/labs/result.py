@@ -3,7 +3,10 @@ outage, and the namespace a run writes under."""
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
@@ -46,6 +49,47 @@ def passed(lab: str, hint: str, **numbers: Any) -> Result:
 
 def failed(lab: str, hint: str, **numbers: Any) -> Result:
     return Result(lab, False, hint, numbers)
+
+
+#: how long a check waits for the attendee's code (a check takes a few seconds at most)
+DEADLINE_S = 60.0
+
+
+def with_deadline(lab: str) -> Callable[[Callable[..., Result]], Callable[..., Result]]:
+    """Give a lab's check a deadline: it runs in a worker thread, and when it has not answered
+    within `DEADLINE_S` the check answers ✘ and moves on. A thread cannot be stopped, so
+    attendee code that hangs keeps its (daemon) thread until it returns or the kernel
+    restarts. A check that raises answers ✘ with what was raised, never a traceback."""
+
+    def wrap(check: Callable[..., Result]) -> Callable[..., Result]:
+        @functools.wraps(check)
+        def run(*args: Any, **kwargs: Any) -> Result:
+            box: dict[str, Any] = {}
+
+            def work() -> None:
+                try:
+                    box["result"] = check(*args, **kwargs)
+                except BaseException as exc:  # noqa: BLE001 - reported as the check's answer
+                    box["error"] = exc
+
+            worker = threading.Thread(target=work, name=f"statekit-check-{lab}", daemon=True)
+            worker.start()
+            worker.join(DEADLINE_S)
+            if worker.is_alive():
+                return failed(
+                    lab,
+                    f"your code did not answer within {DEADLINE_S:g} s: the check stopped waiting (a call that "
+                    "never returns is still running in the background; restart the kernel to end it)",
+                )
+            if "error" in box:
+                exc = box["error"]
+                why = (str(exc).splitlines() or [""])[0]
+                return failed(lab, f"the check could not finish: {type(exc).__name__} was raised: {why}")
+            return box["result"]
+
+        return run
+
+    return wrap
 
 
 def namespace(lab: str) -> str:

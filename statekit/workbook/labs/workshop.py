@@ -13,6 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from statekit.errors import StatekitError
 from statekit.workbook.labs.attendee import write_attendee
 
 PACKAGED = Path(__file__).with_name("notebooks")
@@ -23,18 +24,23 @@ def prepare(directory: Path | str, trainer_dir: Path | str | None = None) -> dic
     trainer's notebooks), else copied from the package. A notebook already there is kept as
     it is (it may hold an attendee's work). Returns {"written": [...], "kept": [...]}."""
     directory = Path(directory)
+    if trainer_dir is not None and not sorted(Path(trainer_dir).glob("*.ipynb")):
+        what = "is not a directory" if not Path(trainer_dir).is_dir() else "holds no notebooks (*.ipynb)"
+        raise StatekitError(f"--trainer-notebooks {trainer_dir} {what}")
     directory.mkdir(parents=True, exist_ok=True)
     staging = directory / ".statekit-staging"
-    sources = sorted(PACKAGED.glob("*.ipynb")) if trainer_dir is None else write_attendee(trainer_dir, staging)
     done: dict[str, list[Path]] = {"written": [], "kept": []}
-    for source in sources:
-        target = directory / source.name
-        if target.exists():
-            done["kept"].append(target)
-        else:
-            shutil.copyfile(source, target)
-            done["written"].append(target)
-    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        sources = sorted(PACKAGED.glob("*.ipynb")) if trainer_dir is None else write_attendee(trainer_dir, staging)
+        for source in sources:
+            target = directory / source.name
+            if target.exists():
+                done["kept"].append(target)
+            else:
+                shutil.copyfile(source, target)
+                done["written"].append(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return done
 
 
