@@ -114,10 +114,11 @@ class Estimate:
         return json_ready(dict(self.__dict__))  # type: ignore[no-any-return]
 
 
-def mean_estimate(values: Sequence[float], population: int | None = None) -> Estimate | None:
+def mean_estimate(values: Sequence[float], population: int | None = None, floor: float = -math.inf) -> Estimate | None:
     """The mean of `values` with a Student t interval (99%, `t99` of n - 1 degrees of
     freedom: a normal quantile is far too narrow on a handful of sessions); None for fewer
-    than 2 values. `population` only says whether every unit was read."""
+    than 2 values. `population` only says whether every unit was read; `floor` is the least
+    value possible (0 for counts and durations): the interval does not reach below it."""
     n = len(values)
     if n < 2:
         return None
@@ -128,9 +129,8 @@ def mean_estimate(values: Sequence[float], population: int | None = None) -> Est
     # still says little about the 41st)
     se = math.sqrt(var / n)
     t = t99(n - 1)
-    return Estimate(
-        m, m - t * se, m + t * se, n, "mean, Student t interval", exact=bool(population and n >= population)
-    )
+    low = max(floor, m - t * se)
+    return Estimate(m, low, m + t * se, n, "mean, Student t interval", exact=bool(population and n >= population))
 
 
 def ratio_estimate(ys: Sequence[float], xs: Sequence[float]) -> Estimate | None:
@@ -147,7 +147,8 @@ def ratio_estimate(ys: Sequence[float], xs: Sequence[float]) -> Estimate | None:
     var = sum((y - r * x) ** 2 for y, x in pairs) / (n - 1) / n / xbar**2
     se = math.sqrt(var)
     t = t99(n - 1)
-    return Estimate(r, r - t * se, r + t * se, n, "ratio of sums, linearised t interval")
+    low = r - t * se if any(y < 0 for y in ys) else max(0.0, r - t * se)  # a ratio of sums of sizes is >= 0
+    return Estimate(r, low, r + t * se, n, "ratio of sums, linearised t interval")
 
 
 def poisson_rate(count: float, seconds: float, thinning: float = 1.0, z: float = Z99) -> Estimate:
@@ -497,7 +498,8 @@ def measure(
         )
     if first.foreign:
         m.notes.append(
-            f"{first.foreign} keys where a session's meta belongs are no session of {namespace!r} (another type, "
+            f"{first.foreign} key{'s' if first.foreign > 1 else ''} where a session's meta belongs: no session "
+            f"of {namespace!r} (another type, "
             "an id with braces or control characters, a name not UTF-8): foreign, not counted"
         )
     sizes = [s.stored_bytes for s in rows]
@@ -529,12 +531,12 @@ def measure(
         )
     share = len(finished) / len(rows) if rows else 0
     finished_population = round(population * share)
-    if (e := mean_estimate([s.turns for s in finished], finished_population)) is not None:
+    if (e := mean_estimate([s.turns for s in finished], finished_population, floor=0.0)) is not None:
         m.estimates["turns_per_session"] = e
     now = clock()
     durations = [(now - idle[s.session]) - s.created_ms / 1000 for s in finished if s.created_ms is not None]
     durations = [max(0.0, d) for d in durations]
-    if (e := mean_estimate([d / 60 for d in durations], finished_population)) is not None:
+    if (e := mean_estimate([d / 60 for d in durations], finished_population, floor=0.0)) is not None:
         m.estimates["session_minutes"] = e
     with_turns = [s for s in rows if s.log_records > 0]
     if (e := ratio_estimate([s.turn_bytes for s in with_turns], [s.log_records for s in with_turns])) is not None:

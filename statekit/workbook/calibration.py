@@ -52,7 +52,7 @@ def render_text(cal: Calibration) -> str:
         f"{m.sessions:,} sessions in {m.namespace!r} on {m.nodes} node(s), {m.sampled:,} read "
         f"({'all' if m.sampled + m.corrupt >= m.sessions else 'a random sample'}"
         + (f", {m.corrupt:,} corrupt" if m.corrupt else "")
-        + (f"; {m.foreign:,} foreign keys not counted" if m.foreign else "")
+        + (f"; {m.foreign:,} foreign key{'s' if m.foreign > 1 else ''} not counted" if m.foreign else "")
         + f"), {m.round_trips:,} round trips, "
         f"{m.seconds:.2f} s (read-only); intervals are 99%"
         + (f"; rates over a {m.window_s:,.0f} s window" if m.window_s else ""),
