@@ -87,6 +87,7 @@ COMPONENTS: dict[str, Rules] = {
         ("{ns}:*",),
         (
             "scan",
+            "type",
             "hmget",
             "pttl",
             "strlen",
@@ -98,7 +99,8 @@ COMPONENTS: dict[str, Rules] = {
             "info",
             "cluster|slots",
         ),
-        why="SCAN of the meta keys; per sampled session HMGET of its meta, PTTL, STRLEN of summary and state, "
+        why="SCAN of the meta keys and TYPE of each (a key of another type is not a session); per sampled "
+        "session HMGET of its meta, PTTL, STRLEN of summary and state, "
         "LLEN and LINDEX of the log, GET of the state (its schema version), EXISTS; INFO replication for the "
         "replica lag (the same user on the replica); nothing written",
     ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -230,6 +231,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             progress=bar.update,
             on_node=lambda name: bar.set_postfix_str(f"node {name}"),
         )
+    arrivals = cal.measurement.estimates.get("new_sessions_per_s")
+    if cal.measurement.sessions == 0 and not (arrivals and arrivals.n):
+        raise StatekitError(
+            f"namespace {args.namespace!r} holds no sessions on {redact_url(args.redis_url)}: nothing to calibrate"
+        )
     if args.write_profile:
         Path(args.write_profile).write_text(cal.profile_yaml(), encoding="utf-8")
     if args.report:
@@ -245,13 +251,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         calibrated = out / f"{profile.service}.calibrated.yaml"
         calibrated.write_text(cal.profile_yaml(), encoding="utf-8")
         figures = out / f"{profile.service}.calibration.json"
-        figures.write_text(json.dumps(cal.as_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+        figures.write_text(json.dumps(cal.as_dict(), indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8")
         # the review's own demonstrations run on an embedded server: calibrate writes nothing to URL
         (files,) = run_review([calibrated], out_dir=out, redis_url="fakeredis://", progress=False, calibration=figures)
         written += [str(calibrated), str(figures), str(files.html)]
     failing = 1 if args.fail_on == "drift" and cal.flips() else 0
     if args.json:
-        print(json.dumps(cal.as_dict(), indent=2, default=str))
+        print(json.dumps(cal.as_dict(), indent=2, default=str, allow_nan=False))
     else:
         from statekit.workbook.calibration import render_text
 
@@ -268,6 +274,8 @@ def _fraction(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
@@ -278,6 +286,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text!r}")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {value}")
     return value

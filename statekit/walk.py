@@ -24,6 +24,7 @@ from typing import Any
 import redis
 
 from statekit.backends import backend_kind
+from statekit.errors import InvalidInput
 from statekit.scripts import Script
 
 __all__ = ["Walker", "NodeBatch", "SINGLE_NODE"]
@@ -59,6 +60,9 @@ class Walker:
     cursors: dict[str, int] = field(default_factory=dict)
     redirected: int = 0
     on_node: Any = None  # called with a node's name when the walk reaches it (progress by node)
+    # called with (node name, key bytes) for a key that is not UTF-8 (not statekit's), which the
+    # walk then skips; without it such a key raises InvalidInput naming it
+    on_undecodable: Any = None
     scans: int = 0  # SCAN calls made (round trips of the walk itself)
 
     def __post_init__(self) -> None:
@@ -107,8 +111,24 @@ class Walker:
                 self.scans += 1
                 cursor = DONE if cursor == 0 else cursor
                 self.cursors[name] = cursor
-                if keys:
-                    yield NodeBatch(name, [k.decode() if isinstance(k, bytes) else k for k in keys])
+                if keys := self._decoded(name, keys):
+                    yield NodeBatch(name, keys)
+
+    def _decoded(self, node: str, keys: Sequence[Any]) -> list[str]:
+        out = []
+        for key in keys:
+            if isinstance(key, bytes):
+                try:
+                    key = key.decode()
+                except UnicodeDecodeError:
+                    if self.on_undecodable is None:
+                        raise InvalidInput(
+                            f"key {key!r} matching {self.pattern!r} on {node} is not UTF-8: not a statekit key"
+                        ) from None
+                    self.on_undecodable(node, key)
+                    continue
+            out.append(key)
+        return out
 
     @property
     def finished(self) -> bool:

@@ -31,8 +31,10 @@ from statekit.decide.lifecycle import recommend
 from statekit.decide.profile import WorkloadProfile
 from statekit.decide.resilience import recommend as recommend_resilience
 from statekit.decide.sizing import plan_capacity
+from statekit.errors import InvalidInput
+from statekit.keys import validate_namespace
 from statekit.lifecycle import LifecyclePolicy
-from statekit.observe.calibrate import Estimate, Measurement, measure, read_prometheus, replica_lag_now
+from statekit.observe.calibrate import Estimate, Measurement, json_ready, measure, read_prometheus, replica_lag_now
 
 __all__ = [
     "Row",
@@ -81,21 +83,25 @@ class Row:
     note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """The row for a table or JSON: a non-finite number (an unbounded end, a figure not
+        measured) is None."""
         m = self.measured
-        return {
-            "assumption": self.assumption,
-            "label": self.label,
-            "unit": self.unit,
-            "assumed": self.assumed,
-            "measured": None if m is None else m.value,
-            "low": None if m is None else m.low,
-            "high": None if m is None else m.high,
-            "n": None if m is None else m.n,
-            "drift": self.drift,
-            "flagged": self.flagged,
-            "applied": self.applied,
-            "note": self.note,
-        }
+        return json_ready(
+            {
+                "assumption": self.assumption,
+                "label": self.label,
+                "unit": self.unit,
+                "assumed": self.assumed,
+                "measured": None if m is None else m.value,
+                "low": None if m is None else m.low,
+                "high": None if m is None else m.high,
+                "n": None if m is None else m.n,
+                "drift": self.drift,
+                "flagged": self.flagged,
+                "applied": self.applied,
+                "note": self.note,
+            }
+        )  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -168,18 +174,21 @@ class Calibration:
         return header + yaml.safe_dump(self.calibrated.model_dump(mode="json", exclude_none=True), sort_keys=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "namespace": self.measurement.namespace,
-            "tolerance": self.tolerance,
-            "rows": self.table(),
-            "flips": [f.as_dict() for f in self.flipped],
-            "changes": [f.as_dict() for f in self.changes],
-            "decisions": {"as_profiled": self.before, "as_measured": self.after},
-            "calibrated_profile": self.calibrated.model_dump(mode="json"),
-            "measurement": self.measurement.as_dict(),
-            "replica_lag": self.replica_lag,
-            "metrics": self.metrics,
-        }
+        """Everything, for JSON: non-finite numbers are None (`json.dumps(allow_nan=False)` holds)."""
+        return json_ready(
+            {
+                "namespace": self.measurement.namespace,
+                "tolerance": self.tolerance,
+                "rows": self.table(),
+                "flips": [f.as_dict() for f in self.flipped],
+                "changes": [f.as_dict() for f in self.changes],
+                "decisions": {"as_profiled": self.before, "as_measured": self.after},
+                "calibrated_profile": self.calibrated.model_dump(mode="json"),
+                "measurement": self.measurement.as_dict(),
+                "replica_lag": self.replica_lag,
+                "metrics": self.metrics,
+            }
+        )  # type: ignore[no-any-return]
 
 
 def decisions(profile: WorkloadProfile, lag_s: float | None = None) -> dict[str, Any]:
@@ -453,6 +462,7 @@ def compare(
                     "ms",
                     _drift(budget, e),
                     worst > budget,
+                    note="" if math.isfinite(worst) else "beyond the histogram's largest finite bucket: unbounded",
                 )
             )
         for key, label, limit in (
@@ -462,7 +472,8 @@ def compare(
             value = metrics.get(key)
             if value is not None:
                 e = Estimate(value, value, value, 0, "StateMetrics")
-                rows.append(Row(key, label, limit, e, "", None, value > limit, note=f"flagged above {limit:g}"))
+                note = f"flagged above {limit:g}" + ("" if math.isfinite(value) else "; the exposition says NaN")
+                rows.append(Row(key, label, limit, e, "", None, value > limit, note=note))
     # the calibrated profile: what the measurement disproved, replaced
     data = profile.model_dump(mode="json")
     if turns.flagged:
@@ -515,17 +526,61 @@ def measure_replica_lag_readonly(
     return {"samples": samples, "worst_s": max(lags), "behind_share": sum(1 for x in lags if x) / samples}
 
 
-def load_metrics(source: str) -> dict[str, Any]:
-    """Read a Prometheus exposition of `StateMetrics` from a file or an http(s) URL."""
-    if source.startswith(("http://", "https://")):
-        import urllib.request
+#: How long a metrics URL has to answer, in all (connecting, headers and the whole body).
+METRICS_DEADLINE_S = 10.0
+#: Largest exposition read from a URL (a scrape of StateMetrics is a few kB).
+MAX_METRICS_BYTES = 64 * 2**20
 
-        with urllib.request.urlopen(source, timeout=10) as response:  # noqa: S310 - an operator's URL
-            text = response.read().decode()
+
+def _fetch(url: str, deadline_s: float) -> bytes:
+    """The body at `url`, or InvalidInput when it does not come whole within `deadline_s`
+    (a socket timeout bounds each read only: a server sending a byte at a time would keep
+    a plain read going forever). The fetch runs in a daemon thread the caller stops waiting
+    for at the deadline."""
+    import threading
+    import urllib.request
+
+    done: dict[str, Any] = {}
+
+    def fetch() -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=deadline_s) as response:  # noqa: S310 - an operator's URL
+                done["body"] = response.read(MAX_METRICS_BYTES + 1)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller's thread, which reports it
+            done["error"] = exc
+
+    thread = threading.Thread(target=fetch, name="statekit-metrics-fetch", daemon=True)
+    thread.start()
+    thread.join(deadline_s)
+    if thread.is_alive():
+        raise InvalidInput(f"metrics URL {url} did not answer within {deadline_s:g} s")
+    if "error" in done:
+        raise InvalidInput(f"metrics URL {url}: {done['error']}")
+    if len(done["body"]) > MAX_METRICS_BYTES:
+        raise InvalidInput(f"metrics URL {url} sent more than {MAX_METRICS_BYTES:,} bytes: not a StateMetrics scrape")
+    return done["body"]  # type: ignore[no-any-return]
+
+
+def load_metrics(source: str, deadline_s: float = METRICS_DEADLINE_S) -> dict[str, Any]:
+    """Read a Prometheus exposition of `StateMetrics` from a file or an http(s) URL (which
+    has `deadline_s` in all to answer). Any failure (a missing file, a URL that does not
+    answer, text that is not UTF-8 or not an exposition) raises a `StatekitError` naming
+    `source`."""
+    if source.startswith(("http://", "https://")):
+        raw = _fetch(source, deadline_s)
+        where = f"metrics URL {source}"
     else:
-        with open(source, encoding="utf-8") as fh:
-            text = fh.read()
-    return read_prometheus(text)
+        where = f"metrics file {source}"
+        try:
+            with open(source, "rb") as fh:
+                raw = fh.read()
+        except OSError as exc:
+            raise InvalidInput(f"{where}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{where} is not UTF-8 text (byte {exc.start}): not a Prometheus exposition") from None
+    return read_prometheus(text, source=where)
 
 
 def calibrate(
@@ -548,7 +603,10 @@ def calibrate(
     sampling window of `window_s` seconds for the rates), with `replica` (a client of a
     replica of `client`) its replica lag, and with `metrics` (a path or URL of a Prometheus
     exposition of StateMetrics, or its parsed dict) the latency, conflict and degraded
-    figures; then `compare` with `profile`."""
+    figures; then `compare` with `profile`. The namespace and the metrics are checked
+    first: a bad one fails before any sampling window is waited out."""
+    validate_namespace(namespace)
+    figures = load_metrics(metrics) if isinstance(metrics, str) else metrics
     policy = recommend(profile).policy
     m = measure(
         client,
@@ -564,5 +622,4 @@ def calibrate(
         on_node=on_node,
     )
     lag = None if replica is None else measure_replica_lag_readonly(client, replica)
-    figures = load_metrics(metrics) if isinstance(metrics, str) else metrics
     return compare(profile, m, tolerance=tolerance, replica_lag=lag, metrics=figures)

@@ -23,12 +23,13 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import orjson
 
-from statekit.errors import AccessDenied, CorruptStateError, NeedsRealRedis, classify_reply
-from statekit.keys import key_pattern, session_id_of, session_keys
+from statekit.errors import AccessDenied, CorruptStateError, InvalidInput, NeedsRealRedis, classify_reply
+from statekit.keys import key_pattern, session_id_of, session_keys, validate_namespace, validate_session_id
 from statekit.observe.metrics import percentile
 from statekit.walk import Walker
 
@@ -42,11 +43,51 @@ __all__ = [
     "read_prometheus",
     "replica_lag_now",
     "Z99",
+    "t99",
+    "json_ready",
+    "MAX_SESSION_BYTES",
 ]
 
 #: The normal quantile of a two-sided 99% interval: the level every estimate here carries.
 Z99 = 2.5758293035489004
 SEP = b"\x1f"  # between a log record's turn id and its encoded turn (statekit.store.core)
+#: Stored bytes beyond which a session's meta field `b` is not believed (1 TB: no Redis holds
+#: such a session; a field this large was written by something else).
+MAX_SESSION_BYTES = 10**12
+
+#: Student t quantiles of a two-sided 99% interval (the 0.995 quantile) by degrees of freedom.
+#: scipy is not a dependency of statekit, and an exact quantile needs the inverse incomplete
+#: beta function: a table is exact where it matters (small samples) and, between the listed
+#: degrees of freedom, takes the value at the next lower one, which is larger: conservative.
+#: Beyond 1,000 degrees of freedom the 1,000 value (2.5808) stays, within 0.2% of the normal's.
+_T99 = {
+    1: 63.6567, 2: 9.9248, 3: 5.8409, 4: 4.6041, 5: 4.0321, 6: 3.7074, 7: 3.4995, 8: 3.3554,
+    9: 3.2498, 10: 3.1693, 11: 3.1058, 12: 3.0545, 13: 3.0123, 14: 2.9768, 15: 2.9467,
+    16: 2.9208, 17: 2.8982, 18: 2.8784, 19: 2.8609, 20: 2.8453, 21: 2.8314, 22: 2.8188,
+    23: 2.8073, 24: 2.7969, 25: 2.7874, 26: 2.7787, 27: 2.7707, 28: 2.7633, 29: 2.7564,
+    30: 2.7500, 40: 2.7045, 50: 2.6778, 60: 2.6603, 80: 2.6387, 100: 2.6259, 120: 2.6174,
+    200: 2.6006, 500: 2.5857, 1000: 2.5808,
+}  # fmt: skip
+
+
+def t99(df: int) -> float:
+    """The 0.995 quantile of Student's t with `df` degrees of freedom (conservative between
+    the tabulated ones, see `_T99`)."""
+    if df < 1:
+        raise ValueError(f"a t quantile needs at least 1 degree of freedom, got {df!r}")
+    return _T99[max(k for k in _T99 if k <= df)]
+
+
+def json_ready(value: Any) -> Any:
+    """`value` (dicts, lists, tuples, numbers) with every non-finite float (an unbounded
+    interval's end, a figure not measured) replaced by None: JSON has no Infinity or NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -54,7 +95,9 @@ class Estimate:
     """A measured figure with its confidence interval [low, high], from `n` observations.
 
     `exact` says the whole population was read (the interval then only carries the
-    randomness of the process that produced the data, e.g. Poisson arrivals)."""
+    randomness of the process that produced the data, e.g. Poisson arrivals). An end the
+    sample cannot bound is infinite (`high` of a p99 from five sessions): `as_dict` and the
+    JSON say None, the text says "unbounded"."""
 
     value: float
     low: float
@@ -68,12 +111,14 @@ class Estimate:
         return self.low <= x <= self.high
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return json_ready(dict(self.__dict__))  # type: ignore[no-any-return]
 
 
-def mean_estimate(values: Sequence[float], population: int | None = None, z: float = Z99) -> Estimate | None:
-    """The mean of `values` with a normal interval (finite-population corrected when `values`
-    is a sample without replacement of `population`); None for fewer than 2 values."""
+def mean_estimate(values: Sequence[float], population: int | None = None, floor: float = -math.inf) -> Estimate | None:
+    """The mean of `values` with a Student t interval (99%, `t99` of n - 1 degrees of
+    freedom: a normal quantile is far too narrow on a handful of sessions); None for fewer
+    than 2 values. `population` only says whether every unit was read; `floor` is the least
+    value possible (0 for counts and durations): the interval does not reach below it."""
     n = len(values)
     if n < 2:
         return None
@@ -83,12 +128,15 @@ def mean_estimate(values: Sequence[float], population: int | None = None, z: flo
     # describes, and the profile's number is that process's mean (a full scan of 40 sessions
     # still says little about the 41st)
     se = math.sqrt(var / n)
-    return Estimate(m, m - z * se, m + z * se, n, "mean, normal interval", exact=bool(population and n >= population))
+    t = t99(n - 1)
+    low = max(floor, m - t * se)
+    return Estimate(m, low, m + t * se, n, "mean, Student t interval", exact=bool(population and n >= population))
 
 
-def ratio_estimate(ys: Sequence[float], xs: Sequence[float], z: float = Z99) -> Estimate | None:
+def ratio_estimate(ys: Sequence[float], xs: Sequence[float]) -> Estimate | None:
     """sum(ys) / sum(xs) over sampled units (e.g. bytes per turn over sessions), with the
-    linearised variance of a ratio estimator (robust to units of different sizes)."""
+    linearised variance of a ratio estimator (robust to units of different sizes) and a
+    Student t quantile of n - 1 degrees of freedom (99%)."""
     pairs = [(y, x) for y, x in zip(ys, xs, strict=True) if x > 0]
     n = len(pairs)
     if n < 2:
@@ -98,7 +146,9 @@ def ratio_estimate(ys: Sequence[float], xs: Sequence[float], z: float = Z99) -> 
     xbar = sx / n
     var = sum((y - r * x) ** 2 for y, x in pairs) / (n - 1) / n / xbar**2
     se = math.sqrt(var)
-    return Estimate(r, r - z * se, r + z * se, n, "ratio of sums, linearised interval")
+    t = t99(n - 1)
+    low = r - t * se if any(y < 0 for y in ys) else max(0.0, r - t * se)  # a ratio of sums of sizes is >= 0
+    return Estimate(r, low, r + t * se, n, "ratio of sums, linearised t interval")
 
 
 def poisson_rate(count: float, seconds: float, thinning: float = 1.0, z: float = Z99) -> Estimate:
@@ -138,9 +188,26 @@ def compound_rate(contributions: Sequence[float], expand: float, seconds: float,
     )
 
 
-def quantile_estimate(values: Sequence[float], q: float, population: int, z: float = Z99) -> Estimate | None:
+def _binomial_cdf(n: int, p: float) -> list[float]:
+    """P(B <= k) for k = 0..n, B ~ Binomial(n, p), 0 < p < 1 (log-space: n may be large)."""
+    lp, lq = math.log(p), math.log1p(-p)
+    lgn = math.lgamma(n + 1)
+    out, total = [], 0.0
+    for k in range(n + 1):
+        total += math.exp(lgn - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * lp + (n - k) * lq)
+        out.append(min(1.0, total))
+    return out
+
+
+def quantile_estimate(
+    values: Sequence[float], q: float, population: int, z: float = Z99, floor: float = -math.inf
+) -> Estimate | None:
     """The q-th percentile of `values` (a uniform sample of a population of `population`),
-    with a distribution-free interval from order statistics (the binomial ranks around q)."""
+    with a distribution-free interval from order statistics: the ranks l and u whose order
+    statistics X(l) <= x_q <= X(u) hold with at least the level of `z` (99%), from the
+    binomial count of sampled values below the percentile (exact, not its normal
+    approximation). When the sample is too small for a rank (a p99 of a few sessions) that
+    end is unbounded: `floor` (the least value possible, 0 for sizes) below, infinity above."""
     ordered = sorted(values)
     n = len(ordered)
     if n == 0:
@@ -148,11 +215,16 @@ def quantile_estimate(values: Sequence[float], q: float, population: int, z: flo
     value = percentile(ordered, q)
     if n >= population:
         return Estimate(value, value, value, n, "exact percentile of every session", exact=True)
-    p = q / 100
-    spread = z * math.sqrt(n * p * (1 - p))
-    lo = max(0, math.floor(n * p - spread) - 1)
-    hi = min(n - 1, math.ceil(n * p + spread))
-    return Estimate(value, float(ordered[lo]), float(ordered[hi]), n, "percentile, order-statistic interval")
+    p = min(max(q / 100, 1e-12), 1 - 1e-12)
+    tail = (1 - (2 * NormalDist().cdf(z) - 1)) / 2  # each side's share of the miss: 0.005
+    cdf = _binomial_cdf(n, p)
+    # X(l) > x_q when fewer than l values fall below it: P(B <= l - 1) <= tail, l largest
+    lower = max((r for r in range(1, n + 1) if cdf[r - 1] <= tail), default=0)
+    # X(u) < x_q when u or more values fall below it: P(B >= u) <= tail, u smallest
+    upper = min((r for r in range(1, n + 1) if 1 - cdf[r - 1] <= tail), default=n + 1)
+    low = float(ordered[lower - 1]) if lower >= 1 else floor
+    high = float(ordered[upper - 1]) if upper <= n else math.inf
+    return Estimate(value, low, high, n, "percentile, order-statistic interval (exact binomial ranks)")
 
 
 @dataclass
@@ -189,18 +261,43 @@ class Snapshot:
     round_trips: int
     keys_scanned: int
     nodes: int
-    corrupt: int = 0
+    corrupt: int = 0  # sampled sessions whose meta fields are not numbers (left out)
+    foreign: int = 0  # keys at a meta key's place that are no session: wrong type, bad id, not UTF-8
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _int_or(value: Any, default: int | None = 0) -> int | None:
+def _valid_id(session_id: str) -> bool:
     try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
+        validate_session_id(session_id)
+    except InvalidInput:
+        return False
+    return True
+
+
+def _count(value: Any, most: int = MAX_SESSION_BYTES) -> int | None:
+    """A meta field as a whole number from 0 to `most`, or None when it is anything else
+    (not a number, a fraction, negative, absurd): such a session is corrupt, not empty."""
+    try:
+        text = value.decode("ascii") if isinstance(value, bytes) else value
+        number = int(text)
+    except (TypeError, ValueError, UnicodeDecodeError):
+        return None
+    return number if 0 <= number <= most else None
+
+
+def _meta_fields(v: Any, fv: Any, sv: Any, b: Any, c: Any) -> tuple[int, int, int | None] | None:
+    """(turns, stored bytes, creation ms or None) from a meta hash's fields, or None when a
+    field is missing (a hash of another shape), not a whole number, negative or absurd."""
+    version, stored = _count(v, most=2**53), _count(b)
+    folds = 0 if fv is None else _count(fv)
+    states = 0 if sv is None else _count(sv)
+    created = None if c is None else _count(c, most=2**53)  # milliseconds since 1970
+    if None in (version, stored, folds, states) or (c is not None and created is None):
+        return None
+    return max(0, version - folds - states), stored, created  # type: ignore[operator]
 
 
 def _schema_version(raw: Any) -> str:
@@ -250,16 +347,19 @@ def read_sessions(
                     raise error
             for i, sid in enumerate(chunk):
                 r = replies[i * per : (i + 1) * per]
-                if any(isinstance(x, Exception) for x in r[:6]) or not r[7]:
-                    bad += 0 if not r[7] else 1  # gone since the SCAN (expired): not corrupt
+                if not r[7]:
+                    continue  # gone since the SCAN (expired): not corrupt
+                fields = None if any(isinstance(x, Exception) for x in r[:6]) else _meta_fields(*r[0])
+                if fields is None:
+                    bad += 1
                     continue
-                v, fv, sv, b, c = r[0]
+                turns, stored, created = fields
                 newest = r[5] or b""
                 out[sid] = SessionSample(
                     session=sid,
-                    turns=max(0, (_int_or(v) or 0) - (_int_or(fv) or 0) - (_int_or(sv) or 0)),
-                    stored_bytes=_int_or(b) or 0,
-                    created_ms=_int_or(c, None),
+                    turns=turns,
+                    stored_bytes=stored,
+                    created_ms=created,
                     pttl_ms=int(r[1]),
                     summary_bytes=int(r[2]),
                     state_bytes=int(r[3]),
@@ -285,18 +385,35 @@ def snapshot(
     """Every session id of `namespace` (SCAN of its meta keys on every node) and a uniform
     random sample of at most `sample` of them (all when None) read in full; `only` reads
     those sessions instead of a fresh sample (the second look of a window)."""
-    walker = Walker(client, key_pattern(namespace, "meta"), batch, on_node=on_node)
+    foreign = [0]  # keys matching the meta pattern that are no session of the namespace
+
+    def undecodable(node: str, key: bytes) -> None:
+        foreign[0] += 1
+
+    walker = Walker(client, key_pattern(namespace, "meta"), batch, on_node=on_node, on_undecodable=undecodable)
     where: dict[str, str] = {}
-    scanned = trips = 0
+    scanned = type_trips = 0
     for node_batch in walker:
+        candidates = []
         for key in node_batch.keys:
             sid = session_id_of(key, namespace, "meta")
-            if sid is not None:
+            if sid is None or not _valid_id(sid):
+                foreign[0] += 1  # a brace in the id, a stray key: another program's
+            else:
+                candidates.append((key, sid))
+        types = walker.execute(node_batch.node, [("TYPE", key) for key, _ in candidates])
+        type_trips += 1 if candidates else 0
+        for (_, sid), kind in zip(candidates, types, strict=True):
+            if isinstance(kind, Exception):
+                raise classify_reply(kind, "calibrate's TYPE of a meta key")
+            if _text(kind) == "hash":
                 where[sid] = node_batch.node
+            elif _text(kind) != "none":  # "none": expired since the SCAN
+                foreign[0] += 1  # a string or a stream where a meta hash belongs
         scanned += len(node_batch.keys)
         if progress is not None:
             progress(len(node_batch.keys))
-    trips = walker.scans
+    trips = walker.scans + type_trips
     at = clock()
     if only is not None:
         chosen = [sid for sid in only if sid in where]
@@ -308,7 +425,7 @@ def snapshot(
     for sid in chosen:
         by_node.setdefault(where[sid], []).append(sid)
     read, read_trips, bad = read_sessions(walker, namespace, by_node)
-    return Snapshot(namespace, at, set(where), read, trips + read_trips, scanned, len(walker.nodes()), bad)
+    return Snapshot(namespace, at, set(where), read, trips + read_trips, scanned, len(walker.nodes()), bad, foreign[0])
 
 
 @dataclass
@@ -328,13 +445,15 @@ class Measurement:
     nodes: int = 1
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    corrupt: int = 0  # sampled sessions left out: their meta fields are not numbers
+    foreign: int = 0  # keys where a session's meta belongs that are no session (not counted)
     sizes: list[int] = field(default_factory=list)  # stored bytes of each sampled session, for plots
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("estimates", "bytes_percentiles", "sizes")}
         out["estimates"] = {k: e.as_dict() for k, e in self.estimates.items()}
         out["bytes_percentiles"] = {k: e.as_dict() for k, e in self.bytes_percentiles.items()}
-        return out
+        return json_ready(out)  # type: ignore[no-any-return]
 
 
 def measure(
@@ -360,6 +479,7 @@ def measure(
     in use. With `window_s` > 0 it waits that long (`wait`, on `clock`'s seconds) and looks
     again: new sessions per second and appends per second over the window.
     """
+    validate_namespace(namespace)
     if sample is not None and sample < 2:
         raise ValueError(f"sample must be at least 2 sessions, got {sample!r}")
     started = time.perf_counter()
@@ -370,15 +490,25 @@ def measure(
     m.round_trips, m.keys_scanned = first.round_trips, first.keys_scanned
     population = len(first.sessions)
     rows = list(first.sample.values())
+    m.corrupt, m.foreign = first.corrupt, first.foreign
     if first.corrupt:
-        m.notes.append(f"{first.corrupt} sampled sessions could not be read (corrupt fields): left out")
+        m.notes.append(
+            f"{first.corrupt} sessions could not be read: corrupt meta (a field v, fv, sv, b or c missing, not a "
+            "whole number, negative or beyond 1 TB): left out of the estimates"
+        )
+    if first.foreign:
+        m.notes.append(
+            f"{first.foreign} key{'s' if first.foreign > 1 else ''} where a session's meta belongs: no session "
+            f"of {namespace!r} (another type, "
+            "an id with braces or control characters, a name not UTF-8): foreign, not counted"
+        )
     sizes = [s.stored_bytes for s in rows]
     m.sizes = sizes
     m.estimates["sessions_held"] = Estimate(population, population, population, population, "SCAN count", True)
     # every session was read (bar those that expired between the SCAN and the read): exact figures
     read_all = sample is None or sample >= population
     for q in (50, 95, 99):
-        if (e := quantile_estimate(sizes, q, len(sizes) if read_all else population)) is not None:
+        if (e := quantile_estimate(sizes, q, len(sizes) if read_all else population, floor=0.0)) is not None:
             m.bytes_percentiles[f"p{q}"] = e
     if sizes:
         top = float(max(sizes))
@@ -401,12 +531,12 @@ def measure(
         )
     share = len(finished) / len(rows) if rows else 0
     finished_population = round(population * share)
-    if (e := mean_estimate([s.turns for s in finished], finished_population)) is not None:
+    if (e := mean_estimate([s.turns for s in finished], finished_population, floor=0.0)) is not None:
         m.estimates["turns_per_session"] = e
     now = clock()
     durations = [(now - idle[s.session]) - s.created_ms / 1000 for s in finished if s.created_ms is not None]
     durations = [max(0.0, d) for d in durations]
-    if (e := mean_estimate([d / 60 for d in durations], finished_population)) is not None:
+    if (e := mean_estimate([d / 60 for d in durations], finished_population, floor=0.0)) is not None:
         m.estimates["session_minutes"] = e
     with_turns = [s for s in rows if s.log_records > 0]
     if (e := ratio_estimate([s.turn_bytes for s in with_turns], [s.log_records for s in with_turns])) is not None:
@@ -414,7 +544,7 @@ def measure(
     summaries = [s.summary_bytes for s in rows if s.summary_bytes > 0]
     if (
         e := quantile_estimate(
-            summaries, 95, max(len(summaries), round(population * len(summaries) / max(1, len(rows))))
+            summaries, 95, max(len(summaries), round(population * len(summaries) / max(1, len(rows)))), floor=0.0
         )
     ) is not None:
         m.estimates["summary_bytes_p95"] = e
@@ -495,35 +625,47 @@ def _by_node(walker: Walker, namespace: str, ids: Sequence[str]) -> dict[str, li
 # -- what StateMetrics exposed --------------------------------------------------------------
 
 
-def read_prometheus(text: str) -> dict[str, Any]:
+def read_prometheus(text: str, source: str = "the metrics") -> dict[str, Any]:
     """Figures from a Prometheus exposition of `StateMetrics` (what a scrape of the service
-    returns, or a saved file): the conflict ratio, the share of context reads not served by
-    the store (degraded: cache or default), and p50/p95/p99 latency per operation in ms
-    (read off the cumulative histogram buckets: an upper bound, the bucket's edge).
+    returns, or a saved file), parsed by prometheus_client's own parser: the conflict ratio,
+    the share of context reads not served by the store (degraded: cache or default), and
+    p50/p95/p99 latency per operation in ms (read off the cumulative histogram buckets: an
+    upper bound, the bucket's edge; infinite when it lies beyond the largest finite edge).
 
-    Raises `CorruptStateError` when the text holds no statekit metric."""
+    Raises `CorruptStateError` naming `source` (a path or URL) when the text is not an
+    exposition (a sample without a value, a bucket edge that is not a number, a negative
+    count) or holds no statekit metric."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def bad(why: str) -> CorruptStateError:
+        return CorruptStateError(f"{source} is not a usable Prometheus exposition: {why}")
+
+    try:  # the parser is lazy: its errors come while the samples are read
+        samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        raise bad(str(exc) or type(exc).__name__) from None
     buckets: dict[str, list[tuple[float, float]]] = {}
     reads: dict[str, float] = {}
     conflict: float | None = None
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name, _, rest = line.partition("{") if "{" in line.split(" ", 1)[0] else (line.split(" ", 1)[0], "", "")
-        labels, value_text = rest.rsplit("} ", 1) if rest else ("", line.split(" ", 1)[1])
-        try:
-            value = float(value_text.split()[0])
-        except (ValueError, IndexError):
-            continue
-        label = dict((p.split("=", 1)[0], p.split("=", 1)[1].strip('"')) for p in labels.split(",") if "=" in p)
+    for sample in samples:
+        name, label, value = sample.name, sample.labels, float(sample.value)
+        counted = name in ("statekit_operation_duration_seconds_bucket", "statekit_context_reads_total")
+        if counted and not value >= 0:
+            raise bad(f"{name}{label} counts {value:g}: a count is 0 or more")
         if name == "statekit_operation_duration_seconds_bucket":
-            le = math.inf if label.get("le") == "+Inf" else float(label.get("le", "nan"))
+            try:
+                le = float(label["le"])
+            except (KeyError, ValueError):
+                raise bad(f"{name} with a bucket edge le={label.get('le')!r} that is not a number") from None
             buckets.setdefault(label.get("operation", "?"), []).append((le, value))
         elif name in ("statekit_context_reads_total", "statekit_context_reads"):
             reads[label.get("tier", "?")] = value
         elif name == "statekit_conflict_ratio":
-            conflict = value
+            if value < 0:
+                raise bad(f"{name} is {value:g}: a ratio is 0 or more")
+            conflict = value  # NaN (no attempt yet) stays: reported as not measured
     if not buckets and not reads and conflict is None:
-        raise CorruptStateError("the metrics hold no statekit_* family: is this a scrape of StateMetrics.prometheus()?")
+        raise CorruptStateError(f"{source} holds no statekit_* family: is this a scrape of StateMetrics.prometheus()?")
     latency: dict[str, dict[str, float]] = {}
     for op, pairs in buckets.items():
         pairs.sort()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ __all__ = ["render_text", "render_html", "write_report", "drift_plot", "bytes_pl
 def _num(x: float | None) -> str:
     if x is None:
         return "-"
+    if math.isnan(x):
+        return "not measured"
+    if math.isinf(x):
+        return "unbounded"
     if abs(x) >= 100:
         return f"{x:,.0f}"
     return f"{x:,.3g}"
@@ -26,9 +31,10 @@ def _num(x: float | None) -> str:
 
 def _rows(cal: Calibration) -> list[list[str]]:
     out = []
-    for r in cal.table():
-        measured = "not measured" if r["measured"] is None else _num(r["measured"])
-        interval = "" if r["low"] is None or r["low"] == r["high"] else f"[{_num(r['low'])}, {_num(r['high'])}]"
+    for row, r in zip(cal.rows, cal.table(), strict=True):
+        m = row.measured  # the Estimate itself: the table's None stands for "unbounded" and "not measured" alike
+        measured = "not measured" if m is None else _num(m.value)
+        interval = "" if m is None or m.low == m.high or math.isnan(m.value) else f"[{_num(m.low)}, {_num(m.high)}]"
         drift = "" if r["drift"] is None else f"{r['drift']:+.0%}"
         flag = "DRIFT" if r["flagged"] else ""
         if r["applied"]:
@@ -44,7 +50,10 @@ def render_text(cal: Calibration) -> str:
     m = cal.measurement
     lines = [
         f"{m.sessions:,} sessions in {m.namespace!r} on {m.nodes} node(s), {m.sampled:,} read "
-        f"({'all' if m.sampled >= m.sessions else 'a random sample'}), {m.round_trips:,} round trips, "
+        f"({'all' if m.sampled + m.corrupt >= m.sessions else 'a random sample'}"
+        + (f", {m.corrupt:,} corrupt" if m.corrupt else "")
+        + (f"; {m.foreign:,} foreign key{'s' if m.foreign > 1 else ''} not counted" if m.foreign else "")
+        + f"), {m.round_trips:,} round trips, "
         f"{m.seconds:.2f} s (read-only); intervals are 99%"
         + (f"; rates over a {m.window_s:,.0f} s window" if m.window_s else ""),
     ]
@@ -68,7 +77,7 @@ def drift_plot(cal: Calibration, ax: Any = None) -> Any:
     """Measured / assumed per profile assumption, with its 99% interval; the band is the
     tolerance. A bar outside the band, with its interval, is a flagged drift."""
     plt = require("matplotlib.pyplot", what="statekit.workbook.calibration")
-    rows = [r for r in cal.table() if r["assumed"] and r["measured"] is not None and r["low"] is not None]
+    rows = [r for r in cal.table() if r["assumed"] and None not in (r["measured"], r["low"], r["high"])]
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
     names = [r["label"] for r in rows]

@@ -349,7 +349,8 @@ def calibration(review: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---|",
     ]
     for r in cal["rows"]:
-        interval = "" if r["low"] is None or r["low"] == r["high"] else f" [{num(r['low'])}, {num(r['high'])}]"
+        ends = [num(x) if x is not None else "unbounded" for x in (r["low"], r["high"])]
+        interval = "" if r["measured"] is None or r["low"] == r["high"] else f" [{ends[0]}, {ends[1]}]"
         drift = "" if r["drift"] is None else f"{r['drift']:+.0%}"
         flag = ("**drift**" if r["flagged"] else "") + (", applied" if r["applied"] else "")
         lines.append(f"| {r['label']} | {num(r['assumed'])} | {num(r['measured'])}{interval} | {drift} | {flag} |")
