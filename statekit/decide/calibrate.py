@@ -490,7 +490,8 @@ def compare(
         data["turns"]["bytes_per_turn"] = new
     if minutes.flagged:
         minutes.applied = True
-        data["traffic"]["session_minutes"] = round(minutes.measured.value, 1)  # type: ignore[union-attr]
+        # rounded to a tenth of a minute, and never to 0 (a profile's sessions last some time)
+        data["traffic"]["session_minutes"] = max(0.1, round(minutes.measured.value, 1))  # type: ignore[union-attr]
     if arrivals.flagged and measurement.window_s >= DAY_S:
         arrivals.applied = True
         data["traffic"]["new_sessions_per_day"] = max(1, round(arrivals.measured.value))  # type: ignore[union-attr]
