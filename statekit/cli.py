@@ -42,7 +42,7 @@ def _cmd_review(args: argparse.Namespace) -> int:
     failed = []
     for r in reports:
         rollout = f", schema rollout {r.rollout}" if r.rollout else ""
-        print(f"{r.name}: {r.verdict}{rollout}\n  {r.html}\n  {r.json}\n  {r.rules}\n  {r.dashboard}")
+        print(f"{r.name}: {r.verdict}{rollout}\n  {r.html}\n  {r.json}\n  {r.notebook}\n  {r.rules}\n  {r.dashboard}")
         failed += [f"{r.name}: {v}" for v in sorted(r.verdicts & set(args.fail_on or ()))]
     if len(reports) > 1:
         print(f"index: {Path(args.out) / 'index.html'}")

@@ -66,8 +66,13 @@ def test_review_with_bad_url_exits_2(capsys, tmp_path, profiles_dir):
 @pytest.mark.notebook
 def test_review_command(capsys, tmp_path, profiles_dir):
     assert main(["review", str(profiles_dir / "faq_widget.yaml"), "--out", str(tmp_path), "-q"]) == 0
-    assert "faq_widget: client-side state" in capsys.readouterr().out
-    assert (tmp_path / "faq_widget.html").exists() and (tmp_path / "faq_widget.json").exists()
+    out = capsys.readouterr().out
+    assert "faq_widget: client-side state" in out
+    # every file of the report is listed (the executed notebook was left out), and exists
+    listed = [Path(line.strip()) for line in out.splitlines() if line.startswith("  ")]
+    suffixes = {".html", ".json", ".ipynb", ".yml"}
+    assert {p.suffix for p in listed} >= suffixes and len(listed) == 5, out
+    assert all(p.exists() for p in listed)
 
 
 # -- no tracebacks: every failure is one line and exit status 2 --------------------------
