@@ -17,7 +17,6 @@ would make the healthy case depend on its load). Each counter grows linearly ove
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,27 +24,17 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from tools import promtool
 
 from statekit import LifecyclePolicy, WorkloadProfile, connect
 from statekit.decide.lifecycle import recommend as recommend_lifecycle
 from statekit.errors import StateTooLarge
 from statekit.observe import StateMetrics
 from statekit.store import SessionStore
-from statekit.testing import require_real_redis
 from statekit.workbook.review import build_review, write_monitoring
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = sorted((ROOT / "data" / "profiles").glob("*.yaml"))
-
-
-def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        message = "promtool is not installed (Debian: apt-get install prometheus)"
-        if require_real_redis():
-            pytest.fail(f"{message}, and CI forbids skipping this check", pytrace=False)
-        pytest.skip(message)
-    return path
 
 
 class _Metrics(StateMetrics):
@@ -247,7 +236,7 @@ def test_alerts_under_promtool(profile_path, tmp_path):
         yaml.safe_dump({"rule_files": [rules_path.name], "evaluation_interval": "1m", "tests": tests}, width=10_000)
     )
     done = subprocess.run(
-        [_promtool(), "test", "rules", unit.name], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [promtool(), "test", "rules", unit.name], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-6000:]
     assert "SUCCESS" in done.stdout + done.stderr

@@ -27,6 +27,7 @@ import nbformat
 import pytest
 from notebook_runs import NOTEBOOKS, executed, shared_dir  # tests/ is on sys.path (rootdir conftest)
 from test_notebooks import PLOTS
+from tools import chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "statekit-browser-test"
@@ -36,19 +37,9 @@ TIMINGS: dict[str, float] = {}
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path:
-        return path
-    message = "Debian's chromium is not installed (apt-get install chromium)"
-    if os.environ.get("STATEKIT_REQUIRE_BROWSER"):
-        pytest.fail(message + "; STATEKIT_REQUIRE_BROWSER is set, so the browser tests may not skip")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def browser():
-    executable = _chromium()
+    executable = chromium()
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -115,7 +106,7 @@ def _screenshot_dir(tmp: Path) -> Path:
 def lab(tmp_path_factory):
     """JupyterLab on a copy of notebooks/ and data/, with the app object exposed to the page
     (to run commands as the menus do) and every cell rendered (no windowing), on a free port."""
-    _chromium()
+    chromium()
     root = tmp_path_factory.mktemp("lab")
     (root / "notebooks").mkdir()
     for nb in NOTEBOOKS:
@@ -270,7 +261,7 @@ def test_the_questionnaire_changes_its_verdict_when_a_box_is_clicked(lab, page):
 
 @pytest.fixture
 def app_server(tmp_path):
-    _chromium()
+    chromium()
     port = _free_port()
     cmd = [
         str(Path(sys.executable).parent / "statekit"), "app", str(ROOT / "data" / "profiles" / "support_agent.yaml"),
@@ -367,7 +358,7 @@ _RUN_CELL = """async i => {
 def workshop(tmp_path):
     """`statekit workshop DIR --no-browser` as an attendee runs it: the packaged attendee's copy
     of the labs written to DIR, and JupyterLab on it (the token from JUPYTER_TOKEN)."""
-    _chromium()
+    chromium()
     port = _free_port()
     settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
     settings.parent.mkdir(parents=True)

@@ -10,7 +10,6 @@ tests' xdist group. Without Chromium the crawl skips, except where STATEKIT_REQU
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote, urldefrag
 
 import pytest
+from tools import chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,16 +48,6 @@ def test_the_manual_builds_with_strict_and_holds_every_page(site):
         assert built.is_file(), f"docs/{md.relative_to(ROOT / 'docs')} was not built"
     store = (site / "api" / "store" / "index.html").read_text()
     assert "SessionStore" in store and "append_turn" in store and "round trip" in store, "the docstrings are missing"
-
-
-def _chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path:
-        return path
-    message = "Debian's chromium is not installed (apt-get install chromium)"
-    if os.environ.get("STATEKIT_REQUIRE_BROWSER"):
-        pytest.fail(message + "; STATEKIT_REQUIRE_BROWSER is set, so the browser tests may not skip")
-    pytest.skip(message)
 
 
 class _Quiet(SimpleHTTPRequestHandler):
@@ -90,7 +80,7 @@ def _is_page(url: str) -> bool:
 
 @pytest.mark.browser
 def test_every_internal_link_of_the_manual_resolves_in_chromium(served, capsys):
-    executable = _chromium()
+    executable = chromium()
     from playwright.sync_api import sync_playwright
 
     base = served

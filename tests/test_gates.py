@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from tools import promtool
 
 from statekit import WorkloadProfile, assess, connect
 from statekit.cli import main
@@ -18,7 +18,6 @@ from statekit.decide.observability import EXPORTED_METRICS
 from statekit.decide.profile import SCHEMA_FILE, schema_json
 from statekit.observe import LATENCY_BUCKETS_S, StateMetrics
 from statekit.store import SessionStore
-from statekit.testing import require_real_redis
 from statekit.workbook.review import build_review, write_monitoring
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,21 +110,11 @@ def test_review_fails_on_a_verdict_it_finds(capsys, tmp_path, profiles_dir):
 # -- alerts and dashboards as files --------------------------------------------------------
 
 
-def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        message = "promtool is not installed (Debian: apt-get install prometheus)"
-        if require_real_redis():
-            pytest.fail(f"{message}, and CI forbids skipping this check", pytrace=False)
-        pytest.skip(message)
-    return path
-
-
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
 def test_promtool_accepts_the_rules_file_of_every_example_profile(profile, tmp_path):
     review = build_review(WorkloadProfile.from_yaml(profile))
     rules, dashboard = write_monitoring(review, tmp_path, profile.stem)
-    done = subprocess.run([_promtool(), "check", "rules", str(rules)], capture_output=True, text=True)
+    done = subprocess.run([promtool(), "check", "rules", str(rules)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     prometheus_alerts = [a for a in review["observability"]["alerts"] if "source" not in a]
     assert f"SUCCESS: {len(prometheus_alerts)} rules found" in done.stdout

@@ -12,7 +12,7 @@ import fnmatch
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import oracle
 import pytest
@@ -20,23 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from statekit import WorkloadProfile
+from statekit.decide.profile import Purpose
 from statekit.workbook.review import build_review
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = sorted((ROOT / "data" / "profiles").glob("*.yaml"))
 EXAMPLES = int(os.environ.get("STATEKIT_ORACLE_EXAMPLES", "40"))
 
-PURPOSES = (
-    "conversation",
-    "workflow",
-    "quota",
-    "approval",
-    "financial",
-    "personalization",
-    "recommendation",
-    "cache",
-    "analytics",
-)
+PURPOSES = get_args(Purpose)
 
 #: Numbers that are not computed: the profile echoed back, the review's own metadata, the
 #: schema rollout's phase numbers, and the judgement calls' own figures.
