@@ -21,12 +21,17 @@ def cluster_with_replicas():
 def test_acknowledged_writes_lost_in_a_failover_with_and_without_wait(cluster_with_replicas, wait_replicas):
     """The replica is cut off for the last 30 of 300 writes, then the primary dies. Without
     WAIT the primary acknowledged all 300 and the promoted replica lacks the 30; with WAIT 1
-    those 30 were never acknowledged (WAIT returned 0), and nothing acknowledged is lost."""
+    those 30 were never acknowledged (WAIT returned 0), and nothing acknowledged is lost.
+    (On a loaded machine a write before the cut can miss WAIT's 50 ms too: it is counted as
+    unconfirmed, not acknowledged, and the promise is the same.)"""
     figures = lost_writes_drill(cluster_with_replicas, wait_replicas=wait_replicas, writes=300, lagging=30)
     print(figures)
     if wait_replicas:
-        assert (figures["acknowledged"], figures["lost"]) == (270, 0)
+        assert figures["acknowledged_while_cut"] == 0, "WAIT confirmed a write the cut-off replica never had"
+        assert figures["lost"] == 0
+        assert figures["acknowledged"] == 270 - figures["unconfirmed_before_cut"] > 0
     else:
+        assert (figures["acknowledged_while_cut"], figures["unconfirmed_before_cut"]) == (30, 0)
         assert (figures["acknowledged"], figures["lost"]) == (300, 30)
     assert figures["failover_s"] > 0
 

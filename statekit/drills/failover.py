@@ -22,8 +22,11 @@ def lost_writes_drill(
     is cut off for the last `lagging` writes (SIGSTOP, and its replication link closed: a
     partitioned replica); then the primary is killed (SIGKILL),
     the replica thawed, and the cluster promotes it. Returns the figures: writes sent,
-    acknowledged, lost, and seconds from the kill to the promotion. `cluster` needs a
-    replica per primary and is left with one primary fewer. Runs on real processes only.
+    acknowledged (split into those written before the cut and while it), lost, and seconds
+    from the kill to the promotion. On a loaded machine a write before the cut can still miss
+    its `wait_timeout_ms` (`unconfirmed_before_cut` counts them: not acknowledged, though the
+    replica has them, as the catch-up WAIT before the cut shows). `cluster` needs a replica per
+    primary and is left with one primary fewer. Runs on real processes only.
     """
     import redis
 
@@ -77,10 +80,14 @@ def lost_writes_drill(
     finally:
         promoted.close()
     lost = [i for i in acknowledged if i not in present]
+    cut_at = writes - lagging
+    before_cut = sum(1 for i in acknowledged if i < cut_at)
     return {
         "wait_replicas": wait_replicas,
         "writes_sent": writes,
         "acknowledged": len(acknowledged),
+        "acknowledged_while_cut": len(acknowledged) - before_cut,
+        "unconfirmed_before_cut": cut_at - before_cut,
         "lost": len(lost),
         "failover_s": round(failover_s, 2),
     }
