@@ -85,3 +85,27 @@ def cell_outcome(nb: Path, backend: str, directory: Path, index: int) -> str:
     if cell.get("execution_count") is None:
         return "did not run (an earlier cell raised)"
     return "ok"
+
+
+def outputs_text(cells) -> str:  # noqa: ANN001 - nbformat cells
+    """What the cells show, as one text to search: each cell's stream output joined into one
+    string per stream (the kernel flushes stdout on a timer, so one printed line can arrive as
+    two stream outputs on a loaded machine), then its other outputs as JSON."""
+    import json
+
+    parts = []
+    for cell in cells:
+        streams: dict[str, str] = {}
+        others = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                text = out.get("text", "")
+                streams[out.get("name", "stdout")] = streams.get(out.get("name", "stdout"), "") + (
+                    "".join(text) if isinstance(text, list) else text
+                )
+            else:
+                others.append(out)
+        parts.extend(streams.values())
+        parts.append(json.dumps(others, ensure_ascii=False))
+    return "\n".join(parts)
+

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from notebook_runs import executed, shared_dir
+from notebook_runs import executed, outputs_text, shared_dir
 
 from statekit.workbook.labs import LABS
 from statekit.workbook.labs.attendee import attendee_notebook, has_solution, write_attendee
@@ -86,7 +86,7 @@ def _run(nb_name: str, version: str, backend: str, url: str, runs: Path) -> nbfo
 
 def _check_output(ran: nbformat.NotebookNode) -> str:
     cell = next(c for c in ran.cells if "check" in _tags(c))
-    return json.dumps(cell.get("outputs", []), ensure_ascii=False)
+    return outputs_text([cell])
 
 
 def _assert_ran(ran: nbformat.NotebookNode, version: str, stem: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 import pytest
-from notebook_runs import NOTEBOOKS, cell_outcome, code_cells, executed, shared_dir
+from notebook_runs import NOTEBOOKS, cell_outcome, code_cells, executed, outputs_text, shared_dir
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,7 @@ def _run(nb: Path, out: Path, **parameters) -> nbformat.NotebookNode:
 
 
 def _text(nb: nbformat.NotebookNode) -> str:
-    return json.dumps([c.get("outputs", []) for c in nb.cells])
+    return outputs_text(nb.cells)
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
