@@ -78,6 +78,9 @@ def test_a_test_whose_drill_starts_the_servers_follows_the_rule_without_redis_se
     (bin_dir / "python").symlink_to(sys.executable)
     env = {k: v for k, v in os.environ.items() if k not in ("STATEKIT_REDIS_SERVER", testing.REQUIRE_ENV)}
     env["PATH"] = str(bin_dir)
+    # only the plugins this run needs: the installed ones (nbval, langsmith, hypothesis's) cost
+    # seconds of start-up each and take no part in it
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     if required:
         env[testing.REQUIRE_ENV] = required
     run = subprocess.run(
@@ -107,10 +110,13 @@ def test_xdist_groups_keep_their_tests_on_one_worker(tmp_path):
         "    with open(f'worker-{i}', 'w') as f:\n"
         "        f.write(os.environ['PYTEST_XDIST_WORKER'])\n"
     )
+    # xdist alone: the other installed plugins cost seconds of start-up in each of the three
+    # processes and take no part in the grouping
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider",
-         "test_grouped.py"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "xdist", "-n", "2", "--dist", "loadgroup",
+         "-p", "no:cacheprovider", "test_grouped.py"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     workers = {(tmp_path / f"worker-{i}").read_text() for i in range(6)}
