@@ -108,4 +108,3 @@ def outputs_text(cells) -> str:  # noqa: ANN001 - nbformat cells
         parts.extend(streams.values())
         parts.append(json.dumps(others, ensure_ascii=False))
     return "\n".join(parts)
-
