@@ -28,7 +28,7 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[workbook,app,otel,hiredis,langgraph,docs,dev]'
+	$(PIP) install -e '.[workbook,app,otel,hiredis,compress,langgraph,docs,dev]'
 	@touch $@ $(VENV)/.core $(VENV)/.app
 
 $(VENV)/.lab: pyproject.toml | $(BIN)/python
@@ -61,7 +61,7 @@ check: $(VENV)/.dev
 		--dist loadgroup -m "not realredis and not browser and not notebook and not install" $(PYTEST_ARGS)
 
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[workbook,hiredis,langgraph,bench]'
+	$(PIP) install -e '.[workbook,hiredis,compress,langgraph,bench]'
 	@touch $@ $(VENV)/.core
 
 bench: $(VENV)/.bench

@@ -160,6 +160,10 @@ class _Wire:
         self.count(len(keys))
         return [self.client.type(key) for key in keys]
 
+    def get(self, key: str) -> bytes | None:
+        self.count(1)
+        return self.client.get(key)
+
     def delete(self, keys: list[str]) -> int:
         self.count(1)
         return int(self.client.delete(*keys))
