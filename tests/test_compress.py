@@ -475,3 +475,25 @@ def test_saver_rotated_and_missing_dictionary(client):
     forget_dictionaries()
     with pytest.raises(CorruptStateError, match=str(a.dict_id)):
         StatekitSaver(client, namespace="lgd").get_tuple({"configurable": {"thread_id": "ta"}})
+
+
+def test_langgraph_conformance_suite_with_compression(url):
+    """LangGraph's own suite, every capability, on a saver that compresses every value that
+    zstd shrinks (min_bytes=0)."""
+    pytest.importorskip("langgraph.checkpoint.conformance")
+    from langgraph.checkpoint.conformance import checkpointer_test, validate
+
+    from statekit.langgraph import StatekitSaver
+
+    @checkpointer_test(name="StatekitSaver, compressed")
+    async def saver():
+        s = StatekitSaver.from_url(url, keep_last=None, codec=Codec(min_bytes=0))
+        yield s
+        await s.aclose()
+
+    report = asyncio.run(validate(saver))
+    assert len(report.results) == 8
+    for name, result in report.results.items():
+        assert result.detected and result.failures == [] and result.tests_failed == 0, name
+        assert result.tests_passed >= 5, name
+    assert report.passed_all_base() and report.passed_all()
