@@ -497,3 +497,49 @@ def test_langgraph_conformance_suite_with_compression(url):
         assert result.detected and result.failures == [] and result.tests_failed == 0, name
         assert result.tests_passed >= 5, name
     assert report.passed_all_base() and report.passed_all()
+
+
+# -- the memory model -----------------------------------------------------------------------
+
+
+@pytest.mark.realredis
+@pytest.mark.parametrize("which", ["support-agent", "drop-mode"])
+def test_model_within_5_percent_of_info_memory_compressed(fresh_redis_server, profiles_dir, which):
+    """1,000 sessions of realistic turns written compressed into an empty redis-server: the
+    model, given the ratio measured on the turns, within 5 % of INFO memory's used_memory;
+    and compression does save memory there."""
+    from statekit.decide import sizing
+    from statekit.decide.lifecycle import recommend
+    from statekit.decide.profile import WorkloadProfile
+
+    if which == "support-agent":
+        pol = recommend(WorkloadProfile.from_yaml(profiles_dir / "support_agent.yaml")).policy
+    else:
+        pol = sk.LifecyclePolicy(window_turns=20, summarizer=None, summary_max_bytes=0)
+    client = sk.connect(fresh_redis_server.url, socket_timeout=10)
+    turns = chat_turns(14, 5)
+    m = sizing.measure(client, pol, 1_000, 14, 700, codec_=Codec(dictionaries=False), session_turns=turns)
+    assert abs(m.error) <= 0.05, m.as_dict()
+    raw = sizing.estimate_memory(pol, 1_000, 14, 700, session_turns=turns)
+    assert m.estimate.per_session < 0.8 * raw.per_session
+
+
+def test_plan_capacity_takes_the_profiles_ratio(profiles_dir):
+    from statekit.decide.lifecycle import recommend
+    from statekit.decide.profile import WorkloadProfile
+    from statekit.decide.sizing import plan_capacity
+
+    profile = WorkloadProfile.from_yaml(profiles_dir / "support_agent.yaml")
+    assert profile.turns.compression_ratio == 1.0
+    pol = recommend(profile).policy
+    plain = plan_capacity(profile, pol)
+    packed = plan_capacity(
+        profile.model_copy(update={"turns": profile.turns.model_copy(update={"compression_ratio": 2.5})}), pol
+    )
+    assert packed["compression_ratio"] == 2.5
+    assert packed["stored_bytes_per_session"] < 0.5 * plain["stored_bytes_per_session"]
+    assert packed["per_session_bytes"] < 0.7 * plain["per_session_bytes"]
+    with pytest.raises(Exception, match="compression_ratio"):
+        WorkloadProfile.model_validate(
+            {**profile.model_dump(), "turns": {**profile.turns.model_dump(), "compression_ratio": 0.5}}
+        )
