@@ -543,3 +543,25 @@ def test_plan_capacity_takes_the_profiles_ratio(profiles_dir):
         WorkloadProfile.model_validate(
             {**profile.model_dump(), "turns": {**profile.turns.model_dump(), "compression_ratio": 0.5}}
         )
+
+
+def test_calibrate_measures_the_ratio_and_bytes_before_compression(client, profiles_dir):
+    from statekit.decide.calibrate import calibrate
+    from statekit.decide.lifecycle import recommend
+    from statekit.decide.profile import WorkloadProfile
+
+    profile = WorkloadProfile.from_yaml(profiles_dir / "support_agent.yaml")
+    pol = recommend(profile).policy
+    plain = sk.SessionStore(client, policy=pol, namespace="cp")
+    packed = sk.SessionStore(client, policy=pol, namespace="cz", codec=Codec(dictionaries=False))
+    fill(plain, 60, seed=1100)
+    fill(packed, 60, seed=1100)
+    rows = {name: {r["assumption"]: r for r in calibrate(client, name, profile).table()} for name in ("cp", "cz")}
+    assert rows["cp"]["turns.compression_ratio"]["measured"] == pytest.approx(1.0)
+    assert not rows["cp"]["turns.compression_ratio"]["flagged"]
+    ratio = rows["cz"]["turns.compression_ratio"]
+    assert ratio["measured"] > 1.3 and ratio["flagged"] and ratio["applied"]
+    plain_bytes = rows["cp"]["turns.bytes_per_turn"]["measured"]
+    assert rows["cz"]["turns.bytes_per_turn"]["measured"] == pytest.approx(plain_bytes, rel=0.15)
+    cal = calibrate(client, "cz", profile)
+    assert cal.profile().turns.compression_ratio == pytest.approx(ratio["measured"], abs=0.01)
