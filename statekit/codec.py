@@ -30,6 +30,7 @@ thread has its own, and a forked child builds new ones.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from typing import Any
@@ -66,8 +67,14 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 MIN_BYTES = 96
 
 
+_zstandard: Any = None
+
+
 def _zstd() -> Any:
-    return require("zstandard", extra="compress", what="compressed records (statekit.codec)")
+    global _zstandard
+    if _zstandard is None:
+        _zstandard = require("zstandard", extra="compress", what="compressed records (statekit.codec)")
+    return _zstandard
 
 
 class MissingDictionary(CorruptStateError):
@@ -127,6 +134,7 @@ _local = threading.local()
 def _renew() -> None:
     global _local
     _local = threading.local()
+    _recent.cache_clear()
 
 
 os.register_at_fork(after_in_child=_renew)
@@ -134,8 +142,11 @@ os.register_at_fork(after_in_child=_renew)
 
 def _compressor(level: int, dict_id: int) -> Any:
     try:
-        cache = _local.c
-    except AttributeError:
+        return _local.c[(level, dict_id)]
+    except (AttributeError, KeyError):
+        pass
+    cache = getattr(_local, "c", None)
+    if cache is None:
         cache = _local.c = {}
     found = cache.get((level, dict_id))
     if found is None:
@@ -148,9 +159,8 @@ def _compressor(level: int, dict_id: int) -> Any:
 
 
 def _decompressor(dict_id: int) -> Any:
-    try:
-        cache = _local.d
-    except AttributeError:
+    cache = getattr(_local, "d", None)
+    if cache is None:
         cache = _local.d = {}
     found = cache.get(dict_id)
     if found is None:
@@ -177,18 +187,56 @@ def dictionary_id(frame: bytes) -> int:
     return int.from_bytes(frame[start : start + size], "little")
 
 
+#: Frames of at most this many bytes (a turn record, a state) are remembered once decoded.
+CACHED_FRAME_BYTES = 1024
+_cache_entries = 2048
+
+
+def _decompress_once(frame: bytes) -> bytes:
+    return _local.d[0 if frame[4] & 3 == 0 else dictionary_id(frame)].decompress(frame)
+
+
+_recent = functools.lru_cache(maxsize=_cache_entries)(_decompress_once)
+
+
+def cache_decoded(entries: int) -> None:
+    """Remember the last `entries` small frames decoded in this process (0: none; 2048 by
+    default, a few MB at most).
+
+    A process that serves a session loads the same window of turns request after request
+    (sticky routing keeps a session on one process), and all but the newest are unchanged
+    since the last load: a frame seen before is not decompressed again. A frame's bytes name
+    its dictionary, and a dictionary id names one content, so a remembered frame always decodes
+    to the same bytes."""
+    global _recent, _cache_entries
+    if not isinstance(entries, int) or entries < 0:
+        raise InvalidInput(f"bad cache size {entries!r}: a whole number of frames, 0 for none")
+    _cache_entries = entries
+    _recent = functools.lru_cache(maxsize=entries)(_decompress_once)
+
+
 def decompress(frame: bytes, key: str) -> bytes:
     """The bytes a zstd frame holds. `MissingDictionary` when it names a dictionary this process
     does not know; `CorruptStateError` naming `key` for a frame that does not decode."""
-    dict_id = dictionary_id(frame)
-    if dict_id < 0:
-        raise CorruptStateError(f"{key}: a truncated zstd frame; the value was left as is")
-    if dict_id and dict_id not in _dictionaries:
-        raise MissingDictionary(dict_id, key)
-    zstd = _zstd()
+    if _cache_entries and len(frame) <= CACHED_FRAME_BYTES:
+        try:
+            return _recent(frame)
+        except (AttributeError, KeyError, IndexError):
+            pass  # this thread has no decompressor for it yet, or not a frame: the careful path
+        except _zstandard.ZstdError as exc:
+            raise CorruptStateError(f"{key}: corrupt zstd frame ({exc}); the value was left as is") from None
+    dict_id = dictionary_id(frame) if len(frame) < 6 or frame[4] & 3 else 0  # most frames name none: no parse
     try:
-        return _decompressor(dict_id).decompress(frame)
-    except zstd.ZstdError as exc:
+        found = _local.d[dict_id]
+    except (AttributeError, KeyError):
+        if dict_id < 0 or frame[:4] != ZSTD_MAGIC:
+            raise CorruptStateError(f"{key}: a truncated zstd frame; the value was left as is") from None
+        if dict_id and dict_id not in _dictionaries:
+            raise MissingDictionary(dict_id, key) from None
+        found = _decompressor(dict_id)
+    try:
+        return found.decompress(frame)
+    except _zstandard.ZstdError as exc:
         raise CorruptStateError(f"{key}: corrupt zstd frame ({exc}); the value was left as is") from None
 
 

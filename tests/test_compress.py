@@ -62,6 +62,7 @@ def policy(**kw):
 def forget_dictionaries() -> None:
     """What a fresh process knows: no dictionary yet."""
     codec._dictionaries.clear()
+    codec._renew()  # and the compressors and decompressors made with them
 
 
 def fill(store, sessions, turns=14, seed=0):

@@ -93,6 +93,8 @@ def body_of(value: bytes, key: str) -> bytes | None:
     cut = value.find(_SEP, 0, 130)
     if cut >= 0 and value[cut + 1 : cut + 2] == codec.FORMAT_ORJSON:
         return value[cut + 2 :]
+    if len(value) > 16 and (0x92 <= value[0] <= 0x9F or value[0] == 0xDC):
+        return value  # a LangGraph saver's record: a msgpack array (its fields are not this long)
     return None
 
 
