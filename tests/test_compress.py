@@ -123,6 +123,7 @@ def test_corrupt_frame_is_corrupt_state():
 
 def test_codec_without_zstandard_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "zstandard", None)
+    monkeypatch.setattr(codec, "_zstandard", None)
     with pytest.raises(MissingExtra, match=r"pip install 'statekit\[compress\]'"):
         Codec()
     assert codec.decode(codec.encode({"a": 1}), "k") == {"a": 1}  # raw records need no zstandard
