@@ -73,6 +73,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/bench_observe.py --sessions 100000
 	$(BIN)/python benchmarks/bench_memory.py --sessions 1000 10000 100000
 	$(BIN)/python benchmarks/bench_calibrate.py --seeds 100 --sessions 100000 --sample 2000
+	$(BIN)/python benchmarks/bench_compress.py --sessions 10000 --threads 40 --steps 25 --iterations 5000
 
 # The manual: docs/ and the API reference from the docstrings; tests/test_docs_site.py builds it
 # with --strict and follows its links in Chromium.
