@@ -567,3 +567,55 @@ def test_calibrate_measures_the_ratio_and_bytes_before_compression(client, profi
     assert rows["cz"]["turns.bytes_per_turn"]["measured"] == pytest.approx(plain_bytes, rel=0.15)
     cal = calibrate(client, "cz", profile)
     assert cal.profile().turns.compression_ratio == pytest.approx(ratio["measured"], abs=0.01)
+
+
+def test_readable_by_and_migration_read_states_compressed_with_a_dictionary(client):
+    from pydantic import BaseModel
+
+    from statekit.migrate import migrate_namespace, readable_by
+
+    class Notes(BaseModel):
+        notes: list[str]
+
+    m = sk.Migrations(current=2)
+
+    @m.step(1, 2)
+    def _(data):
+        return {"notes": data["notes"] + ["v2"]}
+
+    writer = sk.SessionStore(client, policy=policy(), namespace="rb2", codec=Codec())
+    fill(writer, 20, seed=1200)
+    dictionaries.train(client, "rb2", size=8192, sample=2000)
+    old = sk.SessionStore(client, policy=policy(), namespace="rb2", migrations=sk.Migrations(current=1), codec=Codec())
+    notes = [t["content"] for t in chat_turns(6, 1201)]
+    for i in range(3):
+        old.update_state(f"s{i}", lambda _s: {"notes": notes})
+    assert client.get("rb2:{s0}:state")[:1] == codec.FORMAT_ZSTD
+    forget_dictionaries()  # another process: it meets the dictionary in the states
+    assert readable_by(client, "rb2", Notes, m)["readable"] == 3
+    report = migrate_namespace(client, "rb2", m)
+    assert report.migrated == 3 and not report.errors
+    assert sk.SessionStore(client, policy=policy(), namespace="rb2", migrations=m).get_state("s1")[0] == {
+        "notes": [*notes, "v2"]
+    }
+
+
+def test_durable_buffer_keeps_compressed_turns_readable_after_a_restart(client, tmp_path):
+    from statekit.resilience.buffer import DurableBuffer, _Pending
+
+    writer = sk.SessionStore(client, policy=policy(), namespace="db", codec=Codec())
+    fill(writer, 20, seed=1300)
+    dictionaries.train(client, "db", size=8192, sample=2000)
+    store = sk.SessionStore(client, policy=policy(), namespace="db", codec=Codec())
+    store.append_turn("warm", chat_turns(2, 1301)[1])  # meets the newest dictionary
+    turn = chat_turns(4, 1302)[3]
+    turn_id, record = store.prepare_turn("s", turn, None)
+    assert codec.dictionary_id(record[len(turn_id) + 2 :]) > 0
+    buffer = DurableBuffer(tmp_path / "buf.sqlite")
+    buffer.add(_Pending("append", "s", turn=turn, turn_id=turn_id, record=record))
+    buffer.close()
+    forget_dictionaries()  # a restarted process: it has not met the dictionary before it replays
+    [row] = DurableBuffer(tmp_path / "buf.sqlite").load()
+    assert row.turn == turn and row.record == record
+    store._append_encoded("s", turn_id, record)
+    assert store.load_context("s").turns == [turn]
