@@ -367,6 +367,9 @@ def test_dictionaries_have_no_ttl_and_are_not_sessions(client):
     session_keys = list(client.scan_iter(match=sk.keys.key_pattern("n")))
     assert session_keys and not [k for k in session_keys if b":dict:" in k]
     assert all(client.pttl(k) > 0 for k in session_keys)
+    from statekit.observe.health import health_scan
+
+    assert health_scan(client, "n").keys_without_ttl == []  # `statekit health` does not flag them
 
 
 # -- the CLI ----------------------------------------------------------------------------
