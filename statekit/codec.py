@@ -57,6 +57,7 @@ __all__ = [
     "train",
     "is_frame",
     "read_text",
+    "cache_decoded",
 ]
 
 FORMAT_ORJSON = b"\x01"
