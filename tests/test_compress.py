@@ -27,15 +27,24 @@ pytest.importorskip("zstandard")
 
 
 @pytest.fixture(
-    params=["fakeredis", pytest.param("redis", marks=pytest.mark.realredis)],
+    params=[
+        "fakeredis",
+        pytest.param("redis", marks=pytest.mark.realredis),
+        pytest.param("cluster", marks=pytest.mark.realredis),
+    ],
 )
 def url(request):
     if request.param == "fakeredis":
         url = f"fakeredis://compress-{request.node.originalname}"
-    else:
+    elif request.param == "redis":
         url = request.getfixturevalue("redis_server").url
+    else:
+        url = request.getfixturevalue("redis_cluster").url
     client = sk.connect(url)
-    client.flushall()
+    if request.param == "cluster":
+        client.flushall(target_nodes="primaries")
+    else:
+        client.flushall()
     client.close()
     return url
 

@@ -139,10 +139,11 @@ def listing(client: Any, namespace: str) -> list[dict[str, Any]]:
     """Each dictionary of `namespace`: id, bytes, whether writers use it, records naming it."""
     validate_namespace(namespace)
     ids = []
-    for key in client.scan_iter(match=dictionary_pattern(namespace), count=1000):
-        tail = (key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[1]
-        if tail.isdigit():
-            ids.append(int(tail))
+    for node_batch in Walker(client, dictionary_pattern(namespace), 1000):  # every primary of a cluster
+        for key in node_batch.keys:
+            tail = key.rsplit(":", 1)[1]
+            if tail.isdigit():
+                ids.append(int(tail))
     current = newest(client, namespace)
     counts = census(client, namespace)
     return [
