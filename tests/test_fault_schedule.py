@@ -469,4 +469,6 @@ def test_promises_hold_under_a_fault_schedule_with_compression(
     )
     stats = STATS[machine.name()]
     print(f"\n{machine.name()}: {stats}")
-    assert stats["examples"] >= EXAMPLES_COMPRESSED and stats["faulted"] > 0
+    assert stats["examples"] >= EXAMPLES_COMPRESSED
+    if EXAMPLES_COMPRESSED >= 10:  # with a few examples (`make check`) a fault may not come up
+        assert stats["faulted"] > 0, "the faults were on"
