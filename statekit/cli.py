@@ -228,6 +228,12 @@ def _cmd_dict(args: argparse.Namespace) -> int:
             newest = " (newest: writers use it)" if row["newest"] else ""
             print(f"{row['id']}: {row['bytes']:,} bytes, named by {row['records']:,} stored values{newest}")
         return 0
+    if args.rewrite:
+        counts = dictionaries.rewrite(client, args.namespace, args.id)
+        print(
+            f"rewrote {counts['rewritten']:,} stored values of {args.namespace!r} that named dictionary {args.id} "
+            f"with the newest ({counts['changed']:,} changed meanwhile, {counts['failed']:,} unreadable)"
+        )
     dictionaries.retire(client, args.namespace, args.id)
     print(f"dictionary {args.id} of {args.namespace!r} retired (no stored value named it)")
     return 0
@@ -646,6 +652,11 @@ def build_parser() -> argparse.ArgumentParser:
     ret.add_argument("redis_url", metavar="URL", help="the Redis holding the records")
     ret.add_argument("id", type=int, help="the dictionary id (statekit dict list)")
     ret.add_argument("--namespace", required=True, help="the namespace")
+    ret.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="first write the values that name it again with the newest dictionary (a batch migration)",
+    )
     dct.set_defaults(func=_cmd_dict)
 
     cal = sub.add_parser(

@@ -631,3 +631,47 @@ def test_durable_buffer_keeps_compressed_turns_readable_after_a_restart(client, 
     assert row.turn == turn and row.record == record
     store._append_encoded("s", turn_id, record)
     assert store.load_context("s").turns == [turn]
+
+
+def test_retire_with_rewrite_migrates_every_value_to_the_newest_dictionary(client, url, capsys):
+    pytest.importorskip("langgraph")
+    from statekit.cli import main
+    from statekit.langgraph import StatekitSaver
+
+    writer = sk.SessionStore(client, policy=policy(), namespace="rw", codec=Codec())
+    fill(writer, 20, seed=1400)
+    a = dictionaries.train(client, "rw", size=8192, sample=2000)
+    store = sk.SessionStore(client, policy=policy(), namespace="rw", codec=Codec())
+    turns = chat_turns(30, 1401)
+    for turn in turns:
+        store.append_turn("s", turn)
+    state = {"notes": [t["content"] for t in turns[:5]]}
+    store.update_state("s", lambda _s: state)
+    _run_thread(StatekitSaver(client, namespace="rw", codec=Codec()), "t")
+    b = dictionaries.train(client, "rw", size=8192, sample=2000, seed=4)
+    before = dictionaries.census(client, "rw")
+    assert before.get(a.dict_id, 0) > 10
+    reader = StatekitSaver(client, namespace="rw")
+    thread = reader.get_tuple({"configurable": {"thread_id": "t"}})
+    ctx, ttl = store.load_context("s"), client.pttl("rw:{s}:log")
+    assert main(["dict", "retire", url, str(a.dict_id), "--namespace", "rw"]) == 2
+    capsys.readouterr()
+    assert main(["dict", "retire", url, str(a.dict_id), "--namespace", "rw", "--rewrite"]) == 0
+    assert "retired" in capsys.readouterr().out
+    after = dictionaries.census(client, "rw")
+    assert a.dict_id not in after and after[b.dict_id] >= before[a.dict_id]
+    assert not client.exists(f"rw:dict:{a.dict_id}")
+    forget_dictionaries()  # a fresh process: only B is in Redis now
+    again = sk.SessionStore(client, policy=policy(), namespace="rw").load_context("s")
+    assert (again.turns, again.pending, again.summary) == (ctx.turns, ctx.pending, ctx.summary)
+    records = client.lrange("rw:{s}:log", 0, -1)
+    held = sum(map(len, records)) + client.strlen("rw:{s}:summary") + client.strlen("rw:{s}:state")
+    assert again.bytes == held  # the cap's byte count moved with the values
+    assert 0 < client.pttl("rw:{s}:log") <= ttl
+    assert store.get_state("s")[0] == state
+    moved = StatekitSaver(client, namespace="rw").get_tuple({"configurable": {"thread_id": "t"}})
+    assert moved.checkpoint["channel_values"] == thread.checkpoint["channel_values"]
+    assert moved.metadata == thread.metadata
+    fields = client.hgetall("rw:{t}:cp")  # the thread's byte count moved with its values too
+    held = sum(len(v) for f, v in fields.items() if f[:2] in (b"c\0", b"v\0", b"b\0", b"w\0"))
+    assert int(fields[b"bytes"]) == held

@@ -18,10 +18,10 @@ from typing import Any
 
 from statekit import codec
 from statekit.errors import CorruptStateError, InvalidInput
-from statekit.keys import dictionary_key, dictionary_pattern, newest_dictionary_key, validate_namespace
+from statekit.keys import PARTS, dictionary_key, dictionary_pattern, newest_dictionary_key, validate_namespace
 from statekit.walk import Walker
 
-__all__ = ["Trained", "train", "store", "newest", "listing", "census", "retire", "values", "body_of"]
+__all__ = ["Trained", "train", "store", "newest", "listing", "census", "retire", "rewrite", "values", "body_of"]
 
 _SEP = b"\x1f"
 
@@ -212,3 +212,96 @@ def train(
     dict_bytes = sum(len(plain.frame(b, dict_id) or b) for b in test)
     store(client, namespace, data)
     return Trained(dict_id, len(data), len(learn), held, raw, zstd_bytes, dict_bytes)
+
+
+# Replace one stored value if it is still what was read, and move the byte count the cap is
+# checked against (a session's meta `b`, a thread hash's `bytes`) by the difference, keeping
+# the TTL. KEYS: the value's key, the key of its byte count. ARGV: kind (list, string, hash),
+# list index or hash field, the value read, the new value, the byte count's field.
+_REWRITE_LUA = """
+local kind, at, old, new, field = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local cur
+if kind == 'list' then cur = redis.call('LINDEX', KEYS[1], tonumber(at))
+elseif kind == 'string' then cur = redis.call('GET', KEYS[1])
+else cur = redis.call('HGET', KEYS[1], at) end
+if cur ~= old then return 0 end
+if kind == 'list' then redis.call('LSET', KEYS[1], tonumber(at), new)
+elseif kind == 'string' then redis.call('SET', KEYS[1], new, 'KEEPTTL')
+else redis.call('HSET', KEYS[1], at, new) end
+if redis.call('HEXISTS', KEYS[2], field) == 1 then redis.call('HINCRBY', KEYS[2], field, #new - #old) end
+return 1
+"""
+
+
+def _recoded(value: bytes, key: str, encoder: codec.Codec, dict_id: int) -> bytes:
+    """`value` (a record naming some dictionary) written again by `encoder` with `dict_id`."""
+    body = codec.decompress(_frame_of(value) or b"", key)
+    if codec.is_frame(value):  # a summary (text) or a saver record (msgpack): bare frames
+        return encoder.frame(body, dict_id) or body
+    if value[:1] == codec.FORMAT_ZSTD:  # a state
+        return encoder.pack(body, dict_id)
+    cut = value.find(_SEP, 0, 130)  # a turn record
+    return value[: cut + 1] + encoder.pack(body, dict_id)
+
+
+def rewrite(client: Any, namespace: str, dict_id: int, *, level: int = 3, batch: int = 500) -> dict[str, int]:
+    """Write every stored value of `namespace` that names dictionary `dict_id` again, with the
+    namespace's newest dictionary (or without one when `dict_id` is the newest or there is
+    none): the batch migration that lets `retire` remove it before those values expire.
+
+    Each value is replaced by a script only if it is still what was read (a value changed
+    meanwhile is counted in `changed` and left to a second run), its key's TTL is kept, and the
+    byte count the cap is checked against moves by the difference. Idempotent; returns counts
+    of values `rewritten`, `changed` meanwhile and `failed` (unreadable)."""
+    validate_namespace(namespace)
+    target = newest(client, namespace)
+    target = 0 if target == dict_id else target
+    if target:
+        load(client, namespace, target)
+    load(client, namespace, dict_id)
+    encoder = codec.Codec(level=level, min_bytes=0)
+    counts = {"rewritten": 0, "changed": 0, "failed": 0}
+    skip = f"{namespace}:dict:"
+    walker = Walker(client, f"{namespace}:*", batch)
+    for node_batch in walker:
+        keys = [k for k in node_batch.keys if not k.startswith(skip)]
+        kinds = [
+            k.decode() if isinstance(k, bytes) else str(k)
+            for k in walker.execute(node_batch.node, [("TYPE", k) for k in keys])
+        ]
+        reads = {
+            "list": lambda k: ("LRANGE", k, 0, -1),
+            "string": lambda k: ("GET", k),
+            "hash": lambda k: ("HGETALL", k),
+        }
+        chosen = [(k, kind) for k, kind in zip(keys, kinds, strict=True) if kind in reads]
+        replies = walker.execute(node_batch.node, [reads[kind](k) for k, kind in chosen])
+        commands = []
+        for (key, kind), reply in zip(chosen, replies, strict=True):
+            if isinstance(reply, Exception) or reply is None:
+                continue
+            if kind == "list":
+                located = [(str(i), v) for i, v in enumerate(reply)]
+            elif kind == "string":
+                located = [("", reply)]
+            else:
+                pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+                located = [(f.decode() if isinstance(f, bytes) else f, v) for f, v in pairs]
+            part = key.rsplit(":", 1)[1]
+            counter, field = (key.rsplit(":", 1)[0] + ":meta", "b") if part in PARTS else (key, "bytes")
+            for at, value in located:
+                frame = _frame_of(value) if isinstance(value, bytes) else None
+                if frame is None or codec.dictionary_id(frame) != dict_id:
+                    continue
+                try:
+                    new = _recoded(value, key, encoder, target)
+                except CorruptStateError:
+                    counts["failed"] += 1
+                    continue
+                commands.append(("EVAL", _REWRITE_LUA, 2, key, counter, kind, at, value, new, field))
+        for ok in walker.execute(node_batch.node, commands):
+            if isinstance(ok, Exception):
+                counts["failed"] += 1
+            else:
+                counts["rewritten" if ok == 1 else "changed"] += 1
+    return counts
