@@ -675,3 +675,55 @@ def test_retire_with_rewrite_migrates_every_value_to_the_newest_dictionary(clien
     fields = client.hgetall("rw:{t}:cp")  # the thread's byte count moved with its values too
     held = sum(len(v) for f, v in fields.items() if f[:2] in (b"c\0", b"v\0", b"b\0", b"w\0"))
     assert int(fields[b"bytes"]) == held
+
+
+@pytest.mark.realredis
+def test_bench_compress_runs_small(tmp_path):
+    """benchmarks/bench_compress.py end to end at a small size (the figures in docs/benchmarks.md
+    come from the full size): every section runs and reports its ratios."""
+    import glob
+    import subprocess
+    from pathlib import Path
+
+    pytest.importorskip("langgraph")
+    root = Path(__file__).resolve().parent.parent
+    postgres = bool(glob.glob("/usr/lib/postgresql/*/bin/initdb")) and _importable("langgraph.checkpoint.postgres")
+    args = [
+        "--sessions",
+        "30",
+        "--threads",
+        "2",
+        "--steps",
+        "3",
+        "--iterations",
+        "30",
+        "--json",
+        str(tmp_path / "b.json"),
+    ]
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "bench_compress.py"),
+            *args,
+            *([] if postgres else ["--no-postgres"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = orjson.loads((tmp_path / "b.json").read_bytes())
+    assert set(result["sessions"]) == {"raw", "zstd", "zstd+dict"}
+    assert result["ratios"]["session used_memory zstd+dict / raw"] < 1
+    assert result["latency"]["load"]["zstd+dict"]["round_trips_per_call"] == 1.0
+    if postgres:
+        assert result["postgres"]["full history"]["on_disk_bytes"] > 0
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
