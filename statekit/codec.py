@@ -82,11 +82,14 @@ class MissingDictionary(CorruptStateError):
     """A record names a zstd dictionary this process does not have (yet). The store fetches it
     from Redis once; when Redis does not have it either, the record cannot be read."""
 
-    def __init__(self, dict_id: int, key: str) -> None:
-        super().__init__(
-            f"{key}: written with zstd dictionary {dict_id}, which is not in Redis (retired or never stored); "
-            "the value was left as is (store the dictionary again, or delete the value)"
-        )
+    def __init__(self, dict_id: int, key: str, asked_redis: bool = False) -> None:
+        if asked_redis:
+            where = "which is not in Redis (retired or never stored)"
+            then = "store the dictionary again, or delete the value"
+        else:
+            where = "which this process has not loaded"
+            then = "a store or saver of its namespace fetches it from Redis"
+        super().__init__(f"{key}: written with zstd dictionary {dict_id}, {where}; the value was left as is ({then})")
         self.dict_id = dict_id
         self.key = key
 

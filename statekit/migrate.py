@@ -349,7 +349,7 @@ def _unpack(client: Any, migrations: Migrations, raw: bytes, key: str) -> tuple[
         namespace = key.split(":{", 1)[0]
         data = client.get(dictionary_key(namespace, missing.dict_id))
         if not data or codec.register(data) != missing.dict_id:
-            raise
+            raise codec.MissingDictionary(missing.dict_id, key, asked_redis=True) from None
         return migrations.unpack(raw, key)
 
 

@@ -249,7 +249,7 @@ def test_missing_dictionary_is_corrupt_state_naming_it(client):
     client.delete(f"x:dict:{trained.dict_id}")
     forget_dictionaries()
     reader = sk.SessionStore(client, policy=policy(), namespace="x")
-    with pytest.raises(CorruptStateError, match=str(trained.dict_id)):
+    with pytest.raises(CorruptStateError, match=f"{trained.dict_id}, which is not in Redis"):
         reader.load_context("d")
     assert log_of(client, "x", "d") == before  # nothing changed
 

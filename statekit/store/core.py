@@ -146,7 +146,7 @@ class Dictionaries:
         where = dictionary_key(self.namespace, dict_id)
         data = yield ("get", where)
         if not data:
-            raise MissingDictionary(dict_id, key)
+            raise MissingDictionary(dict_id, key, asked_redis=True)
         try:
             found = codec.register(data)
         except CorruptStateError as exc:

@@ -122,7 +122,7 @@ def load(client: Any, namespace: str, dict_id: int) -> None:
         return
     data = client.get(dictionary_key(namespace, dict_id))
     if not data:
-        raise codec.MissingDictionary(dict_id, dictionary_key(namespace, dict_id))
+        raise codec.MissingDictionary(dict_id, dictionary_key(namespace, dict_id), asked_redis=True)
     if codec.register(data) != dict_id:
         raise CorruptStateError(f"{dictionary_key(namespace, dict_id)} holds another dictionary than {dict_id}")
 
