@@ -229,7 +229,9 @@ class StatekitSaver(BaseCheckpointSaver[str]):
     or from clients: `client` (blocking, for `put`/`get_tuple`/...) and/or `aclient`
     (asyncio, for `aput`/`aget_tuple`/...). A saver made from a URL makes each client when
     first needed (an asyncio client per event loop) and closes them in `close()` /
-    `await aclose()`.
+    `await aclose()`. With `codec=statekit.codec.Codec()` checkpoints, metadata, channel values
+    and writes are stored zstd-compressed (with the namespace's newest dictionary); every saver
+    reads compressed and uncompressed records alike.
     """
 
     def __init__(

@@ -212,7 +212,8 @@ class SessionStore(StoreCore):
     `policy.fold_batch` evictions. Connection errors
     and timeouts surface as `StoreUnavailable`; wrap the store in `ResilientStore` to
     degrade instead. For asyncio services, `statekit.aio.AsyncSessionStore` has the same
-    methods, awaitable.
+    methods, awaitable. `codec=statekit.codec.Codec()` stores turns, the summary and the state
+    zstd-compressed (the byte cap counts stored bytes); every store reads both.
     """
 
     def _make_wire(self, client: Any) -> _Wire:
