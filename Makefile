@@ -28,7 +28,7 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[workbook,app,otel,hiredis,langgraph,docs,dev]'
+	$(PIP) install -e '.[workbook,app,otel,hiredis,compress,langgraph,docs,dev]'
 	@touch $@ $(VENV)/.core $(VENV)/.app
 
 $(VENV)/.lab: pyproject.toml | $(BIN)/python
@@ -61,7 +61,7 @@ check: $(VENV)/.dev
 		--dist loadgroup -m "not realredis and not browser and not notebook and not install" $(PYTEST_ARGS)
 
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[workbook,hiredis,langgraph,bench]'
+	$(PIP) install -e '.[workbook,hiredis,compress,langgraph,bench]'
 	@touch $@ $(VENV)/.core
 
 bench: $(VENV)/.bench
@@ -73,6 +73,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/bench_observe.py --sessions 100000
 	$(BIN)/python benchmarks/bench_memory.py --sessions 1000 10000 100000
 	$(BIN)/python benchmarks/bench_calibrate.py --seeds 100 --sessions 100000 --sample 2000
+	$(BIN)/python benchmarks/bench_compress.py --sessions 10000 --threads 40 --steps 25 --iterations 5000
 
 # The manual: docs/ and the API reference from the docstrings; tests/test_docs_site.py builds it
 # with --strict and follows its links in Chromium.

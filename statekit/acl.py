@@ -61,13 +61,14 @@ _STATE_CALLS = _called({k: SCRIPTS[k] for k in ("get_state", "keepttl_cas")})
 COMPONENTS: dict[str, Rules] = {
     "session_store": Rules(
         ("{ns}:*",),
-        (*_SCRIPTS, *_STORE_CALLS, "multi", "exec", "lrange", "del", "type", "ping"),
+        (*_SCRIPTS, *_STORE_CALLS, "multi", "exec", "lrange", "get", "del", "type", "ping"),
         why="appends, folds, state and region scripts (and the commands inside them); load_context's "
-        "MULTI/HMGET/LRANGE/GET/EXEC; delete; TYPE only to name a key of the wrong type",
+        "MULTI/HMGET/LRANGE/GET/EXEC; delete; TYPE only to name a key of the wrong type; GET of the "
+        "namespace's zstd dictionaries (a store with a compressing codec)",
     ),
     "resilient_store": Rules(
         ("{ns}:*",),
-        (*_SCRIPTS, *_STORE_CALLS, "multi", "exec", "lrange", "del", "type", "ping"),
+        (*_SCRIPTS, *_STORE_CALLS, "multi", "exec", "lrange", "get", "del", "type", "ping"),
         why="the session store's commands, through a client of its own",
     ),
     "batch_migration": Rules(
@@ -119,10 +120,11 @@ COMPONENTS: dict[str, Rules] = {
     ),
     "langgraph_saver": Rules(
         ("{ns}:*",),
-        (*_SCRIPTS, *_SAVER_CALLS, "del", "scan", "pttl", "hkeys", "hget", "exists", "ping"),
+        (*_SCRIPTS, *_SAVER_CALLS, "del", "scan", "pttl", "hkeys", "hget", "exists", "get", "ping"),
         why="one script per put, put_writes, get_tuple, list page, prune and copy (and the commands "
         "inside them); DEL for delete_thread; SCAN for list(None) and delete_for_runs; PTTL, HKEYS, "
-        "HGET, EXISTS for keys_without_ttl and footprint",
+        "HGET, EXISTS for keys_without_ttl and footprint; GET of the namespace's zstd dictionaries "
+        "(a saver with a compressing codec)",
     ),
 }
 

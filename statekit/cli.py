@@ -191,6 +191,54 @@ def _cmd_health(args: argparse.Namespace) -> int:
     return failing
 
 
+def _cmd_dict(args: argparse.Namespace) -> int:
+    from statekit.backends import check_reachable, connect
+    from statekit.store import dictionaries
+
+    client = connect(args.redis_url, socket_timeout=30)
+    check_reachable(client, args.redis_url)
+    if args.dict_command == "train":
+        trained = dictionaries.train(client, args.namespace, size=args.size, sample=args.sample, seed=args.seed)
+        report = {
+            "namespace": args.namespace,
+            "dictionary": trained.dict_id,
+            "bytes": trained.size,
+            "trained_on": trained.samples,
+            "held_out": trained.held_out,
+            "ratio_zstd": round(trained.ratio_zstd, 3),
+            "ratio_dictionary": round(trained.ratio_dict, 3),
+        }
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print(
+                f"dictionary {trained.dict_id} ({trained.size:,} bytes) stored for {args.namespace!r} and made the "
+                f"newest, trained on {trained.samples:,} records; on {trained.held_out:,} held out: "
+                f"{trained.ratio_zstd:.2f}x with zstd alone, {trained.ratio_dict:.2f}x with the dictionary "
+                f"({trained.raw_bytes:,} -> {trained.zstd_bytes:,} -> {trained.dict_bytes:,} bytes)"
+            )
+        return 0
+    if args.dict_command == "list":
+        rows = dictionaries.listing(client, args.namespace)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        elif not rows:
+            print(f"no dictionaries in {args.namespace!r}")
+        for row in [] if args.json else rows:
+            newest = " (newest: writers use it)" if row["newest"] else ""
+            print(f"{row['id']}: {row['bytes']:,} bytes, named by {row['records']:,} stored values{newest}")
+        return 0
+    if args.rewrite:
+        counts = dictionaries.rewrite(client, args.namespace, args.id)
+        print(
+            f"rewrote {counts['rewritten']:,} stored values of {args.namespace!r} that named dictionary {args.id} "
+            f"with the newest ({counts['changed']:,} changed meanwhile, {counts['failed']:,} unreadable)"
+        )
+    dictionaries.retire(client, args.namespace, args.id)
+    print(f"dictionary {args.id} of {args.namespace!r} retired (no stored value named it)")
+    return 0
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -581,6 +629,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     health.set_defaults(func=_cmd_health)
+
+    dct = sub.add_parser(
+        "dict",
+        help="zstd dictionaries of a namespace: train one on live records, list them, retire one",
+        description="A namespace's zstd dictionaries (statekit.codec.Codec compresses with the newest). "
+        "Exit status: 0, or 2 on an error (unreachable server, bad URL, too few records, a dictionary in use).",
+    )
+    dct_sub = dct.add_subparsers(dest="dict_command", required=True)
+    train = dct_sub.add_parser("train", help="sample live records (SCAN), train a dictionary, store it as the newest")
+    train.add_argument("redis_url", metavar="URL", help="the Redis holding the records")
+    train.add_argument("--namespace", required=True, help="the SessionStore (or StatekitSaver) namespace")
+    train.add_argument("--size", type=_positive_int, default=32_768, help="dictionary bytes (default 32768)")
+    train.add_argument("--sample", type=_positive_int, default=5_000, help="records sampled (default 5000)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    train.add_argument("--json", action="store_true", help="print the result as JSON")
+    lst = dct_sub.add_parser("list", help="each dictionary, its size, and how many stored values name it")
+    lst.add_argument("redis_url", metavar="URL", help="the Redis holding the records")
+    lst.add_argument("--namespace", required=True, help="the namespace")
+    lst.add_argument("--json", action="store_true", help="print the list as JSON")
+    ret = dct_sub.add_parser("retire", help="remove a dictionary no stored value names (refused while one does)")
+    ret.add_argument("redis_url", metavar="URL", help="the Redis holding the records")
+    ret.add_argument("id", type=int, help="the dictionary id (statekit dict list)")
+    ret.add_argument("--namespace", required=True, help="the namespace")
+    ret.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="first write the values that name it again with the newest dictionary (a batch migration)",
+    )
+    dct.set_defaults(func=_cmd_dict)
 
     cal = sub.add_parser(
         "calibrate",

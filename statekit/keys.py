@@ -25,6 +25,9 @@ __all__ = [
     "thread_keys",
     "thread_pattern",
     "thread_id_of",
+    "dictionary_key",
+    "newest_dictionary_key",
+    "dictionary_pattern",
 ]
 
 #: The parts of a session, in the order the store's scripts take their keys.
@@ -142,3 +145,22 @@ def thread_id_of(key: str | bytes, namespace: str) -> str | None:
     if not (key.startswith(prefix) and key.endswith(suffix)):
         return None
     return key[len(prefix) : -len(suffix)]
+
+
+def dictionary_key(namespace: str, dict_id: int) -> str:
+    """Where a namespace's zstd dictionary `dict_id` is stored (`statekit dict train`).
+
+    Dictionaries are not session state: no session pattern matches them, and they have no TTL
+    (a record may name one for as long as it lives); `statekit dict retire` removes one."""
+    return f"{validate_namespace(namespace)}:dict:{int(dict_id)}"
+
+
+def newest_dictionary_key(namespace: str) -> str:
+    """The key holding the id of the dictionary a namespace's writers use."""
+    return f"{validate_namespace(namespace)}:dict:newest"
+
+
+def dictionary_pattern(namespace: str) -> str:
+    """A SCAN MATCH pattern for the dictionaries of `namespace` (and its `newest` pointer)."""
+    escaped = _GLOB_SPECIAL.sub(r"\\\1", namespace)
+    return f"{escaped}:dict:*"

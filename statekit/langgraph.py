@@ -60,7 +60,9 @@ from langgraph.checkpoint.base import (  # noqa: E402
     writes_sort_key,
 )
 
+from statekit import codec as _codec  # noqa: E402
 from statekit.backends import backend_kind, connect, connect_async, is_async  # noqa: E402
+from statekit.codec import PLAIN, Codec  # noqa: E402
 from statekit.errors import (  # noqa: E402
     CheckpointPruned,
     CorruptStateError,
@@ -72,7 +74,7 @@ from statekit.errors import (  # noqa: E402
 from statekit.keys import thread_id_of, thread_keys, thread_pattern, validate_namespace  # noqa: E402
 from statekit.scripts import CHECKPOINT_SCRIPTS, CORRUPT_PREFIX  # noqa: E402
 from statekit.store.blocking import _Wire, drive  # noqa: E402
-from statekit.store.core import _CONNECTION_ERRORS, _SCRIPT_SUFFIX  # noqa: E402
+from statekit.store.core import _CONNECTION_ERRORS, _SCRIPT_SUFFIX, Dictionaries  # noqa: E402
 
 __all__ = ["CheckpointPruned", "StatekitSaver", "ThreadPolicy"]
 
@@ -227,7 +229,9 @@ class StatekitSaver(BaseCheckpointSaver[str]):
     or from clients: `client` (blocking, for `put`/`get_tuple`/...) and/or `aclient`
     (asyncio, for `aput`/`aget_tuple`/...). A saver made from a URL makes each client when
     first needed (an asyncio client per event loop) and closes them in `close()` /
-    `await aclose()`.
+    `await aclose()`. With `codec=statekit.codec.Codec()` checkpoints, metadata, channel values
+    and writes are stored zstd-compressed (with the namespace's newest dictionary); every saver
+    reads compressed and uncompressed records alike.
     """
 
     def __init__(
@@ -242,6 +246,7 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         page_size: int = 50,
         url: str | None = None,
         socket_timeout: float = 1.0,
+        codec: Codec | None = None,
     ) -> None:
         super().__init__(serde=serde)
         validate_namespace(namespace)
@@ -263,6 +268,8 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         self.namespace = namespace
         self.policy = policy
         self.page_size = page_size
+        self.codec = PLAIN if codec is None else codec
+        self._dicts = Dictionaries(namespace, self.codec)
         self.url = url
         self._socket_timeout = socket_timeout  # of the clients made from `url`
         self._client = client
@@ -287,6 +294,7 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         keep_last: int | None = None,
         serde: Any = None,
         socket_timeout: float = 1.0,
+        codec: Codec | None = None,
     ) -> StatekitSaver:
         """A saver for `url` (every form `statekit.connect` takes). The URL is checked now;
         the clients are made when first used. A private `fakeredis://` becomes one embedded
@@ -295,7 +303,13 @@ class StatekitSaver(BaseCheckpointSaver[str]):
             url = f"fakeredis://statekit-saver-{uuid.uuid4().hex}"
         connect(url, socket_timeout=socket_timeout).close()  # validates the URL (lazy: no connection yet)
         return cls(
-            namespace=namespace, policy=policy, keep_last=keep_last, serde=serde, url=url, socket_timeout=socket_timeout
+            namespace=namespace,
+            policy=policy,
+            keep_last=keep_last,
+            serde=serde,
+            url=url,
+            socket_timeout=socket_timeout,
+            codec=codec,
         )
 
     # -- clients --------------------------------------------------------------------------
@@ -450,6 +464,17 @@ class StatekitSaver(BaseCheckpointSaver[str]):
     def _put_steps(
         self, config: Any, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
     ) -> Steps:
+        if self._dicts.stale():  # look up the namespace's newest dictionary first (one GET)
+            return self._refreshed(self._put_now, config, checkpoint, metadata, new_versions)
+        return self._put_now(config, checkpoint, metadata, new_versions)
+
+    def _refreshed(self, make: Any, *args: Any) -> Steps:
+        yield from self._dicts.refresh()
+        return (yield from make(*args))
+
+    def _put_now(
+        self, config: Any, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
+    ) -> Steps:
         conf = config["configurable"]
         thread = str(conf["thread_id"])
         keys = self.keys(thread)
@@ -459,7 +484,7 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         saved = dict(checkpoint)
         values = saved.pop("channel_values", {}) or {}
         meta = get_checkpoint_metadata(config, metadata)
-        record = ormsgpack.packb([*self.serde.dumps_typed(saved), *self.serde.dumps_typed(meta), parent])
+        record = self._pack([*self.serde.dumps_typed(saved), *self.serde.dumps_typed(meta), parent])
         versions = {
             _token(ch, "channel"): _token(v, "channel version") for ch, v in checkpoint["channel_versions"].items()
         }
@@ -472,7 +497,7 @@ class StatekitSaver(BaseCheckpointSaver[str]):
             if versions.get(channel) != version:
                 continue  # a value no checkpoint references would only wait for the TTL
             typed = self.serde.dumps_typed(values[channel]) if channel in values else ("empty", b"")
-            blobs += [f"{channel}\0{version}", ormsgpack.packb(list(typed))]
+            blobs += [f"{channel}\0{version}", self._pack(list(typed))]
         size = len(record) + len(refs) + sum(len(b) for b in blobs[1::2])
         cap = self.policy.max_bytes
         if size > cap:  # over the cap on its own: nothing sent
@@ -506,6 +531,11 @@ class StatekitSaver(BaseCheckpointSaver[str]):
     # -- put_writes -------------------------------------------------------------------------
 
     def _writes_steps(self, config: Any, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str) -> Steps:
+        if self._dicts.stale():
+            return self._refreshed(self._writes_now, config, writes, task_id, task_path)
+        return self._writes_now(config, writes, task_id, task_path)
+
+    def _writes_now(self, config: Any, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str) -> Steps:
         conf = config["configurable"]
         thread = str(conf["thread_id"])
         keys = self.keys(thread)
@@ -519,7 +549,7 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         stored: dict[int, int] = {}  # what the batch stores per idx (a special one may repeat)
         for idx, (channel, value) in enumerate(writes):
             widx = WRITES_IDX_MAP.get(channel, idx)
-            record = ormsgpack.packb([task, channel, *self.serde.dumps_typed(value), task_path, widx])
+            record = self._pack([task, channel, *self.serde.dumps_typed(value), task_path, widx])
             groups += [task, str(widx), record]
             if upsert or widx not in stored:
                 stored[widx] = len(record)
@@ -554,12 +584,23 @@ class StatekitSaver(BaseCheckpointSaver[str]):
 
     # -- reads ----------------------------------------------------------------------------
 
+    def _pack(self, value: Any) -> bytes:
+        """A record as stored: msgpack, or a bare zstd frame of it when that pays (msgpack
+        never starts with zstd's magic, so either reads back)."""
+        packed = ormsgpack.packb(value)
+        return self.codec.frame(packed, self._dicts.dict_id) or packed
+
+    def _unpack(self, raw: bytes, thread: str) -> Any:
+        if _codec.is_frame(raw):
+            raw = _codec.decompress(raw, f"thread {thread!r}")
+        return ormsgpack.unpackb(raw)
+
     def _tuple(self, thread: str, entry: list[Any]) -> CheckpointTuple:
         """A CheckpointTuple from a script's {member, record, refs, blobs, writes}."""
         member, record, refs, blobs, writes = entry
         _, ns, cid = member.decode().split("\0")
         try:
-            ctype, cbytes, mtype, mbytes, parent = ormsgpack.unpackb(record)
+            ctype, cbytes, mtype, mbytes, parent = self._unpack(record, thread)
         except (ValueError, TypeError) as exc:  # ormsgpack's decode error is a ValueError
             raise CorruptStateError(f"thread {thread!r}: checkpoint {cid} cannot be read ({exc})") from None
         checkpoint = self.serde.loads_typed((ctype, cbytes))
@@ -568,11 +609,11 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         for channel, blob in zip(tokens[1::2], blobs, strict=False):
             if blob is None:
                 continue
-            vtype, vbytes = ormsgpack.unpackb(blob)
+            vtype, vbytes = self._unpack(blob, thread)
             if vtype != "empty":
                 values[channel] = self.serde.loads_typed((vtype, vbytes))
         unpacked = sorted(
-            (ormsgpack.unpackb(w) for w in writes if w is not None),
+            (self._unpack(w, thread) for w in writes if w is not None),
             key=lambda w: writes_sort_key(w[4], w[0], w[5]),
         )
         config = {"configurable": {"thread_id": thread, "checkpoint_ns": ns, "checkpoint_id": cid}}
@@ -596,7 +637,7 @@ class StatekitSaver(BaseCheckpointSaver[str]):
         entry = yield ("evalsha", _S["checkpoint_get"], keys, [ns, cid, root])
         if entry and len(entry) == 2 and entry[0] == b"pruned":
             raise CheckpointPruned(thread, ns, cid, entry[1].decode())
-        return None if not entry else self._tuple(thread, entry)
+        return None if not entry else (yield from self._dicts.decoding(self._tuple, thread, entry))
 
     def get_tuple(self, config: Any) -> CheckpointTuple | None:
         """The checkpoint `config` names (or the thread's newest in its namespace), with its
@@ -630,7 +671,7 @@ class StatekitSaver(BaseCheckpointSaver[str]):
                 reply = yield ("evalsha", _S["checkpoint_list"], keys, [high, low, self.page_size, before_id])
                 last, scanned, entries = reply[0], reply[1], reply[2:]
                 for entry in entries:
-                    tup = self._tuple(thread, entry)
+                    tup = yield from self._dicts.decoding(self._tuple, thread, entry)
                     if only and tup.config["configurable"]["checkpoint_id"] != only:
                         continue
                     if filter and not all(tup.metadata.get(k) == v for k, v in filter.items()):
@@ -774,7 +815,8 @@ class StatekitSaver(BaseCheckpointSaver[str]):
             wire = self._sync_wire()
             found = drive(_scan_steps(f"{thread_pattern(self.namespace)[:-3]}:*"), wire)
             client = wire.client
-            return [k.decode() for k in found if client.pttl(k) == -1]
+            dictionaries = f"{self.namespace}:dict:".encode()  # no TTL by design (statekit.store.dictionaries)
+            return [k.decode() for k in found if not k.startswith(dictionaries) and client.pttl(k) == -1]
 
     def footprint(self, thread_id: str) -> dict[str, Any]:
         """What a thread holds now: checkpoints, pending writes, channel values, the payload

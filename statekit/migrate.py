@@ -22,7 +22,7 @@ from typing import Any
 
 from statekit import codec
 from statekit.errors import CorruptStateError, StatekitError, UnknownVersionError
-from statekit.keys import key_pattern, sibling_key
+from statekit.keys import dictionary_key, key_pattern, sibling_key
 from statekit.scripts import SCRIPTS
 
 __all__ = [
@@ -341,6 +341,18 @@ def _save_checkpoint(path: Path, report: MigrationReport, namespace: str) -> Non
         raise MigrationError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
 
 
+def _unpack(client: Any, migrations: Migrations, raw: bytes, key: str) -> tuple[int, Any]:
+    """`migrations.unpack`, fetching from Redis (once per process) a zstd dictionary the blob names."""
+    try:
+        return migrations.unpack(raw, key)
+    except codec.MissingDictionary as missing:
+        namespace = key.split(":{", 1)[0]
+        data = client.get(dictionary_key(namespace, missing.dict_id))
+        if not data or codec.register(data) != missing.dict_id:
+            raise codec.MissingDictionary(missing.dict_id, key, asked_redis=True) from None
+        return migrations.unpack(raw, key)
+
+
 def _migrate_batch(
     walker: Any,
     node: str,
@@ -366,7 +378,7 @@ def _migrate_batch(
             continue  # expired or deleted since SCAN saw it
         report.scanned += 1
         try:
-            version, data = migrations.unpack(raw, key)
+            version, data = _unpack(walker.client, migrations, raw, key)
             report.by_source_version[str(version)] = report.by_source_version.get(str(version), 0) + 1
             if version == migrations.current:
                 report.current += 1
@@ -422,7 +434,7 @@ def readable_by(
             try:
                 if isinstance(raw, Exception):
                     raise CorruptStateError(f"{name}: {raw}")
-                version, data = unpacker.unpack(raw, name)
+                version, data = _unpack(client, unpacker, raw, name)
                 if migrations is not None:
                     data = migrations.upgrade(data, version, name)
                 model.model_validate(data)

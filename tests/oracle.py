@@ -220,6 +220,8 @@ def capacity(p: dict[str, Any], pol: dict[str, Any], review: dict[str, Any]) -> 
         ),
         "lifecycle.capacity.node_maxmemory_bytes": NODE_MAXMEMORY,
         "lifecycle.capacity.usable_fraction": USABLE,
+        # the profile's own: raw over stored bytes (1, uncompressed, unless it says otherwise)
+        "lifecycle.capacity.compression_ratio": float(p["turns"].get("compression_ratio", 1.0)),
     }
     if math.ceil(t["new_sessions_per_day"] * 14) >= daily:  # the day's sessions have ramped up by day 14
         # one steady state: the growth chart levels where the capacity plan does

@@ -15,6 +15,7 @@ CONDA_NAMES = {
     "fakeredis[lua]": ["fakeredis", "lupa"],
     "prometheus-client": ["prometheus_client"],
     "mkdocstrings[python]": ["mkdocstrings", "mkdocstrings-python"],
+    "psycopg[binary]": ["psycopg"],
 }
 
 

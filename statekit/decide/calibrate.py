@@ -303,7 +303,16 @@ def compare(
         "min",
         "first write to last write of finished sessions",
     )
-    rows += [turns, bytes_row, minutes]
+    ratio_row = _row(
+        "turns.compression_ratio",
+        "compression ratio",
+        t.compression_ratio,
+        est.get("compression_ratio"),
+        tolerance,
+        "x",
+        "raw over stored bytes of each sampled session's newest record (1: stored uncompressed)",
+    )
+    rows += [turns, bytes_row, minutes, ratio_row]
     rate = est.get("new_sessions_per_s")
     daily = (
         None
@@ -488,6 +497,9 @@ def compare(
         if t.tokens_per_turn:  # bytes per token is the language's: tokens follow bytes
             data["turns"]["tokens_per_turn"] = max(1, round(t.tokens_per_turn * new / t.bytes_per_turn))
         data["turns"]["bytes_per_turn"] = new
+    if ratio_row.flagged:
+        ratio_row.applied = True
+        data["turns"]["compression_ratio"] = min(20.0, max(1.0, round(ratio_row.measured.value, 2)))  # type: ignore[union-attr]
     if minutes.flagged:
         minutes.applied = True
         # rounded to a tenth of a minute, and never to 0 (a profile's sessions last some time)

@@ -48,6 +48,13 @@ class Turns(_Model):
     per_session: int = Field(ge=1, description="turns (messages, steps, events) in a typical session")
     bytes_per_turn: int = Field(gt=0, description="bytes of one turn's text as the service stores it")
     tokens_per_turn: int = Field(ge=0, description="model tokens of one turn (0 when no model reads it)")
+    compression_ratio: float = Field(
+        1.0,
+        ge=1.0,
+        le=20.0,
+        description="raw bytes over stored bytes of a record with a compressing codec (1: uncompressed); "
+        "statekit dict train and statekit calibrate measure it",
+    )
 
 
 class Client(_Model):
@@ -256,6 +263,7 @@ turns:
   per_session: 10                    # turns (messages, steps, events) in a typical session
   bytes_per_turn: 600                # bytes of one turn's text as the service stores it
   tokens_per_turn: 150               # model tokens of one turn (0 when no model reads it)
+  compression_ratio: 1.0             # raw over stored bytes with statekit.codec.Codec (1: uncompressed)
 client:
   can_send_full_context: false       # can the caller resend the whole history with each request?
   max_request_bytes: 16384           # largest request body the caller or channel accepts

@@ -22,6 +22,7 @@ from typing import Any
 
 from statekit import codec
 from statekit.backends import backend_kind
+from statekit.codec import Codec
 from statekit.errors import NeedsRealRedis
 from statekit.keys import key_name_bytes, session_keys
 from statekit.lifecycle import ExtractiveSummarizer, LifecyclePolicy, truncate_utf8
@@ -222,6 +223,14 @@ def _summary_length(policy: LifecyclePolicy, folded: list[dict[str, str]], summa
     return policy.summary_max_bytes  # an unknown summarizer: assume it uses its whole budget
 
 
+def compressed(length: int, ratio: float, envelope: int = 1) -> int:
+    """Stored bytes of a value of `length` raw bytes (its envelope included) under a codec that
+    compresses `ratio` times: raw below `codec.MIN_BYTES` or when that does not pay."""
+    if ratio <= 1.0 or length - envelope < codec.MIN_BYTES:
+        return length
+    return min(length, envelope + math.ceil((length - envelope) / ratio))
+
+
 def session_bytes_unbounded(turns: int, turn_bytes: int, namespace: str = "sk", session_id_bytes: int = 10) -> int:
     """Memory of one session kept the naive way: every turn RPUSHed to one list, no window,
     no summary, no TTL."""
@@ -244,6 +253,8 @@ def estimate_memory(
     cluster: bool = False,
     clients: int = 1,
     baseline: int = BASELINE_USED_MEMORY,
+    compression_ratio: float = 1.0,
+    session_turns: list[dict[str, Any]] | None = None,
 ) -> MemoryEstimate:
     """Model the used_memory of `sessions` sessions written through SessionStore with `policy`.
 
@@ -254,11 +265,22 @@ def estimate_memory(
     its budget). `session_id_bytes` is the length of a session id (10 for `s-00000001`, 36
     for a UUID). `cluster=True` models Redis Cluster's larger dict entries (per node).
     `clients` is the number of connections to the server (each holds its own buffers).
+    `compression_ratio` is a compressing codec's raw bytes over stored bytes (`statekit dict
+    train` and `statekit calibrate` measure it; 1: stored uncompressed): records, the summary
+    and the state of at least `codec.MIN_BYTES` are stored that many times smaller.
+    `session_turns`, when given, are the turns of a session (`turns_per_session` of them,
+    cycled) in place of synthetic turns of `turn_bytes`.
     """
     if sessions < 0 or turns_per_session < 0 or turn_bytes < 0 or state_bytes < 0:
         raise ValueError("sessions, turns_per_session, turn_bytes and state_bytes must be >= 0")
-    turns = [synthetic_turn(i, turn_bytes) for i in range(turns_per_session)]
-    records = [_TURN_ID_BYTES + 1 + len(codec.encode(t)) for t in turns]
+    if not compression_ratio >= 1.0:
+        raise ValueError(f"compression_ratio is raw over stored bytes, at least 1.0, got {compression_ratio!r}")
+    if session_turns:
+        turns = [session_turns[i % len(session_turns)] for i in range(turns_per_session)]
+    else:
+        turns = [synthetic_turn(i, turn_bytes) for i in range(turns_per_session)]
+    records = [_TURN_ID_BYTES + 1 + compressed(len(codec.encode(t)), compression_ratio) for t in turns]
+    state_bytes = compressed(state_bytes, compression_ratio) if state_bytes else 0
 
     # Replay the store's scripts: push, then fold (park mode) or pop (drop mode).
     ql, folded, in_log = _Quicklist(), [], []
@@ -276,6 +298,7 @@ def estimate_memory(
             del in_log[:parked]
             folds += 1
     summary_len = _summary_length(policy, folded, summary_bytes)
+    summary_len = compressed(summary_len, compression_ratio, envelope=0) if summary_len else 0
 
     stored = sum(records[j] for j in in_log) + summary_len + state_bytes
     meta_fields = {"v": str(turns_per_session + folds + (1 if state_bytes else 0)), "b": str(stored)}
@@ -439,9 +462,15 @@ def measure(
     namespace: str = "sk",
     threads: int = 4,
     progress: Callable[[int], None] | None = None,
+    codec_: Codec | None = None,
+    session_turns: list[dict[str, Any]] | None = None,
 ) -> Measurement:
     """Write `sessions` synthetic sessions through SessionStore into an empty real Redis and
     compare `INFO memory` used_memory with `estimate_memory` for the same sessions.
+
+    `session_turns` are written in place of synthetic turns (cycled to `turns_per_session`);
+    with a compressing `codec_`, the model is given the ratio measured on those turns (raw
+    over stored bytes of their records), as `statekit calibrate` measures it on a namespace.
 
     The database must be empty (the model's baseline is an empty server). Raises
     `NeedsRealRedis` on fakeredis, which has no INFO memory to measure.
@@ -460,10 +489,16 @@ def measure(
         )
     if client.dbsize():
         raise ValueError("measure() needs an empty database: the model's baseline is an empty server")
-    store = SessionStore(client, policy, namespace=namespace)
+    store = SessionStore(client, policy, namespace=namespace, codec=codec_)
     before = _used_memory(client)
     threads = max(1, min(threads, sessions))
-    turns = [synthetic_turn(i, turn_bytes) for i in range(turns_per_session)]
+    if session_turns:
+        turns = [session_turns[i % len(session_turns)] for i in range(turns_per_session)]
+    else:
+        turns = [synthetic_turn(i, turn_bytes) for i in range(turns_per_session)]
+    ratio = 1.0
+    if codec_ is not None and codec_.compress:
+        ratio = sum(len(codec.encode(t)) for t in turns) / sum(len(codec_.encode(t)) for t in turns)
     state = {"blob": "s" * max(0, state_bytes - len(codec.encode({"blob": ""})))} if state_bytes else None
     width = 10
     start = time.perf_counter()
@@ -488,6 +523,8 @@ def measure(
         sessions,
         turns_per_session,
         turn_bytes,
+        compression_ratio=ratio,
+        session_turns=session_turns,
         state_bytes=real_state,
         namespace=namespace,
         session_id_bytes=width,
@@ -524,7 +561,8 @@ def plan_capacity(
         profile.traffic.peak_concurrent_sessions, session_s, policy.ttl_seconds, profile.traffic.new_sessions_per_day
     )
     active = max(daily, at_peak)
-    e = estimate_memory(policy, active, t.per_session, t.bytes_per_turn, session_id_bytes=36)
+    ratio = getattr(t, "compression_ratio", 1.0)
+    e = estimate_memory(policy, active, t.per_session, t.bytes_per_turn, session_id_bytes=36, compression_ratio=ratio)
     week = math.ceil(profile.traffic.new_sessions_per_day * 7)
     unbounded_week = e.baseline + week * e.unbounded_per_session + _table(week)
     days_growth = growth_over_days(
@@ -536,8 +574,11 @@ def plan_capacity(
         days,
         floor_sessions=active,
         session_id_bytes=36,
+        compression_ratio=ratio,
     )
-    long_session = growth_over_turns(policy, max(4 * t.per_session, 50), t.bytes_per_turn, session_id_bytes=36)
+    long_session = growth_over_turns(
+        policy, max(4 * t.per_session, 50), t.bytes_per_turn, session_id_bytes=36, compression_ratio=ratio
+    )
     return {
         "active_sessions": active,
         "daily_held_sessions": daily,
@@ -548,6 +589,7 @@ def plan_capacity(
             "seconds_held": session_s + policy.ttl_seconds,
             "peak_arrivals_per_second": profile.traffic.peak_concurrent_sessions / session_s,
         },
+        "compression_ratio": ratio,
         "per_session_bytes": e.per_session,
         "per_session_breakdown": e.breakdown,
         "stored_bytes_per_session": e.stored_bytes,
@@ -567,6 +609,7 @@ def plan_capacity(
             t.bytes_per_turn,
             node_maxmemory_bytes=node_maxmemory_bytes,
             usable_fraction=usable_fraction,
+            compression_ratio=ratio,
         ),
     }
 
@@ -678,6 +721,7 @@ def plan_cluster(
     usable_fraction: float = 0.75,
     session_id_bytes: int = 36,
     baseline: int = BASELINE_USED_MEMORY,
+    compression_ratio: float = 1.0,
 ) -> dict[str, Any]:
     """Memory per shard of a Redis Cluster holding `sessions` sessions, with its slot balance.
 
@@ -691,7 +735,14 @@ def plan_cluster(
     if sessions < 0:
         raise ValueError("sessions must be >= 0")
     one = estimate_memory(
-        policy, 1, turns_per_session, turn_bytes, cluster=True, session_id_bytes=session_id_bytes, baseline=baseline
+        policy,
+        1,
+        turns_per_session,
+        turn_bytes,
+        cluster=True,
+        session_id_bytes=session_id_bytes,
+        baseline=baseline,
+        compression_ratio=compression_ratio,
     )
     budget = usable_fraction * node_maxmemory_bytes
 

@@ -18,6 +18,7 @@ Comparing the figures with a profile is a decision: `statekit.decide.calibrate`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -28,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from statekit import codec
 from statekit.errors import AccessDenied, CorruptStateError, InvalidInput, NeedsRealRedis, classify_reply
 from statekit.keys import key_pattern, session_id_of, session_keys, validate_namespace, validate_session_id
 from statekit.observe.metrics import percentile
@@ -241,6 +243,8 @@ class SessionSample:
     log_records: int
     record_overhead: int  # turn id and separator of the newest record
     schema_version: str  # of the structured state: "v3", "unversioned", "none"
+    newest_stored: int = 0  # bytes of the newest record's encoded turn, as stored
+    newest_raw: int = 0  # the same turn's bytes uncompressed (raw envelope); 0 when unreadable
 
     @property
     def turn_bytes(self) -> int:
@@ -300,14 +304,25 @@ def _meta_fields(v: Any, fv: Any, sv: Any, b: Any, c: Any) -> tuple[int, int, in
     return max(0, version - folds - states), stored, created  # type: ignore[operator]
 
 
-def _schema_version(raw: Any) -> str:
+def _unpacked(client: Any, namespace: str, raw: bytes, key: str) -> bytes:
+    """The orjson bytes in an envelope, fetching the namespace's dictionary it names once."""
+    from statekit.store import dictionaries
+
+    try:
+        return codec.unpack(raw, key)
+    except codec.MissingDictionary as missing:
+        dictionaries.load(client, namespace, missing.dict_id)
+        return codec.unpack(raw, key)
+
+
+def _schema_version(raw: Any, client: Any = None, namespace: str = "") -> str:
     if raw is None:
         return "none"
     if isinstance(raw, Exception):
         return "unreadable"
     try:
-        value = orjson.loads(raw[1:]) if raw[:1] == b"\x01" else None
-    except orjson.JSONDecodeError:
+        value = orjson.loads(_unpacked(client, namespace, raw, "state")) if raw[:1] in (b"\x01", b"\x02") else None
+    except (orjson.JSONDecodeError, CorruptStateError):
         return "unreadable"
     if isinstance(value, dict) and set(value) == {"_v", "data"}:
         return f"v{value['_v']}"
@@ -355,6 +370,11 @@ def read_sessions(
                     continue
                 turns, stored, created = fields
                 newest = r[5] or b""
+                cut = newest.find(SEP)
+                newest_raw = 0
+                if cut >= 0:
+                    with contextlib.suppress(CorruptStateError):  # unreadable: no ratio from this session
+                        newest_raw = 1 + len(_unpacked(walker.client, namespace, newest[cut + 1 :], "record"))
                 out[sid] = SessionSample(
                     session=sid,
                     turns=turns,
@@ -365,7 +385,9 @@ def read_sessions(
                     state_bytes=int(r[3]),
                     log_records=int(r[4]),
                     record_overhead=(newest.index(SEP) + 1) if SEP in newest else 0,
-                    schema_version=_schema_version(r[6]),
+                    schema_version=_schema_version(r[6], walker.client, namespace),
+                    newest_stored=len(newest) - cut - 1 if cut >= 0 else 0,
+                    newest_raw=newest_raw,
                 )
     return out, trips, bad
 
@@ -539,7 +561,20 @@ def measure(
     if (e := mean_estimate([d / 60 for d in durations], finished_population, floor=0.0)) is not None:
         m.estimates["session_minutes"] = e
     with_turns = [s for s in rows if s.log_records > 0]
+    readable = [s for s in with_turns if s.newest_raw and s.newest_stored]
+    ratio = ratio_estimate([s.newest_raw for s in readable], [s.newest_stored for s in readable])
+    if ratio is not None:
+        m.estimates["compression_ratio"] = ratio
     if (e := ratio_estimate([s.turn_bytes for s in with_turns], [s.log_records for s in with_turns])) is not None:
+        if ratio is not None and ratio.value > 1.0:  # a turn's bytes as the service writes them, before compression
+            e = Estimate(
+                e.value * ratio.value,
+                e.low * ratio.low,
+                e.high * ratio.high,
+                e.n,
+                e.method + ", times the compression ratio",
+                e.exact and ratio.exact,
+            )
         m.estimates["bytes_per_turn"] = e
     summaries = [s.summary_bytes for s in rows if s.summary_bytes > 0]
     if (

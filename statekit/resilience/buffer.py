@@ -127,7 +127,10 @@ class DurableBuffer:
         or anything in a forked child). Raises `_DurableError` when the file refuses it."""
         if item.kind == "state" or self.detached or self._closed:
             return None
-        turn = orjson.dumps(dict(item.turn)) if item.turn is not None and item.record is None else None
+        # a compressed record may name a dictionary that a restarted process has not met yet (and
+        # cannot fetch before replaying): its turn is kept beside it, as JSON, to read it back by
+        compressed = item.record is not None and item.record[item.record.index(b"\x1f") + 1 :][:1] != b"\x01"
+        turn = orjson.dumps(dict(item.turn)) if item.turn is not None and (item.record is None or compressed) else None
         try:
             with self._lock:
                 cursor = self._db.execute(
@@ -173,10 +176,10 @@ class DurableBuffer:
             if kind == "append":
                 if not isinstance(tid, str):
                     raise ValueError("an append without its turn id")
-                if record is not None:
-                    body = SessionStore.record_turn(bytes(record))
-                elif turn is not None:
+                if turn is not None:
                     body = orjson.loads(turn)
+                elif record is not None:
+                    body = SessionStore.record_turn(bytes(record))
                 else:
                     raise ValueError("an append without its turn")
                 if not isinstance(body, dict):

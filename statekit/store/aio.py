@@ -136,6 +136,10 @@ class _AsyncWire:
         self.count(len(keys))
         return [await self.client.type(key) for key in keys]
 
+    async def get(self, key: str) -> bytes | None:
+        self.count(1)
+        return await self.client.get(key)
+
     async def delete(self, keys: list[str]) -> int:
         self.count(1)
         return int(await self.client.delete(*keys))

@@ -160,6 +160,10 @@ class _Wire:
         self.count(len(keys))
         return [self.client.type(key) for key in keys]
 
+    def get(self, key: str) -> bytes | None:
+        self.count(1)
+        return self.client.get(key)
+
     def delete(self, keys: list[str]) -> int:
         self.count(1)
         return int(self.client.delete(*keys))
@@ -208,7 +212,8 @@ class SessionStore(StoreCore):
     `policy.fold_batch` evictions. Connection errors
     and timeouts surface as `StoreUnavailable`; wrap the store in `ResilientStore` to
     degrade instead. For asyncio services, `statekit.aio.AsyncSessionStore` has the same
-    methods, awaitable.
+    methods, awaitable. `codec=statekit.codec.Codec()` stores turns, the summary and the state
+    zstd-compressed (the byte cap counts stored bytes); every store reads both.
     """
 
     def _make_wire(self, client: Any) -> _Wire:

@@ -40,6 +40,7 @@ import redis
 
 from statekit import codec
 from statekit.backends import connection_hint
+from statekit.codec import PLAIN, Codec, MissingDictionary
 from statekit.errors import (
     ConflictError,
     CorruptStateError,
@@ -48,14 +49,14 @@ from statekit.errors import (
     StoreUnavailable,
     classify_reply,
 )
-from statekit.keys import session_keys, valid_id, validate_namespace
+from statekit.keys import dictionary_key, newest_dictionary_key, session_keys, valid_id, validate_namespace
 from statekit.lifecycle import LifecyclePolicy, truncate_utf8
 from statekit.scripts import CORRUPT_PREFIX, SCRIPTS
 
 if TYPE_CHECKING:
     from statekit.migrate import Migrations
 
-__all__ = ["StoreCore", "Context", "StoreListener", "Step", "Steps", "session_keys", "validate_turn_id"]
+__all__ = ["StoreCore", "Dictionaries", "Context", "StoreListener", "Step", "Steps", "session_keys", "validate_turn_id"]
 
 T = TypeVar("T")
 #: One step of an operation: the name of a wire method and its arguments.
@@ -103,6 +104,67 @@ class _TurnIds:
 
 _new_turn_id = _TurnIds()
 os.register_at_fork(after_in_child=_new_turn_id._renew)
+
+
+class Dictionaries:
+    """Which zstd dictionary a namespace's writes use, and fetching the ones its records name.
+
+    Writes use the namespace's newest dictionary, looked up on the first write and then every
+    `codec.refresh_s` seconds (one GET). A record naming a dictionary this process lacks costs
+    one GET the first time (the dictionary is then registered for the process's lifetime);
+    when Redis lacks it too, the read raises `MissingDictionary` naming it, and nothing changes.
+    """
+
+    def __init__(self, namespace: str, codec_: Codec) -> None:
+        self.namespace = namespace
+        self.codec = codec_
+        self.dict_id = 0  # the dictionary writes use (0: none)
+        self.checked = float("-inf")  # when the newest dictionary was last looked up
+
+    def stale(self) -> bool:
+        """Should the next write look up the namespace's newest dictionary first?"""
+        return self.codec.dictionaries and time.monotonic() - self.checked > self.codec.refresh_s
+
+    def refresh(self) -> Steps[None]:
+        """Look up the namespace's newest dictionary (one GET; one more the first time this
+        process meets it): writes use it from now on."""
+        pointer = newest_dictionary_key(self.namespace)
+        newest = yield ("get", pointer)
+        dict_id = _int(newest, pointer, "value") if newest else 0
+        if dict_id and not codec.registered(dict_id):
+            try:
+                yield from self.fetch(dict_id, pointer)
+            except CorruptStateError as exc:  # the pointer names a missing dictionary: write without one
+                log.warning("namespace %r: %s; writing without a dictionary", self.namespace, exc)
+                dict_id = 0
+        self.dict_id = dict_id
+        self.checked = time.monotonic()
+
+    def fetch(self, dict_id: int, key: str) -> Steps[None]:
+        """Fetch dictionary `dict_id` from Redis and register it in this process;
+        `MissingDictionary` naming it (and `key`) when Redis does not have it."""
+        where = dictionary_key(self.namespace, dict_id)
+        data = yield ("get", where)
+        if not data:
+            raise MissingDictionary(dict_id, key, asked_redis=True)
+        try:
+            found = codec.register(data)
+        except CorruptStateError as exc:
+            raise CorruptStateError(f"{where}: {exc}; a record of {key} needs it, and was left as is") from None
+        if found != dict_id:
+            raise CorruptStateError(f"{where} holds dictionary {found}, not {dict_id}; {key} was left as is")
+
+    def decoding(self, fn: Callable[..., T], *args: Any) -> Steps[T]:
+        """`fn(*args)`, after fetching each dictionary it names that this process lacks."""
+        seen: set[int] = set()
+        while True:
+            try:
+                return fn(*args)
+            except MissingDictionary as missing:
+                if missing.dict_id in seen:
+                    raise
+                seen.add(missing.dict_id)
+                yield from self.fetch(missing.dict_id, missing.key)
 
 
 class CallerRaised(Exception):
@@ -205,8 +267,11 @@ class StoreCore:
         listeners: Iterable[StoreListener] = (),
         max_update_retries: int = 16,
         migrations: Migrations | None = None,
+        codec: Codec | None = None,
     ) -> None:
         validate_namespace(namespace)
+        self.codec = PLAIN if codec is None else codec
+        self._dicts = Dictionaries(namespace, self.codec)
         self.client = client
         self.policy = policy or LifecyclePolicy()
         self.namespace = namespace
@@ -240,6 +305,7 @@ class StoreCore:
             listeners=self.listeners,
             max_update_retries=self.max_update_retries,
             migrations=self.migrations,
+            codec=self.codec,
         )
 
     # -- plumbing -------------------------------------------------------------------------
@@ -316,10 +382,14 @@ class StoreCore:
         try:
             for record in records:
                 cut = record.index(SEP)
-                if record[cut + 1 : cut + 2] != codec.FORMAT_ORJSON:
+                head = record[cut + 1 : cut + 2]
+                if head == codec.FORMAT_ORJSON:
+                    turns.append(orjson.loads(record[cut + 2 :]))
+                elif head == codec.FORMAT_ZSTD:  # MissingDictionary goes up: the store fetches it
+                    turns.append(orjson.loads(codec.decompress(record[cut + 2 :], key)))
+                else:
                     raise ValueError
                 ids.append(record[:cut].decode())
-                turns.append(orjson.loads(record[cut + 2 :]))
         except (ValueError, orjson.JSONDecodeError):
             pairs = [StoreCore._split(r, key) for r in records]  # raises CorruptStateError with the detail
             return [i for i, _ in pairs], [t for _, t in pairs]
@@ -351,7 +421,7 @@ class StoreCore:
                 f"a turn is a mapping such as {{'role': ..., 'content': ...}}, got {type(turn).__name__}"
             )
         turn_id = _new_turn_id() if turn_id is None else validate_turn_id(turn_id)
-        return turn_id, turn_id.encode() + SEP + codec.encode(dict(turn), what="the turn")
+        return turn_id, turn_id.encode() + SEP + self.codec.encode(dict(turn), "the turn", self._dicts.dict_id)
 
     def _check_record(self, session_id: str, record: bytes) -> None:
         cap = self.policy.max_bytes
@@ -362,12 +432,25 @@ class StoreCore:
     @staticmethod
     def record_turn(record: bytes) -> dict[str, Any]:
         """The turn a record made by `prepare_turn` holds, as a load would return it."""
-        return orjson.loads(record[record.index(SEP) + 2 :])
+        return codec.decode(record[record.index(SEP) + 1 :], "a turn record")
 
     def _append_steps(self, session_id: str, turn: Mapping[str, Any], turn_id: str | None) -> Steps[int]:
         """Check the input now (a bad id or turn raises before any step), then the steps."""
         turn_id, record = self._encode_turn(session_id, turn, turn_id)
+        if self._dicts.stale():
+            return self._refresh_then_append(session_id, turn, turn_id)
         return self._append_record_steps(session_id, turn_id, record)
+
+    def _refresh_then_append(self, session_id: str, turn: Mapping[str, Any], turn_id: str) -> Steps[int]:
+        yield from self._dicts.refresh()
+        _, record = self._encode_turn(session_id, turn, turn_id)
+        return (yield from self._append_record_steps(session_id, turn_id, record))
+
+    def _stored(self, encoded: bytes) -> bytes:
+        """A raw envelope (as `Migrations.dump` writes it) compressed by this store's codec."""
+        if encoded[:1] == codec.FORMAT_ORJSON and self.codec.compress:
+            return self.codec.pack(encoded[1:], self._dicts.dict_id)
+        return encoded
 
     def _append_record_steps(self, session_id: str, turn_id: str, record: bytes) -> Steps[int]:
         p = self.policy
@@ -395,14 +478,15 @@ class StoreCore:
 
     def _fold_parked(self, session_id: str, keys: list[str], reply: list[Any]) -> Steps[int]:
         _status, size, _v, _created, n_parked, fold_version, summary_raw, *parked = reply
-        pairs = [self._split(r, keys[1]) for r in parked]
-        summary = summary_raw.decode("utf-8", errors="replace")
+        pairs = yield from self._dicts.decoding(lambda: [self._split(r, keys[1]) for r in parked])
+        summary = yield from self._dicts.decoding(codec.read_text, summary_raw, keys[2])
         budget = self.policy.summary_max_bytes
         try:
             written = self.policy.summarizer(summary, [t for _, t in pairs], budget)
             if inspect.isawaitable(written):  # an async summarizer (a model call): AsyncSessionStore awaits it
                 written = yield ("await_", written)
             new_summary = truncate_utf8(written, budget)
+            stored_summary = self.codec.text(new_summary, self._dicts.dict_id)
         except InvalidInput:
             raise
         except Exception as exc:  # noqa: BLE001 - a failing summarizer must not fail an append that landed
@@ -414,11 +498,11 @@ class StoreCore:
             "evalsha",
             self._fold,
             keys,
-            [fold_version, len(parked), pairs[0][0], new_summary.encode(), self.policy.ttl_ms],
+            [fold_version, len(parked), pairs[0][0], stored_summary, self.policy.ttl_ms],
         )
         if result[0] == 1:
             self._event("evicted", session_id, turns=len(parked), summarised=True)
-            self._event("summarised", session_id, turns=len(parked), summary_bytes=len(new_summary.encode()))
+            self._event("summarised", session_id, turns=len(parked), summary_bytes=len(stored_summary))
             return result[1]
         return size  # another process folded these turns first
 
@@ -430,11 +514,12 @@ class StoreCore:
         (version, size), records, summary = yield ("read_context", keys)
         if version is None:  # no meta hash: the session is gone (or expiring) as a whole
             return Context(session_id=session_id, summary_label=self.summary_label)
-        ids, turns = self._decode_records(records, keys[1])
+        ids, turns = yield from self._dicts.decoding(self._decode_records, records, keys[1])
+        text = (yield from self._dicts.decoding(codec.read_text, summary, keys[2])) if summary else ""
         cut = max(0, len(turns) - self.policy.window_turns)
         return Context(
             session_id=session_id,
-            summary=summary.decode("utf-8", errors="replace") if summary else "",
+            summary=text,
             turns=turns[cut:],
             pending=turns[:cut],
             turn_ids=ids,
@@ -484,10 +569,12 @@ class StoreCore:
                     raise CallerRaised(exc) from None
             if not isinstance(new, dict):
                 raise InvalidInput(f"update_state's function must return a dict, got {type(new).__name__}")
+            if self._dicts.stale():
+                yield from self._dicts.refresh()
             if self.migrations is not None:
-                encoded = self.migrations.dump(new)
+                encoded = self._stored(self.migrations.dump(new))
             else:
-                encoded = codec.encode(new, what="the session state")
+                encoded = self.codec.encode(new, "the session state", self._dicts.dict_id)
             if len(encoded) > self.policy.max_bytes:  # over the cap on its own: not sent
                 self._event("rejected", session_id, size=len(encoded), cap=self.policy.max_bytes)
                 raise StateTooLarge(session_id, len(encoded), self.policy.max_bytes)
@@ -524,14 +611,14 @@ class StoreCore:
         if not blob:
             return {}
         if self.migrations is None:
-            return codec.decode(blob, keys[3])
-        loaded = self.migrations.load(blob, keys[3])
+            return (yield from self._dicts.decoding(codec.decode, blob, keys[3]))
+        loaded = yield from self._dicts.decoding(self.migrations.load, blob, keys[3])
         if loaded.migrated and write_back:
             written = yield (
                 "evalsha",
                 self._keepttl_cas,
                 [keys[0], keys[3]],
-                [version, self.migrations.dump(loaded.data)],
+                [version, self._stored(self.migrations.dump(loaded.data))],
             )
             self._event(
                 "migrated",
