@@ -678,35 +678,19 @@ def test_retire_with_rewrite_migrates_every_value_to_the_newest_dictionary(clien
 
 
 @pytest.mark.realredis
-def test_bench_compress_runs_small(tmp_path):
+def test_bench_compress_runs_small_without_postgresql(tmp_path):
     """benchmarks/bench_compress.py end to end at a small size (the figures in docs/benchmarks.md
-    come from the full size): every section runs and reports its ratios."""
-    import glob
+    come from the full size): every Redis section runs and reports its ratios. The comparison
+    with AsyncPostgresSaver needs PostgreSQL and the bench extra (`make bench`); here it is left
+    out on purpose (`--no-postgres`), and the report says so."""
     import subprocess
     from pathlib import Path
 
     pytest.importorskip("langgraph")
     root = Path(__file__).resolve().parent.parent
-    postgres = bool(glob.glob("/usr/lib/postgresql/*/bin/initdb")) and _importable("langgraph.checkpoint.postgres")
-    args = [
-        "--sessions",
-        "30",
-        "--threads",
-        "2",
-        "--steps",
-        "3",
-        "--iterations",
-        "30",
-        "--json",
-        str(tmp_path / "b.json"),
-    ]
+    args = ["--sessions", "30", "--threads", "2", "--steps", "3", "--iterations", "30", "--no-postgres"]
     run = subprocess.run(
-        [
-            sys.executable,
-            str(root / "benchmarks" / "bench_compress.py"),
-            *args,
-            *([] if postgres else ["--no-postgres"]),
-        ],
+        [sys.executable, str(root / "benchmarks" / "bench_compress.py"), *args, "--json", str(tmp_path / "b.json")],
         capture_output=True,
         text=True,
         timeout=600,
@@ -716,14 +700,4 @@ def test_bench_compress_runs_small(tmp_path):
     assert set(result["sessions"]) == {"raw", "zstd", "zstd+dict"}
     assert result["ratios"]["session used_memory zstd+dict / raw"] < 1
     assert result["latency"]["load"]["zstd+dict"]["round_trips_per_call"] == 1.0
-    if postgres:
-        assert result["postgres"]["full history"]["on_disk_bytes"] > 0
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
+    assert not result.get("postgres"), "--no-postgres measured PostgreSQL anyway"
