@@ -191,6 +191,15 @@ def _cmd_health(args: argparse.Namespace) -> int:
     return failing
 
 
+def _dictionary_size(text: str) -> int:
+    """A dictionary size for `statekit dict train`: zstd's trainer needs room for its tables, and
+    more than a megabyte buys nothing for records of a few KB (and could exhaust memory)."""
+    value = _positive_int(text)
+    if not 1024 <= value <= 1 << 20:
+        raise argparse.ArgumentTypeError(f"{value} bytes: a dictionary size from 1024 to 1048576")
+    return value
+
+
 def _cmd_dict(args: argparse.Namespace) -> int:
     from statekit.backends import check_reachable, connect
     from statekit.store import dictionaries
@@ -228,13 +237,14 @@ def _cmd_dict(args: argparse.Namespace) -> int:
             newest = " (newest: writers use it)" if row["newest"] else ""
             print(f"{row['id']}: {row['bytes']:,} bytes, named by {row['records']:,} stored values{newest}")
         return 0
+    dictionaries.check_retirable(client, args.namespace, args.id, grace_s=args.grace)
     if args.rewrite:
         counts = dictionaries.rewrite(client, args.namespace, args.id)
         print(
             f"rewrote {counts['rewritten']:,} stored values of {args.namespace!r} that named dictionary {args.id} "
             f"with the newest ({counts['changed']:,} changed meanwhile, {counts['failed']:,} unreadable)"
         )
-    dictionaries.retire(client, args.namespace, args.id)
+    dictionaries.retire(client, args.namespace, args.id, grace_s=args.grace)
     print(f"dictionary {args.id} of {args.namespace!r} retired (no stored value named it)")
     return 0
 
@@ -640,7 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = dct_sub.add_parser("train", help="sample live records (SCAN), train a dictionary, store it as the newest")
     train.add_argument("redis_url", metavar="URL", help="the Redis holding the records")
     train.add_argument("--namespace", required=True, help="the SessionStore (or StatekitSaver) namespace")
-    train.add_argument("--size", type=_positive_int, default=32_768, help="dictionary bytes (default 32768)")
+    train.add_argument("--size", type=_dictionary_size, default=32_768,
+                       help="dictionary bytes, 1024 to 1048576 (default 32768)")  # fmt: skip
     train.add_argument("--sample", type=_positive_int, default=5_000, help="records sampled (default 5000)")
     train.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -656,6 +667,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--rewrite",
         action="store_true",
         help="first write the values that name it again with the newest dictionary (a batch migration)",
+    )
+    ret.add_argument(
+        "--grace",
+        type=_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="refuse until the newest dictionary has been the newest this long (default 600: twice a "
+        "writer's default refresh_s, so no writer still uses the old one)",
     )
     dct.set_defaults(func=_cmd_dict)
 

@@ -31,6 +31,7 @@ thread has its own, and a forked child builds new ones.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 from typing import Any
@@ -160,7 +161,10 @@ def _compressor(level: int, dict_id: int, small: bool = False) -> Any:
     zdict = None
     options: dict[str, Any] = {
         "level": level,
-        "write_checksum": False,
+        # 4 bytes a frame: a frame decoded with a dictionary that is not the one it was written
+        # with (a dictionary key overwritten in Redis, an id reused) fails its checksum and is a
+        # CorruptStateError, never garbage
+        "write_checksum": True,
         "write_content_size": True,
         "write_dict_id": True,
     }
@@ -181,7 +185,7 @@ def _compressor(level: int, dict_id: int, small: bool = False) -> Any:
                 strategy=zstd.STRATEGY_DFAST,
                 write_content_size=1,
                 write_dict_id=1,
-                write_checksum=0,
+                write_checksum=1,
             )
             zdict.precompute_compress(compression_params=params)
             options = {"compression_params": params}
@@ -220,8 +224,11 @@ def dictionary_id(frame: bytes) -> int:
     return int.from_bytes(frame[start : start + size], "little")
 
 
-#: Frames of at most this many bytes (a turn record, a state) are remembered once decoded.
+#: Frames of at most this many bytes (a turn record, a state) are remembered once decoded,
+#: when what they hold (the size a frame's header gives) is at most CACHED_DECODED_BYTES: a small
+#: frame can hold megabytes of repetitive text, and the cache keeps what frames decode to.
 CACHED_FRAME_BYTES = 1024
+CACHED_DECODED_BYTES = 8192
 _cache_entries = 2048
 
 
@@ -234,7 +241,7 @@ _recent = functools.lru_cache(maxsize=_cache_entries)(_decompress_once)
 
 def cache_decoded(entries: int) -> None:
     """Remember the last `entries` small frames decoded in this process (0: none; 2048 by
-    default, a few MB at most).
+    default: at most 2,048 x 8 KB = 16 MB, as only frames that decode to 8 KB or less are kept).
 
     A process that serves a session loads the same window of turns request after request
     (sticky routing keeps a session on one process), and all but the newest are unchanged
@@ -242,7 +249,7 @@ def cache_decoded(entries: int) -> None:
     its dictionary, and a dictionary id names one content, so a remembered frame always decodes
     to the same bytes."""
     global _recent, _cache_entries
-    if not isinstance(entries, int) or entries < 0:
+    if isinstance(entries, bool) or not isinstance(entries, int) or entries < 0:
         raise InvalidInput(f"bad cache size {entries!r}: a whole number of frames, 0 for none")
     _cache_entries = entries
     _recent = functools.lru_cache(maxsize=entries)(_decompress_once)
@@ -251,12 +258,14 @@ def cache_decoded(entries: int) -> None:
 def decompress(frame: bytes, key: str) -> bytes:
     """The bytes a zstd frame holds. `MissingDictionary` when it names a dictionary this process
     does not know; `CorruptStateError` naming `key` for a frame that does not decode."""
-    if _cache_entries and len(frame) <= CACHED_FRAME_BYTES:
+    if _cache_entries and len(frame) <= CACHED_FRAME_BYTES and _small_content(frame):
         try:
             return _recent(frame)
         except (AttributeError, KeyError, IndexError):
             pass  # this thread has no decompressor for it yet, or not a frame: the careful path
         except _zstandard.ZstdError as exc:
+            if dictionary_id(frame) > 0:
+                forget(dictionary_id(frame))  # perhaps a damaged copy: the next read fetches it again
             raise CorruptStateError(f"{key}: corrupt zstd frame ({exc}); the value was left as is") from None
     dict_id = dictionary_id(frame) if len(frame) < 6 or frame[4] & 3 else 0  # most frames name none: no parse
     try:
@@ -270,7 +279,30 @@ def decompress(frame: bytes, key: str) -> bytes:
     try:
         return found.decompress(frame)
     except _zstandard.ZstdError as exc:
+        if dict_id > 0:
+            # the dictionary this process holds may be a damaged copy: the next read fetches it again
+            forget(dict_id)
         raise CorruptStateError(f"{key}: corrupt zstd frame ({exc}); the value was left as is") from None
+
+
+def _small_content(frame: bytes) -> bool:
+    """Does the frame's header say it holds at most CACHED_DECODED_BYTES?"""
+    try:
+        return 0 <= _zstandard.frame_content_size(frame) <= CACHED_DECODED_BYTES
+    except (_zstandard.ZstdError, AttributeError):
+        return False
+
+
+def forget(dict_id: int) -> None:
+    """Drop this process's copy of dictionary `dict_id` (and this thread's decompressor and
+    compressors for it), so that the next record naming it fetches it from Redis again."""
+    with _dict_lock:
+        _dictionaries.pop(dict_id, None)
+    for table in (getattr(_local, "d", None), getattr(_local, "c", None)):
+        if table:
+            for k in [k for k in table if k == dict_id or (isinstance(k, tuple) and k[1] == dict_id)]:
+                del table[k]
+    _recent.cache_clear()
 
 
 # -- the envelope ------------------------------------------------------------------------
@@ -330,12 +362,17 @@ class Codec:
         dictionaries: bool = True,
         refresh_s: float = 300.0,
     ) -> None:
-        if not isinstance(level, int) or not -7 <= level <= 22:
+        if isinstance(level, bool) or not isinstance(level, int) or not -7 <= level <= 22:
             raise InvalidInput(f"bad zstd level {level!r}: an integer from -7 to 22 (3 is zstd's default)")
-        if not isinstance(min_bytes, int) or min_bytes < 0:
+        if isinstance(min_bytes, bool) or not isinstance(min_bytes, int) or min_bytes < 0:
             raise InvalidInput(f"bad min_bytes {min_bytes!r}: a non-negative integer")
-        if refresh_s <= 0:
-            raise InvalidInput(f"bad refresh_s {refresh_s!r}: seconds, more than 0")
+        if (
+            isinstance(refresh_s, bool)
+            or not isinstance(refresh_s, (int, float))
+            or not math.isfinite(refresh_s)
+            or refresh_s <= 0
+        ):
+            raise InvalidInput(f"bad refresh_s {refresh_s!r}: seconds, a finite number more than 0")
         if compress:
             _zstd()  # a codec that cannot compress fails now, naming the extra, not at the first write
         self.compress = bool(compress)

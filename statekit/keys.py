@@ -160,6 +160,18 @@ def newest_dictionary_key(namespace: str) -> str:
     return f"{validate_namespace(namespace)}:dict:newest"
 
 
+def namespace_pattern(namespace: str) -> str:
+    """A SCAN MATCH pattern for every key of `namespace`, its glob characters escaped (so `a*`
+    matches only its own keys, not those of `ab`)."""
+    escaped = _GLOB_SPECIAL.sub(r"\\\1", validate_namespace(namespace))
+    return f"{escaped}:*"
+
+
+def newest_since_key(namespace: str) -> str:
+    """The key holding when (ms, the server's clock) the namespace's newest dictionary became it."""
+    return f"{validate_namespace(namespace)}:dict:since"
+
+
 def dictionary_pattern(namespace: str) -> str:
     """A SCAN MATCH pattern for the dictionaries of `namespace` (and its `newest` pointer)."""
     escaped = _GLOB_SPECIAL.sub(r"\\\1", namespace)

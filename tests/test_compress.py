@@ -359,11 +359,13 @@ def test_retire_refused_while_records_name_it(client):
     with pytest.raises(sk.InvalidInput, match="newest"):
         dictionaries.retire(client, "q", a.dict_id)
     dictionaries.train(client, "q", size=8192, sample=2000, seed=2)
+    with pytest.raises(sk.InvalidInput, match="stopped being the newest 0 s ago"):
+        dictionaries.retire(client, "q", a.dict_id)  # a writer may not have looked up the newer one yet
     with pytest.raises(sk.InvalidInput, match="still named by"):
-        dictionaries.retire(client, "q", a.dict_id)
+        dictionaries.retire(client, "q", a.dict_id, grace_s=0)
     assert client.exists(f"q:dict:{a.dict_id}")
     writer.delete("uses-a")
-    dictionaries.retire(client, "q", a.dict_id)
+    dictionaries.retire(client, "q", a.dict_id, grace_s=0)
     assert not client.exists(f"q:dict:{a.dict_id}")
     assert a.dict_id not in {row["id"] for row in dictionaries.listing(client, "q")}
 
@@ -654,9 +656,12 @@ def test_retire_with_rewrite_migrates_every_value_to_the_newest_dictionary(clien
     reader = StatekitSaver(client, namespace="rw")
     thread = reader.get_tuple({"configurable": {"thread_id": "t"}})
     ctx, ttl = store.load_context("s"), client.pttl("rw:{s}:log")
-    assert main(["dict", "retire", url, str(a.dict_id), "--namespace", "rw"]) == 2
-    capsys.readouterr()
-    assert main(["dict", "retire", url, str(a.dict_id), "--namespace", "rw", "--rewrite"]) == 0
+    assert main(["dict", "retire", url, str(a.dict_id), "--namespace", "rw", "--grace", "0"]) == 2
+    assert "still named by" in capsys.readouterr().err
+    assert main(["dict", "retire", url, str(a.dict_id), "--namespace", "rw", "--rewrite"]) == 2
+    assert "stopped being the newest" in capsys.readouterr().err  # nothing rewritten within the grace
+    assert dictionaries.census(client, "rw") == before
+    assert main(["dict", "retire", url, str(a.dict_id), "--namespace", "rw", "--rewrite", "--grace", "0"]) == 0
     assert "retired" in capsys.readouterr().out
     after = dictionaries.census(client, "rw")
     assert a.dict_id not in after and after[b.dict_id] >= before[a.dict_id]
@@ -701,3 +706,162 @@ def test_bench_compress_runs_small_without_postgresql(tmp_path):
     assert result["ratios"]["session used_memory zstd+dict / raw"] < 1
     assert result["latency"]["load"]["zstd+dict"]["round_trips_per_call"] == 1.0
     assert not result.get("postgres"), "--no-postgres measured PostgreSQL anyway"
+
+
+# -- what an attack found ------------------------------------------------------------------
+
+
+def _age_the_newest(client, ns: str, seconds: float) -> None:
+    """As if the newest dictionary had been the newest for `seconds` (the server's clock)."""
+    now_s, micros = client.time()
+    client.set(f"{ns}:dict:since", str(int(now_s) * 1000 + int(micros) // 1000 - int(seconds * 1000)))
+
+
+def test_retire_waits_until_every_writer_has_looked_up_the_newest(client):
+    """A writer looks the newest dictionary up every refresh_s: retiring the old one right after
+    a rewrite deleted a dictionary the writer went on using, and its next turn was unreadable
+    to every other process."""
+    fill(sk.SessionStore(client, policy=policy(), namespace="g", codec=Codec()), 30, seed=3000)
+    a = dictionaries.train(client, "g", size=8192, sample=2000)
+    live = sk.SessionStore(client, policy=policy(), namespace="g", codec=Codec())
+    live.append_turn("live", chat_turns(2, 3001)[1])
+    b = dictionaries.train(client, "g", size=8192, sample=2000, seed=1)
+    dictionaries.rewrite(client, "g", a.dict_id)
+    with pytest.raises(sk.InvalidInput, match="stopped being the newest"):
+        dictionaries.retire(client, "g", a.dict_id)
+    live.append_turn("live", chat_turns(2, 3002)[1])  # within its refresh_s: still dictionary A
+    assert dictionaries.census(client, "g").get(a.dict_id) == 1  # why retire waits
+    _age_the_newest(client, "g", dictionaries.RETIRE_GRACE_S + 1)
+    live._dicts.checked = float("-inf")  # its refresh_s has passed too, as the grace promises
+    live.append_turn("live", chat_turns(2, 3003)[1])
+    dictionaries.rewrite(client, "g", a.dict_id)
+    dictionaries.retire(client, "g", a.dict_id)
+    assert set(dictionaries.census(client, "g")) <= {0, b.dict_id}
+    forget_dictionaries()  # another process
+    assert len(sk.SessionStore(client, policy=policy(), namespace="g").load_context("live").turns) == 3
+
+
+def test_resilient_appends_use_the_newest_dictionary_and_the_cap_counts_what_it_writes(client):
+    """ResilientStore's appends never looked the dictionary up: they wrote without one, and a
+    turn that fits the cap compressed with the dictionary was refused while Redis was healthy."""
+    fill(sk.SessionStore(client, policy=policy(), namespace="rd", codec=Codec()), 30, seed=3100)
+    trained = dictionaries.train(client, "rd", size=8192, sample=2000)
+    turn = chat_turns(2, 3101)[1]
+    plain_store = sk.SessionStore(client, policy=policy(), namespace="rd", codec=Codec(dictionaries=False))
+    zstd_alone = len(plain_store.prepare_turn("s", turn, "t1")[1])
+    tight = policy(max_bytes=zstd_alone - 1, summary_max_bytes=0, summarizer=None)
+    store = sk.SessionStore(client, policy=tight, namespace="rd", codec=Codec())
+    resilient = sk.ResilientStore(store, timeout_ms=2000)
+    assert resilient.append_turn("fits", turn, turn_id="t1") is not None
+    records = log_of(client, "rd", "fits")
+    with_dict = len(records[0])
+    assert with_dict < zstd_alone
+    assert codec.dictionary_id(records[0][records[0].index(b"\x1f") + 2 :]) == trained.dict_id
+
+
+def test_async_resilient_appends_use_the_newest_dictionary(client, url):
+    fill(sk.SessionStore(client, policy=policy(), namespace="ard", codec=Codec()), 30, seed=3200)
+    trained = dictionaries.train(client, "ard", size=8192, sample=2000)
+
+    async def main() -> None:
+        from statekit.aio import AsyncResilientStore, AsyncSessionStore, connect_async
+
+        aclient = connect_async(url)
+        try:
+            store = AsyncSessionStore(aclient, policy=policy(), namespace="ard", codec=Codec())
+            resilient = AsyncResilientStore(store, timeout_ms=2000)
+            for turn in chat_turns(3, 3201):
+                assert await resilient.append_turn("a", turn) is not None
+        finally:
+            await aclient.aclose()
+
+    asyncio.run(main())
+    named = {codec.dictionary_id(r[r.index(b"\x1f") + 2 :]) for r in log_of(client, "ard", "a") if heads([r]) == {2}}
+    assert named == {trained.dict_id}
+
+
+def test_a_fold_that_meets_a_missing_dictionary_does_not_fail_the_append_that_landed(client):
+    writer = sk.SessionStore(client, policy=policy(), namespace="fm", codec=Codec())
+    fill(writer, 30, seed=3300)
+    trained = dictionaries.train(client, "fm", size=8192, sample=2000)
+    writer = sk.SessionStore(client, policy=policy(window_turns=3), namespace="fm", codec=Codec())
+    for turn in chat_turns(6, 3301):  # 3 in the window, 3 parked: the next append folds 4
+        writer.append_turn("f", turn)
+    client.delete(f"fm:dict:{trained.dict_id}")
+    forget_dictionaries()
+    events = []
+
+    class Seen(sk.StoreListener):
+        def on_event(self, kind, session_id, info):
+            events.append(kind)
+
+    later = sk.SessionStore(client, policy=policy(window_turns=3), namespace="fm", listeners=[Seen()])
+    before = len(log_of(client, "fm", "f"))
+    later.append_turn("f", {"role": "user", "content": "one more"}, turn_id="late-1")  # does not raise
+    assert len(log_of(client, "fm", "f")) == before + 1 and "fold_failed" in events
+    later.append_turn("f", {"role": "user", "content": "one more"}, turn_id="late-1")  # a retry: stored once
+    assert len(log_of(client, "fm", "f")) == before + 1
+    with pytest.raises(CorruptStateError, match=str(trained.dict_id)):
+        later.load_context("f")  # a read names the missing dictionary
+
+
+def test_a_damaged_dictionary_is_corrupt_state_not_garbage_and_is_fetched_again_once_repaired(client):
+    writer = sk.SessionStore(client, policy=policy(), namespace="dd", codec=Codec())
+    fill(writer, 30, seed=3400)
+    trained = dictionaries.train(client, "dd", size=8192, sample=2000)
+    writer = sk.SessionStore(client, policy=policy(), namespace="dd", codec=Codec())
+    turns = chat_turns(6, 3401)
+    for turn in turns:
+        writer.append_turn("d", turn)
+    key = f"dd:dict:{trained.dict_id}"
+    good = client.get(key)
+    half = len(good) // 2
+    client.set(key, good[:half] + good[half:].replace(b"e", b"a"))  # the same id, other content
+    forget_dictionaries()
+    reader = sk.SessionStore(client, policy=policy(), namespace="dd")
+    with pytest.raises(CorruptStateError, match="checksum"):
+        reader.load_context("d")
+    client.set(key, good)  # repaired: the same process reads it again
+    ctx = reader.load_context("d")
+    assert ctx.pending + ctx.turns == turns[-len(ctx.pending + ctx.turns) :]
+
+
+def test_the_decode_cache_keeps_only_frames_that_hold_little():
+    """A 140-byte frame can hold 2 MB: the cache keeps what frames decode to, so it kept 2 MB
+    per entry (4 GB for 2,048)."""
+    codec.cache_decoded(2048)
+    small = Codec(min_bytes=0).encode({"content": "b" * 1000})
+    for _ in range(2):  # the first decode makes this thread's decompressor; the second is cached
+        codec.decode(small, "k")
+    assert codec._recent.cache_info().currsize == 1
+    big = Codec(min_bytes=0).encode({"content": "a" * 2_000_000})
+    assert len(big) < codec.CACHED_FRAME_BYTES
+    for _ in range(2):
+        assert codec.decode(big, "k") == {"content": "a" * 2_000_000}
+    assert codec._recent.cache_info().currsize == 1  # the 2 MB it holds are not kept
+
+
+def test_training_a_namespace_with_glob_characters_reads_only_its_own_records(client):
+    fill(sk.SessionStore(client, policy=policy(), namespace="ab", codec=Codec()), 30, seed=3500)
+    with pytest.raises(sk.InvalidInput, match="too few"):
+        dictionaries.train(client, "a*", size=8192, sample=2000)
+    assert dictionaries.census(client, "a*") == {}
+
+
+@pytest.mark.parametrize("size", ["99999999999", "1000000000", "10"])
+def test_cli_dict_train_refuses_a_size_out_of_range_in_one_line(client, url, capsys, size):
+    from statekit.cli import main
+
+    with pytest.raises(SystemExit) as done:  # argparse's own exit for a bad argument
+        main(["dict", "train", url, "--namespace", "x", "--size", size])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "1024 to 1048576" in err and "Traceback" not in err
+
+
+def test_codec_arguments_are_checked():
+    for bad in ({"refresh_s": float("nan")}, {"refresh_s": "5"}, {"level": True}, {"min_bytes": True}):
+        with pytest.raises(sk.InvalidInput):
+            Codec(**bad)
+    with pytest.raises(sk.InvalidInput):
+        codec.cache_decoded(True)

@@ -676,9 +676,15 @@ class ResilientStore:
         return drive(self._append_steps(session_id, turn, turn_id), self._io)
 
     def _append_steps(self, session_id: str, turn: Mapping[str, Any], turn_id: str | None) -> Steps[int | None]:
+        if self.store.dictionaries_due():
+            # the namespace's newest zstd dictionary, looked up as the store's own appends do (one
+            # GET every codec.refresh_s), so the turn is encoded and checked against the cap as a
+            # healthy store would write it; unreachable, the turn is encoded with what is known
+            with contextlib.suppress(_Unavailable):
+                yield from self._call("append_turn", "refresh_dictionaries")
         # checked and encoded now, as the store would: a degraded append refuses what a healthy one does
         turn_id, record = self.store.prepare_turn(session_id, turn, turn_id)
-        return self._append_record_steps(session_id, turn_id, record)
+        return (yield from self._append_record_steps(session_id, turn_id, record))
 
     def _append_record_steps(self, session_id: str, turn_id: str, record: bytes) -> Steps[int | None]:
         try:

@@ -219,7 +219,12 @@ class AsyncSessionStore(StoreCore):
 
     async def _append_encoded(self, session_id: str, turn_id: str, record: bytes) -> int:
         """`append_turn` for a turn that `prepare_turn` checked and encoded (AsyncResilientStore's replay)."""
-        return await self._run("append_turn", session_id, self._append_record_steps(session_id, turn_id, record))
+        return await self._run("append_turn", session_id, self._append_prepared_steps(session_id, turn_id, record))
+
+    async def refresh_dictionaries(self) -> int:
+        """Look up the namespace's newest zstd dictionary now (one GET; writes otherwise do it
+        every `codec.refresh_s` seconds); its id, 0 for none."""
+        return await self._run("refresh_dictionaries", "", self.refresh_dictionaries_steps())
 
     async def tag_region(self, session_id: str, region: str) -> bool:
         """Record an existing session's region, keeping its TTL; False for a missing session."""

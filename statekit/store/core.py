@@ -446,6 +446,35 @@ class StoreCore:
         _, record = self._encode_turn(session_id, turn, turn_id)
         return (yield from self._append_record_steps(session_id, turn_id, record))
 
+    def _append_prepared_steps(self, session_id: str, turn_id: str, record: bytes) -> Steps[int]:
+        """The steps of an append of a record `prepare_turn` made (ResilientStore's appends and
+        replays): the namespace's newest dictionary is looked up when due, as `append_turn` does,
+        and a record compressed with another dictionary than the one writes use now is written
+        again with it (a buffered record may wait longer than a dictionary lives)."""
+        if self._dicts.stale():
+            yield from self._dicts.refresh()
+        record = self._current(record)
+        return (yield from self._append_record_steps(session_id, turn_id, record))
+
+    def _current(self, record: bytes) -> bytes:
+        """`record` as this store writes now: compressed with its current dictionary."""
+        cut = record.index(SEP)
+        if record[cut + 1 : cut + 2] != codec.FORMAT_ZSTD or not self.codec.compress:
+            return record
+        frame = record[cut + 2 :]
+        if codec.dictionary_id(frame) == self._dicts.dict_id:
+            return record
+        return record[: cut + 1] + self.codec.pack(codec.decompress(frame, "a prepared turn"), self._dicts.dict_id)
+
+    def refresh_dictionaries_steps(self) -> Steps[int]:
+        """Look up the namespace's newest dictionary now; its id (0: none)."""
+        yield from self._dicts.refresh()
+        return self._dicts.dict_id
+
+    def dictionaries_due(self) -> bool:
+        """Is the namespace's newest dictionary due to be looked up before the next write?"""
+        return self._dicts.stale()
+
     def _stored(self, encoded: bytes) -> bytes:
         """A raw envelope (as `Migrations.dump` writes it) compressed by this store's codec."""
         if encoded[:1] == codec.FORMAT_ORJSON and self.codec.compress:
@@ -478,8 +507,16 @@ class StoreCore:
 
     def _fold_parked(self, session_id: str, keys: list[str], reply: list[Any]) -> Steps[int]:
         _status, size, _v, _created, n_parked, fold_version, summary_raw, *parked = reply
-        pairs = yield from self._dicts.decoding(lambda: [self._split(r, keys[1]) for r in parked])
-        summary = yield from self._dicts.decoding(codec.read_text, summary_raw, keys[2])
+        try:
+            pairs = yield from self._dicts.decoding(lambda: [self._split(r, keys[1]) for r in parked])
+            summary = yield from self._dicts.decoding(codec.read_text, summary_raw, keys[2])
+        except CorruptStateError as exc:
+            # The append landed: a parked turn (or the summary) that cannot be read, such as one
+            # naming a dictionary Redis no longer holds, must not fail it. The turns stay parked;
+            # a load names the problem.
+            log.warning("session %r: %d parked turns cannot be folded: %s", session_id, len(parked), exc)
+            self._event("fold_failed", session_id, turns=len(parked), error=str(exc))
+            return size
         budget = self.policy.summary_max_bytes
         try:
             written = self.policy.summarizer(summary, [t for _, t in pairs], budget)

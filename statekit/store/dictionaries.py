@@ -6,7 +6,13 @@ the sample, stores it under `{ns}:dict:<id>` and points `{ns}:dict:newest` at it
 (a store with `Codec()`) use the newest; readers use the one a record names, fetched once per
 process. Dictionaries have no TTL: a record may name one for as long as the record lives.
 `retire` removes one only when the census finds no record that names it (after a batch
-rewrite, or after the records that used it have expired), and never the newest.
+rewrite, or after the records that used it have expired), never the newest, and not before
+`RETIRE_GRACE_S` after it stopped being the newest: a writer looks the newest up every
+`Codec.refresh_s` seconds (300 by default), and until then may still write with the old one.
+
+A dictionary holds fragments of the records it was trained on, and has no TTL: deleting a
+session does not remove what a dictionary learnt from it. Train again and retire the old one
+to drop text that must go (`docs/guide/compression.md`).
 """
 
 from __future__ import annotations
@@ -18,12 +24,38 @@ from typing import Any
 
 from statekit import codec
 from statekit.errors import CorruptStateError, InvalidInput
-from statekit.keys import PARTS, dictionary_key, dictionary_pattern, newest_dictionary_key, validate_namespace
+from statekit.keys import (
+    PARTS,
+    dictionary_key,
+    dictionary_pattern,
+    namespace_pattern,
+    newest_dictionary_key,
+    newest_since_key,
+    validate_namespace,
+)
 from statekit.walk import Walker
 
-__all__ = ["Trained", "train", "store", "newest", "listing", "census", "retire", "rewrite", "values", "body_of"]
+__all__ = [
+    "RETIRE_GRACE_S",
+    "Trained",
+    "train",
+    "store",
+    "newest",
+    "newest_for_s",
+    "listing",
+    "census",
+    "check_retirable",
+    "retire",
+    "rewrite",
+    "values",
+    "body_of",
+]
 
 _SEP = b"\x1f"
+
+#: How long after a dictionary stops being the newest `retire` waits: twice a codec's default
+#: refresh_s, so that every writer has looked up the newer one since.
+RETIRE_GRACE_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -52,7 +84,7 @@ def values(client: Any, namespace: str, *, batch: int = 500) -> Iterator[tuple[s
     field value of its session and thread keys (not its dictionaries)."""
     validate_namespace(namespace)
     skip = f"{namespace}:dict:"
-    walker = Walker(client, f"{namespace}:*", batch)
+    walker = Walker(client, namespace_pattern(namespace), batch)
     for node_batch in walker:
         keys = [k for k in node_batch.keys if not k.startswith(skip)]
         kinds = walker.execute(node_batch.node, [("TYPE", k) for k in keys])
@@ -112,8 +144,29 @@ def census(client: Any, namespace: str, *, batch: int = 500) -> dict[int, int]:
 
 def newest(client: Any, namespace: str) -> int:
     """The id of the dictionary `namespace`'s writers use (0 for none)."""
-    raw = client.get(newest_dictionary_key(namespace))
-    return int(raw) if raw else 0
+    key = newest_dictionary_key(namespace)
+    raw = client.get(key)
+    try:
+        return int(raw) if raw else 0
+    except ValueError:
+        raise CorruptStateError(
+            f"{key} holds {raw!r}, not a dictionary id; set it again with statekit dict train"
+        ) from None
+
+
+def _server_ms(client: Any) -> int:
+    """The server's clock in ms (TIME): one clock for every process that reads it."""
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def newest_for_s(client: Any, namespace: str) -> float | None:
+    """Seconds since the newest dictionary became the newest (None: not recorded)."""
+    raw = client.get(newest_since_key(namespace))
+    try:
+        return max(0.0, (_server_ms(client) - int(raw)) / 1000) if raw else None
+    except ValueError:
+        return None
 
 
 def load(client: Any, namespace: str, dict_id: int) -> None:
@@ -131,6 +184,8 @@ def store(client: Any, namespace: str, data: bytes) -> int:
     """Store dictionary `data` (no TTL) and make it the newest; return its id."""
     dict_id = codec.register(data)
     client.set(dictionary_key(namespace, dict_id), data)
+    if newest(client, namespace) != dict_id:
+        client.set(newest_since_key(namespace), str(_server_ms(client)))
     client.set(newest_dictionary_key(namespace), str(dict_id))
     return dict_id
 
@@ -157,12 +212,27 @@ def listing(client: Any, namespace: str) -> list[dict[str, Any]]:
     ]
 
 
-def retire(client: Any, namespace: str, dict_id: int) -> None:
-    """Remove dictionary `dict_id`; `InvalidInput` while it is the newest or any record names it."""
+def check_retirable(client: Any, namespace: str, dict_id: int, *, grace_s: float = RETIRE_GRACE_S) -> None:
+    """`InvalidInput` unless dictionary `dict_id` exists, is not the newest, and the newest has
+    been the newest for `grace_s` seconds at least (until then a writer may still use the old one)."""
     if not client.exists(dictionary_key(namespace, dict_id)):
         raise InvalidInput(f"namespace {namespace!r} has no dictionary {dict_id}")
     if newest(client, namespace) == dict_id:
         raise InvalidInput(f"dictionary {dict_id} is the newest (writers use it): train a newer one first")
+    since = newest_for_s(client, namespace)
+    if since is not None and since < grace_s:
+        raise InvalidInput(
+            f"dictionary {dict_id} stopped being the newest {since:.0f} s ago; writers look the newest up every "
+            f"Codec.refresh_s (300 s by default), so one may still write with it: retire it after "
+            f"{grace_s - since:.0f} s more (or give a grace shorter than {grace_s:.0f} s if every writer's "
+            "refresh_s is shorter)"
+        )
+
+
+def retire(client: Any, namespace: str, dict_id: int, *, grace_s: float = RETIRE_GRACE_S) -> None:
+    """Remove dictionary `dict_id`; `InvalidInput` while it is the newest, while any record
+    names it, or within `grace_s` seconds of a newer one becoming the newest."""
+    check_retirable(client, namespace, dict_id, grace_s=grace_s)
     using = census(client, namespace).get(dict_id, 0)
     if using:
         raise InvalidInput(
@@ -262,7 +332,7 @@ def rewrite(client: Any, namespace: str, dict_id: int, *, level: int = 3, batch:
     encoder = codec.Codec(level=level, min_bytes=0)
     counts = {"rewritten": 0, "changed": 0, "failed": 0}
     skip = f"{namespace}:dict:"
-    walker = Walker(client, f"{namespace}:*", batch)
+    walker = Walker(client, namespace_pattern(namespace), batch)
     for node_batch in walker:
         keys = [k for k in node_batch.keys if not k.startswith(skip)]
         kinds = [
