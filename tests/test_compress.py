@@ -635,6 +635,25 @@ def test_durable_buffer_keeps_compressed_turns_readable_after_a_restart(client, 
     assert store.load_context("s").turns == [turn]
 
 
+def test_a_buffered_turn_replayed_after_a_rotation_is_written_with_the_newest_dictionary(client, tmp_path):
+    """A record buffered with dictionary A is replayed, by a restarted process that has not met
+    A, after B became the newest: it is written again with B (A fetched to read it)."""
+    fill(sk.SessionStore(client, policy=policy(), namespace="rot", codec=Codec()), 20, seed=1320)
+    a = dictionaries.train(client, "rot", size=8192, sample=2000)
+    store = sk.SessionStore(client, policy=policy(), namespace="rot", codec=Codec())
+    store.append_turn("warm", chat_turns(2, 1321)[1])
+    turn = chat_turns(4, 1322)[3]
+    turn_id, record = store.prepare_turn("s", turn, None)
+    assert codec.dictionary_id(record[len(turn_id) + 2 :]) == a.dict_id
+    b = dictionaries.train(client, "rot", size=8192, sample=2000, seed=9)
+    forget_dictionaries()  # restarted: knows neither dictionary
+    replayer = sk.SessionStore(client, policy=policy(), namespace="rot", codec=Codec())
+    replayer._append_encoded("s", turn_id, record)
+    [stored] = log_of(client, "rot", "s")
+    assert codec.dictionary_id(stored[len(turn_id) + 2 :]) == b.dict_id
+    assert replayer.load_context("s").turns == [turn]
+
+
 def test_retire_with_rewrite_migrates_every_value_to_the_newest_dictionary(client, url, capsys):
     pytest.importorskip("langgraph")
     from statekit.cli import main

@@ -453,7 +453,10 @@ class StoreCore:
         again with it (a buffered record may wait longer than a dictionary lives)."""
         if self._dicts.stale():
             yield from self._dicts.refresh()
-        record = self._current(record)
+        try:  # a record from a durable buffer may name a dictionary this process has not met: fetched
+            record = yield from self._dicts.decoding(self._current, record)
+        except CorruptStateError as exc:
+            log.warning("session %r: turn %r written as prepared (%s)", session_id, turn_id, exc)
         return (yield from self._append_record_steps(session_id, turn_id, record))
 
     def _current(self, record: bytes) -> bytes:
