@@ -12,7 +12,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 help:
 	@echo "make review   create .venv, install statekit, write the design review of $(PROFILE) to $(OUT)/"
 	@echo "make test     run the whole test suite (real-Redis tests need redis-server on PATH)"
-	@echo "make check    the import contracts and the tests that need no server and no browser (two or three minutes)"
+	@echo "make check    the import contracts and the quick tests: no server, no browser, nothing marked slow (about a minute)"
 	@echo "make app      serve the live design review of $(PROFILE) on http://127.0.0.1:8866/ (Voila)"
 	@echo "make lab      open JupyterLab on notebooks/"
 	@echo "make docs     build the manual (MkDocs) into site/"
@@ -52,13 +52,14 @@ test: $(VENV)/.dev
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests -n $(WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-# The edit-test loop: no redis-server, no browser, no notebook, no wheel; fewer examples of the
-# property and fault-schedule tests (CI runs them all in `make test`).
+# The edit-test loop: no redis-server, no browser, no notebook, no wheel, none of the tests marked
+# slow (over 3 CPU-seconds each); fewer examples of the property and fault-schedule tests. CI runs
+# them all in `make test`.
 check: $(VENV)/.dev
 	$(BIN)/lint-imports
-	STATEKIT_FAULT_EXAMPLES=10 STATEKIT_SAVER_EXAMPLES=6 STATEKIT_MODEL_EXAMPLES=15 STATEKIT_SAVER_TURNS=40 STATEKIT_ORACLE_EXAMPLES=10 \
+	STATEKIT_FAULT_EXAMPLES=10 STATEKIT_SAVER_EXAMPLES=6 STATEKIT_MODEL_EXAMPLES=15 STATEKIT_SAVER_TURNS=40 \
 		$(BIN)/python -m pytest tests -n 2 \
-		--dist loadgroup -m "not realredis and not browser and not notebook and not install" $(PYTEST_ARGS)
+		--dist loadgroup -m "not realredis and not browser and not notebook and not install and not slow" $(PYTEST_ARGS)
 
 $(VENV)/.bench: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[workbook,hiredis,compress,langgraph,bench]'

@@ -161,10 +161,11 @@ def _compressor(level: int, dict_id: int, small: bool = False) -> Any:
     zdict = None
     options: dict[str, Any] = {
         "level": level,
-        # 4 bytes a frame: a frame decoded with a dictionary that is not the one it was written
-        # with (a dictionary key overwritten in Redis, an id reused) fails its checksum and is a
-        # CorruptStateError, never garbage
-        "write_checksum": True,
+        # 4 bytes a frame written with a dictionary: decoded with another dictionary than the one
+        # it was written with (a dictionary key overwritten in Redis, an id reused), it fails its
+        # checksum and is a CorruptStateError, never garbage. A frame without a dictionary has no
+        # such hazard (zstd's own format checks catch a damaged frame) and no checksum.
+        "write_checksum": bool(dict_id),
         "write_content_size": True,
         "write_dict_id": True,
     }

@@ -195,6 +195,7 @@ def _failure_of(alert: str) -> str:
     return kind
 
 
+@pytest.mark.slow  # promtool over hours of series, each alert's failure in turn
 @pytest.mark.parametrize("profile_path", PROFILES, ids=lambda p: p.stem)
 def test_alerts_under_promtool(profile_path, tmp_path):
     profile = WorkloadProfile.from_yaml(profile_path)

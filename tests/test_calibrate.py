@@ -314,6 +314,7 @@ def _drifted_cli(tmp_path, url: str, seed: int = 1) -> list[str]:  # noqa: ANN00
     return ["calibrate", url, "--namespace", "chat", "--profile", str(path), "--window", "0", "-q"]
 
 
+@pytest.mark.slow  # three whole calibrations
 def test_json_is_strict_unbounded_and_unmeasured_figures_are_null_and_named_in_the_text(tmp_path, capsys):
     args = _drifted_cli(tmp_path, "fakeredis://i21-json")
     metrics = tmp_path / "m.prom"

@@ -53,6 +53,7 @@ def test_the_notebook_tables_and_curves_come_from_the_model():
     assert table["R=2 W=1"]["k=5"] == pytest.approx(1 - (1 / 3) ** 5)
 
 
+@pytest.mark.slow  # a simulation
 def test_k_staleness_closed_form_matches_a_direct_simulation():
     rng = np.random.default_rng(0)
     n, r, w, k = 5, 1, 2, 2

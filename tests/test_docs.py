@@ -29,11 +29,16 @@ DOCUMENTS = {path: parse(path) for path in DOC_FILES}
 EXAMPLES = {path: list(document.examples()) for path, document in DOCUMENTS.items()}
 
 
+#: Pages whose blocks run whole CLI commands (reviews, a calibration): 11 and 3 CPU-seconds
+SLOW_PAGES = {ROOT / "docs" / "guide" / "cli.md", ROOT / "docs" / "calibrate.md"}
+
+
 def _pages():
     """One test per page: its blocks depend on one another, so they run in order in one test (a
     test per block would rely on xdist's groups, which pytest 9.2 and pytest-xdist 3.8 do not keep)."""
     for path, examples in EXAMPLES.items():
         marks = [pytest.mark.realredis] if any(e.parsed.needs_server for e in examples) else []
+        marks += [pytest.mark.slow] if path.resolve() in SLOW_PAGES else []
         yield pytest.param(path, id=str(path.relative_to(ROOT)), marks=marks)
 
 

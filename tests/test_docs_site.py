@@ -41,6 +41,7 @@ def site(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # mkdocs build --strict of the whole manual
 def test_the_manual_builds_with_strict_and_holds_every_page(site):
     for md in (ROOT / "docs").rglob("*.md"):
         page = md.relative_to(ROOT / "docs").with_suffix("")

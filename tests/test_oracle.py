@@ -138,6 +138,7 @@ def profiles(draw: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow  # every decision of many generated profiles, computed twice
 def test_generated_profiles_match_the_oracle():
     checked: list[int] = []
 

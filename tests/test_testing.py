@@ -63,6 +63,7 @@ def test_missing_server_skips_by_default_and_fails_when_required(monkeypatch, tm
 DRILL_TEST = "tests/test_review.py::test_review_with_the_failover_drill_reports_the_writes_it_lost"
 
 
+@pytest.mark.slow  # a pytest of its own
 @pytest.mark.parametrize("required", ["", "1"])
 def test_a_test_whose_drill_starts_the_servers_follows_the_rule_without_redis_server(tmp_path, required):
     """The review's failover drill starts its own cluster, not through a fixture: without
