@@ -26,34 +26,15 @@ from statekit.testing.payloads import chat_turns
 pytest.importorskip("zstandard")
 
 
-@pytest.fixture(
-    params=[
-        "fakeredis",
-        pytest.param("redis", marks=pytest.mark.realredis),
-        pytest.param("cluster", marks=pytest.mark.realredis),
-    ],
-)
-def url(request):
-    if request.param == "fakeredis":
-        url = f"fakeredis://compress-{request.node.originalname}"
-    elif request.param == "redis":
-        url = request.getfixturevalue("redis_server").url
-    else:
-        url = request.getfixturevalue("redis_cluster").url
-    client = sk.connect(url)
-    if request.param == "cluster":
-        client.flushall(target_nodes="primaries")
-    else:
-        client.flushall()
-    client.close()
-    return url
+@pytest.fixture
+def url(any_url):
+    """Each backend, emptied (conftest's `any_url`): fakeredis, a real server, a real cluster."""
+    return any_url
 
 
 @pytest.fixture
-def client(url):
-    c = sk.connect(url)
-    yield c
-    c.close()
+def client(any_client):
+    return any_client
 
 
 def policy(**kw):
@@ -78,6 +59,13 @@ def fill(store, sessions, turns=14, seed=0):
     for i in range(sessions):
         for turn in chat_turns(turns, seed + i):
             store.append_turn(f"s{i}", turn)
+
+
+def trained_on(client, ns, sessions, seed, **train):
+    """`sessions` sessions of chat turns written compressed into `ns`, and a dictionary trained
+    on them (the namespace's newest from now on)."""
+    fill(sk.SessionStore(client, policy=policy(), namespace=ns, codec=Codec()), sessions, seed=seed)
+    return dictionaries.train(client, ns, size=8192, sample=2000, **train)
 
 
 def log_of(client, ns, sid):
@@ -211,9 +199,7 @@ def test_records_from_before_the_codec_read_back(client):
 
 
 def test_rotated_dictionary_records_read_back(client):
-    writer = sk.SessionStore(client, policy=policy(), namespace="r", codec=Codec())
-    fill(writer, 40, seed=100)
-    a = dictionaries.train(client, "r", size=8192, sample=2000)
+    a = trained_on(client, "r", 40, seed=100)
     writer_a = sk.SessionStore(client, policy=policy(), namespace="r", codec=Codec())
     turns_a = chat_turns(14, 500)
     for turn in turns_a:
@@ -239,9 +225,7 @@ def test_rotated_dictionary_records_read_back(client):
 
 
 def test_missing_dictionary_is_corrupt_state_naming_it(client):
-    writer = sk.SessionStore(client, policy=policy(), namespace="x", codec=Codec())
-    fill(writer, 30, seed=200)
-    trained = dictionaries.train(client, "x", size=8192, sample=2000)
+    trained = trained_on(client, "x", 30, seed=200)
     writer = sk.SessionStore(client, policy=policy(), namespace="x", codec=Codec())
     for turn in chat_turns(6, 300):
         writer.append_turn("d", turn)
@@ -350,9 +334,7 @@ def test_resilient_store_buffers_and_replays_compressed_turns(client):
 
 
 def test_retire_refused_while_records_name_it(client):
-    writer = sk.SessionStore(client, policy=policy(), namespace="q", codec=Codec())
-    fill(writer, 30, seed=600)
-    a = dictionaries.train(client, "q", size=8192, sample=2000)
+    a = trained_on(client, "q", 30, seed=600)
     writer = sk.SessionStore(client, policy=policy(), namespace="q", codec=Codec())
     for turn in chat_turns(6, 700):
         writer.append_turn("uses-a", turn)
@@ -371,9 +353,7 @@ def test_retire_refused_while_records_name_it(client):
 
 
 def test_dictionaries_have_no_ttl_and_are_not_sessions(client):
-    writer = sk.SessionStore(client, policy=policy(), namespace="n", codec=Codec())
-    fill(writer, 20, seed=800)
-    trained = dictionaries.train(client, "n", size=8192, sample=2000)
+    trained = trained_on(client, "n", 20, seed=800)
     assert client.pttl(f"n:dict:{trained.dict_id}") == -1
     session_keys = list(client.scan_iter(match=sk.keys.key_pattern("n")))
     assert session_keys and not [k for k in session_keys if b":dict:" in k]
@@ -638,8 +618,7 @@ def test_durable_buffer_keeps_compressed_turns_readable_after_a_restart(client, 
 def test_a_buffered_turn_replayed_after_a_rotation_is_written_with_the_newest_dictionary(client, tmp_path):
     """A record buffered with dictionary A is replayed, by a restarted process that has not met
     A, after B became the newest: it is written again with B (A fetched to read it)."""
-    fill(sk.SessionStore(client, policy=policy(), namespace="rot", codec=Codec()), 20, seed=1320)
-    a = dictionaries.train(client, "rot", size=8192, sample=2000)
+    a = trained_on(client, "rot", 20, seed=1320)
     store = sk.SessionStore(client, policy=policy(), namespace="rot", codec=Codec())
     store.append_turn("warm", chat_turns(2, 1321)[1])
     turn = chat_turns(4, 1322)[3]
@@ -659,9 +638,7 @@ def test_retire_with_rewrite_migrates_every_value_to_the_newest_dictionary(clien
     from statekit.cli import main
     from statekit.langgraph import StatekitSaver
 
-    writer = sk.SessionStore(client, policy=policy(), namespace="rw", codec=Codec())
-    fill(writer, 20, seed=1400)
-    a = dictionaries.train(client, "rw", size=8192, sample=2000)
+    a = trained_on(client, "rw", 20, seed=1400)
     store = sk.SessionStore(client, policy=policy(), namespace="rw", codec=Codec())
     turns = chat_turns(30, 1401)
     for turn in turns:
@@ -733,15 +710,14 @@ def test_bench_compress_runs_small_without_postgresql(tmp_path):
 def _age_the_newest(client, ns: str, seconds: float) -> None:
     """As if the newest dictionary had been the newest for `seconds` (the server's clock)."""
     now_s, micros = client.time()
-    client.set(f"{ns}:dict:since", str(int(now_s) * 1000 + int(micros) // 1000 - int(seconds * 1000)))
+    client.set(sk.keys.newest_since_key(ns), str(int(now_s) * 1000 + int(micros) // 1000 - int(seconds * 1000)))
 
 
 def test_retire_waits_until_every_writer_has_looked_up_the_newest(client):
     """A writer looks the newest dictionary up every refresh_s: retiring the old one right after
     a rewrite deleted a dictionary the writer went on using, and its next turn was unreadable
     to every other process."""
-    fill(sk.SessionStore(client, policy=policy(), namespace="g", codec=Codec()), 30, seed=3000)
-    a = dictionaries.train(client, "g", size=8192, sample=2000)
+    a = trained_on(client, "g", 30, seed=3000)
     live = sk.SessionStore(client, policy=policy(), namespace="g", codec=Codec())
     live.append_turn("live", chat_turns(2, 3001)[1])
     b = dictionaries.train(client, "g", size=8192, sample=2000, seed=1)
@@ -763,8 +739,7 @@ def test_retire_waits_until_every_writer_has_looked_up_the_newest(client):
 def test_resilient_appends_use_the_newest_dictionary_and_the_cap_counts_what_it_writes(client):
     """ResilientStore's appends never looked the dictionary up: they wrote without one, and a
     turn that fits the cap compressed with the dictionary was refused while Redis was healthy."""
-    fill(sk.SessionStore(client, policy=policy(), namespace="rd", codec=Codec()), 30, seed=3100)
-    trained = dictionaries.train(client, "rd", size=8192, sample=2000)
+    trained = trained_on(client, "rd", 30, seed=3100)
     turn = chat_turns(2, 3101)[1]
     plain_store = sk.SessionStore(client, policy=policy(), namespace="rd", codec=Codec(dictionaries=False))
     zstd_alone = len(plain_store.prepare_turn("s", turn, "t1")[1])
@@ -779,8 +754,7 @@ def test_resilient_appends_use_the_newest_dictionary_and_the_cap_counts_what_it_
 
 
 def test_async_resilient_appends_use_the_newest_dictionary(client, url):
-    fill(sk.SessionStore(client, policy=policy(), namespace="ard", codec=Codec()), 30, seed=3200)
-    trained = dictionaries.train(client, "ard", size=8192, sample=2000)
+    trained = trained_on(client, "ard", 30, seed=3200)
 
     async def main() -> None:
         from statekit.aio import AsyncResilientStore, AsyncSessionStore, connect_async
@@ -800,9 +774,7 @@ def test_async_resilient_appends_use_the_newest_dictionary(client, url):
 
 
 def test_a_fold_that_meets_a_missing_dictionary_does_not_fail_the_append_that_landed(client):
-    writer = sk.SessionStore(client, policy=policy(), namespace="fm", codec=Codec())
-    fill(writer, 30, seed=3300)
-    trained = dictionaries.train(client, "fm", size=8192, sample=2000)
+    trained = trained_on(client, "fm", 30, seed=3300)
     writer = sk.SessionStore(client, policy=policy(window_turns=3), namespace="fm", codec=Codec())
     for turn in chat_turns(6, 3301):  # 3 in the window, 3 parked: the next append folds 4
         writer.append_turn("f", turn)
@@ -825,9 +797,7 @@ def test_a_fold_that_meets_a_missing_dictionary_does_not_fail_the_append_that_la
 
 
 def test_a_damaged_dictionary_is_corrupt_state_not_garbage_and_is_fetched_again_once_repaired(client):
-    writer = sk.SessionStore(client, policy=policy(), namespace="dd", codec=Codec())
-    fill(writer, 30, seed=3400)
-    trained = dictionaries.train(client, "dd", size=8192, sample=2000)
+    trained = trained_on(client, "dd", 30, seed=3400)
     writer = sk.SessionStore(client, policy=policy(), namespace="dd", codec=Codec())
     turns = chat_turns(6, 3401)
     for turn in turns:

@@ -416,16 +416,10 @@ class FaultSchedule(NemesisRules):
         assert len(os.listdir("/proc/self/fd")) <= self.fds + 64, "file descriptors leak"
 
 
-@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
-def test_promises_hold_under_a_fault_schedule(any_url: str, asynchronous: bool, request: pytest.FixtureRequest) -> None:
-    backend = request.node.callspec.params["any_url"]
-    machine = type(
-        f"FaultSchedule_{backend}_{'async' if asynchronous else 'sync'}",
-        (FaultSchedule,),
-        {"url": any_url, "backend": backend, "asynchronous": asynchronous},
-    )
+def _run_schedule(name: str, examples: int, **attrs: object) -> dict[str, int]:
+    """Run FaultSchedule, as a subclass `name` with `attrs`, for `examples` examples; its stats."""
+    machine = type(name, (FaultSchedule,), attrs)
     STATS.pop(machine.name(), None)
-    examples = EXAMPLES_ASYNC if asynchronous else EXAMPLES
     run_state_machine_as_test(
         machine,
         settings=settings(
@@ -437,6 +431,15 @@ def test_promises_hold_under_a_fault_schedule(any_url: str, asynchronous: bool, 
     )
     stats = STATS[machine.name()]
     print(f"\n{machine.name()}: {stats}")
+    return stats
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_promises_hold_under_a_fault_schedule(any_url: str, asynchronous: bool, request: pytest.FixtureRequest) -> None:
+    backend = request.node.callspec.params["any_url"]
+    examples = EXAMPLES_ASYNC if asynchronous else EXAMPLES
+    stats = _run_schedule(f"FaultSchedule_{backend}_{'async' if asynchronous else 'sync'}", examples,
+                          url=any_url, backend=backend, asynchronous=asynchronous)  # fmt: skip
     assert stats["examples"] >= examples, "every example ran"
     assert stats["faulted"] > 0, "the faults were on"
     if examples >= 50:  # with a few examples (`make check`) a rule may not come up
@@ -452,23 +455,14 @@ def test_promises_hold_under_a_fault_schedule_with_compression(
     store: nothing lost or doubled, byte counts exact, compressed turns read back as written."""
     pytest.importorskip("zstandard")
     backend = request.node.callspec.params["any_url"]
-    machine = type(
+    stats = _run_schedule(
         f"FaultSchedule_{backend}_{'async' if asynchronous else 'sync'}_zstd",
-        (FaultSchedule,),
-        {"url": any_url, "backend": f"{backend}-zstd", "asynchronous": asynchronous, "compressed": True},
+        EXAMPLES_COMPRESSED,
+        url=any_url,
+        backend=f"{backend}-zstd",
+        asynchronous=asynchronous,
+        compressed=True,
     )
-    STATS.pop(machine.name(), None)
-    run_state_machine_as_test(
-        machine,
-        settings=settings(
-            max_examples=EXAMPLES_COMPRESSED,
-            stateful_step_count=STEPS,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-            deadline=None,
-        ),
-    )
-    stats = STATS[machine.name()]
-    print(f"\n{machine.name()}: {stats}")
     assert stats["examples"] >= EXAMPLES_COMPRESSED
     if EXAMPLES_COMPRESSED >= 10:  # with a few examples (`make check`) a fault may not come up
         assert stats["faulted"] > 0, "the faults were on"
