@@ -259,12 +259,13 @@ def cache_decoded(entries: int) -> None:
 def decompress(frame: bytes, key: str) -> bytes:
     """The bytes a zstd frame holds. `MissingDictionary` when it names a dictionary this process
     does not know; `CorruptStateError` naming `key` for a frame that does not decode."""
+    zstd = _zstandard or _zstd()  # a process whose first contact with zstd is a read
     if _cache_entries and len(frame) <= CACHED_FRAME_BYTES and _small_content(frame):
         try:
             return _recent(frame)
         except (AttributeError, KeyError, IndexError):
             pass  # this thread has no decompressor for it yet, or not a frame: the careful path
-        except _zstandard.ZstdError as exc:
+        except zstd.ZstdError as exc:
             if dictionary_id(frame) > 0:
                 forget(dictionary_id(frame))  # perhaps a damaged copy: the next read fetches it again
             raise CorruptStateError(f"{key}: corrupt zstd frame ({exc}); the value was left as is") from None
@@ -279,7 +280,7 @@ def decompress(frame: bytes, key: str) -> bytes:
         found = _decompressor(dict_id)
     try:
         return found.decompress(frame)
-    except _zstandard.ZstdError as exc:
+    except zstd.ZstdError as exc:
         if dict_id > 0:
             # the dictionary this process holds may be a damaged copy: the next read fetches it again
             forget(dict_id)
@@ -287,10 +288,10 @@ def decompress(frame: bytes, key: str) -> bytes:
 
 
 def _small_content(frame: bytes) -> bool:
-    """Does the frame's header say it holds at most CACHED_DECODED_BYTES?"""
+    """Does the frame's header say it holds at most CACHED_DECODED_BYTES? (zstandard is loaded.)"""
     try:
         return 0 <= _zstandard.frame_content_size(frame) <= CACHED_DECODED_BYTES
-    except (_zstandard.ZstdError, AttributeError):
+    except _zstandard.ZstdError:
         return False
 
 

@@ -118,6 +118,13 @@ def test_corrupt_frame_is_corrupt_state():
         codec.decode(stored[:5], "k")
 
 
+@pytest.mark.parametrize("raw", [b"\x02", b"\x02" + codec.ZSTD_MAGIC, b"\x02" + codec.ZSTD_MAGIC + b"\x20\x05abc"])
+def test_a_process_whose_first_zstd_contact_is_a_bad_frame_gets_corrupt_state(monkeypatch, raw):
+    monkeypatch.setattr(codec, "_zstandard", None)  # as in a process that has not compressed yet
+    with pytest.raises(CorruptStateError, match="k: "):
+        codec.decode(raw, "k")
+
+
 def test_codec_without_zstandard_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "zstandard", None)
     monkeypatch.setattr(codec, "_zstandard", None)

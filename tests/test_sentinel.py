@@ -42,6 +42,27 @@ def test_a_sentinel_url_is_redacted_like_any_other():
 
 
 @pytest.mark.realredis
+def test_a_sentinel_port_another_group_holds_is_never_taken_for_our_own(redis_sentinel_group, monkeypatch):
+    # Another group's Sentinel (same service name) answers on the port chosen for ours: ours
+    # fails to bind and starts again on a fresh port; the group never names the other one.
+    from statekit.testing import servers
+
+    other = redis_sentinel_group
+    real, handed = servers._free_port, []
+
+    def first_the_taken_one(cluster: bool = False) -> int:
+        port = other.ports[0] if not handed else real(cluster)
+        handed.append(port)
+        return port
+
+    group = RedisSentinelGroup()
+    monkeypatch.setattr(servers, "_free_port", first_the_taken_one)
+    with group:
+        assert handed[0] == other.ports[0] and group.ports[0] != other.ports[0]
+        assert group.primary_port() == group.pair.primary.port != other.pair.primary.port
+
+
+@pytest.mark.realredis
 def test_blocking_and_asyncio_stores_run_through_sentinel(redis_sentinel_group: RedisSentinelGroup):
     group = redis_sentinel_group
     store = SessionStore(connect(group.url), LifecyclePolicy(window_turns=3))

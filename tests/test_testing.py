@@ -47,6 +47,41 @@ def test_stop_removes_process_and_directory():
         os.kill(pid, 0)
 
 
+@pytest.mark.realredis
+def test_a_port_another_server_holds_is_never_taken_for_our_own(fresh_redis_server):
+    # Another redis-server answers PING on the port this one was given: that is not this one
+    # up. Before the fix, start() returned at the other server's PONG, and a cluster MEETing
+    # "its" node joined another test's cluster.
+    taken = fresh_redis_server.port
+    pinned = testing.RedisServer(port=taken)
+    with pytest.raises(RuntimeError, match=f"port {taken} is in use"):
+        pinned.start()
+    assert pinned.proc is not None and pinned.proc.poll() is not None, "the process that lost the port exited"
+    pinned.stop()
+
+    chosen = testing.RedisServer()
+    chosen.port = taken  # as if another process took the port between its choice and the bind
+    chosen.start()
+    try:
+        assert chosen.port != taken, "a fresh port was chosen"
+        assert chosen.client().info("server")["process_id"] == chosen.pid
+    finally:
+        chosen.stop()
+
+
+@pytest.mark.realredis
+def test_a_cluster_that_does_not_join_in_time_is_formed_again_on_fresh_ports():
+    cluster = testing.RedisClusterServers(3)
+    cluster.JOIN_S = 0.0  # no time to join: the first two formations give up at once
+    first = list(cluster.nodes)
+    with cluster:
+        assert all(node.proc is not None and node.proc.poll() is not None for node in first), "old nodes stopped"
+        assert not {n.pid for n in first} & {n.pid for n in cluster.nodes}, "the cluster runs on new processes"
+        for node in cluster.nodes:
+            info = redis.Redis(port=node.port).execute_command("CLUSTER", "INFO").decode()
+            assert "cluster_known_nodes:3" in info and "cluster_state:ok" in info
+
+
 def test_missing_server_skips_by_default_and_fails_when_required(monkeypatch, tmp_path):
     monkeypatch.setenv("STATEKIT_REDIS_SERVER", str(tmp_path / "no-such-redis-server"))
     assert testing.find_redis_server() is None

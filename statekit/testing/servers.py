@@ -62,8 +62,16 @@ def _free_port(cluster: bool = False) -> int:
     raise RuntimeError("no free loopback port pair for a cluster node")
 
 
+#: What redis-server logs (at the default log level) once it listens on its ports.
+_READY = b"Ready to accept connections"
+
+
 class _PortTaken(Exception):
     pass
+
+
+class _NotJoined(Exception):
+    """The nodes of a cluster did not all come to know each other in time."""
 
 
 class RedisServer:
@@ -137,7 +145,10 @@ class RedisServer:
                 if "Address already in use" in tail:
                     raise _PortTaken()
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {err}{tail}")
-            if self._answers_ping():
+            # The port answers, and our own log says our process bound it: a port another
+            # process took after it was chosen answers too, while ours is about to fail on it
+            # (one node of a cluster would then be another cluster's node).
+            if self._answers_ping() and _READY in (log.read_bytes() if log.exists() else b""):
                 return self
             time.sleep(0.02)
         self.stop()
@@ -324,6 +335,8 @@ class RedisClusterServers:
                 return RedisServer(base, cluster_port=True)
             return TlsRedisServer(tls, [*base, "--tls-cluster", "yes", "--tls-replication", "yes"], cluster_port=True)
 
+        self._node = node
+        self._shape = (primaries, replicas)
         self.nodes = [node() for _ in range(primaries)]
         self.replicas = [node() for _ in range(primaries * replicas)]
         self.replica_of: dict[int, RedisServer] = {}  # replica port -> its primary at start
@@ -342,37 +355,60 @@ class RedisClusterServers:
         tls = {} if self.tls is None else {"ssl": True, "ssl_ca_certs": str(self.tls.ca_cert)}
         return redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=socket_timeout, **tls)
 
+    #: how long the nodes may take to all know each other before the cluster is formed again
+    JOIN_S = 30.0
+
     def start(self, timeout_s: float = 120.0) -> RedisClusterServers:
+        """Start the nodes, join them and wait for the cluster (see the class). A cluster whose
+        nodes do not all know each other within JOIN_S is stopped and formed again on fresh
+        ports (three times at most): on a loaded machine, a node now and then stays unknown to
+        another however often they are told to MEET."""
+        deadline = time.monotonic() + timeout_s
+        for attempt in range(3):
+            try:
+                return self._form(deadline, final=attempt == 2)
+            except _NotJoined:
+                primaries, replicas = self._shape
+                self.nodes = [self._node() for _ in range(primaries)]
+                self.replicas = [self._node() for _ in range(primaries * replicas)]
+        raise AssertionError("unreachable")
+
+    def _form(self, deadline: float, final: bool) -> RedisClusterServers:
         import redis
 
-        for node in [*self.nodes, *self.replicas]:
-            node.start()
-        clients = [self._node_client(n) for n in self.nodes]
-        count = len(self.nodes)
-        for i, client in enumerate(clients):
-            first, last = i * 16384 // count, (i + 1) * 16384 // count - 1
-            client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
-        # every node meets every other: gossip then has nothing to spread, and the cluster
-        # agrees in about 2 s instead of waiting on rounds of gossip
         everyone = [*self.nodes, *self.replicas]
-        all_clients = [*clients, *(self._node_client(r) for r in self.replicas)]
-        for i, client in enumerate(all_clients):
-            for node in everyone[i + 1 :]:
-                client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
-
-        def meet_again(lagging: list[int]) -> None:
-            # a handshake not answered within the node timeout (a loaded machine) is
-            # dropped, and gossip does not always bring the node back: a node that still
-            # misses some meets every node again (meeting a known node is harmless)
-            for i in lagging:
-                for node in everyone:
-                    if node is not everyone[i]:
-                        all_clients[i].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
-
-        deadline = time.monotonic() + timeout_s
+        all_clients: list[Any] = []
         try:
-            self._wait(all_clients, deadline, lambda t: f"cluster_known_nodes:{len(everyone)}" in t, meet_again)
-            ids = [c.execute_command("CLUSTER", "MYID") for c in clients]
+            for node in everyone:
+                node.start()
+            all_clients = [self._node_client(n) for n in everyone]
+            count = len(self.nodes)
+            for i, client in enumerate(all_clients[:count]):
+                first, end = i * 16384 // count, (i + 1) * 16384 // count - 1
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, end)
+            # every node meets every other: gossip then has nothing to spread, and the cluster
+            # agrees in about 2 s instead of waiting on rounds of gossip
+            for i, client in enumerate(all_clients):
+                for node in everyone[i + 1 :]:
+                    client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+
+            def meet_again(lagging: list[int]) -> None:
+                # a handshake not answered within the node timeout (a loaded machine) is
+                # dropped, and gossip does not always bring the node back: a node that still
+                # misses some meets every node again (meeting a known node is harmless)
+                for i in lagging:
+                    for node in everyone:
+                        if node is not everyone[i]:
+                            all_clients[i].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+
+            join_by = deadline if final else min(deadline, time.monotonic() + self.JOIN_S)
+            try:
+                self._wait(all_clients, join_by, lambda t: f"cluster_known_nodes:{len(everyone)}" in t, meet_again)
+            except RuntimeError as exc:
+                if final:
+                    raise RuntimeError(f"{exc}; {self._views(all_clients, everyone)}") from None
+                raise _NotJoined() from None
+            ids = [c.execute_command("CLUSTER", "MYID") for c in all_clients[:count]]
             for n, replica in enumerate(self.replicas):
                 primary = n % count
                 client = all_clients[count + n]
@@ -392,12 +428,28 @@ class RedisClusterServers:
                         raise RuntimeError(f"a replica did not connect to its primary: {link}")
                     time.sleep(0.05)
         except BaseException:
-            self.stop()
+            self.stop()  # every node started, the one that failed to start included
             raise
         finally:
             for c in all_clients:
                 c.close()
         return self
+
+    @staticmethod
+    def _views(clients: list[Any], everyone: list[RedisServer]) -> str:
+        """Which node misses which: the ports each node does not list in CLUSTER NODES."""
+        missing = []
+        for client, node in zip(clients, everyone, strict=True):
+            try:
+                listed = client.execute_command("CLUSTER", "NODES")
+            except Exception as exc:  # noqa: BLE001 - a diagnostic: say what it met, do not mask the error
+                missing.append(f"{node.port}: CLUSTER NODES failed ({exc})")
+                continue
+            text = listed.decode() if isinstance(listed, bytes) else str(listed)
+            absent = [n.port for n in everyone if f":{n.port}@" not in text]
+            if absent:
+                missing.append(f"{node.port} does not know {absent}")
+        return "; ".join(missing) or "every node lists every other now"
 
     def _wait(self, clients: list[Any], deadline: float, ok: Any, nudge: Any = None) -> None:
         """Poll CLUSTER INFO on every node until `ok` holds for each; every 3 s, call
@@ -587,36 +639,60 @@ class RedisSentinelGroup:
 
         self.pair.start()
         exe = shutil.which("redis-sentinel")
-        for n in range(self.count):
+
+        def launch(n: int) -> tuple[int, subprocess.Popen[bytes]]:
             port = _free_port()
             conf = Path(self._dir) / f"sentinel-{n}.conf"
+            log = Path(self._dir) / f"sentinel-{n}.log"
+            log.unlink(missing_ok=True)
             conf.write_text(
                 f"port {port}\nbind 127.0.0.1\ndaemonize no\ndir {self._dir}\n"
-                f"logfile {self._dir}/sentinel-{n}.log\n"
+                f"logfile {log}\n"
                 f"sentinel monitor {self.service} 127.0.0.1 {self.pair.primary.port} 1\n"
                 f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
                 f"sentinel parallel-syncs {self.service} 1\n"
             )
             cmd = [exe, str(conf)] if exe else [self.pair.primary.executable, str(conf), "--sentinel"]
-            self.procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            return port, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        for n in range(self.count):
+            port, proc = launch(n)
+            self.procs.append(proc)
             self.ports.append(port)
         deadline = time.monotonic() + timeout_s
-        for port in self.ports:  # each Sentinel answers and has found the replica
-            client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, decode_responses=True)
-            try:
-                while True:
-                    try:
-                        if client.sentinel_slaves(self.service):
-                            break
-                    except (redis.exceptions.ConnectionError, redis.exceptions.ResponseError):
-                        pass
-                    if time.monotonic() > deadline:
-                        self.stop()
-                        raise RuntimeError(f"Sentinel on port {port} did not find the replica within {timeout_s} s")
-                    time.sleep(0.05)
-            finally:
-                client.close()
+        primary = self.pair.primary.port
+        for n in range(self.count):  # each Sentinel answers, watches our primary and has found the replica
+            retries = 5
+            while True:
+                if self.procs[n].poll() is not None:
+                    log = Path(self._dir) / f"sentinel-{n}.log"
+                    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                    if "Address already in use" in tail and retries:
+                        # another process took the port after it was chosen: a fresh one
+                        retries -= 1
+                        self.ports[n], self.procs[n] = launch(n)
+                        continue
+                    code = self.procs[n].returncode
+                    self.stop()
+                    raise RuntimeError(f"Sentinel {n} exited with {code}: {tail}")
+                client = redis.Redis(host="127.0.0.1", port=self.ports[n], socket_timeout=1, decode_responses=True)
+                try:
+                    # the port could answer for another group's Sentinel (same service name):
+                    # ours is the one that names our primary's port
+                    if int(client.sentinel_get_master_addr_by_name(self.service)[1]) == primary and (
+                        client.sentinel_slaves(self.service)
+                    ):
+                        break
+                except (redis.exceptions.ConnectionError, redis.exceptions.ResponseError, TypeError):
+                    pass
+                finally:
+                    client.close()
+                if time.monotonic() > deadline:
+                    self.stop()
+                    port = self.ports[n]
+                    raise RuntimeError(f"Sentinel on port {port} did not find the replica within {timeout_s} s")
+                time.sleep(0.05)
         return self
 
     def primary_port(self) -> int:
