@@ -598,12 +598,14 @@ def test_after_a_fork_the_parents_close_releases_the_durable_buffer_while_the_ch
 @pytest.mark.realredis
 def test_a_burst_past_the_pool_waits_no_longer_than_the_deadline_on_a_frozen_server(fresh_redis_server):
     """40 concurrent loads on a pool of 4 while the server is frozen: each costs about one
-    deadline (100 ms), not the pool's 1 s wait for a free connection. The bound is the
-    feature: asserted under 300 ms, a margin of 200 ms over the deadline for a loaded machine."""
+    deadline (100 ms; 0.10 to 0.11 s each on a quiet machine), not the pool's wait for a free
+    connection (10 s here, so that the two are far apart). The bound is the feature: asserted
+    under 2 s, a margin of 1.9 s over the deadline for a loaded machine (0.39 s was seen on
+    one), and 8 s under the pool's wait."""
     import time
 
     async def body():
-        client = connect_async(fresh_redis_server.url, max_connections=4)
+        client = connect_async(fresh_redis_server.url, max_connections=4, connect_timeout=10)
         rs = AsyncResilientStore(AsyncSessionStore(client), timeout_ms=100, fail_max=1000)
         await rs.load_context("s")  # cached
         fresh_redis_server.pause()
@@ -623,7 +625,7 @@ def test_a_burst_past_the_pool_waits_no_longer_than_the_deadline_on_a_frozen_ser
 
     results = asyncio.run(body())
     assert {source for _, source in results} == {"cache"}
-    assert max(seconds for seconds, _ in results) < 0.3, sorted(s for s, _ in results)[-5:]
+    assert max(seconds for seconds, _ in results) < 2.0, sorted(s for s, _ in results)[-5:]
 
 
 def test_a_locked_durable_buffer_costs_a_degraded_write_its_busy_timeout_not_seconds(tmp_path):
