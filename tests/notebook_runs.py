@@ -44,8 +44,7 @@ def executed(nb: Path, backend: str, directory: Path, **parameters: object) -> n
             # (Playwright's) that papermill's own would deadlock with
             cmd = [
                 sys.executable,
-                "-m",
-                "papermill",
+                str(Path(__file__).with_name("run_papermill.py")),
                 str(nb),
                 str(out),
                 "--cwd",

@@ -193,8 +193,11 @@ def test_a_burst_past_the_asyncio_sentinel_pool_limit_waits_for_a_connection(red
 @pytest.mark.realredis
 def test_a_resilient_store_over_sentinel_keeps_its_breaker_closed_under_a_burst(redis_sentinel_group):
     async def body():
-        client = connect_async(redis_sentinel_group.url, max_connections=2)
-        resilient = AsyncResilientStore(AsyncSessionStore(client, LifecyclePolicy(window_turns=50)))
+        client = connect_async(redis_sentinel_group.url, max_connections=2, connect_timeout=5)
+        # a deadline far above a loaded machine's stalls (the default 100 ms once ran out for
+        # all 40 while the machine ran kernels and a browser): the defect failed a burst at once
+        # ("Too many connections"), whatever the deadline
+        resilient = AsyncResilientStore(AsyncSessionStore(client, LifecyclePolicy(window_turns=50)), timeout_ms=5000)
         results = await asyncio.gather(
             *(resilient.append_turn(f"b{i % 4}", turn(i), turn_id=f"t{i}") for i in range(BURST))
         )
