@@ -167,7 +167,10 @@ def _open_connections(client) -> list[int]:
 
 def _check_burst(url: str) -> None:
     async def body():
-        client = connect_async(url, max_connections=2)
+        # the wait for a connection far above a loaded machine's stalls (1 s, the default, once
+        # ran out for 38 of 40 while a cluster client read its slot map beside 4 busy workers):
+        # the defect failed a burst at once ("Too many connections"), whatever the wait
+        client = connect_async(url, max_connections=2, connect_timeout=10)
         results = await _burst(client)
         opened = _open_connections(client)
         ctx = await AsyncSessionStore(client, LifecyclePolicy(window_turns=50)).load_context("b0")
