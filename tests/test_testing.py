@@ -70,6 +70,15 @@ def test_a_port_another_server_holds_is_never_taken_for_our_own(fresh_redis_serv
 
 
 @pytest.mark.realredis
+def test_a_server_whose_log_level_hides_the_ready_line_starts_all_the_same():
+    server = testing.RedisServer(["--loglevel", "warning"]).start()
+    try:
+        assert server.client().info("server")["process_id"] == server.pid
+    finally:
+        server.stop()
+
+
+@pytest.mark.realredis
 def test_a_cluster_that_does_not_join_in_time_is_formed_again_on_fresh_ports():
     cluster = testing.RedisClusterServers(3)
     cluster.JOIN_S = 0.0  # no time to join: the first two formations give up at once
