@@ -67,6 +67,10 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 #: Below this many orjson bytes a value is stored raw: zstd's frame (about 10 bytes) and its
 #: CPU cost buy nothing on a short value (benchmarks/bench_compress.py measures where it pays).
 MIN_BYTES = 96
+#: A frame whose header says it decodes to more than this is corrupt: a Redis value holds at most
+#: 512 MB, and statekit's records stay far below (its byte caps reject what is larger), so a
+#: header claiming more must not make the reader try to allocate it (a MemoryError otherwise).
+MAX_DECODED_BYTES = 1 << 30
 
 
 _zstandard: Any = None
@@ -279,6 +283,11 @@ def decompress(frame: bytes, key: str) -> bytes:
             raise MissingDictionary(dict_id, key) from None
         found = _decompressor(dict_id)
     try:
+        if zstd.frame_content_size(frame) > MAX_DECODED_BYTES:
+            raise CorruptStateError(
+                f"{key}: a zstd frame that says it holds {zstd.frame_content_size(frame):,} bytes, more than any "
+                f"record statekit writes ({MAX_DECODED_BYTES:,}); the value was left as is"
+            )
         return found.decompress(frame)
     except zstd.ZstdError as exc:
         if dict_id > 0:

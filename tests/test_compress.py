@@ -125,6 +125,14 @@ def test_a_process_whose_first_zstd_contact_is_a_bad_frame_gets_corrupt_state(mo
         codec.decode(raw, "k")
 
 
+@pytest.mark.parametrize("declared", [2**30 + 1, 2**35, 2**62])
+def test_a_frame_that_claims_a_huge_content_is_corrupt_state_not_an_allocation(declared):
+    # a 16-byte frame whose header says it holds `declared` bytes: zstd would try to allocate them
+    frame = codec.FORMAT_ZSTD + codec.ZSTD_MAGIC + b"\xe0" + declared.to_bytes(8, "little") + b"\x01\x00\x00"
+    with pytest.raises(CorruptStateError, match="says it holds"):
+        codec.decode(frame, "k")
+
+
 def test_codec_without_zstandard_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "zstandard", None)
     monkeypatch.setattr(codec, "_zstandard", None)

@@ -63,6 +63,35 @@ def test_a_sentinel_port_another_group_holds_is_never_taken_for_our_own(redis_se
 
 
 @pytest.mark.realredis
+def test_a_sentinel_port_held_by_a_silent_listener_is_left_for_a_fresh_one(monkeypatch):
+    # a port that accepts and never answers: ours fails to bind it and starts again elsewhere,
+    # without the look at it raising a timeout (and leaving the group's processes running)
+    import socket
+
+    from statekit.testing import servers
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    taken = silent.getsockname()[1]
+    real, handed = servers._free_port, []
+
+    def first_the_taken_one(cluster: bool = False) -> int:
+        port = taken if not handed else real(cluster)
+        handed.append(port)
+        return port
+
+    group = RedisSentinelGroup()
+    monkeypatch.setattr(servers, "_free_port", first_the_taken_one)
+    try:
+        with group:
+            assert handed[0] == taken and group.ports[0] != taken
+            assert group.primary_port() == group.pair.primary.port
+    finally:
+        silent.close()
+
+
+@pytest.mark.realredis
 def test_blocking_and_asyncio_stores_run_through_sentinel(redis_sentinel_group: RedisSentinelGroup):
     group = redis_sentinel_group
     store = SessionStore(connect(group.url), LifecyclePolicy(window_turns=3))

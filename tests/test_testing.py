@@ -70,12 +70,57 @@ def test_a_port_another_server_holds_is_never_taken_for_our_own(fresh_redis_serv
 
 
 @pytest.mark.realredis
-def test_a_server_whose_log_level_hides_the_ready_line_starts_all_the_same():
-    server = testing.RedisServer(["--loglevel", "warning"]).start()
+@pytest.mark.parametrize("how", ["warning", "WARNING", "include", "logfile"])
+def test_a_server_whose_log_may_hide_the_ready_line_starts_all_the_same(how, tmp_path):
+    if how == "include":
+        (tmp_path / "quiet.conf").write_text("loglevel warning\n")
+        args = ["--include", str(tmp_path / "quiet.conf")]
+    elif how == "logfile":
+        args = ["--logfile", str(tmp_path / "elsewhere.log")]
+    else:
+        args = ["--loglevel", how]
+    server = testing.RedisServer(args).start(timeout_s=5)
     try:
         assert server.client().info("server")["process_id"] == server.pid
     finally:
         server.stop()
+
+
+@pytest.mark.realredis
+def test_a_restart_whose_port_was_taken_meanwhile_says_so_and_never_moves(fresh_redis_server):
+    server = fresh_redis_server
+    port = server.port
+    server.kill()
+    other = testing.RedisServer(port=port).start()  # another process takes the port while ours is down
+    try:
+        with pytest.raises(RuntimeError, match=f"port {port} is in use"):
+            server.restart()
+        assert server.port == port, "the clients hold this port's URL: a restart never moves"
+        assert server.proc is not None and server.proc.poll() is not None
+    finally:
+        other.stop()
+
+
+@pytest.mark.realredis
+def test_an_interrupted_start_leaves_no_process_and_no_directory(monkeypatch):
+    started: list[testing.RedisServer] = []
+    real = testing.RedisServer._answers_ping
+
+    def interrupted(self):
+        started.append(self)
+        if len({id(s) for s in started}) == 2:  # the replica of a pair: its primary is up by now
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(testing.RedisServer, "_answers_ping", interrupted)
+    pair = testing.RedisReplicaPair()
+    with pytest.raises(KeyboardInterrupt):
+        pair.start()
+    servers = {id(s): s for s in started}.values()
+    assert len(servers) == 2
+    for server in servers:
+        assert server.proc is not None and server.proc.poll() is not None, "a server was left running"
+        assert not os.path.exists(server._dir), "a server's directory was left behind"
 
 
 @pytest.mark.realredis

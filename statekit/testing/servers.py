@@ -115,13 +115,17 @@ class RedisServer:
         A port chosen here that another process takes before redis-server binds it is
         replaced by a fresh one, up to five times.
         """
-        for attempt in range(5):
-            try:
-                return self._start_once(timeout_s)
-            except _PortTaken:
-                if not self._auto_port or attempt == 4:
-                    raise RuntimeError(f"port {self.port} is in use") from None
-                self.port = _free_port(self._cluster_port)
+        try:
+            for attempt in range(5):
+                try:
+                    return self._start_once(timeout_s)
+                except _PortTaken:
+                    if not self._auto_port or attempt == 4:
+                        raise RuntimeError(f"port {self.port} is in use") from None
+                    self.port = _free_port(self._cluster_port)
+        except BaseException:
+            self.stop()  # a start that failed or was interrupted leaves no process and no directory
+            raise
         raise AssertionError("unreachable")
 
     def _start_once(self, timeout_s: float) -> RedisServer:
@@ -137,9 +141,15 @@ class RedisServer:
             "--logfile", str(log),
             *self.extra_args,
         ]  # fmt: skip
+        log.unlink(missing_ok=True)  # a restart's ready line must be its own, not the last run's
+        # Where the log may not hold the ready line (a log level above notice, a log file or an
+        # included config of the caller's), the PONG alone says the server is up, as it did before.
+        args = [a.lower() for a in self.extra_args]
+        levels = [v for a, v in itertools.pairwise(args) if a == "--loglevel"]
+        self._quiet = any(a in ("--include", "--logfile", "--syslog-enabled") for a in args) or bool(
+            levels and levels[-1] not in ("debug", "verbose", "notice")
+        )
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        # a log level above notice keeps the ready line out of the log: the PONG alone then
-        self._quiet = any(a == "--loglevel" and v in ("warning", "nothing") for a, v in itertools.pairwise(cmd))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -191,9 +201,14 @@ class RedisServer:
             self.proc.wait(timeout=10)
 
     def restart(self) -> RedisServer:
-        """Start again on the same port, empty (persistence is off)."""
+        """Start again on the same port, empty (persistence is off). Clients hold its URL, so a
+        port another process took meanwhile is a RuntimeError, never a move to another port."""
         self.kill()
-        return self.start()
+        auto, self._auto_port = self._auto_port, False
+        try:
+            return self.start()
+        finally:
+            self._auto_port = auto
 
     def stop(self) -> None:
         """Stop the process by its pid (SIGTERM, then SIGKILL) and remove its directory."""
@@ -564,6 +579,13 @@ class RedisReplicaPair:
         return self.replica.url
 
     def start(self, timeout_s: float = 20.0) -> RedisReplicaPair:
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            self.stop()  # a start that failed or was interrupted leaves nothing running
+            raise
+
+    def _start(self, timeout_s: float) -> RedisReplicaPair:
         import redis
 
         self.primary.start()
@@ -590,7 +612,6 @@ class RedisReplicaPair:
         finally:
             client.close()
             primary.close()
-        self.stop()
         raise RuntimeError(f"the replica did not connect to its primary within {timeout_s} s")
 
     def stop(self) -> None:
@@ -638,7 +659,16 @@ class RedisSentinelGroup:
         return [s for s in (self.pair.primary, self.pair.replica) if s is not None]
 
     def start(self, timeout_s: float = 30.0) -> RedisSentinelGroup:
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            self.stop()  # a start that failed or was interrupted leaves nothing running
+            raise
+
+    def _start(self, timeout_s: float) -> RedisSentinelGroup:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self.pair.start()
         exe = shutil.which("redis-sentinel")
@@ -676,10 +706,15 @@ class RedisSentinelGroup:
                         retries -= 1
                         self.ports[n], self.procs[n] = launch(n)
                         continue
-                    code = self.procs[n].returncode
-                    self.stop()
-                    raise RuntimeError(f"Sentinel {n} exited with {code}: {tail}")
-                client = redis.Redis(host="127.0.0.1", port=self.ports[n], socket_timeout=1, decode_responses=True)
+                    raise RuntimeError(f"Sentinel {n} exited with {self.procs[n].returncode}: {tail}")
+                # no retries: a port that accepts and never answers costs one timeout per look
+                client = redis.Redis(
+                    host="127.0.0.1",
+                    port=self.ports[n],
+                    socket_timeout=1,
+                    decode_responses=True,
+                    retry=Retry(NoBackoff(), 0),
+                )
                 try:
                     # the port could answer for another group's Sentinel (same service name):
                     # ours is the one that names our primary's port
@@ -687,12 +722,11 @@ class RedisSentinelGroup:
                         client.sentinel_slaves(self.service)
                     ):
                         break
-                except (redis.exceptions.ConnectionError, redis.exceptions.ResponseError, TypeError):
-                    pass
+                except (redis.exceptions.RedisError, TypeError):
+                    pass  # not up yet, not ours, or not a Sentinel: look again (ours may exit, above)
                 finally:
                     client.close()
                 if time.monotonic() > deadline:
-                    self.stop()
                     port = self.ports[n]
                     raise RuntimeError(f"Sentinel on port {port} did not find the replica within {timeout_s} s")
                 time.sleep(0.05)
