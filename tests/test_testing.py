@@ -99,6 +99,8 @@ def test_a_restart_whose_port_was_taken_meanwhile_says_so_and_never_moves(fresh_
         assert server.proc is not None and server.proc.poll() is not None
     finally:
         other.stop()
+    server.restart()  # the port is free again: the same server comes back on it
+    assert server.port == port and server.client().info("server")["process_id"] == server.pid
 
 
 @pytest.mark.realredis

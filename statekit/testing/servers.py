@@ -141,6 +141,7 @@ class RedisServer:
             "--logfile", str(log),
             *self.extra_args,
         ]  # fmt: skip
+        os.makedirs(self._dir, exist_ok=True)  # a start after a failed one (which removed it)
         log.unlink(missing_ok=True)  # a restart's ready line must be its own, not the last run's
         # Where the log may not hold the ready line (a log level above notice, a log file or an
         # included config of the caller's), the PONG alone says the server is up, as it did before.
@@ -379,8 +380,8 @@ class RedisClusterServers:
     def start(self, timeout_s: float = 120.0) -> RedisClusterServers:
         """Start the nodes, join them and wait for the cluster (see the class). A cluster whose
         nodes do not all know each other within JOIN_S is stopped and formed again on fresh
-        ports (three times at most): on a loaded machine, a node now and then stays unknown to
-        another however often they are told to MEET."""
+        ports (three times at most). A safety net: the one cause found (a node's port taken by
+        another test's server, whose PONG was taken for the node's) is closed in RedisServer."""
         deadline = time.monotonic() + timeout_s
         for attempt in range(3):
             try:
