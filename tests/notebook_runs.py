@@ -55,12 +55,27 @@ def executed(nb: Path, backend: str, directory: Path, **parameters: object) -> n
             ]
             for name, value in parameters.items():
                 cmd += ["-r", name, str(value)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            for _ in range(3):
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode == 0 or not kernel_did_not_start(done.stderr):
+                    break
             if done.returncode != 0:
                 failed.write_text(done.stderr[-3000:] or done.stdout[-3000:])
     if failed.exists():
         raise NotebookFailed(f"{nb.stem} on {backend}: {failed.read_text()}")
     return nbformat.read(out, as_version=4)
+
+
+#: What jupyter_client says when a kernel exits before it answers at all: the notebook never ran.
+KERNEL_DID_NOT_START = "Kernel died before replying to kernel_info"
+
+
+def kernel_did_not_start(text: str) -> bool:
+    """Did the run fail before the kernel answered (so before any cell ran)? A kernel binds five
+    TCP ports that jupyter_client chose and released: with kernels and servers starting on four
+    workers at once, another process can take one first, and the kernel exits. Such a run is
+    started again (three times at most); a notebook that fails once running is never retried."""
+    return KERNEL_DID_NOT_START in text
 
 
 def code_cells(nb: Path) -> list[int]:

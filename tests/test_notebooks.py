@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 import pytest
-from notebook_runs import NOTEBOOKS, cell_outcome, code_cells, executed, outputs_text, shared_dir
+from notebook_runs import NOTEBOOKS, cell_outcome, code_cells, executed, kernel_did_not_start, outputs_text, shared_dir
 
 
 @pytest.fixture(scope="session")
@@ -21,9 +21,15 @@ def notebooks_dir(tmp_path_factory) -> Path:
 
 
 def _run(nb: Path, out: Path, **parameters) -> nbformat.NotebookNode:
-    pm.execute_notebook(
-        str(nb), str(out), parameters=parameters, cwd=str(nb.parent), progress_bar=False, kernel_name="python3"
-    )
+    for attempt in range(3):
+        try:
+            pm.execute_notebook(
+                str(nb), str(out), parameters=parameters, cwd=str(nb.parent), progress_bar=False, kernel_name="python3"
+            )
+            break
+        except RuntimeError as exc:  # the kernel did not start: no cell ran (notebook_runs says why)
+            if attempt == 2 or not kernel_did_not_start(str(exc)):
+                raise
     return nbformat.read(out, as_version=4)
 
 
