@@ -283,9 +283,10 @@ def decompress(frame: bytes, key: str) -> bytes:
             raise MissingDictionary(dict_id, key) from None
         found = _decompressor(dict_id)
     try:
-        if zstd.frame_content_size(frame) > MAX_DECODED_BYTES:
+        declared = zstd.frame_content_size(frame)
+        if declared > MAX_DECODED_BYTES:
             raise CorruptStateError(
-                f"{key}: a zstd frame that says it holds {zstd.frame_content_size(frame):,} bytes, more than any "
+                f"{key}: a zstd frame that says it holds {declared:,} bytes, more than any "
                 f"record statekit writes ({MAX_DECODED_BYTES:,}); the value was left as is"
             )
         return found.decompress(frame)
