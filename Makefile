@@ -49,6 +49,10 @@ review: $(VENV)/.core
 # (on this 2-core machine: 485 s with four, 602 s with three).
 # Tests that share a server or a cluster get them per worker; the browser tests share one worker.
 WORKERS ?= 4
+# Bytecode is cached even where the environment says not to (PYTHONDONTWRITEBYTECODE): each
+# worker would otherwise compile and assertion-rewrite every test module again, and each of the
+# suite's kernels and CLI runs compile statekit again.
+test check: export PYTHONDONTWRITEBYTECODE :=
 test: $(VENV)/.dev
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests -n $(WORKERS) --dist loadgroup $(PYTEST_ARGS)

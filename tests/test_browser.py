@@ -102,10 +102,11 @@ def _screenshot_dir(tmp: Path) -> Path:
     return tmp
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def _lab(tmp_path_factory, starts_kernels: bool):  # noqa: ANN001 - pytest's TempPathFactory
     """JupyterLab on a copy of notebooks/ and data/, with the app object exposed to the page
-    (to run commands as the menus do) and every cell rendered (no windowing), on a free port."""
+    (to run commands as the menus do) and every cell rendered (no windowing), on a free port.
+    Without `starts_kernels`, opening a notebook starts no kernel: the notebook shows what it
+    holds, as it does while a person's kernel starts."""
     chromium()
     root = tmp_path_factory.mktemp("lab")
     (root / "notebooks").mkdir()
@@ -128,6 +129,7 @@ def lab(tmp_path_factory):
     cmd = [
         str(jupyter), "lab", "--allow-root", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}", "--expose-app-in-browser",
+        f"--LabServerApp.notebook_starts_kernel={starts_kernels}",
     ]  # fmt: skip
     env = {
         **os.environ,
@@ -144,6 +146,31 @@ def lab(tmp_path_factory):
     except (OSError, subprocess.TimeoutExpired):
         pass
     _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """The JupyterLab that renders the executed notebooks: it starts no kernel."""
+    yield from _lab(tmp_path_factory, starts_kernels=False)
+
+
+@pytest.fixture(scope="module")
+def live_lab(tmp_path_factory):
+    """The JupyterLab where notebooks run: opening one starts its kernel."""
+    yield from _lab(tmp_path_factory, starts_kernels=True)
+
+
+@pytest.fixture(scope="module")
+def lab_page(browser, lab):
+    """One JupyterLab page for every rendered notebook: each test opens its notebook in it (as
+    the file browser does) and closes the others, so the application loads once."""
+    base, _ = lab
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(f"{base}/lab/workspaces/render?token={TOKEN}&reset")
+    page.wait_for_function("() => !!(window.jupyterapp && window.jupyterapp.shell)", timeout=120_000)
+    yield page
+    context.close()
 
 
 # JupyterLab's own state, read in the page: the notebook's kernel is idle and every code
@@ -190,32 +217,40 @@ def _run_all(page) -> None:
     page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=60_000)
 
 
-_RENDERED = """() => {
+_RENDERED = """path => {
   const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-  if (!w || !w.content || !w.context.isReady) return false;
+  if (!w || !w.content || !w.context || w.context.path !== path || !w.context.isReady) return false;
   const cells = w.content.widgets.filter(c => c.model.type === 'code');
   return cells.length > 0 && cells.every(c => c.isAttached);
 }"""
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
-def test_every_notebook_renders_in_jupyterlab(nb, lab, page, tmp_path_factory):
+def test_every_notebook_renders_in_jupyterlab(nb, lab, lab_page, tmp_path_factory):
     """The notebook as its fakeredis test run left it (outputs and plots), opened in JupyterLab:
     no cell shows an error, and every plot the kernel sent is on screen and decoded."""
-    base, root = lab
+    _, root = lab
+    page = lab_page
     ran = executed(nb, "fakeredis", shared_dir(tmp_path_factory), redis_url="fakeredis://")
     name = f"executed-{nb.name}"
     nbformat.write(ran, root / "notebooks" / name)
     start = time.perf_counter()
-    workspace = name.replace(".", "-")
-    page.goto(f"{base}/lab/workspaces/{workspace}/tree/notebooks/{name}?token={TOKEN}&reset")
-    page.wait_for_function(_RENDERED, timeout=120_000)
+    page.evaluate(
+        """async path => {
+          await window.jupyterapp.commands.execute('application:close-all');
+          await window.jupyterapp.commands.execute('docmanager:open', {path});
+        }""",
+        f"notebooks/{name}",
+    )
+    page.wait_for_function(_RENDERED, arg=f"notebooks/{name}", timeout=120_000)
     page.wait_for_function(
         "n => document.querySelectorAll('.jp-Notebook .jp-OutputArea-output.jp-RenderedImage img').length >= n",
         arg=1 if nb.stem in PLOTS else 0,
         timeout=60_000,
     )
-    _shutdown_kernels(base)
+    assert page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session") is None, (
+        "rendering started a kernel"
+    )
     errors = page.locator(".jp-Notebook .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     tracebacks = [e for e in errors.all_inner_texts() if "Traceback" in e]
     assert tracebacks == [], f"{nb.stem} shows an error"
@@ -235,8 +270,8 @@ def test_every_notebook_renders_in_jupyterlab(nb, lab, page, tmp_path_factory):
     print(f"browser: {nb.stem} rendered in JupyterLab in {TIMINGS[nb.stem]:.1f} s")
 
 
-def test_the_questionnaire_changes_its_verdict_when_a_box_is_clicked(lab, page):
-    base, _ = lab
+def test_the_questionnaire_changes_its_verdict_when_a_box_is_clicked(live_lab, page):
+    base, _ = live_lab
     _open(page, base, "00_do_you_need_state.ipynb")
     _run_all(page)
     form = page.locator(".jp-OutputArea-output .widget-vbox").filter(has_text="answer the rubric").first
