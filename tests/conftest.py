@@ -9,8 +9,8 @@ from hypothesis import settings
 
 # jsonschema (imported by nbformat, papermill and the notebook tests) imports rfc3987_syntax
 # whenever it is installed, which builds an Earley parser: about 2 CPU-seconds in every test
-# process. No test and no statekit code checks an IRI's format (tests/run_papermill.py says
-# the same for the notebook runs), so the test processes go without it.
+# process. No test and no statekit code checks an IRI's format, and neither papermill nor
+# nbformat does for the notebook runs (tests/notebook_runs.py), so the test processes go without it.
 sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
 pytest_plugins = ["statekit.testing"]

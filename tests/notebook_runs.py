@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-import subprocess
-import sys
+import threading
 from pathlib import Path
 
 import nbformat
@@ -40,30 +39,46 @@ def executed(nb: Path, backend: str, directory: Path, **parameters: object) -> n
     with open(directory / f"{nb.stem}.{backend}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not out.exists():
-            # papermill in a process of its own: a test that drives a browser runs an event loop
-            # (Playwright's) that papermill's own would deadlock with
-            cmd = [
-                sys.executable,
-                str(Path(__file__).with_name("run_papermill.py")),
-                str(nb),
-                str(out),
-                "--cwd",
-                str(nb.parent),
-                "-k",
-                "python3",
-                "--no-progress-bar",
-            ]
-            for name, value in parameters.items():
-                cmd += ["-r", name, str(value)]
-            for _ in range(3):
-                done = subprocess.run(cmd, capture_output=True, text=True)
-                if done.returncode == 0 or not kernel_did_not_start(done.stderr):
-                    break
-            if done.returncode != 0:
-                failed.write_text(done.stderr[-3000:] or done.stdout[-3000:])
+            error = execute(nb, out, **parameters)
+            if error is not None:
+                failed.write_text(error[-3000:])
     if failed.exists():
         raise NotebookFailed(f"{nb.stem} on {backend}: {failed.read_text()}")
     return nbformat.read(out, as_version=4)
+
+
+def execute(nb: Path, out: Path, **parameters: object) -> str | None:
+    """papermill's run of `nb` into `out` (its kernel started again, three times at most, when it
+    died before it answered), in this process: None, or what went wrong.
+
+    The run has a thread of its own: a test that drives a browser runs an event loop
+    (Playwright's) in this thread, which papermill's own would deadlock with. In this process
+    rather than in a `papermill` command of its own: the worker has imported papermill once,
+    where each command paid for it again (a second of CPU per run, some fifty runs).
+    """
+    import papermill as pm
+
+    outcome: list[str | None] = []
+
+    def run() -> None:
+        for attempt in range(3):
+            try:
+                pm.execute_notebook(
+                    str(nb), str(out), parameters=parameters, cwd=str(nb.parent), progress_bar=False,
+                    kernel_name="python3",
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - reported to every caller, named in full
+                if attempt < 2 and kernel_did_not_start(str(exc)):
+                    continue
+                outcome.append(f"{type(exc).__name__}: {exc}")
+                return
+            outcome.append(None)
+            return
+
+    thread = threading.Thread(target=run, name=f"papermill {nb.name}")
+    thread.start()
+    thread.join()
+    return outcome[0]
 
 
 #: What jupyter_client says when a kernel exits before it answers at all: the notebook never ran.

@@ -10,9 +10,17 @@ import json
 from pathlib import Path
 
 import nbformat
-import papermill as pm
 import pytest
-from notebook_runs import NOTEBOOKS, cell_outcome, code_cells, executed, kernel_did_not_start, outputs_text, shared_dir
+from notebook_runs import (
+    NOTEBOOKS,
+    NotebookFailed,
+    cell_outcome,
+    code_cells,
+    execute,
+    executed,
+    outputs_text,
+    shared_dir,
+)
 
 
 @pytest.fixture(scope="session")
@@ -21,15 +29,9 @@ def notebooks_dir(tmp_path_factory) -> Path:
 
 
 def _run(nb: Path, out: Path, **parameters) -> nbformat.NotebookNode:
-    for attempt in range(3):
-        try:
-            pm.execute_notebook(
-                str(nb), str(out), parameters=parameters, cwd=str(nb.parent), progress_bar=False, kernel_name="python3"
-            )
-            break
-        except RuntimeError as exc:  # the kernel did not start: no cell ran (notebook_runs says why)
-            if attempt == 2 or not kernel_did_not_start(str(exc)):
-                raise
+    error = execute(nb, out, **parameters)
+    if error is not None:
+        raise NotebookFailed(f"{nb.stem}: {error}")
     return nbformat.read(out, as_version=4)
 
 
