@@ -25,7 +25,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from notebook_runs import NOTEBOOKS, executed, shared_dir  # tests/ is on sys.path (rootdir conftest)
+from notebook_runs import NOTEBOOKS, executed_on_fakeredis, shared_dir  # tests/ is on sys.path (rootdir conftest)
 from test_notebooks import PLOTS
 from tools import chromium
 
@@ -231,7 +231,7 @@ def test_every_notebook_renders_in_jupyterlab(nb, lab, lab_page, tmp_path_factor
     no cell shows an error, and every plot the kernel sent is on screen and decoded."""
     _, root = lab
     page = lab_page
-    ran = executed(nb, "fakeredis", shared_dir(tmp_path_factory), redis_url="fakeredis://")
+    ran = executed_on_fakeredis(nb, shared_dir(tmp_path_factory))
     name = f"executed-{nb.name}"
     nbformat.write(ran, root / "notebooks" / name)
     start = time.perf_counter()

@@ -18,6 +18,7 @@ from notebook_runs import (
     code_cells,
     execute,
     executed,
+    executed_on_fakeredis,
     outputs_text,
     shared_dir,
 )
@@ -150,7 +151,7 @@ def test_every_notebook_has_its_checks():
 @pytest.mark.notebook
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_on_fakeredis(nb, notebooks_dir):
-    _check(nb, executed(nb, "fakeredis", notebooks_dir, redis_url="fakeredis://"), "fakeredis")
+    _check(nb, executed_on_fakeredis(nb, notebooks_dir), "fakeredis")
 
 
 @pytest.mark.notebook
@@ -159,7 +160,7 @@ def test_notebook_on_fakeredis(nb, notebooks_dir):
 )
 def test_each_cell_runs_on_fakeredis(nb, index, notebooks_dir):
     with contextlib.suppress(AssertionError):  # the notebook's test reports it; this says which cell
-        executed(nb, "fakeredis", notebooks_dir, redis_url="fakeredis://")
+        executed_on_fakeredis(nb, notebooks_dir)
     assert cell_outcome(nb, "fakeredis", notebooks_dir, index) == "ok"
 
 

@@ -101,6 +101,7 @@ def tls_cluster(tls):
 
 
 @pytest.mark.realredis
+@pytest.mark.xdist_group("tls_cluster")  # one TLS cluster serves both
 def test_every_client_runs_on_a_tls_cluster(tls_cluster):
     """rediss+cluster://: TLS to clients, on the cluster bus and for replication. The
     blocking, resilient (its own client with its deadline, TLS kept) and asyncio stores, and
@@ -137,6 +138,7 @@ def test_every_client_runs_on_a_tls_cluster(tls_cluster):
 
 
 @pytest.mark.realredis
+@pytest.mark.xdist_group("tls_cluster")  # one TLS cluster serves both
 def test_a_tls_cluster_without_the_ca_or_over_plain_text_is_named(tls_cluster):
     hosts = tls_cluster.url.split("://", 1)[1].split("?", 1)[0]
     with pytest.raises(StoreUnavailable, match="cannot reach Redis Cluster"):
