@@ -169,6 +169,7 @@ def lab_page(browser, lab):
     page = context.new_page()
     page.goto(f"{base}/lab/workspaces/render?token={TOKEN}&reset")
     page.wait_for_function("() => !!(window.jupyterapp && window.jupyterapp.shell)", timeout=120_000)
+    page.evaluate("async () => { await window.jupyterapp.restored; }")  # its layout restored: opens stay open
     yield page
     context.close()
 
