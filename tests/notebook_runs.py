@@ -66,7 +66,7 @@ def execute(nb: Path, out: Path, **parameters: object) -> str | None:
     The run has a thread of its own: a test that drives a browser runs an event loop
     (Playwright's) in this thread, which papermill's own would deadlock with. In this process
     rather than in a `papermill` command of its own: the worker has imported papermill once,
-    where each command paid for it again (a second of CPU per run, some fifty runs).
+    where each command paid for it again (0.7 CPU-seconds a run, some forty runs).
     """
     import papermill as pm
 
