@@ -66,9 +66,14 @@ class ExtractiveSummarizer:
             if len(first) > self.line_chars:
                 first = first[: self.line_chars - 1] + "…"
             lines.append(f"{role}: {first}")
-        while lines and len("\n".join(lines).encode("utf-8")) > budget_bytes:
-            lines.pop(0)
-        return truncate_utf8("\n".join(lines), budget_bytes)
+        # the oldest lines go while the text (lines joined by newlines) exceeds the budget;
+        # counted once, not joined again after each line dropped
+        sizes = [len(line.encode("utf-8")) for line in lines]
+        size, drop = sum(sizes) + len(lines) - 1, 0
+        while drop < len(lines) and size > budget_bytes:
+            size -= sizes[drop] + (1 if drop < len(lines) - 1 else 0)
+            drop += 1
+        return truncate_utf8("\n".join(lines[drop:]), budget_bytes)
 
 
 _LLM_INSTRUCTIONS = (

@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from statekit import LifecyclePolicy, NeedsRealRedis, ResilientStore, SessionStore, StateTooLarge, connect
 from statekit.migrate import Migrations
 from statekit.observe import AuditLog, ExpiryWatcher, StateMetrics, actor, health_scan
+from statekit.observe import metrics as sk_metrics
 from statekit.testing import FakeClock, FaultInjector
 
 
@@ -41,6 +42,31 @@ def test_sub_millisecond_resolution_in_prometheus_buckets():
     }
     assert buckets["5e-05"] == 1 and buckets["0.0001"] == 3 and buckets["0.0002"] == 4 and buckets["+Inf"] == 5
     assert min(float(le) for le in buckets if le != "+Inf") < 0.0001
+
+
+def test_buckets_and_histograms_are_what_hdrhistograms_iterator_gives():
+    """The Prometheus buckets and the plotted histograms read HdrHistogram's counts array:
+    the same numbers as its recorded iterator, over values from 1 us to a minute."""
+    m = StateMetrics()
+    rng = np.random.default_rng(1)
+    for s in rng.lognormal(mean=np.log(2e-3), sigma=2.5, size=5_000).clip(1e-6, 60):
+        m.on_operation("load_context", "s", float(s), None)
+    for b in rng.lognormal(mean=np.log(4_000), sigma=1.5, size=2_000):
+        m.on_event("appended", "s", {"total": int(b) + 1})
+    for hist, bounds, scale, plotted in (
+        (m._latency["load_context"], sk_metrics.LATENCY_BUCKETS_S, 1e6, m.latency_histogram("load_context")),
+        (m._sizes, sk_metrics.SIZE_BUCKETS_BYTES, 1, m.size_histogram()),
+    ):
+        recorded = [(it.value_iterated_to, it.count_at_value_iterated_to) for it in hist.get_recorded_iterator()]
+        assert plotted == recorded and len(recorded) > 50
+        expected = [
+            (
+                sk_metrics.bucket_label(b),
+                sum(c for v, c in recorded if hist.get_lowest_equivalent_value(v) <= b * scale),
+            )
+            for b in bounds
+        ]
+        assert m._cumulative(hist, bounds, scale) == [*expected, ("+Inf", hist.get_total_count())]
 
 
 def test_prometheus_names_follow_the_conventions():

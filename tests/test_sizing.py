@@ -5,6 +5,12 @@ import pytest
 from statekit import LifecyclePolicy, NeedsRealRedis, WorkloadProfile, connect, sizing
 from statekit.decide.lifecycle import recommend
 
+_TURNS = [
+    {"role": "user", "content": "Where is my order? It left on Monday. " * 4},
+    {"role": "assistant", "content": "It is in Lyon! " + "é" * 900},
+    {"role": "tool", "content": "x" * 5_000},
+]
+
 
 @pytest.mark.parametrize(
     "n, size",
@@ -36,6 +42,34 @@ def test_bounded_sessions_stop_growing_and_unbounded_ones_do_not():
     assert max(g["with_policy"][20:]) - min(g["with_policy"][20:]) < 4 * 800 + 2_100
     assert max(g["with_policy"]) < 20_000
     assert g["without_policy"] == sorted(g["without_policy"])
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        LifecyclePolicy(window_turns=6, fold_batch=4, summary_max_bytes=300),
+        LifecyclePolicy(window_turns=3, summarizer=None),
+        LifecyclePolicy(window_turns=1, fold_batch=1, summary_max_bytes=40),
+    ],
+    ids=["park", "drop", "tiny"],
+)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"compression_ratio": 2.5, "state_bytes": 900, "cluster": True},
+        {"session_turns": _TURNS, "summary_bytes": 77},
+    ],
+    ids=["plain", "compressed", "own-turns"],
+)
+def test_growth_over_turns_is_the_estimate_after_each_turn(policy, options):
+    """One replay read after each turn gives what an estimate of that many turns gives."""
+    g = sizing.growth_over_turns(policy, 45, 300, **options)
+    each = [sizing.estimate_memory(policy, 1, t, 300, **options) for t in range(1, 46)]
+    assert g["turns"] == list(range(1, 46))
+    assert g["with_policy"] == [e.per_session for e in each]
+    assert g["without_policy"] == [e.unbounded_per_session for e in each]
+    assert sizing.growth_over_turns(policy, 0, 300, **options)["with_policy"] == []
 
 
 def test_estimate_scales_with_sessions_and_counts_tables():

@@ -480,6 +480,12 @@ def test_extractive_summary_is_deterministic_and_within_budget(summary, turns, b
     out = s(summary, turns, budget)
     assert len(out.encode("utf-8")) <= budget
     assert out == s(summary, turns, budget)
+    if all("\n" not in t["role"] for t in turns):  # then its lines are the unbounded text's lines
+        whole = s(summary, turns, 10**9)
+        lines = whole.split("\n") if whole else []
+        # the oldest lines go first, only as many as the budget needs
+        keep = next(k for k in range(len(lines) + 1) if len("\n".join(lines[k:]).encode("utf-8")) <= budget)
+        assert out == "\n".join(lines[keep:])
 
 
 # -- the hand-packed wire ---------------------------------------------------------------

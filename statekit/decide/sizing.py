@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -111,17 +111,16 @@ def _lp_int(value: int) -> int:
 
 
 def _lp_value(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = None
-    if number is not None and str(number) == value and len(value) <= 20:
-        return _lp_int(number)
+    # an integer to listpack only when written as Redis writes one: ASCII digits, a sign, no padding
+    digits = value[1:] if value.startswith("-") else value
+    if digits.isascii() and digits.isdigit() and len(value) <= 20 and str(int(value)) == value:
+        return _lp_int(int(value))
     return _lp_string(len(value.encode()))
 
 
-def _hash_listpack(fields: dict[str, str]) -> int:
-    size = _LP_HEADER + _LP_END + sum(_lp_value(k) + _lp_value(v) for k, v in fields.items())
+def _hash_listpack(fields: dict[str, str], more: int = 0) -> int:
+    """A listpack-encoded hash of `fields`, and `more` bytes of further entries."""
+    size = _LP_HEADER + _LP_END + more + sum(_lp_value(k) + _lp_value(v) for k, v in fields.items())
     return _ROBJ + jemalloc_size(size)
 
 
@@ -206,21 +205,37 @@ def _table(keys: int) -> int:
     return 8 * max(4, 1 << max(0, (keys - 1).bit_length())) if keys else 0
 
 
-def _summary_length(policy: LifecyclePolicy, folded: list[dict[str, str]], summary_bytes: int | None) -> int:
-    if not folded or policy.summarizer is None:
-        return 0
-    if summary_bytes is not None:
-        return min(summary_bytes, policy.summary_max_bytes)
-    if isinstance(policy.summarizer, ExtractiveSummarizer):
+class _Summary:
+    """The summary's length as the store folds: the summarizer run batch by batch, in
+    `fold_batch` turns, on the turns folded so far. Complete batches are folded once and kept,
+    so a replay that asks after every turn pays for each batch once."""
+
+    def __init__(self, policy: LifecyclePolicy, summary_bytes: int | None) -> None:
+        self.policy = policy
+        self.summary_bytes = summary_bytes
+        self.folded: list[dict[str, Any]] = []
+        self.text = ""  # the summary of folded[: self.done]
+        self.done = 0
+
+    def _fold(self, summary: str, batch: list[dict[str, Any]]) -> str:
+        budget = self.policy.summary_max_bytes
+        return truncate_utf8(self.policy.summarizer(summary, batch, budget), budget)  # type: ignore[misc]
+
+    def length(self) -> int:
+        policy = self.policy
+        if not self.folded or policy.summarizer is None:
+            return 0
+        if self.summary_bytes is not None:
+            return min(self.summary_bytes, policy.summary_max_bytes)
+        if not isinstance(policy.summarizer, ExtractiveSummarizer):
+            return policy.summary_max_bytes  # an unknown summarizer: assume it uses its whole budget
         # Deterministic and cheap: run it on the same turns, batch by batch, as the store would.
-        summary = ""
-        for start in range(0, len(folded), policy.fold_batch):
-            batch = folded[start : start + policy.fold_batch]
-            summary = truncate_utf8(
-                policy.summarizer(summary, batch, policy.summary_max_bytes), policy.summary_max_bytes
-            )
-        return len(summary.encode())
-    return policy.summary_max_bytes  # an unknown summarizer: assume it uses its whole budget
+        batch = policy.fold_batch
+        while len(self.folded) - self.done >= batch:
+            self.text = self._fold(self.text, self.folded[self.done : self.done + batch])
+            self.done += batch
+        rest = self.folded[self.done :]
+        return len((self._fold(self.text, rest) if rest else self.text).encode())
 
 
 def compressed(length: int, ratio: float, envelope: int = 1) -> int:
@@ -231,13 +246,23 @@ def compressed(length: int, ratio: float, envelope: int = 1) -> int:
     return min(length, envelope + math.ceil((length - envelope) / ratio))
 
 
+def _naive_record_lengths(turn_bytes: int) -> tuple[int, int]:
+    """Encoded lengths of the synthetic turns, even and odd (all a synthetic turn varies with)."""
+    return len(codec.encode(synthetic_turn(0, turn_bytes))), len(codec.encode(synthetic_turn(1, turn_bytes)))
+
+
 def session_bytes_unbounded(turns: int, turn_bytes: int, namespace: str = "sk", session_id_bytes: int = 10) -> int:
     """Memory of one session kept the naive way: every turn RPUSHed to one list, no window,
     no summary, no TTL."""
     ql = _Quicklist()
+    lengths = _naive_record_lengths(turn_bytes)
     for i in range(turns):
-        ql.push(len(codec.encode(synthetic_turn(i, turn_bytes))))
+        ql.push(lengths[i % 2])
     return _key_overhead(key_name_bytes(namespace, session_id_bytes, "log"), False, with_ttl=False) + ql.bytes()
+
+
+#: A turn's field in the meta hash: '#' and its id (never an integer to listpack), and "1".
+_LOG_FIELD = _lp_value("#" + "0" * _TURN_ID_BYTES) + _lp_value("1")
 
 
 def estimate_memory(
@@ -271,80 +296,133 @@ def estimate_memory(
     `session_turns`, when given, are the turns of a session (`turns_per_session` of them,
     cycled) in place of synthetic turns of `turn_bytes`.
     """
+    *_, last = _replay(
+        policy,
+        sessions,
+        turns_per_session,
+        turn_bytes,
+        every_turn=False,
+        state_bytes=state_bytes,
+        summary_bytes=summary_bytes,
+        namespace=namespace,
+        session_id_bytes=session_id_bytes,
+        cluster=cluster,
+        clients=clients,
+        baseline=baseline,
+        compression_ratio=compression_ratio,
+        session_turns=session_turns,
+    )
+    return last
+
+
+def _replay(
+    policy: LifecyclePolicy,
+    sessions: int,
+    turns_per_session: int,
+    turn_bytes: int,
+    *,
+    every_turn: bool,
+    state_bytes: int = 0,
+    summary_bytes: int | None = None,
+    namespace: str = "sk",
+    session_id_bytes: int = 10,
+    cluster: bool = False,
+    clients: int = 1,
+    baseline: int = BASELINE_USED_MEMORY,
+    compression_ratio: float = 1.0,
+    session_turns: list[dict[str, Any]] | None = None,
+) -> Iterator[MemoryEstimate]:
+    """`estimate_memory`'s model, the store's scripts replayed turn by turn: the estimate after
+    the last turn, or (`every_turn`) after each of turns 1..`turns_per_session` from one replay.
+    (Replaying 1..n turns afresh for each n, as `growth_over_turns` once did, is quadratic.)"""
     if sessions < 0 or turns_per_session < 0 or turn_bytes < 0 or state_bytes < 0:
         raise ValueError("sessions, turns_per_session, turn_bytes and state_bytes must be >= 0")
     if not compression_ratio >= 1.0:
         raise ValueError(f"compression_ratio is raw over stored bytes, at least 1.0, got {compression_ratio!r}")
-    if session_turns:
-        turns = [session_turns[i % len(session_turns)] for i in range(turns_per_session)]
-    else:
-        turns = [synthetic_turn(i, turn_bytes) for i in range(turns_per_session)]
-    records = [_TURN_ID_BYTES + 1 + compressed(len(codec.encode(t)), compression_ratio) for t in turns]
+    # A turn's record depends only on its place in the cycle of distinct turns: each is encoded once.
+    cycle = list(session_turns) if session_turns else [synthetic_turn(0, turn_bytes), synthetic_turn(1, turn_bytes)]
+    lengths = [_TURN_ID_BYTES + 1 + compressed(len(codec.encode(t)), compression_ratio) for t in cycle]
+    naive = _naive_record_lengths(turn_bytes)
     state_bytes = compressed(state_bytes, compression_ratio) if state_bytes else 0
+    bytes_per_part = {
+        part: _key_overhead(key_name_bytes(namespace, session_id_bytes, part), cluster, True)
+        for part in ("meta", "log", "summary", "state")
+    }
+    naive_key = _key_overhead(key_name_bytes(namespace, session_id_bytes, "log"), False, with_ttl=False)
+    client_bytes = baseline + (clients - 1) * CLIENT_BYTES
+    # `c`, the session's creation time in ms: its length is all that counts
+    created = str(int(time.time() * 1000))
 
     # Replay the store's scripts: push, then fold (park mode) or pop (drop mode).
-    ql, folded, in_log = _Quicklist(), [], []
-    folds = 0
-    for i, length in enumerate(records):
-        ql.push(length)
+    ql, naive_ql, in_log = _Quicklist(), _Quicklist(), []
+    summary = _Summary(policy, summary_bytes)
+    folds = log_bytes = 0
+
+    def estimate(turns: int) -> MemoryEstimate:
+        summary_len = summary.length()
+        summary_len = compressed(summary_len, compression_ratio, envelope=0) if summary_len else 0
+        stored = log_bytes + summary_len + state_bytes
+        meta_fields = {"v": str(turns + folds + (1 if state_bytes else 0)), "b": str(stored), "c": created}
+        if folds:
+            meta_fields["fv"] = str(folds)
+        if state_bytes:
+            meta_fields["sv"] = "1"
+        parts = ["meta", "log"] + (["summary"] if summary_len else []) + (["state"] if state_bytes else [])
+        has_session = turns > 0 or state_bytes > 0
+        if turns == 0:
+            parts.remove("log")
+        breakdown = {
+            "key names, dict and expiry entries": sum(bytes_per_part[p] for p in parts),
+            # one field per turn in the log
+            "meta hash": _hash_listpack(meta_fields, len(in_log) * _LOG_FIELD) if has_session else 0,
+            "log list": ql.bytes(),
+            "summary": _string_value(summary_len) if summary_len else 0,
+            "state": _string_value(state_bytes) if state_bytes else 0,
+        }
+        if not has_session:
+            breakdown = dict.fromkeys(breakdown, 0)
+            parts = []
+        per_session = sum(breakdown.values())
+        tables = 2 * _table(sessions * len(parts))
+        unbounded = naive_key + naive_ql.bytes()
+        return MemoryEstimate(
+            sessions=sessions,
+            turns_per_session=turns,
+            turn_bytes=turn_bytes,
+            keys_per_session=len(parts),
+            log_turns=len(in_log),
+            summary_bytes=summary_len,
+            stored_bytes=stored if has_session else 0,
+            per_session=per_session,
+            breakdown=breakdown,
+            dict_tables=tables,
+            baseline=client_bytes,
+            total=client_bytes + sessions * per_session + tables,
+            unbounded_per_session=unbounded,
+            unbounded_total=baseline + sessions * unbounded + _table(sessions if turns else 0),
+        )
+
+    if turns_per_session == 0:
+        yield estimate(0)
+        return
+    for i in range(turns_per_session):
+        ql.push(lengths[i % len(lengths)])
+        naive_ql.push(naive[i % 2])
         in_log.append(i)
+        log_bytes += lengths[i % len(lengths)]
         parked = len(in_log) - policy.window_turns
         if policy.mode == "drop" and parked > 0:
             ql.trim_head(parked)
+            log_bytes -= sum(lengths[j % len(lengths)] for j in in_log[:parked])
             del in_log[:parked]
         elif policy.mode == "park" and parked >= policy.fold_batch:
             ql.trim_head(parked)
-            folded += [turns[j] for j in in_log[:parked]]
+            log_bytes -= sum(lengths[j % len(lengths)] for j in in_log[:parked])
+            summary.folded += [cycle[j % len(cycle)] for j in in_log[:parked]]
             del in_log[:parked]
             folds += 1
-    summary_len = _summary_length(policy, folded, summary_bytes)
-    summary_len = compressed(summary_len, compression_ratio, envelope=0) if summary_len else 0
-
-    stored = sum(records[j] for j in in_log) + summary_len + state_bytes
-    meta_fields = {"v": str(turns_per_session + folds + (1 if state_bytes else 0)), "b": str(stored)}
-    # one field per turn in the log: '#' and a turn id (never an integer to listpack)
-    meta_fields.update({f"#{j:0{_TURN_ID_BYTES}d}": "1" for j in range(len(in_log))})
-    meta_fields["c"] = str(int(time.time() * 1000))
-    if folds:
-        meta_fields["fv"] = str(folds)
-    if state_bytes:
-        meta_fields["sv"] = "1"
-
-    parts = ["meta", "log"] + (["summary"] if summary_len else []) + (["state"] if state_bytes else [])
-    has_session = turns_per_session > 0 or state_bytes > 0
-    if turns_per_session == 0:
-        parts.remove("log")
-    names = [key_name_bytes(namespace, session_id_bytes, part) for part in parts]
-    breakdown = {
-        "key names, dict and expiry entries": sum(_key_overhead(n, cluster, True) for n in names),
-        "meta hash": _hash_listpack(meta_fields) if has_session else 0,
-        "log list": ql.bytes(),
-        "summary": _string_value(summary_len) if summary_len else 0,
-        "state": _string_value(state_bytes) if state_bytes else 0,
-    }
-    if not has_session:
-        breakdown = dict.fromkeys(breakdown, 0)
-        parts = []
-    per_session = sum(breakdown.values())
-    n_keys = sessions * len(parts)
-    tables = 2 * _table(n_keys)
-    unbounded = session_bytes_unbounded(turns_per_session, turn_bytes, namespace, session_id_bytes)
-    return MemoryEstimate(
-        sessions=sessions,
-        turns_per_session=turns_per_session,
-        turn_bytes=turn_bytes,
-        keys_per_session=len(parts),
-        log_turns=len(in_log),
-        summary_bytes=summary_len,
-        stored_bytes=stored if has_session else 0,
-        per_session=per_session,
-        breakdown=breakdown,
-        dict_tables=tables,
-        baseline=baseline + (clients - 1) * CLIENT_BYTES,
-        total=baseline + (clients - 1) * CLIENT_BYTES + sessions * per_session + tables,
-        unbounded_per_session=unbounded,
-        unbounded_total=baseline + sessions * unbounded + _table(sessions if turns_per_session else 0),
-    )
+        if every_turn or i == turns_per_session - 1:
+            yield estimate(i + 1)
 
 
 def active_sessions(new_sessions_per_day: float, session_seconds: float, ttl_seconds: float) -> int:
@@ -385,10 +463,10 @@ def nodes_needed(total_bytes: int, maxmemory_bytes: int, usable_fraction: float 
 def growth_over_turns(policy: LifecyclePolicy, turns: int, turn_bytes: int, **kwargs: Any) -> dict[str, list[int]]:
     """Memory of one session after 1..`turns` turns, with the policy and without (naive list)."""
     bounded, unbounded = [], []
-    for t in range(1, turns + 1):
-        e = estimate_memory(policy, 1, t, turn_bytes, **kwargs)
-        bounded.append(e.per_session)
-        unbounded.append(e.unbounded_per_session)
+    if turns > 0:  # one replay, read after each turn
+        for e in _replay(policy, 1, turns, turn_bytes, every_turn=True, **kwargs):
+            bounded.append(e.per_session)
+            unbounded.append(e.unbounded_per_session)
     return {"turns": list(range(1, turns + 1)), "with_policy": bounded, "without_policy": unbounded}
 
 
