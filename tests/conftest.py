@@ -40,6 +40,21 @@ def profiles_dir() -> Path:
     return PROFILES
 
 
+#: The tests that read `example_reviews` share one worker, so the run happens once.
+EXAMPLE_REVIEWS = pytest.mark.xdist_group("example_reviews")
+
+
+@pytest.fixture(scope="session")
+def example_reviews(tmp_path_factory):  # noqa: ANN201 - dict of statekit.workbook.review.ReportFiles
+    """One `run_review` of every example profile, as `statekit review data/profiles/*.yaml` runs
+    it (one kernel, reset between profiles), by profile name: the tests of a review's notebook,
+    HTML, JSON and index read its files (mark them EXAMPLE_REVIEWS)."""
+    from statekit.workbook.review import run_review
+
+    out = tmp_path_factory.mktemp("example-reviews")
+    return {r.name: r for r in run_review(sorted(PROFILES.glob("*.yaml")), out, progress=False)}
+
+
 @pytest.fixture
 def redis_url(redis_server) -> str:  # noqa: ANN001 - statekit.testing.RedisServer
     """URL of the session's real redis-server, flushed before the test."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import EXAMPLE_REVIEWS
 from notebook_runs import (
     NOTEBOOKS,
     NotebookFailed,
@@ -180,15 +181,18 @@ PROFILES = sorted((Path(__file__).resolve().parent.parent / "data" / "profiles")
 
 
 @pytest.mark.notebook
+@EXAMPLE_REVIEWS
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
-def test_design_review_for_every_example_profile(profile, tmp_path):
+def test_design_review_for_every_example_profile(profile, example_reviews):
+    """The design-review notebook, executed for each example profile (by `run_review`, all of
+    them in one kernel, reset between profiles)."""
     from statekit import WorkloadProfile, assess
 
-    nb = next(p for p in NOTEBOOKS if p.stem == "design_review")
-    out = _run(nb, tmp_path / "dr.ipynb", profile_path=str(profile), review_json_path=str(tmp_path / "r.json"))
+    report = example_reviews[profile.stem]
+    out = nbformat.read(report.notebook, as_version=4)
     verdict = assess(WorkloadProfile.from_yaml(profile)).verdict
     assert f"{profile.stem}: **{verdict}**" in _text(out)
-    assert json.loads((tmp_path / "r.json").read_text())["assessment"]["verdict"] == verdict
+    assert json.loads(report.json.read_text())["assessment"]["verdict"] == verdict
 
 
 @pytest.mark.notebook

@@ -6,6 +6,7 @@ import re
 
 import nbformat
 import pytest
+from conftest import EXAMPLE_REVIEWS
 
 from statekit import ProfileError, StoreUnavailable
 from statekit.workbook.review import build_review, run_review
@@ -42,8 +43,9 @@ def test_build_review_fails_fast_on_unreachable_redis(profiles_dir):
 
 
 @pytest.mark.notebook
-def test_run_review_writes_html_without_code_and_json(tmp_path, profiles_dir):
-    (report,) = run_review([profiles_dir / "support_agent.yaml"], tmp_path, progress=False)
+@EXAMPLE_REVIEWS
+def test_run_review_writes_html_without_code_and_json(example_reviews):
+    report = example_reviews["support_agent"]
     assert report.verdict == "server-side session state"
     page = report.html.read_text()
     assert "server-side session state" in page
@@ -69,13 +71,32 @@ def test_run_review_writes_html_without_code_and_json(tmp_path, profiles_dir):
 
 
 @pytest.mark.notebook
-def test_several_profiles_give_an_index(tmp_path, profiles_dir):
-    names = ["batch_document_processing", "faq_widget"]
-    reports = run_review([profiles_dir / f"{n}.yaml" for n in names], tmp_path, progress=False)
-    index = (tmp_path / "index.html").read_text()
+@EXAMPLE_REVIEWS
+def test_several_profiles_give_an_index(example_reviews):
+    reports = list(example_reviews.values())
+    index = (reports[0].html.parent / "index.html").read_text()
     for r in reports:
         assert f'href="{r.html.name}"' in index
         assert r.verdict in index
+
+
+@pytest.mark.notebook
+@EXAMPLE_REVIEWS
+def test_profiles_reviewed_in_one_kernel_are_reviewed_as_each_alone(example_reviews, profiles_dir):
+    """The profiles of one run share a kernel, reset between them: each notebook counts its
+    cells from 1, shows no error, and its review is what the review of that profile alone is."""
+    assert len(example_reviews) == len(list(profiles_dir.glob("*.yaml"))) > 1
+    for name, report in example_reviews.items():
+        nb = nbformat.read(report.notebook, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code" and c.get("execution_count") is not None]
+        assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), name
+        outputs = [o for c in code for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.output_type == "error" or o.get("name") == "stderr"], name
+        alone = build_review(profiles_dir / f"{name}.yaml")
+        written = json.loads(report.json.read_text())
+        for part in (alone, written):
+            part["meta"].pop("generated_at")
+        assert written == json.loads(json.dumps(alone)), name
 
 
 def test_bad_profile_writes_nothing(tmp_path, profiles_dir):

@@ -370,7 +370,49 @@ def _ipc_kernel_manager() -> type:
             if not restart:  # its sockets are removed: the directory goes too
                 shutil.rmtree(Path(self.ip).parent, ignore_errors=True)
 
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.clients: list[Any] = []
+
+        def client(self, **kwargs: Any) -> Any:
+            # nbclient leaves the channels of a client it made on a kernel manager it was given
+            # open (the kernel is the caller's): the caller closes them after each notebook
+            kc = super().client(**kwargs)
+            self.clients.append(kc)
+            return kc
+
+        def close_clients(self) -> None:
+            while self.clients:
+                self.clients.pop().stop_channels()
+
     return IPCKernelManager
+
+
+#: Run in a kernel that served the previous profile's review, before the next one: its
+#: variables go (the notebook defines each again from its parameters) and its cells count from
+#: 1 again; its imports stay, which is what sharing it saves.
+_RESET = "get_ipython().reset(new_session=True)"
+
+
+def _shared_kernel(kernel_name: str) -> Any:
+    """A started kernel for several reviews in turn (each review's own kernel would import
+    matplotlib, pandas and statekit again: about 2 CPU-seconds a profile)."""
+    km = _ipc_kernel_manager()(kernel_name=kernel_name)
+    km.start_kernel(cwd=str(NOTEBOOK.parent))
+    return km
+
+
+def _reset_kernel(km: Any, timeout_s: int) -> None:
+    """Clear what the previous review left in the shared kernel (see `_RESET`)."""
+    kc = km.client()
+    try:
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        reply = kc.execute_interactive(_RESET, store_history=False, timeout=timeout_s, output_hook=lambda msg: None)
+        if reply["content"]["status"] != "ok":
+            raise StatekitError(f"the review's kernel could not be reset between profiles: {reply['content']}")
+    finally:
+        km.close_clients()
 
 
 def _run_notebooks(
@@ -389,37 +431,70 @@ def _run_notebooks(
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in tqdm(paths, desc="design reviews", unit="profile", disable=not progress):
-        nb_out = out / f"{path.stem}.ipynb"
-        json_out = out / f"{path.stem}.json"
-        try:
-            pm.execute_notebook(
-                str(NOTEBOOK),
-                str(nb_out),
-                parameters={
-                    "profile_path": str(path),
-                    "redis_url": redis_url,
-                    "review_json_path": str(json_out.resolve()),
-                    "failover_path": failover_path,
-                    "calibration_path": calibration_path,
-                },
-                kernel_name=kernel_name,
-                cwd=str(NOTEBOOK.parent),
-                progress_bar=False,
-                execution_timeout=timeout_s,
-                kernel_manager_class=_ipc_kernel_manager(),
-            )
-        except pm.PapermillExecutionError as exc:
-            raise StatekitError(
-                f"the design-review notebook failed for {path.name} in cell {exc.exec_count}: "
-                f"{exc.ename}: {redact_url(exc.evalue)}; the partial notebook is at {nb_out}"
-            ) from None
-        html_out = out / f"{path.stem}.html"
-        _export_html(nb_out, html_out)
-        review = json.loads(json_out.read_text(encoding="utf-8"))
-        rules, dashboard = write_monitoring(review, out, path.stem)
-        rollout = review["migrations"].get("compatibility", {}).get("verdict")
-        written.append(ReportFiles(path.stem, nb_out, html_out, json_out, verdicts[path], rules, dashboard, rollout))
+    # Several profiles share one kernel, reset between them; one profile gets a kernel of its own.
+    km = _shared_kernel(kernel_name) if len(paths) > 1 else None
+    try:
+        for i, path in enumerate(tqdm(paths, desc="design reviews", unit="profile", disable=not progress)):
+            if km is not None and i > 0:
+                _reset_kernel(km, timeout_s)
+            written.append(
+                _review_one(pm, path, verdicts[path], out, redis_url, kernel_name, timeout_s, failover_path,
+                            calibration_path, km)
+            )  # fmt: skip
+    finally:
+        if km is not None:
+            km.close_clients()
+            km.shutdown_kernel(now=True)
     if len(written) > 1:
         _write_index(written, out)
     return written
+
+
+def _review_one(
+    pm: Any,
+    path: Path,
+    verdict: str,
+    out: Path,
+    redis_url: str,
+    kernel_name: str,
+    timeout_s: int,
+    failover_path: str,
+    calibration_path: str,
+    km: Any,
+) -> ReportFiles:
+    """The review of one profile: the notebook executed (in `km`'s kernel when given, else in
+    one of its own), then its HTML and monitoring files."""
+    nb_out = out / f"{path.stem}.ipynb"
+    json_out = out / f"{path.stem}.json"
+    kernel = {"km": km} if km is not None else {"kernel_manager_class": _ipc_kernel_manager()}
+    try:
+        pm.execute_notebook(
+            str(NOTEBOOK),
+            str(nb_out),
+            parameters={
+                "profile_path": str(path),
+                "redis_url": redis_url,
+                "review_json_path": str(json_out.resolve()),
+                "failover_path": failover_path,
+                "calibration_path": calibration_path,
+            },
+            kernel_name=kernel_name,
+            cwd=str(NOTEBOOK.parent),
+            progress_bar=False,
+            execution_timeout=timeout_s,
+            **kernel,
+        )
+    except pm.PapermillExecutionError as exc:
+        raise StatekitError(
+            f"the design-review notebook failed for {path.name} in cell {exc.exec_count}: "
+            f"{exc.ename}: {redact_url(exc.evalue)}; the partial notebook is at {nb_out}"
+        ) from None
+    finally:
+        if km is not None:
+            km.close_clients()
+    html_out = out / f"{path.stem}.html"
+    _export_html(nb_out, html_out)
+    review = json.loads(json_out.read_text(encoding="utf-8"))
+    rules, dashboard = write_monitoring(review, out, path.stem)
+    rollout = review["migrations"].get("compatibility", {}).get("verdict")
+    return ReportFiles(path.stem, nb_out, html_out, json_out, verdict, rules, dashboard, rollout)
