@@ -59,28 +59,51 @@ def executed_on_fakeredis(nb: Path, directory: Path) -> nbformat.NotebookNode:
     return executed(nb, "fakeredis", directory, redis_url="fakeredis://", **FAKEREDIS_PARAMETERS.get(nb.stem, {}))
 
 
+#: How long a cell may run before the kernel counts as silent: the slowest cell (notebook 03's
+#: failover drills on a real server) takes about 30 s on a loaded machine.
+CELL_TIMEOUT_S = 120
+
+
 def execute(nb: Path, out: Path, **parameters: object) -> str | None:
-    """papermill's run of `nb` into `out` (its kernel started again, three times at most, when it
-    died before it answered), in this process: None, or what went wrong.
+    """papermill's run of `nb` into `out`, in this process: None, or what went wrong.
+
+    The kernel talks over Unix sockets of its own (as `statekit review`'s do), so no other
+    process on the machine can take its ports between the moment they are chosen and the moment
+    it binds them. It is started again (three times at most) when it exits before it answers,
+    and the notebook runs again, once, when a cell gets no answer within CELL_TIMEOUT_S while
+    the kernel lives (a kernel that stopped answering; said in a warning, never silently).
 
     The run has a thread of its own: a test that drives a browser runs an event loop
     (Playwright's) in this thread, which papermill's own would deadlock with. In this process
     rather than in a `papermill` command of its own: the worker has imported papermill once,
     where each command paid for it again (0.7 CPU-seconds a run, some forty runs).
     """
+    import warnings
+
     import papermill as pm
+
+    from statekit.workbook.review import _ipc_kernel_manager
 
     outcome: list[str | None] = []
 
     def run() -> None:
-        for attempt in range(3):
+        silent = 0
+        for attempt in range(4):
             try:
                 pm.execute_notebook(
                     str(nb), str(out), parameters=parameters, cwd=str(nb.parent), progress_bar=False,
-                    kernel_name="python3",
+                    kernel_name="python3", kernel_manager_class=_ipc_kernel_manager(),
+                    execution_timeout=CELL_TIMEOUT_S,
                 )  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - reported to every caller, named in full
                 if attempt < 2 and kernel_did_not_start(str(exc)):
+                    continue
+                if silent == 0 and kernel_went_silent(exc):
+                    silent += 1
+                    warnings.warn(
+                        f"{nb.name}: the kernel answered no cell within {CELL_TIMEOUT_S} s ({exc}); ran it again",
+                        stacklevel=1,
+                    )
                     continue
                 outcome.append(f"{type(exc).__name__}: {exc}")
                 return
@@ -98,11 +121,16 @@ KERNEL_DID_NOT_START = "Kernel died before replying to kernel_info"
 
 
 def kernel_did_not_start(text: str) -> bool:
-    """Did the run fail before the kernel answered (so before any cell ran)? A kernel binds five
-    TCP ports that jupyter_client chose and released: with kernels and servers starting on four
-    workers at once, another process can take one first, and the kernel exits. Such a run is
+    """Did the run fail before the kernel answered (so before any cell ran)? Such a run is
     started again (three times at most); a notebook that fails once running is never retried."""
     return KERNEL_DID_NOT_START in text
+
+
+def kernel_went_silent(exc: BaseException) -> bool:
+    """Did a cell get no answer within its time while the kernel lived? (nbclient's
+    CellTimeoutError; a cell that raised is a PapermillExecutionError, a dead kernel a
+    DeadKernelError.)"""
+    return type(exc).__name__ == "CellTimeoutError"
 
 
 def code_cells(nb: Path) -> list[int]:

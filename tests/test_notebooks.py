@@ -205,3 +205,28 @@ def test_consistency_notebook_measures_a_real_replica(tmp_path, redis_replica_pa
     text = _text(out)
     assert "stale_fraction" in text and "WAIT 1, 2 load writers" in text and "sticky" in text
     assert "No replica_url given" not in text
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("silent_runs", [1, 2])
+def test_a_kernel_that_stops_answering_gets_one_more_run_and_a_warning(silent_runs, tmp_path, monkeypatch):
+    """A run whose cell gets no answer in time is run again once, with a warning that says so;
+    a second silent run is a failure that names the timeout."""
+    import notebook_runs
+
+    monkeypatch.setattr(notebook_runs, "CELL_TIMEOUT_S", 3)
+    runs = tmp_path / "runs"
+    nb = tmp_path / "silent.ipynb"
+    cell = (
+        f"import pathlib, time\nruns = pathlib.Path({str(runs)!r})\n"
+        "runs.write_text(runs.read_text() + 'x' if runs.exists() else 'x')\n"
+        f"if len(runs.read_text()) <= {silent_runs}:\n    time.sleep(600)\nprint('answered')"
+    )
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)]), nb)
+    with pytest.warns(UserWarning, match="answered no cell within 3 s"):
+        error = execute(nb, tmp_path / "out.ipynb")
+    assert len(runs.read_text()) == 2, "one run, then exactly one more"
+    if silent_runs == 1:
+        assert error is None and "answered" in _text(nbformat.read(tmp_path / "out.ipynb", as_version=4))
+    else:
+        assert error is not None and "CellTimeoutError" in error

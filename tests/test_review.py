@@ -171,3 +171,37 @@ def test_text_columns_are_left_aligned_and_numbers_stay_right():
     selectors = " ".join(rules)
     assert "_row0_col0" in selectors and "_row1_col0" in selectors, "the text column"
     assert "_col1" not in selectors, "the number column"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("profiles", [1, 2], ids=["own-kernel", "shared-kernel"])
+def test_a_review_whose_kernel_stops_answering_fails_in_its_time_and_leaves_no_kernel(
+    tmp_path, profiles_dir, monkeypatch, profiles
+):
+    """A cell that gets no answer within `timeout_s` ends the review with an error naming it,
+    the partial notebook kept, and no kernel left running (in a kernel of its own or shared)."""
+    import psutil
+
+    from statekit import StatekitError
+    from statekit.workbook import review as sk_review
+
+    params = nbformat.v4.new_code_cell(
+        'profile_path = ""\nredis_url = ""\nreview_json_path = ""\nfailover_path = ""\ncalibration_path = ""'
+    )
+    params.metadata["tags"] = ["parameters"]
+    silent = tmp_path / "silent.ipynb"
+    notebook = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell("import time\ntime.sleep(600)")])
+    notebook.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    nbformat.write(notebook, silent)
+    monkeypatch.setattr(sk_review, "NOTEBOOK", silent)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    names = ["faq_widget", "support_agent"][:profiles]
+    with pytest.raises(StatekitError, match="faq_widget.yaml: a cell got no answer within 3 s"):
+        run_review([profiles_dir / f"{n}.yaml" for n in names], tmp_path / "out", progress=False, timeout_s=3)
+    assert (tmp_path / "out" / "faq_widget.ipynb").exists(), "the partial notebook is kept"
+    left = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    ]
+    assert left == [], f"kernels left running: {[p.cmdline() for p in left]}"

@@ -346,13 +346,17 @@ def _check_writable(out_dir: Path) -> None:
 def _ipc_kernel_manager() -> type:
     """A kernel manager that talks to the kernel over Unix sockets instead of loopback TCP:
     nothing else on the machine can connect to it, and ipykernel does not warn about an
-    unencrypted TCP kernel on every report."""
+    unencrypted TCP kernel on every report.
+
+    An asyncio one, as nbclient expects: with a blocking manager nbclient's clients block its
+    event loop while they wait for output, so neither the cell timeout nor the dead-kernel
+    check can run, and a kernel that stops answering holds the review forever."""
     import tempfile
 
-    from jupyter_client.manager import KernelManager
+    from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
 
-    class IPCKernelManager(KernelManager):
+    class IPCKernelManager(AsyncKernelManager):
         @default("transport")
         def _default_transport(self) -> str:
             return "ipc"
@@ -397,14 +401,25 @@ _RESET = "get_ipython().reset(new_session=True)"
 def _shared_kernel(kernel_name: str) -> Any:
     """A started kernel for several reviews in turn (each review's own kernel would import
     matplotlib, pandas and statekit again: about 2 CPU-seconds a profile)."""
+    from jupyter_core.utils import run_sync
+
     km = _ipc_kernel_manager()(kernel_name=kernel_name)
-    km.start_kernel(cwd=str(NOTEBOOK.parent))
+    run_sync(km.start_kernel)(cwd=str(NOTEBOOK.parent))
     return km
+
+
+def _stop_shared_kernel(km: Any) -> None:
+    from jupyter_core.utils import run_sync
+
+    km.close_clients()
+    run_sync(km.shutdown_kernel)(now=True)
 
 
 def _reset_kernel(km: Any, timeout_s: int) -> None:
     """Clear what the previous review left in the shared kernel (see `_RESET`)."""
-    kc = km.client()
+    from jupyter_client.blocking import BlockingKernelClient
+
+    kc = BlockingKernelClient(**km.get_connection_info(session=True), connection_file=km.connection_file, parent=km)
     try:
         kc.start_channels()
         kc.wait_for_ready(timeout=60)
@@ -412,7 +427,7 @@ def _reset_kernel(km: Any, timeout_s: int) -> None:
         if reply["content"]["status"] != "ok":
             raise StatekitError(f"the review's kernel could not be reset between profiles: {reply['content']}")
     finally:
-        km.close_clients()
+        kc.stop_channels()
 
 
 def _run_notebooks(
@@ -443,8 +458,7 @@ def _run_notebooks(
             )  # fmt: skip
     finally:
         if km is not None:
-            km.close_clients()
-            km.shutdown_kernel(now=True)
+            _stop_shared_kernel(km)
     if len(written) > 1:
         _write_index(written, out)
     return written
@@ -466,6 +480,8 @@ def _review_one(
     one of its own), then its HTML and monitoring files."""
     nb_out = out / f"{path.stem}.ipynb"
     json_out = out / f"{path.stem}.json"
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
     kernel = {"km": km} if km is not None else {"kernel_manager_class": _ipc_kernel_manager()}
     try:
         pm.execute_notebook(
@@ -488,6 +504,11 @@ def _review_one(
         raise StatekitError(
             f"the design-review notebook failed for {path.name} in cell {exc.exec_count}: "
             f"{exc.ename}: {redact_url(exc.evalue)}; the partial notebook is at {nb_out}"
+        ) from None
+    except (CellTimeoutError, DeadKernelError) as exc:  # the kernel went silent, or away
+        what = f"a cell got no answer within {timeout_s} s" if isinstance(exc, CellTimeoutError) else "the kernel died"
+        raise StatekitError(
+            f"the design-review notebook did not finish for {path.name}: {what}; the partial notebook is at {nb_out}"
         ) from None
     finally:
         if km is not None:
