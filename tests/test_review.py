@@ -3,6 +3,9 @@ from __future__ import annotations
 import html
 import json
 import re
+import shutil
+import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -173,15 +176,50 @@ def test_text_columns_are_left_aligned_and_numbers_stay_right():
     assert "_col1" not in selectors, "the number column"
 
 
-@pytest.mark.notebook
-@pytest.mark.parametrize("profiles", [1, 2], ids=["own-kernel", "shared-kernel"])
-def test_a_review_whose_kernel_stops_answering_fails_in_its_time_and_leaves_no_kernel(
-    tmp_path, profiles_dir, monkeypatch, profiles
-):
-    """A cell that gets no answer within `timeout_s` ends the review with an error naming it,
-    the partial notebook kept, and no kernel left running (in a kernel of its own or shared)."""
+def _kernels_and_sockets_left(before: set[int], sockets: Path) -> list[str]:
+    """Kernel processes started since `before` still running, and kernel socket directories
+    left under `sockets`."""
     import psutil
 
+    running = [
+        " ".join(p.cmdline())
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    ]
+    return running + [str(d) for d in sockets.glob("statekit-kernel-*")]
+
+
+@pytest.fixture
+def kernel_sockets(monkeypatch):
+    """The directory the review's kernels make their socket directories in, and the processes
+    that ran before the test."""
+    import tempfile
+
+    import psutil
+
+    # short: a Unix socket's path holds at most 107 bytes, and pytest's tmp_path can be longer
+    sockets = Path(tempfile.mkdtemp(prefix="sk-sockets-"))
+    monkeypatch.setattr(tempfile, "tempdir", str(sockets))
+    yield {p.pid for p in psutil.Process().children(recursive=True)}, sockets
+    shutil.rmtree(sockets, ignore_errors=True)
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("profiles", [1, 2], ids=["own-kernel", "shared-kernel"])
+@pytest.mark.parametrize(
+    "cell, error",
+    [
+        ("import time\ntime.sleep(600)", "a cell got no answer within 3 s"),
+        ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "the kernel died"),
+    ],
+    ids=["silent", "dies"],
+)
+def test_a_review_whose_kernel_stops_answering_or_dies_fails_with_its_name_and_leaves_nothing(
+    tmp_path, profiles_dir, monkeypatch, profiles, cell, error, kernel_sockets
+):
+    """A cell that gets no answer within `timeout_s`, or a kernel that dies, ends the review with
+    an error naming the profile, the partial notebook kept, and no kernel and no kernel socket
+    directory left (in a kernel of its own or shared)."""
     from statekit import StatekitError
     from statekit.workbook import review as sk_review
 
@@ -189,19 +227,57 @@ def test_a_review_whose_kernel_stops_answering_fails_in_its_time_and_leaves_no_k
         'profile_path = ""\nredis_url = ""\nreview_json_path = ""\nfailover_path = ""\ncalibration_path = ""'
     )
     params.metadata["tags"] = ["parameters"]
-    silent = tmp_path / "silent.ipynb"
-    notebook = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell("import time\ntime.sleep(600)")])
+    notebook = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(cell)])
     notebook.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
-    nbformat.write(notebook, silent)
-    monkeypatch.setattr(sk_review, "NOTEBOOK", silent)
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    nbformat.write(notebook, tmp_path / "broken.ipynb")
+    monkeypatch.setattr(sk_review, "NOTEBOOK", tmp_path / "broken.ipynb")
     names = ["faq_widget", "support_agent"][:profiles]
-    with pytest.raises(StatekitError, match="faq_widget.yaml: a cell got no answer within 3 s"):
+    with pytest.raises(StatekitError, match=f"faq_widget.yaml: {error}"):
         run_review([profiles_dir / f"{n}.yaml" for n in names], tmp_path / "out", progress=False, timeout_s=3)
     assert (tmp_path / "out" / "faq_widget.ipynb").exists(), "the partial notebook is kept"
-    left = [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    ]
-    assert left == [], f"kernels left running: {[p.cmdline() for p in left]}"
+    assert _kernels_and_sockets_left(*kernel_sockets) == []
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("reset, error", [
+    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "died"),
+    ("raise ValueError('no')", "could not be reset [(]ValueError: no[)]"),
+], ids=["dies", "raises"])  # fmt: skip
+def test_a_shared_kernel_that_fails_between_profiles_is_named_at_once(
+    tmp_path, profiles_dir, monkeypatch, reset, error, kernel_sockets
+):
+    """The shared kernel dies (or its reset fails) after one profile's review: the error names
+    the next profile, at once rather than after the timeout; the first report stays written,
+    and nothing is left running."""
+    from statekit import StatekitError
+    from statekit.workbook import review as sk_review
+
+    monkeypatch.setattr(sk_review, "_RESET", reset)
+    with pytest.raises(StatekitError, match=f"kernel {error} before the review of support_agent.yaml"):
+        run_review(
+            [profiles_dir / "faq_widget.yaml", profiles_dir / "support_agent.yaml"],
+            tmp_path / "out",
+            progress=False,
+            timeout_s=600,  # a death noticed only at the timeout would outlast pytest's
+        )
+    assert (tmp_path / "out" / "faq_widget.html").exists()
+    assert _kernels_and_sockets_left(*kernel_sockets) == []
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("profiles", [1, 2], ids=["own-kernel", "shared-kernel"])
+def test_a_kernel_that_exits_before_it_answers_is_one_line(
+    tmp_path, profiles_dir, monkeypatch, profiles, kernel_sockets
+):
+    """A kernel that exits at start (a broken kernelspec) is named in one line, not a traceback."""
+    from statekit import StatekitError
+
+    spec = tmp_path / "jupyter" / "kernels" / "exits"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-c", "raise SystemExit(3)", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "exits", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    names = ["faq_widget", "support_agent"][:profiles]
+    with pytest.raises(StatekitError, match="faq_widget.yaml: its kernel exited before it answered .*'exits'"):
+        run_review([profiles_dir / f"{n}.yaml" for n in names], tmp_path / "out", progress=False, kernel_name="exits")
+    assert _kernels_and_sockets_left(*kernel_sockets) == []

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from statekit import LifecyclePolicy, NeedsRealRedis, WorkloadProfile, connect, sizing
 from statekit.decide.lifecycle import recommend
@@ -207,3 +209,19 @@ def test_the_cluster_model_against_info_memory_of_each_node(fresh_redis_cluster)
     errors = [r["error"] for r in rows]
     assert max(errors) - min(errors) < 0.01
     assert all(abs(e) < 0.05 for e in errors)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.one_of(st.integers(0, 9_000).map(lambda n: ("push", n)), st.integers(0, 40).map(lambda n: ("trim", n))))
+)
+def test_the_quicklists_running_total_is_what_its_nodes_hold(ops):
+    """The replay reads a quicklist's bytes after every turn from a running total: it is always
+    the sum over its nodes, computed afresh."""
+    from statekit.decide.sizing import _QUICKLIST, _QUICKLIST_NODE, _ROBJ, _Quicklist, jemalloc_size
+
+    ql = _Quicklist()
+    for op, n in ops:
+        ql.push(n) if op == "push" else ql.trim_head(n)
+        afresh = sum(jemalloc_size(_QUICKLIST_NODE) + jemalloc_size(node[0]) for node in ql.nodes)
+        assert ql.bytes() == (_ROBJ + jemalloc_size(_QUICKLIST) + afresh if ql.nodes else 0)

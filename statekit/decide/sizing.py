@@ -125,29 +125,38 @@ def _hash_listpack(fields: dict[str, str], more: int = 0) -> int:
 
 
 class _Quicklist:
-    """A quicklist of listpack nodes, grown and trimmed as Redis 7.0 does."""
+    """A quicklist of listpack nodes, grown and trimmed as Redis 7.0 does. The nodes' allocated
+    bytes are kept as a running total, so a replay that reads them after each turn stays linear."""
 
     def __init__(self) -> None:
         self.nodes: list[list[int]] = []  # [listpack bytes, entry sizes...]
+        self._node_bytes = 0  # sum of jemalloc_size(_QUICKLIST_NODE) + jemalloc_size(listpack) per node
 
     def push(self, length: int) -> None:
         entry = _lp_string(length)
         tail = self.nodes[-1] if self.nodes else None
         if tail is not None and tail[0] + length + _QUICKLIST_INSERT_SLACK <= _LISTPACK_NODE_LIMIT:
+            self._node_bytes -= jemalloc_size(tail[0])
             tail[0] += entry
             tail.append(entry)
+            self._node_bytes += jemalloc_size(tail[0])
         else:
             self.nodes.append([_LP_HEADER + _LP_END + entry, entry])
+            self._node_bytes += jemalloc_size(_QUICKLIST_NODE) + jemalloc_size(self.nodes[-1][0])
 
     def trim_head(self, count: int) -> None:
         while count and self.nodes:
             head = self.nodes[0]
             take = min(count, len(head) - 1)
+            self._node_bytes -= jemalloc_size(head[0])
             head[0] -= sum(head[1 : 1 + take])
             del head[1 : 1 + take]
             count -= take
             if len(head) == 1:
                 self.nodes.pop(0)
+                self._node_bytes -= jemalloc_size(_QUICKLIST_NODE)
+            else:
+                self._node_bytes += jemalloc_size(head[0])
 
     def __len__(self) -> int:
         return sum(len(n) - 1 for n in self.nodes)
@@ -155,11 +164,7 @@ class _Quicklist:
     def bytes(self) -> int:
         if not self.nodes:
             return 0
-        return (
-            _ROBJ
-            + jemalloc_size(_QUICKLIST)
-            + sum(jemalloc_size(_QUICKLIST_NODE) + jemalloc_size(n[0]) for n in self.nodes)
-        )
+        return _ROBJ + jemalloc_size(_QUICKLIST) + self._node_bytes
 
 
 def synthetic_turn(i: int, turn_bytes: int) -> dict[str, str]:

@@ -374,6 +374,10 @@ def _ipc_kernel_manager() -> type:
             if not restart:  # its sockets are removed: the directory goes too
                 shutil.rmtree(Path(self.ip).parent, ignore_errors=True)
 
+        # AsyncKernelManager binds `cleanup_resources` to its base's coroutine: without this the
+        # cleanup after a dead kernel (nbclient's) would leave the directory behind
+        cleanup_resources = _async_cleanup_resources
+
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.clients: list[Any] = []
@@ -415,17 +419,46 @@ def _stop_shared_kernel(km: Any) -> None:
     run_sync(km.shutdown_kernel)(now=True)
 
 
-def _reset_kernel(km: Any, timeout_s: int) -> None:
-    """Clear what the previous review left in the shared kernel (see `_RESET`)."""
-    from jupyter_client.blocking import BlockingKernelClient
+def _reset_kernel(km: Any, timeout_s: int, before: Path) -> None:
+    """Clear what the previous review left in the shared kernel (see `_RESET`), before the
+    review of `before`. A kernel that died is named at once; one that does not answer, after
+    `timeout_s`."""
+    import queue
+    import time
 
+    from jupyter_client.blocking import BlockingKernelClient
+    from jupyter_core.utils import run_sync
+
+    def failed(what: str) -> StatekitError:
+        return StatekitError(
+            f"the review's kernel {what} before the review of {before.name}; no report was written for it"
+        )
+
+    alive = run_sync(km.is_alive)
+    if not alive():
+        raise failed("died")
     kc = BlockingKernelClient(**km.get_connection_info(session=True), connection_file=km.connection_file, parent=km)
     try:
         kc.start_channels()
-        kc.wait_for_ready(timeout=60)
-        reply = kc.execute_interactive(_RESET, store_history=False, timeout=timeout_s, output_hook=lambda msg: None)
+        try:
+            kc.wait_for_ready(timeout=60)
+        except RuntimeError:  # jupyter_client: the kernel died, or did not answer in 60 s
+            raise failed("died" if not alive() else "did not answer") from None
+        msg_id = kc.execute(_RESET, store_history=False)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:  # the reply, checking each second that the kernel still lives
+                reply = kc.get_shell_msg(timeout=1)
+            except queue.Empty:
+                if not alive():
+                    raise failed("died") from None
+                if time.monotonic() > deadline:
+                    raise failed(f"did not answer its reset within {timeout_s} s") from None
+                continue
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
         if reply["content"]["status"] != "ok":
-            raise StatekitError(f"the review's kernel could not be reset between profiles: {reply['content']}")
+            raise failed(f"could not be reset ({reply['content'].get('ename')}: {reply['content'].get('evalue')})")
     finally:
         kc.stop_channels()
 
@@ -451,7 +484,7 @@ def _run_notebooks(
     try:
         for i, path in enumerate(tqdm(paths, desc="design reviews", unit="profile", disable=not progress)):
             if km is not None and i > 0:
-                _reset_kernel(km, timeout_s)
+                _reset_kernel(km, timeout_s, path)
             written.append(
                 _review_one(pm, path, verdicts[path], out, redis_url, kernel_name, timeout_s, failover_path,
                             calibration_path, km)
@@ -509,6 +542,13 @@ def _review_one(
         what = f"a cell got no answer within {timeout_s} s" if isinstance(exc, CellTimeoutError) else "the kernel died"
         raise StatekitError(
             f"the design-review notebook did not finish for {path.name}: {what}; the partial notebook is at {nb_out}"
+        ) from None
+    except RuntimeError as exc:  # jupyter_client's, when the kernel exits before it answers at all
+        if "Kernel died before replying" not in str(exc):
+            raise
+        raise StatekitError(
+            f"the design-review notebook did not run for {path.name}: its kernel exited before it answered "
+            f"(is the kernel {kernel_name!r} installed and working? `jupyter kernelspec list`)"
         ) from None
     finally:
         if km is not None:
