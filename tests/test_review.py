@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
 import sys
@@ -281,3 +282,28 @@ def test_a_kernel_that_exits_before_it_answers_is_one_line(
     with pytest.raises(StatekitError, match="faq_widget.yaml: its kernel exited before it answered .*'exits'"):
         run_review([profiles_dir / f"{n}.yaml" for n in names], tmp_path / "out", progress=False, kernel_name="exits")
     assert _kernels_and_sockets_left(*kernel_sockets) == []
+
+
+def test_a_long_tmpdir_still_gives_kernel_sockets_that_fit(tmp_path, monkeypatch):
+    """A Unix socket's path holds at most 107 bytes: under a TMPDIR too long for them, the
+    review's kernel gets its sockets under /tmp (it answered "File name too long" before)."""
+    import tempfile
+
+    from jupyter_core.utils import run_sync
+
+    from statekit.workbook.review import _ipc_kernel_manager
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    km = _ipc_kernel_manager()(kernel_name="python3")
+    run_sync(km.start_kernel)()
+    try:
+        kc = km.blocking_client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        kc.stop_channels()
+        assert len(os.fsencode(f"{km.ip}-{km.control_port}")) <= 107
+    finally:
+        run_sync(km.shutdown_kernel)(now=True)
+    assert not Path(km.ip).parent.exists(), "its socket directory goes with it"

@@ -366,8 +366,12 @@ def _ipc_kernel_manager() -> type:
             # the sockets' path: jupyter_client's default is `kernel-ipc` in the working
             # directory, numbered by the first free suffix, so two reviews started together in
             # one directory could pick the same sockets (a kernel then answers "Invalid
-            # Signature"); a directory of its own per kernel
-            return str(Path(tempfile.mkdtemp(prefix="statekit-kernel-")) / "kernel")
+            # Signature"); a directory of its own per kernel. A Unix socket's path holds at most
+            # 107 bytes ("File name too long" past them): under a long TMPDIR, /tmp instead.
+            base = tempfile.gettempdir()
+            if len(os.fsencode(base)) > 64 and os.access("/tmp", os.W_OK):
+                base = "/tmp"
+            return str(Path(tempfile.mkdtemp(prefix="statekit-kernel-", dir=base)) / "kernel")
 
         async def _async_cleanup_resources(self, restart: bool = False) -> None:
             await super()._async_cleanup_resources(restart=restart)
