@@ -352,11 +352,44 @@ def _ipc_kernel_manager() -> type:
     event loop while they wait for output, so neither the cell timeout nor the dead-kernel
     check can run, and a kernel that stops answering holds the review forever."""
     import tempfile
+    import time
 
+    from jupyter_client.asynchronous.client import AsyncKernelClient
+    from jupyter_client.channels import AsyncZMQSocketChannel
     from jupyter_client.manager import AsyncKernelManager
-    from traitlets import default
+    from traitlets import Type, default
+
+    class SlicedChannel(AsyncZMQSocketChannel):
+        """Waits for a message in polls of at most a second instead of one long poll.
+
+        Seen in this project's test runs: a cell's reply that had arrived was only read when
+        nbclient's 120 s cell timeout ended the poll (its last check found it). pyzmq's asyncio
+        poll can miss the wake-up of ZMQ's edge-triggered descriptor; a poll that ends each
+        second checks again, so a missed wake-up costs a second, not the timeout (or, without
+        one, forever). Nothing in jupyter_client or pyzmq offers this, hence by hand."""
+
+        async def get_msg(self, timeout: float | None = None) -> dict[str, Any]:
+            from queue import Empty
+
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                left = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
+                if await self.socket.poll(int(left * 1000)):
+                    return await self._recv()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise Empty
+
+    class SlicedClient(AsyncKernelClient):
+        shell_channel_class = Type(SlicedChannel)
+        iopub_channel_class = Type(SlicedChannel)
+        stdin_channel_class = Type(SlicedChannel)
+        control_channel_class = Type(SlicedChannel)
 
     class IPCKernelManager(AsyncKernelManager):
+        @default("client_factory")
+        def _default_client_factory(self) -> type:
+            return SlicedClient
+
         @default("transport")
         def _default_transport(self) -> str:
             return "ipc"
