@@ -182,11 +182,13 @@ def _kernels_and_sockets_left(before: set[int], sockets: Path) -> list[str]:
     left under `sockets`."""
     import psutil
 
-    running = [
-        " ".join(p.cmdline())
-        for p in psutil.Process().children(recursive=True)
-        if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    ]
+    running = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE:
+                running.append(" ".join(p.cmdline()))
+        except psutil.NoSuchProcess:  # it ended between the listing and the look
+            pass
     return running + [str(d) for d in sockets.glob("statekit-kernel-*")]
 
 
