@@ -73,6 +73,10 @@ def execute(nb: Path, out: Path, **parameters: object) -> str | None:
     and the notebook runs again, once, when a cell gets no answer within CELL_TIMEOUT_S while
     the kernel lives (a kernel that stopped answering; said in a warning, never silently).
 
+    The kernel is forked from a process of this worker that has imported what every kernel
+    and most notebooks import (tests/forked_kernels.py): a fresh process per notebook, without
+    the 1.8 CPU-seconds of a new interpreter's imports.
+
     The run has a thread of its own: a test that drives a browser runs an event loop
     (Playwright's) in this thread, which papermill's own would deadlock with. In this process
     rather than in a `papermill` command of its own: the worker has imported papermill once,
@@ -81,8 +85,7 @@ def execute(nb: Path, out: Path, **parameters: object) -> str | None:
     import warnings
 
     import papermill as pm
-
-    from statekit.workbook.review import _ipc_kernel_manager
+    from forked_kernels import forked_kernel_manager
 
     outcome: list[str | None] = []
 
@@ -92,7 +95,7 @@ def execute(nb: Path, out: Path, **parameters: object) -> str | None:
             try:
                 pm.execute_notebook(
                     str(nb), str(out), parameters=parameters, cwd=str(nb.parent), progress_bar=False,
-                    kernel_name="python3", kernel_manager_class=_ipc_kernel_manager(),
+                    kernel_name="python3", kernel_manager_class=forked_kernel_manager(),
                     execution_timeout=CELL_TIMEOUT_S,
                 )  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - reported to every caller, named in full

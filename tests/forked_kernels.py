@@ -1,0 +1,150 @@
+"""Kernels for the test run's notebook executions, forked from a process that has imported
+what every notebook imports.
+
+A notebook's run here costs about 1.8 CPU-seconds before its first cell: the kernel's Python
+starts and imports ipykernel, statekit, matplotlib and pandas. The suite executes some forty
+notebooks per run. A forkserver (the standard library's `multiprocessing` one) imports them
+once per worker; each kernel is a fresh process forked from it, so every notebook still runs in
+a kernel of its own, whose modules are as freshly imported as a cold kernel's: nothing of one
+notebook reaches another. What differs from `python -m ipykernel_launcher` is only that the
+imports happened before the fork.
+
+jupyter_client manages a kernel through a provisioner that holds a `subprocess.Popen`;
+`ForkedProcess` gives the forked process that face (poll, wait, signals). jupyter_client has no
+provisioner that forks (its own always starts a new interpreter), hence by hand.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import uuid
+from typing import Any
+
+#: What the forkserver imports once: what every kernel imports before its first cell, and what
+#: most notebooks import in their first. The inline plot backend is chosen before matplotlib is
+#: imported, as ipykernel chooses it in a kernel of its own (matplotlib reads MPLBACKEND when it
+#: is imported).
+PRELOAD = [
+    "ipykernel.kernelapp",
+    "ipykernel.ipkernel",
+    "IPython",
+    "matplotlib",
+    "matplotlib.pyplot",
+    "pandas",
+    "ipywidgets",
+    "statekit",
+    "statekit.workbook.plots",
+    "statekit.workbook.widgets",
+]
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+_context: Any = None
+
+
+def _forkserver() -> Any:
+    """The forkserver's context, the server started (once per process). It alone sees the
+    inline backend in its environment: this process's own matplotlib keeps its own."""
+    global _context
+    if _context is None:
+        from multiprocessing import forkserver
+
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        saved = os.environ.get("MPLBACKEND")
+        if not saved:  # as ipykernel does: a backend the environment names is kept
+            os.environ["MPLBACKEND"] = INLINE_BACKEND
+        try:
+            forkserver.ensure_running()
+        finally:
+            if not saved:
+                os.environ.pop("MPLBACKEND", None)
+        _context = ctx
+    return _context
+
+
+def _kernel_main(argv: list[str], env: dict[str, str], cwd: str | None) -> None:
+    """The forked kernel: the environment and working directory jupyter_client gave it, then
+    ipykernel's own entry point with its arguments (`-f connection-file`)."""
+    os.environ.clear()
+    os.environ.update(env)
+    if cwd:
+        os.chdir(cwd)
+    # the kernel's parent is the forkserver: ipykernel exits when its parent goes (it polls it),
+    # and it reads JPY_PARENT_PID (the manager's process) when imported, before the fork
+    argv = [*argv, f"--IPKernelApp.parent_handle={os.getppid()}"]
+    sys.argv = ["ipykernel_launcher", *argv]
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the forkserver ignores ^C; a kernel must not
+    from ipykernel import kernelapp
+
+    kernelapp.launch_new_instance(argv=argv)
+
+
+class ForkedProcess:
+    """A forked kernel process as jupyter_client's provisioner uses a `subprocess.Popen`."""
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, cmd: list[str], env: dict[str, str], cwd: str | None) -> None:
+        # cmd: [python, "-m", "ipykernel_launcher", "-f", connection_file, ...]
+        if "ipykernel_launcher" not in cmd:
+            raise ValueError(f"not an ipykernel command: {cmd}")
+        argv = cmd[cmd.index("ipykernel_launcher") + 1 :]
+        self._process = _forkserver().Process(target=_kernel_main, args=(argv, env, cwd), daemon=False)
+        self._process.start()
+        self.pid = self._process.pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not self._process.is_alive():
+            self.returncode = self._process.exitcode
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        self._process.join(timeout)
+        return self.poll()
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+
+def forked_provisioner_class() -> type:
+    from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+
+    class ForkedProvisioner(LocalProvisioner):
+        """LocalProvisioner with the kernel forked (see the module's text). Signals go to the
+        kernel's process alone: it shares its process group with the forkserver."""
+
+        async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+            self.process = ForkedProcess(cmd, kwargs.get("env") or dict(os.environ), kwargs.get("cwd"))
+            self.pid, self.pgid = self.process.pid, None
+            self.cwd = kwargs.get("cwd") or os.getcwd()
+            return self.connection_info
+
+    return ForkedProvisioner
+
+
+def forked_kernel_manager() -> type:
+    """statekit's kernel manager (Unix sockets, polls of a second: `_ipc_kernel_manager`) with
+    its kernels forked from the forkserver."""
+    from statekit.workbook.review import _ipc_kernel_manager
+
+    provisioner = forked_provisioner_class()
+
+    class ForkedKernelManager(_ipc_kernel_manager()):  # type: ignore[misc]
+        async def _async_pre_start_kernel(self, **kw: Any) -> Any:
+            if self.provisioner is None:
+                self.kernel_id = self.kernel_id or kw.pop("kernel_id", str(uuid.uuid4()))
+                self.provisioner = provisioner(kernel_id=self.kernel_id, kernel_spec=self.kernel_spec, parent=self)
+            return await super()._async_pre_start_kernel(**kw)
+
+    return ForkedKernelManager
