@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_STACK = ("numpy", "pandas", "matplotlib", "papermill", "nbconvert", "nbformat", "ipywidgets", "IPython")
 
-pytestmark = pytest.mark.install
+#: One worker runs both installs: they share the wheel it builds once.
+pytestmark = [pytest.mark.install, pytest.mark.xdist_group("install")]
 
 
 def _run(cmd, **kwargs) -> subprocess.CompletedProcess:
