@@ -24,9 +24,7 @@ import uuid
 from typing import Any
 
 #: What the forkserver imports once: what every kernel imports before its first cell, and what
-#: most notebooks import in their first. The inline plot backend is chosen before matplotlib is
-#: imported, as ipykernel chooses it in a kernel of its own (matplotlib reads MPLBACKEND when it
-#: is imported).
+#: most notebooks import in their first.
 PRELOAD = [
     "ipykernel.kernelapp",
     "ipykernel.ipkernel",
@@ -41,28 +39,23 @@ PRELOAD = [
 ]
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
-_context: Any = None
 
-
-def _forkserver() -> Any:
-    """The forkserver's context, the server started (once per process). It alone sees the
-    inline backend in its environment: this process's own matplotlib keeps its own."""
-    global _context
-    if _context is None:
-        from multiprocessing import forkserver
-
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(PRELOAD)
-        saved = os.environ.get("MPLBACKEND")
-        if not saved:  # as ipykernel does: a backend the environment names is kept
-            os.environ["MPLBACKEND"] = INLINE_BACKEND
-        try:
-            forkserver.ensure_running()
-        finally:
-            if not saved:
-                os.environ.pop("MPLBACKEND", None)
-        _context = ctx
-    return _context
+def _start(process: Any) -> None:
+    """Start a forked process. multiprocessing starts the forkserver at the first (and again
+    should it have died), with PRELOAD imported and this process's environment: for that moment
+    the environment names the inline plot backend, as ipykernel names it in a kernel of its own
+    before a notebook imports matplotlib (which reads MPLBACKEND when imported). A backend the
+    environment names is kept, as ipykernel keeps it; this process's own matplotlib is untouched."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    named = os.environ.get("MPLBACKEND")
+    if not named:
+        os.environ["MPLBACKEND"] = INLINE_BACKEND
+    try:
+        process.start()
+    finally:
+        if not named:
+            os.environ.pop("MPLBACKEND", None)
 
 
 def _kernel_main(argv: list[str], env: dict[str, str], cwd: str | None) -> None:
@@ -92,8 +85,10 @@ class ForkedProcess:
         if "ipykernel_launcher" not in cmd:
             raise ValueError(f"not an ipykernel command: {cmd}")
         argv = cmd[cmd.index("ipykernel_launcher") + 1 :]
-        self._process = _forkserver().Process(target=_kernel_main, args=(argv, env, cwd), daemon=False)
-        self._process.start()
+        self._process = multiprocessing.get_context("forkserver").Process(
+            target=_kernel_main, args=(argv, env, cwd), daemon=False
+        )
+        _start(self._process)
         self.pid = self._process.pid
         self.returncode: int | None = None
 

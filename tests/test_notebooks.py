@@ -236,8 +236,11 @@ def test_a_kernel_that_stops_answering_gets_one_more_run_and_a_warning(silent_ru
 def test_each_run_gets_a_fresh_forked_kernel_that_plots_inline(tmp_path):
     """The test run's kernels are forked from a process that imported statekit and matplotlib
     (tests/forked_kernels.py): each notebook still gets a process of its own, in which nothing
-    a previous notebook did remains, and plots arrive as a cold kernel sends them (inline PNG)."""
+    a previous notebook did remains, and plots arrive as a cold kernel sends them (inline PNG),
+    also from a forkserver started again after the first one died."""
     import os
+    import signal
+    from multiprocessing import forkserver
 
     nb = tmp_path / "probe.ipynb"
     cells = [
@@ -247,16 +250,23 @@ def test_each_run_gets_a_fresh_forked_kernel_that_plots_inline(tmp_path):
         "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()",
     ]
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]), nb)
-    runs = [_run(nb, tmp_path / f"out{i}.ipynb") for i in range(2)]
-    pids = []
-    for ran in runs:
+
+    def run(i: int) -> tuple[int, int]:
+        ran = _run(nb, tmp_path / f"out{i}.ipynb")
         text = _text(ran)
         assert "left by an earlier run: None False" in text, text
         words = text.split()
         pid, ppid = int(words[words.index("pid") + 1]), int(words[words.index("ppid") + 1])
         assert ppid != os.getpid(), "the kernel was started as a child of the test process, not forked"
-        pids.append((pid, ppid))
         pngs = [o for o in ran.cells[2].outputs if "image/png" in o.get("data", {})]
         assert len(pngs) == 1, ran.cells[2].outputs
-    assert pids[0][0] != pids[1][0], "two notebooks ran in one kernel process"
-    assert pids[0][1] == pids[1][1], "both kernels forked from one forkserver"
+        return pid, ppid
+
+    first, second = run(0), run(1)
+    assert first[0] != second[0], "two notebooks ran in one kernel process"
+    assert first[1] == second[1], "both kernels forked from one forkserver"
+    os.kill(first[1], signal.SIGKILL)  # the forkserver dies: the next kernel needs a new one
+    os.waitid(os.P_PID, first[1], os.WEXITED | os.WNOWAIT)  # it is gone (multiprocessing reaps it)
+    assert forkserver._forkserver._forkserver_pid == first[1]
+    third = run(2)
+    assert third[1] != first[1], "the kernel came from a forkserver started again"
