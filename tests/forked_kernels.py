@@ -58,9 +58,31 @@ def _start(process: Any) -> None:
             os.environ.pop("MPLBACKEND", None)
 
 
-def _kernel_main(argv: list[str], env: dict[str, str], cwd: str | None) -> None:
+def _exit_with(manager_pid: int) -> None:
+    """End this kernel when the process that manages it ends, killed or not. A cold kernel
+    does so when its parent goes (ipykernel polls its parent's pid); a forked one's parent is
+    the forkserver, which lives on while any process it forked lives (each holds its liveness
+    pipe), so a kernel left by a killed worker would outlive it, and keep the forkserver alive.
+    A pidfd becomes readable when the process exits: waited on, not polled."""
+    import select
+    import threading
+
+    try:
+        fd = os.pidfd_open(manager_pid)
+    except ProcessLookupError:
+        os._exit(1)
+
+    def watch() -> None:
+        select.select([fd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="statekit-test-manager-watch", daemon=True).start()
+
+
+def _kernel_main(argv: list[str], env: dict[str, str], cwd: str | None, manager_pid: int) -> None:
     """The forked kernel: the environment and working directory jupyter_client gave it, then
     ipykernel's own entry point with its arguments (`-f connection-file`)."""
+    _exit_with(manager_pid)
     os.environ.clear()
     os.environ.update(env)
     if cwd:
@@ -86,7 +108,7 @@ class ForkedProcess:
             raise ValueError(f"not an ipykernel command: {cmd}")
         argv = cmd[cmd.index("ipykernel_launcher") + 1 :]
         self._process = multiprocessing.get_context("forkserver").Process(
-            target=_kernel_main, args=(argv, env, cwd), daemon=False
+            target=_kernel_main, args=(argv, env, cwd, os.getpid()), daemon=False
         )
         _start(self._process)
         self.pid = self._process.pid

@@ -270,3 +270,38 @@ def test_each_run_gets_a_fresh_forked_kernel_that_plots_inline(tmp_path):
     assert forkserver._forkserver._forkserver_pid == first[1]
     third = run(2)
     assert third[1] != first[1], "the kernel came from a forkserver started again"
+
+
+@pytest.mark.notebook
+def test_a_forked_kernel_ends_with_the_process_that_manages_it(tmp_path):
+    """A cold kernel ends when its parent does; a forked kernel's parent is the forkserver,
+    which outlives a killed worker while a kernel it forked lives. The kernel watches the
+    process that manages it instead: the manager killed, kernel and forkserver end."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    tests = Path(__file__).resolve().parent
+    script = (
+        f"import sys, threading; sys.path.insert(0, {str(tests)!r})\n"
+        "from forked_kernels import forked_kernel_manager\n"
+        "from jupyter_core.utils import run_sync\n"
+        "km = forked_kernel_manager()(kernel_name='python3')\n"
+        "run_sync(km.start_kernel)()\n"
+        "print(km.provisioner.pid, flush=True)\n"
+        "threading.Event().wait()\n"
+    )
+    manager = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        kernel = int(manager.stdout.readline())
+        forkserver = int(Path(f"/proc/{kernel}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        watched = [os.pidfd_open(kernel), os.pidfd_open(forkserver)]
+    finally:
+        manager.send_signal(signal.SIGKILL)
+        manager.wait()
+    for fd, what in zip(watched, ("the kernel", "the forkserver"), strict=True):
+        ready, _, _ = select.select([fd], [], [], 60)  # their exit, not a pause: 60 s is only a bound
+        os.close(fd)
+        assert ready, f"{what} outlived the process that managed it by 60 s"
