@@ -6,8 +6,12 @@ starts and imports ipykernel, statekit, matplotlib and pandas. The suite execute
 notebooks per run. A forkserver (the standard library's `multiprocessing` one) imports them
 once per worker; each kernel is a fresh process forked from it, so every notebook still runs in
 a kernel of its own, whose modules are as freshly imported as a cold kernel's: nothing of one
-notebook reaches another. What differs from `python -m ipykernel_launcher` is only that the
-imports happened before the fork.
+notebook reaches another. The forked process is made to look like a kernel of its own where a
+notebook could tell: its `sys.path` is a new interpreter's, multiprocessing sees a main process
+(default start method fork), its `atexit` functions run when it ends, and it ends with the
+process that manages it. What still differs: the imports happened before the fork, and the plot
+backend the environment names when the forkserver starts (the inline one, unless MPLBACKEND
+names another) holds for the worker's life.
 
 jupyter_client manages a kernel through a provisioner that holds a `subprocess.Popen`;
 `ForkedProcess` gives the forked process that face (poll, wait, signals). jupyter_client has no
@@ -79,10 +83,30 @@ def _exit_with(manager_pid: int) -> None:
     threading.Thread(target=watch, name="statekit-test-manager-watch", daemon=True).start()
 
 
-def _kernel_main(argv: list[str], env: dict[str, str], cwd: str | None, manager_pid: int) -> None:
+def _as_a_main_process(path: list[str]) -> None:
+    """What multiprocessing and the import path would be in a kernel of its own: a forked child
+    has its manager's `sys.path` (the test run's, with tests/ on it) and multiprocessing set up
+    as a forkserver's child (its default start method forkserver, under which a Pool of a
+    function the notebook defines cannot find it in the children)."""
+    import multiprocessing.process
+
+    sys.path[:] = path
+    sys.modules.pop(__name__, None)  # a notebook's `import forked_kernels` fails, as in a cold kernel
+    multiprocessing.set_start_method(None, force=True)
+    me = multiprocessing.current_process()  # as multiprocessing describes a main process
+    me._identity, me._name, me._parent_pid = (), "MainProcess", None  # type: ignore[attr-defined]
+    multiprocessing.process._parent_process = None  # type: ignore[attr-defined]
+
+
+def _kernel_main(argv: list[str], env: dict[str, str], cwd: str | None, manager_pid: int, path: list[str]) -> None:
     """The forked kernel: the environment and working directory jupyter_client gave it, then
-    ipykernel's own entry point with its arguments (`-f connection-file`)."""
+    ipykernel's own entry point with its arguments (`-f connection-file`). The functions
+    registered with `atexit` run when it ends, as they do when a kernel of its own exits (a
+    forked process ends in `os._exit`, which skips them)."""
+    import atexit
+
     _exit_with(manager_pid)
+    _as_a_main_process(path)
     os.environ.clear()
     os.environ.update(env)
     if cwd:
@@ -94,7 +118,30 @@ def _kernel_main(argv: list[str], env: dict[str, str], cwd: str | None, manager_
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the forkserver ignores ^C; a kernel must not
     from ipykernel import kernelapp
 
-    kernelapp.launch_new_instance(argv=argv)
+    try:
+        kernelapp.launch_new_instance(argv=argv)
+    finally:
+        atexit._run_exitfuncs()
+
+
+def _cold_sys_path(env: dict[str, str]) -> list[str]:
+    """`sys.path` of a new interpreter started with `env` (its PYTHONPATH counts), without the
+    working directory ipykernel's launcher removes before the kernel starts (IPython puts it
+    back first)."""
+    key = env.get("PYTHONPATH", "")
+    if key not in _COLD_PATHS:
+        import json
+        import subprocess
+
+        out = subprocess.run(
+            [sys.executable, "-c", "import json, sys; print(json.dumps(sys.path))"],
+            env=env, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        _COLD_PATHS[key] = [p for p in json.loads(out) if p != ""]
+    return _COLD_PATHS[key]
+
+
+_COLD_PATHS: dict[str, list[str]] = {}
 
 
 class ForkedProcess:
@@ -108,7 +155,7 @@ class ForkedProcess:
             raise ValueError(f"not an ipykernel command: {cmd}")
         argv = cmd[cmd.index("ipykernel_launcher") + 1 :]
         self._process = multiprocessing.get_context("forkserver").Process(
-            target=_kernel_main, args=(argv, env, cwd, os.getpid()), daemon=False
+            target=_kernel_main, args=(argv, env, cwd, os.getpid(), _cold_sys_path(env)), daemon=False
         )
         _start(self._process)
         self.pid = self._process.pid

@@ -248,6 +248,12 @@ def test_each_run_gets_a_fresh_forked_kernel_that_plots_inline(tmp_path):
         "print('left by an earlier run:', getattr(statekit, '_probe', None), 'x' in globals())",
         "statekit._probe = os.getpid()\nx = 1",
         "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()",
+        # what a notebook could tell of a kernel that is not a process of its own
+        "import atexit, importlib.util, multiprocessing as mp\n"
+        "def square(x):\n    return x * x\n"
+        "with mp.Pool(2) as pool:\n    print('pool', pool.map(square, [1, 2, 3]), mp.get_start_method())\n"
+        "print('test modules importable:', importlib.util.find_spec('notebook_runs') is not None)\n"
+        f"atexit.register(lambda: open({str(tmp_path / 'atexit')!r}, 'a').write('x'))",
     ]
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]), nb)
 
@@ -255,6 +261,8 @@ def test_each_run_gets_a_fresh_forked_kernel_that_plots_inline(tmp_path):
         ran = _run(nb, tmp_path / f"out{i}.ipynb")
         text = _text(ran)
         assert "left by an earlier run: None False" in text, text
+        assert "pool [1, 4, 9] fork" in text and "test modules importable: False" in text, text
+        assert (tmp_path / "atexit").read_text() == "x" * (i + 1), "the kernel's atexit functions did not run"
         words = text.split()
         pid, ppid = int(words[words.index("pid") + 1]), int(words[words.index("ppid") + 1])
         assert ppid != os.getpid(), "the kernel was started as a child of the test process, not forked"
