@@ -44,14 +44,15 @@ PRELOAD = [
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
-def _start(process: Any) -> None:
-    """Start a forked process. multiprocessing starts the forkserver at the first (and again
+def _fork(target: Any, args: tuple[Any, ...]) -> Any:
+    """A started process forked from the forkserver. multiprocessing starts the forkserver at the first (and again
     should it have died), with PRELOAD imported and this process's environment: for that moment
     the environment names the inline plot backend, as ipykernel names it in a kernel of its own
     before a notebook imports matplotlib (which reads MPLBACKEND when imported). A backend the
     environment names is kept, as ipykernel keeps it; this process's own matplotlib is untouched."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
+    process = ctx.Process(target=target, args=args, daemon=False)
     named = os.environ.get("MPLBACKEND")
     if not named:
         os.environ["MPLBACKEND"] = INLINE_BACKEND
@@ -60,6 +61,7 @@ def _start(process: Any) -> None:
     finally:
         if not named:
             os.environ.pop("MPLBACKEND", None)
+    return process
 
 
 def _exit_with(manager_pid: int) -> None:
@@ -154,10 +156,7 @@ class ForkedProcess:
         if "ipykernel_launcher" not in cmd:
             raise ValueError(f"not an ipykernel command: {cmd}")
         argv = cmd[cmd.index("ipykernel_launcher") + 1 :]
-        self._process = multiprocessing.get_context("forkserver").Process(
-            target=_kernel_main, args=(argv, env, cwd, os.getpid(), _cold_sys_path(env)), daemon=False
-        )
-        _start(self._process)
+        self._process = _fork(_kernel_main, (argv, env, cwd, os.getpid(), _cold_sys_path(env)))
         self.pid = self._process.pid
         self.returncode: int | None = None
 

@@ -609,3 +609,35 @@ def test_the_board_skips_entries_that_are_not_results(capsys):
     assert [r["attendee"] for r in rows] == ["ana\ufffd", "ben"] and rows.skipped == 1
     assert main(["workshop", "board", url]) == 0
     assert "1 malformed entries" in capsys.readouterr().out
+
+
+def test_lab1_passes_a_store_whose_first_probe_after_the_outage_misses_its_timeout(monkeypatch):
+    """On a loaded machine the first call after the link comes back can miss its 1 s timeout:
+    the breaker opens again, and the check must let its reset timeout pass again (it did so
+    once, and the trainer's solution ended the lab 'still degraded'). Here the link stays cut
+    for the first call after the outage's `up()` (it times out) and is healed at the second;
+    the check's own `up()` at its end heals at once."""
+    from statekit.workbook.labs import result as lab_result
+
+    heal, ups = lab_result.Link.up, []
+
+    def up(link: lab_result.Link) -> None:
+        ups.append(1)
+        if len(ups) > 1:
+            return heal(link)
+        injector, real_lock, attempts = link.injector, link.injector._lock, []
+
+        class HealAtTheSecondAttempt:  # the injector counts each attempt under its lock
+            def __enter__(self) -> None:
+                attempts.append(1)
+
+            def __exit__(self, *exc: object) -> None:
+                if len(attempts) == 2:
+                    injector._lock = real_lock
+                    heal(link)
+
+        injector._lock = HealAtTheSecondAttempt()
+
+    monkeypatch.setattr(lab_result.Link, "up", up)
+    result = run_check("degrade", fix_cell("degrade"), "fakeredis://")
+    assert result.ok, result.hint
