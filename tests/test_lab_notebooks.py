@@ -9,6 +9,7 @@ file (test_the_guide_shows_the_measured_run_times), so its times are measured, n
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -122,6 +123,15 @@ def _durations(ran: nbformat.NotebookNode) -> dict[str, float]:
 
 
 def _record(runs: Path, stem: str, backend: str, durations: dict[str, float]) -> None:
+    """Add a lab's durations to the run's record (and, with STATEKIT_RECORD_TIMINGS, to the
+    guide's), under a lock the workers share: without it one worker read the file another had
+    just truncated (a JSONDecodeError on '' in a full run), and updates could be lost."""
+    with open(runs / "lab_timings.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _record_locked(runs, stem, backend, durations)
+
+
+def _record_locked(runs: Path, stem: str, backend: str, durations: dict[str, float]) -> None:
     path = runs / "lab_timings.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data.setdefault(stem, {})[backend] = durations
