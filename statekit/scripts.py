@@ -430,20 +430,45 @@ local function sweep(ns, wm, apply)
   end
   return freed
 end
+-- Call redis command cmd on key with the arguments in args (a list), at most 1000 at a time
+-- (unpack's limit); for commands whose arguments are independent items or pairs (an even
+-- chunk size keeps pairs together).
+local function batched(cmd, key, args)
+  for i = 1, #args, 1000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
+  end
+end
 -- Apply reference count changes; a blob no checkpoint references any more is removed.
--- Returns the payload bytes of those blobs.
+-- Returns the payload bytes of those blobs. The counts are read in one HMGET, written in one
+-- HSET and removed in one HDEL (per thousand), not one call each.
 local function settle(delta, apply)
-  local freed = 0
+  local names, fields = {}, {}
   for b, d in pairs(delta) do
     if d ~= 0 then
-      local n = (tonumber(redis.call('HGET', h, 'r\0' .. b) or '0') or 0) + d
-      if n <= 0 then
-        freed = freed + redis.call('HSTRLEN', h, 'b\0' .. b)
-        if apply then redis.call('HDEL', h, 'r\0' .. b, 'b\0' .. b) end
-      elseif apply then
-        redis.call('HSET', h, 'r\0' .. b, n)
-      end
+      names[#names + 1] = b
+      fields[#fields + 1] = 'r\0' .. b
     end
+  end
+  local freed, gone, counts = 0, {}, {}
+  for i = 1, #fields, 1000 do
+    local part = redis.call('HMGET', h, unpack(fields, i, math.min(i + 999, #fields)))
+    for j = 1, #part do counts[i + j - 1] = part[j] end
+  end
+  local set = {}
+  for i, b in ipairs(names) do
+    local n = (tonumber(counts[i] or '0') or 0) + delta[b]
+    if n <= 0 then
+      freed = freed + redis.call('HSTRLEN', h, 'b\0' .. b)
+      gone[#gone + 1] = 'r\0' .. b
+      gone[#gone + 1] = 'b\0' .. b
+    else
+      set[#set + 1] = 'r\0' .. b
+      set[#set + 1] = n
+    end
+  end
+  if apply then
+    batched('HDEL', h, gone)
+    batched('HSET', h, set)
   end
   return freed
 end
@@ -539,12 +564,17 @@ local function plan(apply)
     if apply then redis.call('HSET', h, 'x\0' .. ns, wm) end
   end
   if apply then
-    redis.call('HSET', h, 'c\0' .. p, record, 'v\0' .. p, refs)
-    redis.call('ZADD', z, 0, 'c\0' .. p)
-    local run = split(refs)[1]
-    if run ~= '' then redis.call('ZADD', z, 0, 'u\0' .. run .. '\0' .. p) end
+    local fields = {'c\0' .. p, record, 'v\0' .. p, refs}
     for i = 0, nb - 1 do
-      redis.call('HSET', h, 'b\0' .. ns .. '\0' .. ARGV[10 + 2 * i], ARGV[11 + 2 * i])
+      fields[#fields + 1] = 'b\0' .. ns .. '\0' .. ARGV[10 + 2 * i]
+      fields[#fields + 1] = ARGV[11 + 2 * i]
+    end
+    batched('HSET', h, fields)
+    local run = split(refs)[1]
+    if run ~= '' then
+      redis.call('ZADD', z, 0, 'c\0' .. p, 0, 'u\0' .. run .. '\0' .. p)
+    else
+      redis.call('ZADD', z, 0, 'c\0' .. p)
     end
     if old_root and old_root ~= root then
       redis.call('HDEL', h, 'p\0' .. p)
@@ -557,9 +587,13 @@ local function plan(apply)
   end
   return freed + settle(delta, apply)
 end
-local total = used + add - plan(false)
-if total > cap then return {-1, total, cap} end
-total = used + add - plan(true)
+-- plan(false) only reads: what the put would free. It decides the cap only when the put could
+-- pass it before anything is freed (what is freed is never negative).
+if used + add > cap then
+  local would = used + add - plan(false)
+  if would > cap then return {-1, would, cap} end
+end
+local total = used + add - plan(true)
 if ns == '' then  -- a root checkpoint: no subgraph checkpoint outlives its root
   local delta = {}
   local freed = drop_strays(delta)
@@ -600,10 +634,13 @@ for i = 0, n - 1 do
   end
 end
 if used + add > cap then return {-1, used + add, cap} end
-for _, fv in ipairs(todo) do
-  redis.call('HSET', h, fv[1], fv[2])
-  redis.call('ZADD', z, 0, fv[1])
+local fields, members = {}, {}
+for i, fv in ipairs(todo) do
+  fields[2 * i - 1], fields[2 * i] = fv[1], fv[2]
+  members[2 * i - 1], members[2 * i] = 0, fv[1]
 end
+batched('HSET', h, fields)
+batched('ZADD', z, members)
 redis.call('HSET', h, 'bytes', used + add)
 expire(ttl)
 return {1, used + add}

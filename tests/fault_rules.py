@@ -4,11 +4,31 @@ a freeze and its thaw (the frozen writes landing late), the store down and back.
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
+from statekit.backends import backend_kind
+
 #: The Lua that reads the PTTL of each of a session's or thread's keys (one slot) in one round trip.
 PTTLS = "local out = {} for i = 1, #KEYS do out[i] = redis.call('PTTL', KEYS[i]) end return out"
+
+
+def pttls(client: Any, groups: list[list[Any]]) -> list[list[int]]:
+    """The PTTL of every key of each group (a session's or a thread's keys, one slot), in one
+    round trip: on a cluster one script per group (each group is one slot, the groups are
+    not), on one server a pipeline of all of them. The invariants run this after every step;
+    on fakeredis a script costs about twice a pipeline of the same PTTLs (each script is
+    compiled and checked for globals), so one server gets the pipeline."""
+    if backend_kind(client) == "cluster":
+        return [client.eval(PTTLS, len(keys), *keys) for keys in groups]
+    pipe = client.pipeline(transaction=False)
+    for keys in groups:
+        for key in keys:
+            pipe.pttl(key)
+    flat = iter(pipe.execute())
+    return [[next(flat) for _ in keys] for keys in groups]
 
 
 class NemesisRules(RuleBasedStateMachine):

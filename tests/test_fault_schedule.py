@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from fault_rules import PTTLS, NemesisRules
+from fault_rules import NemesisRules, pttls
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -394,13 +394,12 @@ class FaultSchedule(NemesisRules):
 
     @invariant()
     def every_key_has_a_ttl(self) -> None:
-        """Each key of each session: its PTTLs in one round trip per session (the keys share a
-        slot); the teardown scans the whole namespace too."""
+        """Each key of each session, their PTTLs in one round trip (`fault_rules.pttls`); the
+        teardown scans the whole namespace too."""
         with self.nemesis.spared():
-            for sid in SESSIONS:
-                keys = self.checker.keys(sid)
-                pttls = self.admin.eval(PTTLS, len(keys), *keys)
-                without = [k for k, t in zip(keys, pttls, strict=True) if t == -1]
+            groups = [self.checker.keys(sid) for sid in SESSIONS]
+            for keys, ttls in zip(groups, pttls(self.admin, groups), strict=True):
+                without = [k for k, t in zip(keys, ttls, strict=True) if t == -1]
                 assert not without, f"keys without a TTL: {without}"
 
     @invariant()

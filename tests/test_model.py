@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from fault_rules import PTTLS
+from fault_rules import pttls
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -225,9 +225,9 @@ class StoreVersusModel(RuleBasedStateMachine):
     def every_key_expires_within_the_ttl(self) -> None:
         if not hasattr(self, "store"):
             return
-        for sid in SESSIONS:
-            keys = self.store.keys(sid)  # one slot: their PTTLs in one round trip
-            for key, ttl in zip(keys, self.client.eval(PTTLS, len(keys), *keys), strict=True):
+        groups = [self.store.keys(sid) for sid in SESSIONS]
+        for keys, ttls in zip(groups, pttls(self.client, groups), strict=True):
+            for key, ttl in zip(keys, ttls, strict=True):
                 assert ttl == -2 or 0 < ttl <= self.policy.ttl_ms, f"{key} has PTTL {ttl}"
 
 

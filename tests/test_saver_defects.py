@@ -516,6 +516,34 @@ def test_a_thread_past_its_cap_is_told_in_the_savers_words(any_url):
         graph.invoke({"messages": [f"question {turn}"]}, {"configurable": {"thread_id": "bounded"}})
 
 
+def test_a_put_over_the_cap_that_its_own_prune_brings_under_is_stored(any_url):
+    """With keep_last, the cap is checked against what the thread holds after the put's prune:
+    a checkpoint that would pass the cap beside the one it replaces, and not without it, is
+    stored (and the one it replaces goes, blob and all). One that passes it either way is
+    refused, and the thread is left as it was."""
+    saver = StatekitSaver.from_url(any_url, policy=ThreadPolicy(max_bytes=5_000, keep_last=1))
+
+    def put(parent: dict | None, version: str, size: int) -> dict:
+        config = generate_config("t")
+        if parent:
+            config["configurable"]["checkpoint_id"] = parent["configurable"]["checkpoint_id"]
+        versions = {"a": version}
+        cp = generate_checkpoint(channel_values={"a": version[-1] * size}, channel_versions=versions)
+        return saver.put(config, cp, generate_metadata(), versions)
+
+    first = put(None, f"{1:032}.0", 3_000)
+    held = int(hash_of(any_url, saver, "t")[b"bytes"])
+    assert held > 3_000 and 2 * held > 5_000, "the two checkpoints together pass the cap"
+    second = put(first, f"{2:032}.0", 3_000)
+    fields = hash_of(any_url, saver, "t")
+    assert int(fields[b"bytes"]) == payload(fields) <= 5_000
+    assert [t.config for t in saver.list({"configurable": {"thread_id": "t"}})] == [second]
+    assert not any(f.startswith(b"b\0") and f.endswith(f"{1:032}.0".encode()) for f in fields), "its blob went too"
+    with pytest.raises(StateTooLarge):
+        put(second, f"{3:032}.0", 4_990)
+    assert hash_of(any_url, saver, "t") == fields
+
+
 def test_a_pruned_subgraph_checkpoint_asked_for_with_the_config_list_gave_raises_checkpoint_pruned(any_url):
     """The configs `list()` hands out name no root checkpoint (no `checkpoint_map`); a subgraph
     checkpoint whose root was pruned is still named as pruned, not answered as missing."""

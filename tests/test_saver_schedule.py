@@ -28,7 +28,7 @@ import pytest
 
 pytest.importorskip("langgraph")
 
-from fault_rules import PTTLS, NemesisRules  # noqa: E402
+from fault_rules import NemesisRules, pttls  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import initialize, invariant, precondition, rule, run_state_machine_as_test  # noqa: E402
@@ -130,12 +130,11 @@ class SaverSchedule(NemesisRules):
 
     @invariant()
     def every_key_has_a_ttl(self) -> None:
-        """Both keys of each thread (one slot), in one round trip per thread."""
+        """Both keys of each thread, their PTTLs in one round trip (`fault_rules.pttls`)."""
         with self.nemesis.spared():
-            for thread in THREADS:
-                keys = self.checker.keys(thread)
-                pttls = self.admin.eval(PTTLS, len(keys), *keys)
-                without = [k for k, t in zip(keys, pttls, strict=True) if t == -1]
+            groups = [self.checker.keys(thread) for thread in THREADS]
+            for keys, ttls in zip(groups, pttls(self.admin, groups), strict=True):
+                without = [k for k, t in zip(keys, ttls, strict=True) if t == -1]
                 assert not without, f"keys without a TTL: {without}"
 
     @invariant()
