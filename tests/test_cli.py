@@ -317,9 +317,12 @@ def _wait_for(what: str, ready, timeout_s: float = 120):
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_app_stopped_by_a_signal_stops_voila_and_its_kernels(tmp_path, sig):
     """SIGTERM or SIGINT ended `statekit app`, but its Voila child kept serving the port, with
-    its kernels."""
+    its kernels. The signal comes while the kernel a page request started is running the
+    review (the request waits for it: Voila answers once the notebook has run)."""
+    import contextlib
     import signal
     import socket
+    import threading
     import urllib.request
 
     import psutil
@@ -334,15 +337,20 @@ def test_app_stopped_by_a_signal_stops_voila_and_its_kernels(tmp_path, sig):
     below = []
     try:
 
-        def serves() -> bool:
+        def listens() -> bool:
             assert app.poll() is None, (tmp_path / "app.log").read_text()[-3000:]
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5):
-                    return True  # the page's request starts a kernel
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                return True
             except OSError:
                 return False
 
-        _wait_for("answer on the port", serves)
+        def request() -> None:  # the page's request starts a kernel; its answer is not awaited
+            with contextlib.suppress(OSError):  # the app stops under it
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=120).close()
+
+        _wait_for("the port open", listens)
+        threading.Thread(target=request, daemon=True).start()
 
         def kernels() -> list:
             found = psutil.Process(app.pid).children(recursive=True)
