@@ -587,13 +587,12 @@ local function plan(apply)
   end
   return freed + settle(delta, apply)
 end
--- plan(false) only reads: what the put would free. It decides the cap only when the put could
--- pass it before anything is freed (what is freed is never negative).
-if used + add > cap then
-  local would = used + add - plan(false)
-  if would > cap then return {-1, would, cap} end
-end
-local total = used + add - plan(true)
+-- plan(false) only reads (what the put would free, for the cap), and runs first even under the
+-- cap: Redis keeps what a script wrote before an error, so a thread whose index is corrupt
+-- must fail in the dry run, before plan(true) writes anything.
+local total = used + add - plan(false)
+if total > cap then return {-1, total, cap} end
+total = used + add - plan(true)
 if ns == '' then  -- a root checkpoint: no subgraph checkpoint outlives its root
   local delta = {}
   local freed = drop_strays(delta)

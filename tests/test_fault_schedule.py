@@ -130,11 +130,14 @@ class FaultSchedule(NemesisRules):
     backend: str = ""
     asynchronous: bool = False
     compressed: bool = False
+    #: The observer's client (the faults never touch it), one for every example of a run: a
+    #: cluster client costs about 50 ms to make (COMMAND and CLUSTER SLOTS read and parsed).
+    #: The clients under test are made afresh for each example.
+    admin: Any = None
 
     def __init__(self) -> None:
         super().__init__()
         self.namespace = f"faults{next(_namespaces)}"
-        self.admin = connect(self.url, socket_timeout=10)
         self.nemesis = Nemesis(self.admin)
         self.nemesis.__enter__()
         self.clock = FakeClock()
@@ -193,7 +196,6 @@ class FaultSchedule(NemesisRules):
                 self.loop.close()
             else:
                 self.rs.close()
-            self.admin.close()
             self.previous.client.close()
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -417,17 +419,21 @@ class FaultSchedule(NemesisRules):
 
 def _run_schedule(name: str, examples: int, **attrs: object) -> dict[str, int]:
     """Run FaultSchedule, as a subclass `name` with `attrs`, for `examples` examples; its stats."""
-    machine = type(name, (FaultSchedule,), attrs)
+    admin = connect(str(attrs["url"]), socket_timeout=10)
+    machine = type(name, (FaultSchedule,), {**attrs, "admin": admin})
     STATS.pop(machine.name(), None)
-    run_state_machine_as_test(
-        machine,
-        settings=settings(
-            max_examples=examples,
-            stateful_step_count=STEPS,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-            deadline=None,
-        ),
-    )
+    try:
+        run_state_machine_as_test(
+            machine,
+            settings=settings(
+                max_examples=examples,
+                stateful_step_count=STEPS,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+                deadline=None,
+            ),
+        )
+    finally:
+        admin.close()
     stats = STATS[machine.name()]
     print(f"\n{machine.name()}: {stats}")
     return stats

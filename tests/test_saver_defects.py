@@ -544,6 +544,28 @@ def test_a_put_over_the_cap_that_its_own_prune_brings_under_is_stored(any_url):
     assert hash_of(any_url, saver, "t") == fields
 
 
+def test_a_put_that_meets_a_corrupt_index_while_pruning_leaves_the_thread_as_it_was(any_url):
+    """An index member the prune cannot parse (`p\\0<root>\\0` with no namespace and id) under the
+    root checkpoint keep_last drops: the put fails as corrupt state, under the cap as over it,
+    and writes nothing (Redis keeps what a script wrote before an error, so the script finds
+    the fault in its dry run, before any write). Seen in an attack on a put that skipped the
+    dry run under the cap: the dropped checkpoint's record and index entries were gone, its
+    blobs and the byte count not."""
+    saver = StatekitSaver.from_url(any_url, policy=ThreadPolicy(keep_last=1))
+    client = connect(any_url)
+    hash_key, index = saver.keys("t")
+    first = saver.put(generate_config("t"), generate_checkpoint(channel_values={"a": "x"}, channel_versions={"a": "1"}),
+                      generate_metadata(), {"a": "1"})  # fmt: skip
+    client.zadd(index, {b"p\0" + first["configurable"]["checkpoint_id"].encode() + b"\0junk": 0})
+    before = client.hgetall(hash_key), client.zrange(index, 0, -1)
+    with pytest.raises(CorruptStateError, match="left as is"):
+        saver.put(first, generate_checkpoint(channel_values={"a": "y"}, channel_versions={"a": "2"}),
+                  generate_metadata(), {"a": "2"})  # fmt: skip
+    assert (client.hgetall(hash_key), client.zrange(index, 0, -1)) == before
+    assert saver.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": ""}}).config == first
+    client.close()
+
+
 def test_a_pruned_subgraph_checkpoint_asked_for_with_the_config_list_gave_raises_checkpoint_pruned(any_url):
     """The configs `list()` hands out name no root checkpoint (no `checkpoint_map`); a subgraph
     checkpoint whose root was pruned is still named as pruned, not answered as missing."""

@@ -52,11 +52,13 @@ STATS: dict[str, dict[str, int]] = {}
 class SaverSchedule(NemesisRules):
     url: str = ""
     backend: str = ""
+    #: The observer's client (the faults never touch it), one for every example of a run: a
+    #: cluster client costs about 50 ms to make. The saver's clients are made for each example.
+    admin: Any = None
 
     def __init__(self) -> None:
         super().__init__()
         self.namespace = f"lgfaults{next(_namespaces)}"
-        self.admin = connect(self.url, socket_timeout=10)
         self.nemesis = Nemesis(self.admin)
         self.nemesis.__enter__()
         self.loop = asyncio.new_event_loop()
@@ -84,7 +86,6 @@ class SaverSchedule(NemesisRules):
             self.saver.close()
             self.loop.run_until_complete(self.saver._aclient.aclose())
             self.loop.close()
-            self.admin.close()
 
     # -- turns ------------------------------------------------------------------------
 
@@ -174,16 +175,20 @@ class SaverSchedule(NemesisRules):
 def test_the_saver_keeps_its_bounds_under_a_fault_schedule(any_url: str, request: pytest.FixtureRequest) -> None:
     backend = request.node.callspec.params["any_url"]
     STATS.pop(backend, None)
-    machine = type(f"SaverSchedule_{backend}", (SaverSchedule,), {"url": any_url, "backend": backend})
-    run_state_machine_as_test(
-        machine,
-        settings=settings(
-            max_examples=EXAMPLES,
-            stateful_step_count=STEPS,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-            deadline=None,
-        ),
-    )
+    admin = connect(any_url, socket_timeout=10)
+    machine = type(f"SaverSchedule_{backend}", (SaverSchedule,), {"url": any_url, "backend": backend, "admin": admin})
+    try:
+        run_state_machine_as_test(
+            machine,
+            settings=settings(
+                max_examples=EXAMPLES,
+                stateful_step_count=STEPS,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+                deadline=None,
+            ),
+        )
+    finally:
+        admin.close()
     stats = STATS[backend]
     print(f"\nsaver on {backend}: {stats}")
     assert stats["examples"] >= EXAMPLES, "every example ran"
