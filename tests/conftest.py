@@ -128,8 +128,9 @@ def any_url(request):
         url = request.getfixturevalue("redis_server").url
         connect(url).flushall()
     else:
-        url = request.getfixturevalue("redis_cluster").url
-        connect(url).flushall(target_nodes="primaries")
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flushall()
+        url = cluster.url
     return url
 
 

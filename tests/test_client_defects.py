@@ -261,7 +261,7 @@ def cluster_user(redis_cluster):
     """A function that applies an `ACL SETUSER` line on every node of the cluster (ACLs are
     per node) and returns the user's cluster URL; the users are deleted afterwards."""
     admins = [node.client() for node in redis_cluster.nodes]
-    connect(redis_cluster.url).flushall(target_nodes="primaries")
+    redis_cluster.flushall()
     made: list[str] = []
 
     def make(line: str) -> str:
