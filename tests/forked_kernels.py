@@ -40,6 +40,10 @@ PRELOAD = [
     "statekit",
     "statekit.workbook.plots",
     "statekit.workbook.widgets",
+    # what a kernel still imported as it started, after the modules above: its debugger
+    # (ipykernel's kernel imports debugpy when made), 0.15 CPU-seconds a notebook
+    "ipykernel.debugger",
+    "debugpy.server.api",
 ]
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
@@ -53,15 +57,21 @@ def _fork(target: Any, args: tuple[Any, ...]) -> Any:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     process = ctx.Process(target=target, args=args, daemon=False)
-    named = os.environ.get("MPLBACKEND")
-    if not named:
-        os.environ["MPLBACKEND"] = INLINE_BACKEND
+    unset = [name for name in _FORKSERVER_ENV if name not in os.environ]
+    os.environ.update({name: _FORKSERVER_ENV[name] for name in unset})
     try:
         process.start()
     finally:
-        if not named:
-            os.environ.pop("MPLBACKEND", None)
+        for name in unset:
+            os.environ.pop(name, None)
     return process
+
+
+#: The environment the forkserver starts with, where this process's does not name them: the
+#: inline plot backend (see `_fork`), and debugpy's check for frozen modules off (it would print
+#: a warning into the test run's output as the forkserver imports it; the kernels themselves
+#: get the environment jupyter_client gives them).
+_FORKSERVER_ENV = {"MPLBACKEND": INLINE_BACKEND, "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 
 
 def _exit_with(manager_pid: int) -> None:

@@ -69,11 +69,14 @@ def test_the_expiry_watcher_hears_every_primary_and_follows_a_failover(cluster_w
         replica = cluster.replica_for(primary)
         primary.kill()
         assert watcher.wait_for_node(f"127.0.0.1:{replica.port}", timeout_s=30), "follows the promoted replica"
+        cluster.wait_for_failover(primary)  # a client made before every node knows would be handed the dead node
         later = [f"b{i}" for i in range(30)]
-        for sid in later:
-            SessionStore(connect(cluster.url), LifecyclePolicy(ttl_seconds=1), namespace="exp").append_turn(
-                sid, {"n": 2}
-            )
+        after = connect(cluster.url)
+        try:
+            for sid in later:
+                SessionStore(after, LifecyclePolicy(ttl_seconds=1), namespace="exp").append_turn(sid, {"n": 2})
+        finally:
+            after.close()
         heard = watcher.wait_for(60, timeout_s=30)
         missing = sorted(set(sessions + later) - set(watcher.expired))
         where = {sid: client.get_node_from_key(store.keys(sid)[0]).name for sid in missing}

@@ -132,8 +132,12 @@ class FaultSchedule(NemesisRules):
     compressed: bool = False
     #: The observer's client (the faults never touch it), one for every example of a run: a
     #: cluster client costs about 50 ms to make (COMMAND and CLUSTER SLOTS read and parsed).
-    #: The clients under test are made afresh for each example.
     admin: Any = None
+    #: The client the store under test is built on, and the previous deploy's, one for every
+    #: example of a run too (the faults reach them as they reach any client). The resilient
+    #: store makes its own copy of `base`, with its timeouts, afresh for each example.
+    base: Any = None
+    earlier: Any = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -144,7 +148,7 @@ class FaultSchedule(NemesisRules):
         self.policy = LifecyclePolicy(window_turns=1000, ttl_seconds=3600, max_bytes=1 << 20, summarizer=None)
         self.checker = SessionStore(self.admin, self.policy, namespace=self.namespace, migrations=migrations(2))
         # the previous deploy, still running beside this one: a plain store writing state version 1
-        self.previous = SessionStore(connect(self.url), self.policy, namespace=self.namespace, migrations=migrations(1))
+        self.previous = SessionStore(self.earlier, self.policy, namespace=self.namespace, migrations=migrations(1))
         self.dir = tempfile.mkdtemp(prefix="statekit-faults-")
         self.loop = asyncio.new_event_loop() if self.asynchronous else None
         options = dict(timeout_ms=2000, fail_max=2, reset_timeout_s=RESET_S, clock=self.clock, buffer_max_turns=10_000)
@@ -162,7 +166,7 @@ class FaultSchedule(NemesisRules):
             )
         else:
             store = SessionStore(
-                connect(self.url), self.policy, namespace=self.namespace, migrations=migrations(2), codec=codec
+                self.base, self.policy, namespace=self.namespace, migrations=migrations(2), codec=codec
             )
             self.rs = ResilientStore(store, durable_buffer=os.path.join(self.dir, "buffer.sqlite"), **options)
         self.sessions = {sid: Session() for sid in SESSIONS}
@@ -196,7 +200,6 @@ class FaultSchedule(NemesisRules):
                 self.loop.close()
             else:
                 self.rs.close()
-            self.previous.client.close()
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def final_check(self) -> None:
@@ -419,8 +422,9 @@ class FaultSchedule(NemesisRules):
 
 def _run_schedule(name: str, examples: int, **attrs: object) -> dict[str, int]:
     """Run FaultSchedule, as a subclass `name` with `attrs`, for `examples` examples; its stats."""
-    admin = connect(str(attrs["url"]), socket_timeout=10)
-    machine = type(name, (FaultSchedule,), {**attrs, "admin": admin})
+    url = str(attrs["url"])
+    clients = {"admin": connect(url, socket_timeout=10), "base": connect(url), "earlier": connect(url)}
+    machine = type(name, (FaultSchedule,), {**attrs, **clients})
     STATS.pop(machine.name(), None)
     try:
         run_state_machine_as_test(
@@ -433,7 +437,8 @@ def _run_schedule(name: str, examples: int, **attrs: object) -> dict[str, int]:
             ),
         )
     finally:
-        admin.close()
+        for client in clients.values():
+            client.close()
     stats = STATS[machine.name()]
     print(f"\n{machine.name()}: {stats}")
     return stats

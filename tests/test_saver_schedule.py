@@ -53,8 +53,11 @@ class SaverSchedule(NemesisRules):
     url: str = ""
     backend: str = ""
     #: The observer's client (the faults never touch it), one for every example of a run: a
-    #: cluster client costs about 50 ms to make. The saver's clients are made for each example.
+    #: cluster client costs about 50 ms to make. So is the saver's blocking client (the faults
+    #: reach it as they reach any client); its asyncio client belongs to the example's event
+    #: loop, and is made for each example.
     admin: Any = None
+    client: Any = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -63,7 +66,7 @@ class SaverSchedule(NemesisRules):
         self.nemesis.__enter__()
         self.loop = asyncio.new_event_loop()
         self.saver = StatekitSaver(
-            connect(self.url), aclient=connect_async(self.url), namespace=self.namespace, keep_last=KEEP
+            self.client, aclient=connect_async(self.url), namespace=self.namespace, keep_last=KEEP
         )
         self.checker = StatekitSaver(self.admin, namespace=self.namespace)
         self.graph = graph_with_a_subgraph().compile(checkpointer=self.saver)
@@ -175,8 +178,9 @@ class SaverSchedule(NemesisRules):
 def test_the_saver_keeps_its_bounds_under_a_fault_schedule(any_url: str, request: pytest.FixtureRequest) -> None:
     backend = request.node.callspec.params["any_url"]
     STATS.pop(backend, None)
-    admin = connect(any_url, socket_timeout=10)
-    machine = type(f"SaverSchedule_{backend}", (SaverSchedule,), {"url": any_url, "backend": backend, "admin": admin})
+    admin, client = connect(any_url, socket_timeout=10), connect(any_url)
+    attrs = {"url": any_url, "backend": backend, "admin": admin, "client": client}
+    machine = type(f"SaverSchedule_{backend}", (SaverSchedule,), attrs)
     try:
         run_state_machine_as_test(
             machine,
@@ -189,6 +193,7 @@ def test_the_saver_keeps_its_bounds_under_a_fault_schedule(any_url: str, request
         )
     finally:
         admin.close()
+        client.close()
     stats = STATS[backend]
     print(f"\nsaver on {backend}: {stats}")
     assert stats["examples"] >= EXAMPLES, "every example ran"

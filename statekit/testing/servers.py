@@ -502,6 +502,23 @@ class RedisClusterServers:
             client = self._clients[server.port] = self._node_client(server, socket_timeout=10)
         return client
 
+    def wait_for_failover(self, killed: RedisServer, timeout_s: float = 60.0) -> RedisServer:
+        """Wait until every live node's CLUSTER SLOTS names `killed`'s replica, and no longer
+        `killed`, as the primary of its slots; return the replica. A node that has not yet
+        heard of the promotion still hands the dead primary to a client that asks it for the
+        slot map (a cluster client made then fails to connect)."""
+        replica = self.replica_for(killed)
+        live = [n for n in [*self.nodes, *self.replicas] if n is not killed and n.proc is not None
+                and n.proc.poll() is None]  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        views: dict[int, set[int]] = {}
+        while time.monotonic() < deadline:
+            views = {n.port: {int(s[2][1]) for s in self._client(n).execute_command("CLUSTER", "SLOTS")} for n in live}
+            if all(replica.port in v and killed.port not in v for v in views.values()):
+                return replica
+            time.sleep(0.05)
+        raise RuntimeError(f"the nodes did not all name {replica.port} in place of {killed.port}: {views}")
+
     def flushall(self) -> None:
         """FLUSHALL on every primary, through the nodes' own clients (what a cluster client's
         `flushall(target_nodes="primaries")` does, without making one: a cluster client reads
